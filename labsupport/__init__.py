@@ -1,0 +1,14 @@
+"""labsupport: the small helper package behind the InternVL2 course notebooks.
+
+Flat modules, each named after what it does:
+  paths        where the repo, artifacts and models are
+  checkpoints  homework checkpoints and the report card
+  envs         build the two environments (standard library only)
+  homework     learner editions of the notebooks
+  course       run every notebook headless and write the course report
+  doctor       check an environment against its pins
+  tiling       InternVL's dynamic high-resolution tiling
+  tinymodel    build the embedded miniature InternVL2 checkpoint
+  params       analytic parameter counts of the InternVL2 family
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""Homework checkpoints: named checks with a hint, shown as pass/fail lines and recorded for the report card.
+
+In a notebook::
+
+    book = Checkpoints("01_architecture", ARTIFACTS)
+    book.check("grid of a 1920x1080 photo", my_grid == (4, 2), hint="closest aspect ratio to 16:9 with i*j <= 12")
+    book.skip("served by LMDeploy", reason="no CUDA GPU on this machine")
+    book.finish()   # prints the summary; raises CheckpointsFailed when any check failed
+
+Every check is written to ARTIFACTS/checkpoints/<notebook>.json at once (atomically), so a
+crash in a later cell still leaves the earlier results for the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+PASS, FAIL, SKIP = "pass", "fail", "skipped"
+MARK = {PASS: "✅ PASS", FAIL: "❌ FAIL", SKIP: "⏭️  SKIP"}
+
+
+class CheckpointsFailed(AssertionError):
+    """Raised by Checkpoints.finish() when at least one checkpoint failed."""
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write DATA as pretty JSON to PATH through a temporary file, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, ensure_ascii=False, default=str)
+    os.replace(tmp, path)
+
+
+def checkpoints_file(notebook: str, artifacts: str | os.PathLike) -> Path:
+    """Where the results of NOTEBOOK's checkpoints are kept."""
+    return Path(artifacts) / "checkpoints" / f"{notebook}.json"
+
+
+class Checkpoints:
+    """The checkpoints of one notebook run."""
+
+    def __init__(self, notebook: str, artifacts: str | os.PathLike, quiet: bool = False):
+        self.notebook = notebook
+        self.path = checkpoints_file(notebook, artifacts)
+        self.quiet = quiet
+        self.results: list[dict] = []
+        self.started = time.time()
+        self._save(finished=False)
+
+    def check(self, name: str, passed: bool | Callable[[], bool], hint: str, detail: str = "") -> bool:
+        """Record checkpoint NAME; PASSED is a bool or a function returning one (an exception counts as a failure)."""
+        if callable(passed):
+            try:
+                passed = passed()
+            except Exception as exc:  # the learner's code failed inside the check: that is a failed checkpoint
+                detail = f"{type(exc).__name__}: {exc}"
+                passed = False
+        status = PASS if bool(passed) else FAIL
+        return self._record(name, status, hint=hint if status == FAIL else "", detail=detail)
+
+    def skip(self, name: str, reason: str) -> bool:
+        """Record checkpoint NAME as skipped (e.g. GPU-only on a CPU machine), with the reason printed."""
+        return self._record(name, SKIP, detail=reason)
+
+    def _record(self, name: str, status: str, hint: str = "", detail: str = "") -> bool:
+        self.results = [r for r in self.results if r["name"] != name]  # re-running a cell replaces its result
+        self.results.append({"name": name, "status": status, "hint": hint, "detail": detail})
+        self._save(finished=False)
+        if not self.quiet:
+            line = f"{MARK[status]}  {name}"
+            if status == FAIL:
+                line += f"\n      hint: {hint}" + (f"\n      ({detail})" if detail else "")
+            elif status == SKIP:
+                line += f" — {detail}"
+            print(line)
+        return status == PASS
+
+    @property
+    def failed(self) -> list[dict]:
+        """The checkpoints that failed."""
+        return [r for r in self.results if r["status"] == FAIL]
+
+    def summary(self) -> str:
+        """One line per checkpoint and a total, as text."""
+        counts = {s: sum(r["status"] == s for r in self.results) for s in (PASS, FAIL, SKIP)}
+        lines = [f"{MARK[r['status']]}  {r['name']}" for r in self.results]
+        lines.append(f"{self.notebook}: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped")
+        return "\n".join(lines)
+
+    def finish(self) -> None:
+        """Print the summary, save the results, and raise CheckpointsFailed if any checkpoint failed."""
+        self._save(finished=True)
+        print(self.summary())
+        if self.failed:
+            names = "; ".join(f"{r['name']} (hint: {r['hint']})" for r in self.failed)
+            raise CheckpointsFailed(f"{len(self.failed)} checkpoint(s) failed in {self.notebook}: {names}")
+
+    def _save(self, finished: bool) -> None:
+        write_json_atomic(self.path, {
+            "notebook": self.notebook,
+            "finished": finished,
+            "seconds": round(time.time() - self.started, 2),
+            "checkpoints": self.results,
+        })
+
+
+def load_results(notebook: str, artifacts: str | os.PathLike) -> dict | None:
+    """The saved checkpoint results of NOTEBOOK, or None when it has not run."""
+    try:
+        return json.loads(checkpoints_file(notebook, artifacts).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None

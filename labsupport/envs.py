@@ -1,0 +1,238 @@
+"""Build the course's two environments from environment.yml and environment-deploy.yml.
+
+Runs with a bare Python (standard library only), because it is what creates the
+environments that hold everything else:
+
+    python3 -m labsupport.envs            # create or update both, register the kernels
+    python3 -m labsupport.envs --list     # print the parsed specs and stop
+
+With conda on PATH it calls ``conda env create/update -f FILE``; otherwise it builds one
+venv per file under ``.venvs/NAME`` from the same file's pip list, so the pins live in one
+place. Each environment gets a stamp of its spec: a second run with nothing changed only
+compares stamps and takes seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_FILES = ("environment.yml", "environment-deploy.yml")
+VENVS = ROOT / ".venvs"
+STAMP = ".labsupport-env.json"
+
+
+@dataclass
+class EnvSpec:
+    """What one environment file asks for, in the subset of conda's YAML the course uses."""
+
+    file: Path
+    name: str
+    python: str = ""
+    conda: list[str] = field(default_factory=list)
+    pip: list[str] = field(default_factory=list)
+    pip_no_deps: list[str] = field(default_factory=list)
+    kernel: str = ""
+    kernel_display: str = ""
+
+    def digest(self) -> str:
+        """Hash of the file's text: the stamp that tells whether a rebuild is needed."""
+        return hashlib.sha256(self.file.read_bytes()).hexdigest()[:16]
+
+
+def _strip_comment(line: str) -> str:
+    """Drop a YAML comment that starts with ' #' (pins never contain one)."""
+    return re.sub(r"(^|\s)#.*$", "", line).rstrip()
+
+
+def parse_env_file(path: str | Path) -> EnvSpec:
+    """Parse an environment file (name, dependencies, pip list, x- sections) without PyYAML."""
+    path = Path(path)
+    spec = EnvSpec(file=path, name="")
+    section, sub = None, None
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = _strip_comment(raw)
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        text = line.strip()
+        if indent == 0:
+            sub = None
+            key, _, value = text.partition(":")
+            section, value = key.strip(), value.strip()
+            if section == "name":
+                spec.name = value
+            elif section == "x-jupyter-kernel":
+                spec.kernel = value
+            elif section == "x-jupyter-display-name":
+                spec.kernel_display = value
+            continue
+        if not text.startswith("- "):
+            raise ValueError(f"{path}:{lineno}: expected a '- item' line, got {raw!r}")
+        item = text[2:].strip()
+        if section == "dependencies":
+            if item == "pip:":
+                sub = "pip"
+            elif sub == "pip" and indent > 2:
+                spec.pip.append(item)
+            else:
+                sub = None
+                if item.startswith("python="):
+                    spec.python = item.split("=", 1)[1]
+                spec.conda.append(item)
+        elif section == "x-pip-no-deps":
+            spec.pip_no_deps.append(item)
+    if not spec.name:
+        raise ValueError(f"{path}: no 'name:' line; every environment file needs one")
+    spec.kernel = spec.kernel or spec.name
+    spec.kernel_display = spec.kernel_display or f"Python ({spec.kernel})"
+    return spec
+
+
+def load_specs(root: Path = ROOT) -> list[EnvSpec]:
+    """Parse the course's environment files, course env first."""
+    return [parse_env_file(root / f) for f in ENV_FILES if (root / f).exists()]
+
+
+def venv_python(name: str, root: Path = ROOT) -> Path:
+    """Path of the python inside the venv built for environment NAME."""
+    return root / ".venvs" / name / "bin" / "python"
+
+
+def _run(cmd: list[str], **kw) -> None:
+    """Run a command, echoing it, and stop with its exit status when it fails."""
+    print("  $", " ".join(str(c) for c in cmd), flush=True)
+    result = subprocess.run([str(c) for c in cmd], cwd=kw.pop("cwd", ROOT), **kw)
+    if result.returncode:
+        sys.exit(f"[env] command failed with exit status {result.returncode}: {' '.join(map(str, cmd))}")
+
+
+def _read_stamp(prefix: Path) -> dict:
+    try:
+        return json.loads((prefix / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamp(prefix: Path, spec: EnvSpec, route: str) -> None:
+    data = {"digest": spec.digest(), "route": route, "file": spec.file.name, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = prefix / (STAMP + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(prefix / STAMP)
+
+
+def _pip_install(python: Path, spec: EnvSpec) -> None:
+    """Install the pip list (torch first, so packages that build against it find it), then the no-deps stage."""
+    first = [p for p in spec.pip if re.match(r"(torch|torchvision)\b", p)]
+    rest = [p for p in spec.pip if p not in first]
+    pip = [python, "-m", "pip", "install", "--progress-bar", "off"]
+    _run([python, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools", "wheel"])
+    if first:
+        _run(pip + first)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, dir=ROOT / ".venvs") as req:
+        req.write("\n".join(rest) + "\n")
+    try:
+        _run(pip + ["-r", req.name])
+    finally:
+        os.unlink(req.name)
+    if spec.pip_no_deps:
+        _run(pip + ["--no-deps"] + spec.pip_no_deps)
+
+
+def _check_python(spec: EnvSpec) -> None:
+    want = spec.python
+    have = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if want and not have.startswith(want):
+        sys.exit(
+            f"[env] {spec.file.name} asks for Python {want}, but this is Python {have} ({sys.executable}).\n"
+            f"      Install Python {want} (or conda) and run again with it, e.g. `python{want} -m labsupport.envs`."
+        )
+
+
+def build_venv(spec: EnvSpec, course_prefix: Path | None) -> Path:
+    """Create or update the venv for SPEC under .venvs/; return its prefix."""
+    prefix = VENVS / spec.name
+    python = prefix / "bin" / "python"
+    if python.exists() and _read_stamp(prefix).get("digest") == spec.digest():
+        print(f"[env] {spec.name}: up to date ({prefix.relative_to(ROOT)})")
+    else:
+        _check_python(spec)
+        start = time.time()
+        print(f"[env] {spec.name}: building {prefix.relative_to(ROOT)} from {spec.file.name} "
+              f"({len(spec.pip)} pip requirements; the first build downloads several GB)", flush=True)
+        VENVS.mkdir(exist_ok=True)
+        if not python.exists():
+            _run([sys.executable, "-m", "venv", prefix])
+        _pip_install(python, spec)
+        _write_stamp(prefix, spec, "venv")
+        print(f"[env] {spec.name}: built in {time.time() - start:.0f} s", flush=True)
+    register_kernel(python, spec, course_prefix or prefix)
+    return prefix
+
+
+def build_conda(spec: EnvSpec, course_prefix: Path | None) -> Path:
+    """Create or update the conda environment for SPEC; return its prefix."""
+    conda = shutil.which("conda") or shutil.which("mamba")
+    envs = json.loads(subprocess.run([conda, "env", "list", "--json"], capture_output=True, text=True, check=True).stdout)
+    prefix = next((Path(p) for p in envs["envs"] if Path(p).name == spec.name), None)
+    if prefix and _read_stamp(prefix).get("digest") == spec.digest():
+        print(f"[env] {spec.name}: up to date (conda, {prefix})")
+    else:
+        verb = "update" if prefix else "create"
+        _run([conda, "env", verb, "-f", spec.file] + (["--prune"] if prefix else []))
+        envs = json.loads(subprocess.run([conda, "env", "list", "--json"], capture_output=True, text=True, check=True).stdout)
+        prefix = next(Path(p) for p in envs["envs"] if Path(p).name == spec.name)
+        if spec.pip_no_deps:
+            _run([prefix / "bin" / "python", "-m", "pip", "install", "--no-deps"] + spec.pip_no_deps)
+        _write_stamp(prefix, spec, "conda")
+    register_kernel(prefix / "bin" / "python", spec, course_prefix or prefix)
+    return prefix
+
+
+def register_kernel(python: Path, spec: EnvSpec, jupyter_prefix: Path) -> None:
+    """Register SPEC's kernel in the Jupyter that lives in the course environment."""
+    kernel_json = jupyter_prefix / "share" / "jupyter" / "kernels" / spec.kernel / "kernel.json"
+    try:
+        if json.loads(kernel_json.read_text())["argv"][0] == str(python):
+            return
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    _run([python, "-m", "ipykernel", "install", "--prefix", jupyter_prefix,
+          "--name", spec.kernel, "--display-name", spec.kernel_display], stdout=subprocess.DEVNULL)
+    print(f"[env] kernel {spec.kernel!r} -> {python}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print the parsed specs and stop")
+    parser.add_argument("--only", choices=["course", "deploy"], help="build one environment only")
+    parser.add_argument("--venv", action="store_true", help="build venvs even when conda is on PATH")
+    args = parser.parse_args(argv)
+    specs = load_specs()
+    if args.list:
+        for spec in specs:
+            print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in spec.__dict__.items()}, indent=1, ensure_ascii=False))
+        return 0
+    use_conda = not args.venv and not os.environ.get("LABSUPPORT_VENV") and (shutil.which("conda") or shutil.which("mamba"))
+    build = build_conda if use_conda else build_venv
+    course_prefix = None
+    for spec in specs:
+        if args.only and not spec.name.endswith(args.only):
+            continue
+        prefix = build(spec, course_prefix)
+        course_prefix = course_prefix or prefix
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
