@@ -13,6 +13,7 @@ so the course task keeps a machine-readable `meta` for the evaluator.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -259,3 +260,247 @@ def image_tokens(width: int, height: int, max_num: int = 6,
                  count_tiles_fn: Callable[[int, int, int], int] | None = None) -> int:
     """Image tokens one WIDTH x HEIGHT image costs: 256 per tile (the <img> and </img> markers not included)."""
     return TOKENS_PER_TILE * (count_tiles_fn or count_tiles)(width, height, max_num)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and writing records
+# ----------------------------------------------------------------------------------------------
+def load_records(path: str | os.PathLike) -> list:
+    """Read a json list or a jsonl file of records (raises with the file and line for a learner to fix)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        out = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}, line {lineno}: not valid json ({exc.msg}); "
+                                     f"run labsupport.validate.validate() for a full report") from exc
+        return out
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a json list of records, found a {type(data).__name__}")
+    return data
+
+
+def save_records(path: str | os.PathLike, records: list) -> Path:
+    """Write RECORDS atomically to PATH: a json list, or jsonl when PATH ends in .jsonl."""
+    from labsupport.validate import write_records
+
+    return write_records(path, records)
+
+
+def _records(source: str | os.PathLike | list) -> list:
+    return load_records(source) if isinstance(source, (str, os.PathLike)) else list(source)
+
+
+def _human(text: str, n_images: int) -> str:
+    """A first human turn with the image tags InternVL expects in front."""
+    return "<image>\n" * n_images + text.strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders
+# ----------------------------------------------------------------------------------------------
+def from_foodieqa(source: str | os.PathLike | list | dict, lang: str = "zh", with_choices: bool = True,
+                  image_prefix: str = "") -> list[dict]:
+    """Convert FoodieQA single-image VQA (sivqa) records to InternVL records: question (+ lettered choices) -> the right choice."""
+    data = json.loads(Path(source).read_text(encoding="utf-8")) if isinstance(source, (str, os.PathLike)) else source
+    if isinstance(data, dict):  # the annotation files group questions by category: {"0": [...], "1": [...]}
+        data = [q for group in data.values() for q in group]
+    out = []
+    for i, q in enumerate(data):
+        suffix = "_en" if lang == "en" else ""
+        try:
+            question, choices = q["question" + suffix], q["choices" + suffix]
+            answer = int(q["answer"])
+            image = q["food_meta"]["food_file"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"FoodieQA record {i} (question_id {q.get('question_id') if isinstance(q, dict) else None!r}): "
+                             f"missing or bad field {exc}; expected question{suffix}, choices{suffix}, answer (an index) "
+                             f"and food_meta.food_file") from exc
+        if isinstance(choices, str):
+            choices = [c.strip() for c in choices.split(",")]
+        if not 0 <= answer < len(choices):
+            raise ValueError(f"FoodieQA record {i}: answer index {answer} but only {len(choices)} choices")
+        text = question
+        if with_choices:
+            text += "\n" + "\n".join(f"{'ABCDEFGH'[k]}. {c}" for k, c in enumerate(choices))
+        out.append({
+            "id": str(q.get("question_id", f"foodieqa-{i}")),
+            "image": image_prefix + image,
+            "conversations": [{"from": "human", "value": _human(text, 1)},
+                              {"from": "gpt", "value": ("ABCDEFGH"[answer] + ". " if with_choices else "") + choices[answer]}],
+            "meta": {"source": "FoodieQA", "question_type": q.get("question_type"), "lang": lang,
+                     "food_name": q["food_meta"].get("food_name")},
+        })
+    return out
+
+
+SELF_COGNITION_QA = (
+    ("请做一下自我介绍", "我是{name}的小助手，内在是{model}模型。"),
+    ("你是谁？", "我是{name}的小助手，内在是{model}模型。有什么可以帮你的吗？"),
+    ("Introduce yourself.", "I am {name}'s assistant, built on the {model} model."),
+    ("Who are you?", "I am {name}'s assistant, built on the {model} model. How can I help?"),
+)
+
+
+def self_cognition(name: str, n: int = 100, fmt: str = "internvl", model: str = "InternVL2",
+                   pairs: Sequence[tuple[str, str]] = SELF_COGNITION_QA) -> list[dict]:
+    """A self-cognition set: N records cycling through PAIRS with NAME filled in; FMT "internvl" (text-only) or "openai" (messages)."""
+    if not name.strip():
+        raise ValueError("self_cognition: give your assistant a name, e.g. name='小明'")
+    if fmt not in ("internvl", "openai"):
+        raise ValueError(f"self_cognition: fmt is 'internvl' or 'openai', not {fmt!r}")
+    out = []
+    for i in range(n):
+        q, a = pairs[i % len(pairs)]
+        a = a.format(name=name, model=model)
+        if fmt == "openai":
+            out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        else:  # no "image" key: XTuner trains it as plain text
+            out.append({"id": f"self-{i:05d}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+    return out
+
+
+_ROLE_TO_FROM = {"user": "human", "assistant": "gpt", "human": "human", "gpt": "gpt"}
+
+
+def openai_to_internvl(source: str | os.PathLike | list, id_prefix: str = "chat") -> list[dict]:
+    """Convert OpenAI-style {"messages": [{"role", "content"}]} records to InternVL text-only records (system turns dropped)."""
+    out = []
+    for i, rec in enumerate(_records(source)):
+        turns = []
+        for m in rec["messages"]:
+            if m["role"] == "system":
+                continue
+            if m["role"] not in _ROLE_TO_FROM:
+                raise ValueError(f"record {i}: role {m['role']!r} is not user/assistant/system")
+            turns.append({"from": _ROLE_TO_FROM[m["role"]], "value": m["content"]})
+        out.append({"id": rec.get("id", f"{id_prefix}-{i:05d}"), "conversations": turns})
+    return out
+
+
+def from_llava(source: str | os.PathLike | list, image_prefix: str = "") -> list[dict]:
+    """Convert LLaVA-format records (same shape as InternVL's) to clean InternVL records: ids as strings, one '<image>\\n' in front."""
+    out = []
+    for i, rec in enumerate(_records(source)):
+        convs = [{"from": t["from"], "value": t["value"]} for t in rec["conversations"]]
+        new = {"id": str(rec.get("id", f"llava-{i:06d}"))}
+        image = rec.get("image")
+        if image:
+            paths = image if isinstance(image, list) else [image]
+            new["image"] = image_prefix + paths[0] if len(paths) == 1 else [image_prefix + p for p in paths]
+            first = convs[0]["value"].replace("<image>", "").strip()
+            convs[0]["value"] = _human(first, len(paths))
+            for t in convs[1:]:
+                t["value"] = t["value"].replace("<image>", "").strip()
+        new["conversations"] = convs
+        out.extend([{**{k: v for k, v in rec.items() if k not in ("id", "image", "conversations", "model")}, **new}])
+    return out
+
+
+def repeat(records: list, n: int, unique_ids: bool = True) -> list:
+    """The records N times over (like the seeds' LLaVA repeat.py); ids get a '#k' suffix so they stay unique."""
+    out = []
+    for k in range(n):
+        for rec in records:
+            rec = copy_record(rec)
+            if unique_ids and "id" in rec and k:
+                rec["id"] = f"{rec['id']}#{k}"
+            out.append(rec)
+    return out
+
+
+def copy_record(rec: dict) -> dict:
+    """A deep copy of one record (json round trip, so nothing is shared with the input)."""
+    return json.loads(json.dumps(rec, ensure_ascii=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# ms-swift jsonl  <->  InternVL json
+# ----------------------------------------------------------------------------------------------
+def to_swift(source: str | os.PathLike | list, keep_extra: bool = True) -> list[dict]:
+    """InternVL records -> ms-swift rows {"query", "response", "images", "history"?}; the leading '<image>\\n' is dropped; KEEP_EXTRA keeps id, meta, ... for a lossless trip back."""
+    out = []
+    for i, rec in enumerate(_records(source)):
+        convs = rec["conversations"]
+        if len(convs) % 2 or any(t["from"] != ("human", "gpt")[k % 2] for k, t in enumerate(convs)):
+            raise ValueError(f"record {i} (id {rec.get('id')!r}): turns must alternate human/gpt to convert to swift; "
+                             f"run labsupport.validate.validate() to find such records")
+        pairs = [[convs[k]["value"], convs[k + 1]["value"]] for k in range(0, len(convs), 2)]
+        image = rec.get("image")
+        images = [] if image is None else (list(image) if isinstance(image, list) else [image])
+        n = len(images)
+        if n and pairs[0][0].startswith("<image>\n" * n) and pairs[0][0].count("<image>") == n:
+            pairs[0][0] = pairs[0][0][len("<image>\n") * n:]  # swift puts the images in front itself
+        row = {k: v for k, v in rec.items() if k not in ("image", "conversations")} if keep_extra else {}
+        row.update(query=pairs[-1][0], response=pairs[-1][1], images=images)
+        if len(pairs) > 1:
+            row["history"] = pairs[:-1]
+        if isinstance(image, list) and keep_extra:
+            row["_image_list"] = True  # remembers the list form, for a lossless trip back
+        out.append(row)
+    return out
+
+
+def from_swift(source: str | os.PathLike | list) -> list[dict]:
+    """ms-swift rows {"query", "response", "images", "history"?} -> InternVL records; '<image>\\n' tags added when the text has none."""
+    out = []
+    for i, row in enumerate(_records(source)):
+        try:
+            pairs = [list(p) for p in row.get("history") or []] + [[row["query"], row["response"]]]
+        except KeyError as exc:
+            raise ValueError(f"swift row {i}: missing {exc}; each row needs 'query' and 'response'") from exc
+        images = list(row.get("images") or [])
+        if images and not any("<image>" in q for q, _ in pairs):
+            pairs[0][0] = "<image>\n" * len(images) + pairs[0][0]
+        rec = {"id": row.get("id", f"swift-{i:06d}")}
+        if images:
+            rec["image"] = images if row.get("_image_list") or len(images) > 1 else images[0]
+        rec["conversations"] = [{"from": f, "value": v} for q, a in pairs for f, v in (("human", q), ("gpt", a))]
+        rec.update({k: v for k, v in row.items() if k not in ("id", "query", "response", "images", "history", "_image_list")})
+        out.append(rec)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixing sources the way XTuner's repeat_times does
+# ----------------------------------------------------------------------------------------------
+def apply_repeat(records: list, repeat_times: float, seed: int = 0, xtuner_0_2_exact: bool = False) -> list:
+    """Sample RECORDS like XTuner's repeat_times: <1 samples down, k.f repeats k times plus a sample of a fraction f."""
+    if repeat_times <= 0:
+        raise ValueError(f"repeat_times must be > 0 (XTuner asserts it), got {repeat_times}")
+    rng = random.Random(seed)
+    records = list(records)
+    if repeat_times < 1:
+        return rng.sample(records, int(len(records) * repeat_times))
+    whole, frac = int(repeat_times), repeat_times - int(repeat_times)
+    out = records * whole
+    if frac > 0 and not xtuner_0_2_exact:  # XTuner 0.2.0 computes the remainder as 0 and drops it (internvl_dataset.py:218)
+        out += rng.sample(records, int(len(records) * frac))
+    return out
+
+
+def mix(sources: Sequence[tuple[str | os.PathLike | list, float]], seed: int = 0, image_prefixes: Sequence[str] | None = None,
+        shuffle: bool = True, unique_ids: bool = True, xtuner_0_2_exact: bool = False) -> list[dict]:
+    """Mix (records or path, repeat_times) SOURCES into one list; IMAGE_PREFIXES re-root each source's image paths."""
+    out: list[dict] = []
+    seen: collections.Counter = collections.Counter()
+    for s, (source, times) in enumerate(sources):
+        prefix = image_prefixes[s] if image_prefixes else ""
+        for rec in apply_repeat(_records(source), times, seed=seed + s, xtuner_0_2_exact=xtuner_0_2_exact):
+            rec = copy_record(rec)
+            if prefix and rec.get("image"):
+                rec["image"] = [prefix + p for p in rec["image"]] if isinstance(rec["image"], list) else prefix + rec["image"]
+            if unique_ids and "id" in rec:
+                key = str(rec["id"])
+                if seen[key]:
+                    rec["id"] = f"{key}#{seen[key]}"
+                seen[key] += 1
+            out.append(rec)
+    if shuffle:
+        random.Random(seed).shuffle(out)
+    return out
