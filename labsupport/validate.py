@@ -241,7 +241,8 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
             continue
         bad_text = [s for s in _strings(rec) if _has_surrogate(s)]
         if bad_text:
-            sample = bad_text[0].encode("utf-8", errors="backslashreplace").decode("ascii", errors="backslashreplace")[:60]
+            sample = "".join(f"<byte 0x{ord(ch) - 0xDC00:02x}>" if "\udc80" <= ch <= "\udcff" else
+                             f"<lone \\u{ord(ch):04x}>" if "\ud800" <= ch <= "\udfff" else ch for ch in bad_text[0])[:80]
             add("non_utf8_text", f"{len(bad_text)} string(s) are not valid UTF-8, e.g. {sample!r}")
         if any("\ufffd" in s for s in _strings(rec)):
             add("replacement_char", "a string holds the replacement character U+FFFD")
@@ -266,11 +267,13 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
                 add("too_many_images", f"{len(images)} images in one record")
         # conversations
         convs = rec.get("conversations")
-        n_tags = 0
+        n_tags: int | None = 0
         text_parts: list[str] = []
         if convs is None:
+            n_tags = None  # nothing to count the tags in
             add("missing_key", "no 'conversations'")
         elif not isinstance(convs, list) or not all(isinstance(t, dict) for t in convs):
+            n_tags = None
             add("non_string" if isinstance(convs, str) else "missing_key", "'conversations' must be a list of {'from', 'value'} objects")
         else:
             for t_i, turn in enumerate(convs):
@@ -293,12 +296,12 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
             roles = [t.get("from") for t in convs]
             if not convs:
                 add("empty_turn", "'conversations' is empty")
-            elif any(r != ROLES[i % 2] for i, r in enumerate(roles)) or len(roles) % 2:
+            elif all(r in ROLES for r in roles) and (any(r != ROLES[i % 2] for i, r in enumerate(roles)) or len(roles) % 2):
                 add("role_order", f"the roles are {roles}")
             if images and convs and isinstance(convs[0].get("value"), str) and convs[0]["value"].count("<image>") == 1 \
                     and not convs[0]["value"].startswith("<image>"):
                 add("image_tag_position", "the first human turn does not start with '<image>'")
-        if n_tags != len(images) and (images or n_tags):
+        if n_tags is not None and n_tags != len(images) and (images or n_tags):
             add("image_tag_count", f"{n_tags} '<image>' tag(s) for {len(images)} image(s)")
         # image files
         sizes: list[tuple[int, int]] = []
@@ -355,3 +358,86 @@ def _check_image(full: Path, max_aspect: float) -> tuple[str | None, str, tuple[
     if min(w, h) < 28:
         return "image_tiny", f"size {w}x{h}", (w, h)
     return None, "", (w, h)
+
+
+def _write_text_atomic(path: Path, text: str, errors: str = "strict") -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(text.encode("utf-8", errors=errors))
+    os.replace(tmp, path)
+
+
+def make_broken_copy(json_path: str | os.PathLike, image_root: str | os.PathLike, out_dir: str | os.PathLike,
+                     n_good: int = 20, max_length: int = 4096) -> dict:
+    """Copy N_GOOD records (and their images) to OUT_DIR, then plant one bad record of each kind; returns paths and where each problem is."""
+    from PIL import Image
+
+    from labsupport.datasets import copy_record, load_records
+
+    out, root = Path(out_dir), Path(image_root)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    good = [copy_record(r) for r in load_records(json_path)[:n_good]]
+    if not good or not isinstance(good[0].get("image"), str):
+        raise ValueError(f"make_broken_copy: {json_path} needs records with one image each to copy from")
+    for rec in good:
+        dest = out / "images" / Path(rec["image"]).name
+        dest.write_bytes((root / rec["image"]).read_bytes())
+        rec["image"] = f"images/{dest.name}"
+    base = good[0]
+    full = (out / base["image"]).read_bytes()
+    (out / "images" / "empty.jpg").write_bytes(b"")
+    (out / "images" / "notes.jpg").write_text("this is text, not a picture\n")
+    (out / "images" / "cut.jpg").write_bytes(full[: len(full) // 3])
+    Image.new("RGB", (2000, 60), (90, 70, 50)).save(out / "images" / "strip.jpg")
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(out / "images" / "tiny.jpg")
+
+    def bad(kind: str, change: Callable[[dict], Any]) -> tuple[str, Any]:
+        rec = copy_record(base)
+        rec["id"] = f"broken-{kind}"
+        rec.pop("image_wh", None)  # so that only the planted problem shows
+        result = change(rec)
+        return kind, rec if result is None else result
+
+    first_human = lambda r: r["conversations"][0]  # noqa: E731
+    answer = lambda r: r["conversations"][1]  # noqa: E731
+    planted = [
+        bad("not_a_record", lambda r: "a string where a record should be"),
+        bad("missing_key", lambda r: r.pop("conversations") and None),
+        bad("missing_id", lambda r: r.pop("id") and None),
+        bad("non_string", lambda r: answer(r).update(value=4)),
+        bad("unknown_role", lambda r: answer(r).update({"from": "assistant"})),
+        bad("role_order", lambda r: r["conversations"].reverse()),
+        bad("empty_turn", lambda r: answer(r).update(value="")),
+        bad("image_tag_count", lambda r: first_human(r).update(value=first_human(r)["value"].replace("<image>\n", ""))),
+        bad("image_tag_position", lambda r: first_human(r).update(value=first_human(r)["value"].replace("<image>\n", "") + "\n<image>")),
+        bad("too_many_images", lambda r: (r.update(image=[base["image"], good[1]["image"]]),
+                                          first_human(r).update(value="<image>\n" + first_human(r)["value"])) and None),
+        bad("duplicate_id", lambda r: r.update(id=base["id"])),
+        bad("path_outside_root", lambda r: r.update(image="../" + Path(json_path).name)),
+        bad("image_missing", lambda r: r.update(image="images/not-there.jpg")),
+        bad("image_empty", lambda r: r.update(image="images/empty.jpg")),
+        bad("image_unreadable", lambda r: r.update(image="images/notes.jpg")),
+        bad("image_truncated", lambda r: r.update(image="images/cut.jpg")),
+        bad("image_aspect", lambda r: r.update(image="images/strip.jpg")),
+        bad("image_tiny", lambda r: r.update(image="images/tiny.jpg")),
+        bad("image_wh_mismatch", lambda r: r.update(image_wh=[123, 45])),
+        bad("non_utf8_text", lambda r: answer(r).update(value=answer(r)["value"] + "\udcff")),
+        bad("replacement_char", lambda r: answer(r).update(value="\ufffd" + answer(r)["value"])),
+        bad("too_long", lambda r: answer(r).update(value=" ".join(["very long answer"] * max_length))),
+    ]
+    records = list(good)
+    where: dict[str, int] = {}
+    for kind, rec in planted:
+        where[kind] = len(records)
+        records.insert(len(records), rec)
+    # json: ensure_ascii escapes the lone surrogate as \udcff, which a json reader accepts but is not text
+    paths = {"image_root": out, "json": out / "broken.json", "jsonl": out / "broken.jsonl", "bad_syntax": out / "broken_syntax.json"}
+    _write_text_atomic(paths["json"], json.dumps(records, indent=1))
+    lines = [json.dumps(r, ensure_ascii=False) for r in good[:3]]
+    lines.insert(1, json.dumps(good[3], ensure_ascii=False)[:-25])  # a line cut short
+    raw_bad = copy_record(good[4])
+    answer(raw_bad)["value"] += "\udcff"  # written below through surrogateescape: a raw byte 0xff
+    lines.append(json.dumps(raw_bad, ensure_ascii=False))  # a raw byte 0xff: not UTF-8
+    _write_text_atomic(paths["jsonl"], "\n".join(lines) + "\n", errors="surrogateescape")
+    _write_text_atomic(paths["bad_syntax"], json.dumps(good[:2], indent=1).replace("}\n]", "},\n]"))
+    return {**paths, "planted": where, "planted_jsonl": {"bad_jsonl_line": 1, "non_utf8_text": 4}, "planted_syntax": "bad_json"}

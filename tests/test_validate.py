@@ -140,3 +140,26 @@ def test_input_untouched_and_clean_file_written(tmp_path, root):
 def test_every_kind_has_a_test():
     tested = set(CASES) | {"too_long", "unreadable_file", "bad_json", "not_a_list", "bad_jsonl_line"}
     assert tested == set(V.KINDS)
+
+
+def test_broken_copy_plants_every_record_kind_and_validator_finds_each(tmp_path):
+    from labsupport import datasets as D
+    from labsupport.datastats import ApproxTokenizer
+
+    src = D.build_course_task(tmp_path / "plates", n_train=12, n_heldout=12, progress=False)
+    before = hashlib.sha256(src["train"].read_bytes()).hexdigest()
+    b = V.make_broken_copy(src["train"], src["image_folder"], tmp_path / "broken", n_good=8, max_length=4096)
+    assert hashlib.sha256(src["train"].read_bytes()).hexdigest() == before
+    report = V.validate(b["json"], b["image_root"], tokenizer=ApproxTokenizer(), max_length=4096, progress=False)
+    found = {(p.index, p.kind) for p in report.problems}
+    assert all((i, k) in found for k, i in b["planted"].items()), str(report)
+    assert not [p for p in report.problems if p.index is not None and p.index < 8], "a good record was blamed"
+    record_kinds = set(V.KINDS) - {"unreadable_file", "bad_json", "not_a_list", "bad_jsonl_line"}
+    assert set(b["planted"]) == record_kinds
+    jl = V.validate(b["jsonl"], b["image_root"], progress=False)
+    assert {(p.index, p.kind) for p in jl.problems} == {(i, k) for k, i in b["planted_jsonl"].items()}
+    assert "<byte 0xff>" in next(p.message for p in jl.problems if p.kind == "non_utf8_text")
+    assert [p.kind for p in V.validate(b["bad_syntax"], b["image_root"], progress=False).problems] == ["bad_json"]
+    clean = report.write_clean(tmp_path / "broken" / "clean.json")
+    again = V.validate(clean, b["image_root"], tokenizer=ApproxTokenizer(), max_length=4096, progress=False)
+    assert again.ok and len(again.records) == len(report.records) - len(report.bad_indices)
