@@ -133,3 +133,16 @@ def show_samples(source: str | os.PathLike | list, image_root: str | os.PathLike
         print(f"{rec.get('id')}: Q: {q!r}  A: {a!r}")
     fig.tight_layout()
     return fig
+
+
+def load_tokenizer(model_path: str = "tiny") -> Any:
+    """The tokenizer of MODEL_PATH for length checks; for "tiny", an ApproxTokenizer until the tiny model's is wired in."""
+    if model_path == "tiny":
+        # TODO(lead): return the embedded tiny model's tokenizer (labsupport.tinymodel, H1) once it is in main.
+        print("note: lengths use an approximate tokenizer (1 token per word, digit, symbol or CJK character)")
+        return ApproxTokenizer()
+    from transformers import AutoTokenizer
+
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"MODEL_PATH {model_path!r} is not a folder: give the folder of a real InternVL2 checkpoint, or 'tiny'")
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
