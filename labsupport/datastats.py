@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from labsupport.datasets import TOKENS_PER_TILE, _progress, _records, count_tiles
-from labsupport.validate import _count_text_tokens
+from labsupport.datasets import TOKENS_PER_TILE, as_records, count_tiles, progress_bar
+from labsupport.validate import count_text_tokens
 
 _PIECE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[A-Za-z]+|\d|[^\sA-Za-z\d]")
 
@@ -28,16 +28,16 @@ def collect_stats(source: str | os.PathLike | list, image_root: str | os.PathLik
     """Per-record text tokens, image tokens and totals, and per-image sizes and tiles (reads image headers only)."""
     from PIL import Image
 
-    records = _records(source)
+    records = as_records(source)
     tok = tokenizer or ApproxTokenizer()
     tiles_of = count_tiles_fn or count_tiles
     root = Path(image_root)
     size_cache: dict[str, tuple[int, int]] = {}
     st: dict[str, Any] = {"ids": [], "text_tokens": [], "image_tokens": [], "total_tokens": [], "tiles": [], "sizes": [],
                           "max_num": max_num, "approximate": tokenizer is None}
-    for rec in _progress(records, "measuring", enable=progress and len(records) > 200):
+    for rec in progress_bar(records, "measuring", enable=progress and len(records) > 200):
         text = "\n".join(t["value"].replace("<image>", "") for t in rec["conversations"])
-        n_text = _count_text_tokens(tok, text)
+        n_text = count_text_tokens(tok, text)
         images = rec.get("image") or []
         images = images if isinstance(images, list) else [images]
         n_img = 0
@@ -115,7 +115,7 @@ def show_samples(source: str | os.PathLike | list, image_root: str | os.PathLike
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    records = [r for r in _records(source) if r.get("image")]
+    records = [r for r in as_records(source) if r.get("image")]
     picks = random.Random(seed).sample(records, min(n, len(records)))
     rows = (len(picks) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)

@@ -1,10 +1,8 @@
 """Tests of labsupport.validate: one crafted bad record for each problem kind, the report, the clean file."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
