@@ -24,8 +24,8 @@ class ApproxTokenizer:
 
 def collect_stats(source: str | os.PathLike | list, image_root: str | os.PathLike, tokenizer: Any = None,
                   max_num: int = 6, count_tiles_fn: Callable[[int, int, int], int] | None = None,
-                  progress: bool = True) -> dict:
-    """Per-record text tokens, image tokens and totals, and per-image sizes and tiles (reads image headers only)."""
+                  progress: bool = True, template_tokens: int = 0) -> dict:
+    """Per-record text tokens, image tokens and totals (+ TEMPLATE_TOKENS), and per-image sizes and tiles (reads image headers only)."""
     from PIL import Image
 
     records = as_records(source)
@@ -53,7 +53,7 @@ def collect_stats(source: str | os.PathLike | list, image_root: str | os.PathLik
         st["ids"].append(rec.get("id"))
         st["text_tokens"].append(n_text)
         st["image_tokens"].append(n_img)
-        st["total_tokens"].append(n_text + n_img)
+        st["total_tokens"].append(n_text + n_img + template_tokens)
     return st
 
 

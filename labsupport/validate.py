@@ -200,8 +200,12 @@ def read_records(json_path: str | os.PathLike) -> tuple[list[Any], list[Problem]
 def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokenizer: Any = None,
              max_length: int | None = None, max_num: int = 6, count_tiles_fn: Callable[[int, int, int], int] | None = None,
              max_aspect: float = 12.0, check_images: bool = True, progress: bool = True,
-             clean_to: str | os.PathLike | None = None) -> Report:
-    """Check every record of an InternVL/XTuner json or jsonl file and its images; never modifies the input."""
+             clean_to: str | os.PathLike | None = None, template_tokens: int = 0) -> Report:
+    """Check every record of an InternVL/XTuner json or jsonl file and its images; never modifies the input.
+
+    A sample's length = its text tokens + 256 per tile (+2 for <img></img>) per image + TEMPLATE_TOKENS, the tokens
+    the chat template adds (XTuner's InternVL dataset prepends a system prompt and role markers).
+    """
     path = str(json_path)
     root = Path(image_root).resolve()
     tiles_of = count_tiles_fn or count_tiles
@@ -308,7 +312,7 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
                 add("image_wh_mismatch", f"image_wh is {wh0}, the image is {list(sizes[0])}")
         # length in tokens
         if tokenizer is not None and text_parts is not None and convs is not None:
-            n = sum(count_text_tokens(tokenizer, t) for t in text_parts)
+            n = template_tokens + sum(count_text_tokens(tokenizer, t) for t in text_parts)
             n += sum(TOKENS_PER_TILE * tiles_of(w, h, max_num) + 2 for w, h in sizes)  # +2: <img> and </img>
             report.lengths[index] = n
             if max_length is not None and n > max_length:
