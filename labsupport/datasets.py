@@ -200,7 +200,7 @@ def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 6
         splits = {"train": plates_records(n_train, "train", kinds, seed),
                   "heldout": plates_records(n_heldout, "heldout", kinds, seed)}
         jobs = [rec for recs in splits.values() for rec in recs]
-        for rec in _progress(jobs, "drawing plates", enable=progress):
+        for rec in progress_bar(jobs, "drawing plates", enable=progress):
             m = rec["meta"]
             img = draw_plate(m["colour"], m["shape"], m["count"], tuple(rec["image_wh"]), seed=m["draw_seed"])
             img.save(tmp / rec["image"], quality=92)
@@ -221,7 +221,7 @@ def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 6
     return paths
 
 
-def _progress(items: Iterable, desc: str, enable: bool = True, total: int | None = None):
+def progress_bar(items: Iterable, desc: str, enable: bool = True, total: int | None = None) -> Iterable:
     """Wrap ITEMS in a tqdm progress bar (auto: widget in notebooks, text otherwise) when ENABLE."""
     if not enable:
         return items
@@ -286,13 +286,22 @@ def load_records(path: str | os.PathLike) -> list:
 
 
 def save_records(path: str | os.PathLike, records: list) -> Path:
-    """Write RECORDS atomically to PATH: a json list, or jsonl when PATH ends in .jsonl."""
-    from labsupport.validate import write_records
+    """Write RECORDS atomically to PATH: a json list, or jsonl (one object per line) when PATH ends in .jsonl."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        write_json_atomic(path, records)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
 
-    return write_records(path, records)
 
-
-def _records(source: str | os.PathLike | list) -> list:
+def as_records(source: str | os.PathLike | list) -> list:
+    """SOURCE as a list of records: a path is read with load_records, a list is copied (shallowly)."""
     return load_records(source) if isinstance(source, (str, os.PathLike)) else list(source)
 
 
@@ -371,7 +380,7 @@ _ROLE_TO_FROM = {"user": "human", "assistant": "gpt", "human": "human", "gpt": "
 def openai_to_internvl(source: str | os.PathLike | list, id_prefix: str = "chat") -> list[dict]:
     """Convert OpenAI-style {"messages": [{"role", "content"}]} records to InternVL text-only records (system turns dropped)."""
     out = []
-    for i, rec in enumerate(_records(source)):
+    for i, rec in enumerate(as_records(source)):
         turns = []
         for m in rec["messages"]:
             if m["role"] == "system":
@@ -386,7 +395,7 @@ def openai_to_internvl(source: str | os.PathLike | list, id_prefix: str = "chat"
 def from_llava(source: str | os.PathLike | list, image_prefix: str = "") -> list[dict]:
     """Convert LLaVA-format records (same shape as InternVL's) to clean InternVL records: ids as strings, one '<image>\\n' in front."""
     out = []
-    for i, rec in enumerate(_records(source)):
+    for i, rec in enumerate(as_records(source)):
         convs = [{"from": t["from"], "value": t["value"]} for t in rec["conversations"]]
         new = {"id": str(rec.get("id", f"llava-{i:06d}"))}
         image = rec.get("image")
@@ -425,7 +434,7 @@ def copy_record(rec: dict) -> dict:
 def to_swift(source: str | os.PathLike | list, keep_extra: bool = True) -> list[dict]:
     """InternVL records -> ms-swift rows {"query", "response", "images", "history"?}; the leading '<image>\\n' is dropped; KEEP_EXTRA keeps id, meta, ... for a lossless trip back."""
     out = []
-    for i, rec in enumerate(_records(source)):
+    for i, rec in enumerate(as_records(source)):
         convs = rec["conversations"]
         if len(convs) % 2 or any(t["from"] != ("human", "gpt")[k % 2] for k, t in enumerate(convs)):
             raise ValueError(f"record {i} (id {rec.get('id')!r}): turns must alternate human/gpt to convert to swift; "
@@ -449,7 +458,7 @@ def to_swift(source: str | os.PathLike | list, keep_extra: bool = True) -> list[
 def from_swift(source: str | os.PathLike | list) -> list[dict]:
     """ms-swift rows {"query", "response", "images", "history"?} -> InternVL records; '<image>\\n' tags added when the text has none."""
     out = []
-    for i, row in enumerate(_records(source)):
+    for i, row in enumerate(as_records(source)):
         try:
             pairs = [list(p) for p in row.get("history") or []] + [[row["query"], row["response"]]]
         except KeyError as exc:
@@ -491,7 +500,7 @@ def mix(sources: Sequence[tuple[str | os.PathLike | list, float]], seed: int = 0
     seen: collections.Counter = collections.Counter()
     for s, (source, times) in enumerate(sources):
         prefix = image_prefixes[s] if image_prefixes else ""
-        for rec in apply_repeat(_records(source), times, seed=seed + s, xtuner_0_2_exact=xtuner_0_2_exact):
+        for rec in apply_repeat(as_records(source), times, seed=seed + s, xtuner_0_2_exact=xtuner_0_2_exact):
             rec = copy_record(rec)
             if prefix and rec.get("image"):
                 rec["image"] = [prefix + p for p in rec["image"]] if isinstance(rec["image"], list) else prefix + rec["image"]
