@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from labsupport import tiling
 from labsupport.checkpoints import write_json_atomic
 from labsupport.paths import artifacts_dir
 
@@ -238,22 +239,10 @@ TOKENS_PER_TILE = 256  # (448 // 14)**2 * 0.5**2 after pixel shuffle
 
 
 def count_tiles(width: int, height: int, max_num: int = 6, min_num: int = 1, use_thumbnail: bool = True) -> int:
-    """Tiles InternVL's dynamic tiling makes of a WIDTH x HEIGHT image (thumbnail included when there is more than one)."""
-    # TODO(lead): switch to labsupport.tiling (H2) once it lands in main, so tiling lives in one place.
+    """Tiles InternVL's dynamic tiling makes of a WIDTH x HEIGHT image (training default max_num 6, thumbnail included)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"count_tiles: the image has no area ({width}x{height})")
-    grids = sorted({(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-                    if min_num <= i * j <= max_num}, key=lambda g: g[0] * g[1])
-    aspect, area = width / height, width * height
-    best, best_diff = (1, 1), float("inf")
-    for i, j in grids:
-        diff = abs(aspect - i / j)
-        if diff < best_diff:
-            best, best_diff = (i, j), diff
-        elif diff == best_diff and area > 0.5 * TILE * TILE * i * j:
-            best = (i, j)
-    n = best[0] * best[1]
-    return n + 1 if use_thumbnail and n > 1 else n
+    return tiling.count_tiles(width, height, min_num=min_num, max_num=max_num, use_thumbnail=use_thumbnail)
 
 
 def image_tokens(width: int, height: int, max_num: int = 6,
