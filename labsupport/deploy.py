@@ -446,3 +446,121 @@ class ChatPipeline:
 def pipeline(model_dir: str | os.PathLike, backend: str = "auto", **kwargs) -> ChatPipeline:
     """Open MODEL_DIR for chat with BACKEND ("auto" | "lmdeploy" | "transformers"); see ChatPipeline for options."""
     return ChatPipeline(model_dir, backend=backend, **kwargs)
+
+
+def guessed_template(model_dir: str | os.PathLike) -> str:
+    """The chat template name LMDeploy would pick for MODEL_DIR WITHOUT a ChatTemplateConfig (matched on the path)."""
+    from lmdeploy.model import MODELS
+
+    for name, template in MODELS.module_dict.items():
+        if template.match(str(model_dir), trust_remote_code=True):
+            return name
+    return "base"
+
+
+# ---- OpenAI-compatible serving -------------------------------------------------------------------
+def image_data_url(image, fmt: str = "JPEG") -> str:
+    """IMAGE (path or PIL) as a base64 data: URL, the way OpenAI-style clients send a local picture."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    as_image(image).save(buf, format=fmt)
+    mime = "jpeg" if fmt.upper() == "JPEG" else fmt.lower()
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def openai_messages(question: str, image=None) -> list[dict]:
+    """A one-turn chat-completions `messages` list: the image (as a data URL) first, then the question."""
+    if image is None:
+        return [{"role": "user", "content": question}]
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                                         {"type": "text", "text": question}]}]
+
+
+def api_server_command(model_dir: str | os.PathLike, port: int, host: str = "127.0.0.1", model_name: str = "",
+                       engine: str = "pytorch", cache_max_entry_count: float = 0.4,
+                       session_len: int | None = None) -> list[str]:
+    """The `lmdeploy serve api_server` command line (this Python's lmdeploy; the chat template named explicitly)."""
+    import sys
+
+    if engine == "auto":
+        engine = engine_config(model_dir, "auto").__class__.__name__.startswith("Turbomind") and "turbomind" or "pytorch"
+    read_chat_template(model_dir)
+    cmd = [sys.executable, "-m", "lmdeploy", "serve", "api_server", str(model_dir),
+           "--server-name", host, "--server-port", str(port), "--backend", engine, "--tp", "1",
+           "--trust-remote-code", "--chat-template", "hf",  # "hf" = the tokenizer's own template, never a guess
+           "--cache-max-entry-count", str(cache_max_entry_count), "--log-level", "ERROR"]
+    if model_name:
+        cmd += ["--model-name", model_name]
+    if session_len:
+        cmd += ["--session-len", str(session_len)]
+    return cmd
+
+
+def start_server(cmd: Sequence[str], log_path: str | os.PathLike):
+    """Start a server command as a child process in its own process group, output to LOG_PATH."""
+    import subprocess
+
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")
+    try:
+        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()  # the child keeps its own handle
+
+
+def wait_until_healthy(base_url: str, proc, timeout: float = 600, log_path: str | os.PathLike | None = None,
+                       path: str = "/health") -> float:
+    """Poll BASE_URL+PATH until it answers 200; returns the seconds waited (raises with the log's tail if it dies)."""
+    import urllib.error
+    import urllib.request
+
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it became healthy. "
+                               f"Last lines of its log ({log_path}):\n{tail}")
+        try:
+            with urllib.request.urlopen(base_url.rstrip("/") + path, timeout=5) as resp:
+                if resp.status == 200:
+                    return round(time.time() - start, 1)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{base_url}{path} did not answer within {timeout:.0f} s; see {log_path}")
+
+
+def stop_server(proc, timeout: float = 30) -> int:
+    """Stop a server started by start_server: Ctrl-C first (clean shutdown), then terminate, then kill; returns its exit code."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout)
+        except Exception:  # subprocess.TimeoutExpired: escalate to the next signal
+            continue
+    return proc.wait()
+
+
+def cpu_server_support(model_dir: str | os.PathLike) -> tuple[bool, str]:
+    """Whether `transformers serve` (the OpenAI-compatible server transformers ships) can load MODEL_DIR, and why."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    arch, model_type = (config.get("architectures") or ["?"])[0], config.get("model_type", "?")
+    if model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES or hasattr(transformers, arch):
+        return True, f"transformers {transformers.__version__} knows {arch} ({model_type})"
+    return False, (f"`transformers serve` ({transformers.__version__}) loads a model as transformers.{arch} or through "
+                   f"a model type it knows; {arch} (model_type {model_type!r}) is remote code, so it stops with "
+                   f"\"AttributeError: module transformers has no attribute {arch}\" (tried here with 5.23). "
+                   "No library here offers an OpenAI-compatible server for this model on a CPU.")
