@@ -235,6 +235,15 @@ def _split(query) -> tuple[str, Any]:
     raise TypeError(f"a query is a str or a (question, image) pair, not {type(query).__name__}: {query!r:.80}")
 
 
+def _same_image(a, b) -> bool:
+    """True when A and B are the same object or the same file path."""
+    if a is b:
+        return True
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        return Path(a).resolve() == Path(b).resolve()
+    return False
+
+
 def _looks_like_image_path(text: str) -> bool:
     return Path(text).suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"} and Path(text).exists()
 
@@ -350,7 +359,7 @@ class Session:
 
     def ask(self, question: str, image=None, gen: GenSettings | None = None) -> str:
         """Ask QUESTION (with IMAGE on the turn that introduces it); returns the answer and remembers both."""
-        if image is not None and self.image is not None and image is not self.image:
+        if image is not None and self.image is not None and not _same_image(image, self.image):
             raise ValueError("this session already has an image; InternVL2's chat keeps one image per conversation: "
                              "start a new one with pipe.session() (the demo does so when you upload a new image)")
         new_image = image if image is not None and self.image is None else None
@@ -485,7 +494,9 @@ def api_server_command(model_dir: str | os.PathLike, port: int, host: str = "127
     import sys
 
     if engine == "auto":
-        engine = engine_config(model_dir, "auto").__class__.__name__.startswith("Turbomind") and "turbomind" or "pytorch"
+        from lmdeploy.archs import autoget_backend
+
+        engine = autoget_backend(str(model_dir), trust_remote_code=True)
     read_chat_template(model_dir)
     cmd = [sys.executable, "-m", "lmdeploy", "serve", "api_server", str(model_dir),
            "--server-name", host, "--server-port", str(port), "--backend", engine, "--tp", "1",
