@@ -180,12 +180,22 @@ def render_prompt(tokenizer, question: str, history: Sequence[tuple[str, str]] =
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def model_prompt(model, question: str, history: Sequence[tuple[str, str]] = (), image: bool = True) -> str:
-    """The prompt the model's own chat() builds (its conversation.py template), with the same image placeholder."""
+def model_prompt(model_dir: str | os.PathLike, question: str, history: Sequence[tuple[str, str]] = (),
+                 image: bool = True) -> str:
+    """The prompt the checkpoint's own chat() builds (its conversation.py template named in config.json)."""
+    import importlib.util
     import sys
 
-    conv = sys.modules[type(model).__module__].get_conv_template(model.template)
-    conv.system_message = getattr(model, "system_message", conv.system_message)
+    model_dir = Path(model_dir)
+    source = model_dir / "conversation.py"
+    if not source.is_file():
+        raise FileNotFoundError(f"{model_dir} has no conversation.py: it is not in the official InternVL2 remote-code "
+                                "format (notebook 05's converter copies it next to the weights)")
+    spec = importlib.util.spec_from_file_location(f"_labsupport_conv_{abs(hash(str(model_dir)))}", source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    conv = module.get_conv_template(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["template"])
     for i, (old_q, old_a) in enumerate(history):
         conv.append_message(conv.roles[0], (IMAGE_PLACEHOLDER if image and i == 0 else "") + old_q)
         conv.append_message(conv.roles[1], old_a)
@@ -370,6 +380,19 @@ class Session:
         self.history.append((question, text))
         self.response = Reply(text, round(time.time() - start, 3), self.pipe.backend)
         return text
+
+    def context_turns(self) -> int:
+        """How many turns the backend itself holds for this conversation (what the next answer is conditioned on)."""
+        if "session" in self._state:  # LMDeploy's Session keeps (prompt, answer) pairs
+            return len(self._state["session"].history)
+        return len(self._state.get("history") or [])
+
+    def context_has_image(self) -> bool:
+        """True when the backend's copy of the conversation carries the image (pixels or an image message)."""
+        if "session" in self._state:
+            return any(isinstance(p, list) and "image_data" in json.dumps(p, default=str)
+                       for p, _ in self._state["session"].history)
+        return self._state.get("pixels") is not None and any("<image>" in q for q, _ in self._state.get("history") or [])
 
 
 class ChatPipeline:
