@@ -229,17 +229,21 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, fo
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished the same build first: keep its copy if it is current
+            if json.loads((out / STAMP_FILE).read_text()).get("stamp") != stamp:
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def resolve_model(model_path: str = "tiny") -> Path:
-    """Resolve the MODEL_PATH parameter: "tiny" builds/returns the miniature model, anything else must be a checkpoint folder."""
+def resolve_model(model_path: str = "tiny", artifacts: str | os.PathLike | None = None) -> Path:
+    """Resolve the MODEL_PATH parameter: "tiny" builds/returns the miniature model (under ARTIFACTS), else a checkpoint folder."""
     if str(model_path).strip().lower() == "tiny":
-        return build_tiny_model()
+        return build_tiny_model(artifacts_dir(artifacts) / "models" / TINY_NAME)
     path = Path(model_path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(

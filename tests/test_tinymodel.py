@@ -86,7 +86,9 @@ def test_build_is_deterministic_and_stamped(tiny, tmp_path):
     assert (again / "model.safetensors").stat().st_mtime_ns == before, "an up-to-date build must be skipped"
 
 
-def test_resolve_model(tmp_path):
+def test_resolve_model(tiny, tmp_path):
+    built = resolve_model("tiny", artifacts=tiny.parent.parent)  # ARTIFACTS/models/internvl2-tiny
+    assert built == tiny.parent.parent / "models" / "internvl2-tiny" and (built / "config.json").is_file()
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path / "real")) == (tmp_path / "real").resolve()
