@@ -255,7 +255,24 @@ def resolve_model(model_path: str = "tiny", artifacts: str | os.PathLike | None 
             f"MODEL_PATH = {str(model_path)!r} has no config.json, so it is not a Hugging Face checkpoint. "
             "Point MODEL_PATH at the folder that holds config.json (e.g. the one `huggingface-cli download "
             "OpenGVLab/InternVL2-2B --local-dir ...` created), or set it to \"tiny\".")
+    _check_remote_code_name(path)
     return path.resolve()
+
+
+def _check_remote_code_name(path: Path) -> None:
+    """transformers < 5 imports remote code as a module named after the folder: a '.' in that name breaks it."""
+    if "." not in path.resolve().name:
+        return
+    try:
+        auto_map = json.loads((path / "config.json").read_text(encoding="utf-8")).get("auto_map")
+        from transformers import dynamic_module_utils
+    except (ValueError, ImportError):
+        return  # unreadable config or no transformers here: nothing to predict
+    if auto_map and not hasattr(dynamic_module_utils, "_sanitize_module_name"):
+        raise ValueError(
+            f"MODEL_PATH = {str(path)!r}: this transformers version cannot load remote code from a folder whose "
+            f"name contains '.' ({path.resolve().name!r}; it fails with 'No module named transformers_modules...'). "
+            "Rename the folder (e.g. replace '.' with '_') and set MODEL_PATH to the new name.")
 
 
 def parameter_counts(model) -> dict:
