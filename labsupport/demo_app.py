@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     from labsupport.paths import artifacts_dir
 
     artifacts = artifacts_dir(args.artifacts)
-    base = deploy.base_model_dir(args.base)
+    base = deploy.base_model_dir(args.base, artifacts)
     if args.finetuned:
         finetuned, why = Path(args.finetuned), f"fine-tuned model given on the command line: {args.finetuned}"
     else:

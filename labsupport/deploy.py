@@ -38,14 +38,11 @@ FINETUNED_MODEL = "models/internvl2-tiny-finetuned"  # under ARTIFACTS, written 
 COURSE_TASK = "data/plates"                           # under ARTIFACTS, built by labsupport.datasets
 
 
-def base_model_dir(model_path: str = "tiny") -> Path:
-    """The base model folder for MODEL_PATH ("tiny" builds the miniature model; else an existing checkpoint folder)."""
-    path = Path(str(model_path)).expanduser()
-    if str(model_path).strip().lower() != "tiny" and path.is_dir():
-        return path.resolve()
+def base_model_dir(model_path: str = "tiny", artifacts: str | os.PathLike | None = None) -> Path:
+    """The base model folder for MODEL_PATH ("tiny" builds the miniature model under ARTIFACTS; else a checkpoint folder)."""
     from labsupport.tinymodel import resolve_model
 
-    return Path(resolve_model(model_path))
+    return Path(resolve_model(model_path, artifacts))
 
 
 def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike) -> tuple[Path, str]:
@@ -270,8 +267,12 @@ class _Transformers:
 
         self.device = device
         self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        import transformers
+
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-        self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, dtype=self.dtype).eval().to(device)
+        dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in 5.0
+        self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
+        self.model = self.model.eval().to(device)
         self.max_tiles = max_tiles
 
     def pixels(self, image):
@@ -588,11 +589,12 @@ def stop_server(proc, timeout: float = 30) -> int:
 def cpu_server_support(model_dir: str | os.PathLike) -> tuple[bool, str]:
     """Whether `transformers serve` (the OpenAI-compatible server transformers ships) can load MODEL_DIR, and why."""
     import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+    from transformers.models.auto import modeling_auto
 
+    multimodal = getattr(modeling_auto, "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES", {})  # transformers 5.x
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     arch, model_type = (config.get("architectures") or ["?"])[0], config.get("model_type", "?")
-    if model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES or hasattr(transformers, arch):
+    if model_type in multimodal or hasattr(transformers, arch):
         return True, f"transformers {transformers.__version__} knows {arch} ({model_type})"
     return False, (f"`transformers serve` ({transformers.__version__}) loads a model as transformers.{arch} or through "
                    f"a model type it knows; {arch} (model_type {model_type!r}) is remote code, so it stops with "
