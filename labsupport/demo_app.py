@@ -93,7 +93,7 @@ def respond(message: dict, history: list, model_name: str, state: dict, models: 
         path = f if isinstance(f, str) else (f.get("path") or f.get("name"))
         problem = check_image(path)
         if problem:
-            history += [{"role": "user", "content": f"\U0001F4CE {Path(path).name}"},
+            history += [{"role": "user", "content": f"Attached file: {Path(path).name}"},
                         {"role": "assistant", "content": problem}]
             return history, state
         new_image = path

@@ -533,15 +533,15 @@ def api_server_command(model_dir: str | os.PathLike, port: int, host: str = "127
     return cmd
 
 
-def start_server(cmd: Sequence[str], log_path: str | os.PathLike):
-    """Start a server command as a child process in its own process group, output to LOG_PATH."""
+def start_server(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None):
+    """Start a server command as a child process in its own process group, output to LOG_PATH (ENV: its environment)."""
     import subprocess
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")
     try:
-        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     finally:
         log.close()  # the child keeps its own handle
 
