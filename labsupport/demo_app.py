@@ -67,16 +67,18 @@ def course_examples(artifacts: str | os.PathLike | None = None, n: int = 4) -> l
 class DemoModels:
     """The demo's two models, loaded on first use (a ChatPipeline may also be handed in ready-made)."""
 
-    def __init__(self, models: dict[str, Any], backend: str = "auto"):
+    def __init__(self, models: dict[str, Any], backend: str = "auto", max_tiles: int | None = None):
         self.sources = dict(models)
         self.backend = backend
+        self.max_tiles = max_tiles
         self.loaded: dict[str, deploy.ChatPipeline] = {k: v for k, v in models.items()
                                                        if isinstance(v, deploy.ChatPipeline)}
 
     def get(self, name: str) -> deploy.ChatPipeline:
         """The pipeline for NAME ("base" / "fine-tuned"), loading it if needed."""
         if name not in self.loaded:
-            self.loaded[name] = deploy.pipeline(self.sources[name], backend=self.backend, name=name)
+            self.loaded[name] = deploy.pipeline(self.sources[name], backend=self.backend, name=name,
+                                                max_tiles=self.max_tiles)
             print(f"[demo] {self.loaded[name].describe()}", flush=True)
         return self.loaded[name]
 
@@ -126,11 +128,11 @@ def respond(message: dict, history: list, model_name: str, state: dict, models: 
 
 
 def build_demo(models: dict[str, Any], backend: str = "auto", examples: list[tuple[str, str]] | None = None,
-               gen: deploy.GenSettings | None = None, default_model: str = "fine-tuned"):
+               gen: deploy.GenSettings | None = None, default_model: str = "fine-tuned", max_tiles: int | None = None):
     """The gradio Blocks app: chat with history, image upload, quick-picks, base/fine-tuned switch, sampling knobs."""
     import gradio as gr
 
-    store = DemoModels(models, backend)
+    store = DemoModels(models, backend, max_tiles)
     gen = gen or deploy.GenSettings()
     with gr.Blocks(title="InternVL2 course demo") as demo:
         gr.Markdown("## InternVL2 course demo\nAttach an image with the clip, ask about it, then switch the model "
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-file-size", default="5mb", help='upload limit, e.g. "5mb"')
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-tiles", type=int, default=6, help="most 448px tiles per image (training used 6)")
     parser.add_argument("--artifacts", default="", help="artifacts folder (default: artifacts/ at the repo root)")
     parser.add_argument("--no-examples", action="store_true", help="skip the quick-pick examples")
     args = parser.parse_args(argv)
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[demo] base: {base}\n[demo] {why}", flush=True)
     examples = [] if args.no_examples else course_examples(artifacts)
     demo = build_demo({"base": base, "fine-tuned": finetuned}, backend=args.backend, examples=examples,
-                      gen=deploy.GenSettings(max_new_tokens=args.max_new_tokens))
+                      gen=deploy.GenSettings(max_new_tokens=args.max_new_tokens), max_tiles=args.max_tiles)
     demo.queue().launch(server_name=args.host, server_port=args.port, max_file_size=args.max_file_size,
                         allowed_paths=[str(artifacts / deploy.COURSE_TASK)], footer_links=[])
 

@@ -322,9 +322,11 @@ class _LMDeploy:
 
     name = "lmdeploy"
 
-    def __init__(self, model_dir: Path, engine: str, cache_max_entry_count: float, session_len: int | None):
+    def __init__(self, model_dir: Path, engine: str, cache_max_entry_count: float, session_len: int | None,
+                 max_tiles: int):
         from lmdeploy import pipeline
 
+        self.max_tiles = max_tiles
         self.backend_config = engine_config(model_dir, engine, cache_max_entry_count, session_len)
         self.template = chat_template_config(model_dir)
         self.pipe = pipeline(str(model_dir), backend_config=self.backend_config,
@@ -333,12 +335,12 @@ class _LMDeploy:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
 
-    @staticmethod
-    def message(question: str, image) -> list[dict]:
+    def message(self, question: str, image) -> list[dict]:
         """An OpenAI-style user message, image FIRST so the prompt reads like the training data ("<img>...</img>\\nQ")."""
         if image is None:
             return [{"role": "user", "content": question}]
-        return [{"role": "user", "content": [{"type": "image_data", "image_data": {"data": as_image(image)}},
+        picture = {"data": as_image(image), "max_dynamic_patch": self.max_tiles}  # LMDeploy's InternVL reads this
+        return [{"role": "user", "content": [{"type": "image_data", "image_data": picture},
                                              {"type": "text", "text": question}]}]
 
     def one(self, question: str, image, gen: GenSettings) -> str:
@@ -413,7 +415,7 @@ class ChatPipeline:
         self.max_tiles = max_tiles or int(config.get("max_dynamic_patch", 12))  # what LMDeploy uses too
         start = time.time()
         if self.backend == "lmdeploy":
-            self._backend: Any = _LMDeploy(self.model_dir, engine, cache_max_entry_count, session_len)
+            self._backend: Any = _LMDeploy(self.model_dir, engine, cache_max_entry_count, session_len, self.max_tiles)
         else:
             from labsupport.paths import pick_device
 

@@ -31,7 +31,7 @@ def demo_url(artifacts, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("demo") / "demo.log"
     cmd = [str(python), "-m", "labsupport.demo_app", "--port", str(port), "--backend", "transformers",
-           "--max-new-tokens", "6", "--max-file-size", "1mb", "--artifacts", str(artifacts)]
+           "--max-new-tokens", "6", "--max-tiles", "1", "--max-file-size", "1mb", "--artifacts", str(artifacts)]
     env = dict(os.environ, PYTHONPATH=str(repo_root()), GRADIO_ANALYTICS_ENABLED="False")
     proc = deploy.start_server(cmd, log, env=env)
     url = f"http://127.0.0.1:{port}"

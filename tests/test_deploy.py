@@ -23,7 +23,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
-    return deploy.pipeline(tiny, backend="transformers", gen=deploy.GenSettings(max_new_tokens=4))
+    return deploy.pipeline(tiny, backend="transformers", gen=deploy.GenSettings(max_new_tokens=4), max_tiles=1)
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ assert deploy.GenSettings().to_lmdeploy().do_sample is False
 assert type(deploy.engine_config(model)).__name__ == "PytorchEngineConfig"
 assert type(deploy.engine_config(model, "turbomind")).__name__ == "TurbomindEngineConfig"
 assert not deploy.cpu_server_support(model)[0]
-pipe = deploy.pipeline(model, backend="auto", gen=deploy.GenSettings(max_new_tokens=3))
+pipe = deploy.pipeline(model, backend="auto", gen=deploy.GenSettings(max_new_tokens=3), max_tiles=1)
 assert pipe.backend == "transformers", pipe.reason  # no CUDA on the test machines
 assert isinstance(pipe.ask("What colour?", deploy.as_image(sys.argv[2])), str)
 print("DEPLOY-OK")
