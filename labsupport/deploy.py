@@ -252,6 +252,7 @@ def _same_image(a, b) -> bool:
 
 
 def _looks_like_image_path(text: str) -> bool:
+    """True when TEXT is the path of an existing file with an image suffix."""
     return Path(text).suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"} and Path(text).exists()
 
 
@@ -263,12 +264,11 @@ class _Transformers:
 
     def __init__(self, model_dir: Path, device: str, max_tiles: int):
         import torch
+        import transformers
         from transformers import AutoModel, AutoTokenizer
 
         self.device = device
         self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        import transformers
-
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
         dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in 5.0
         self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
