@@ -128,7 +128,8 @@ def respond(message: dict, history: list, model_name: str, state: dict, models: 
 
 
 def build_demo(models: dict[str, Any], backend: str = "auto", examples: list[tuple[str, str]] | None = None,
-               gen: deploy.GenSettings | None = None, default_model: str = "fine-tuned", max_tiles: int | None = None):
+               gen: deploy.GenSettings | None = None, default_model: str = "fine-tuned",
+               max_tiles: int | None = None) -> "gradio.Blocks":
     """The gradio Blocks app: chat with history, image upload, quick-picks, base/fine-tuned switch, sampling knobs."""
     import gradio as gr
 
@@ -152,6 +153,7 @@ def build_demo(models: dict[str, Any], backend: str = "auto", examples: list[tup
                         label="Quick picks from the course task")
 
         def on_submit(message, history, model_name, st, t, p, m):
+            """Gradio callback: the sliders' values become GenSettings, then respond()."""
             settings = deploy.GenSettings(max_new_tokens=int(m), temperature=float(t), top_p=float(p), seed=gen.seed)
             history, st = respond(message, history, model_name, st, store, settings)
             return history, st, gr.MultimodalTextbox(value=None)

@@ -89,7 +89,7 @@ class GenSettings:
             cfg.update(temperature=None, top_p=None, top_k=None)
         return cfg
 
-    def to_lmdeploy(self):
+    def to_lmdeploy(self) -> "lmdeploy.GenerationConfig":
         """The same settings as an `lmdeploy.GenerationConfig`."""
         from lmdeploy import GenerationConfig
 
@@ -201,7 +201,7 @@ def model_prompt(model_dir: str | os.PathLike, question: str, history: Sequence[
     return conv.get_prompt()
 
 
-def chat_template_config(model_dir: str | os.PathLike):
+def chat_template_config(model_dir: str | os.PathLike) -> "lmdeploy.ChatTemplateConfig":
     """LMDeploy's ChatTemplateConfig that uses the checkpoint's own tokenizer template ("hf"), never a name guess."""
     from lmdeploy import ChatTemplateConfig
 
@@ -210,7 +210,7 @@ def chat_template_config(model_dir: str | os.PathLike):
 
 
 def engine_config(model_dir: str | os.PathLike, engine: str = "pytorch", cache_max_entry_count: float = 0.4,
-                  session_len: int | None = None):
+                  session_len: int | None = None) -> "lmdeploy.PytorchEngineConfig | lmdeploy.TurbomindEngineConfig":
     """LMDeploy's engine config: PytorchEngineConfig, or TurbomindEngineConfig ("auto": TurboMind when it supports the model)."""
     from lmdeploy import PytorchEngineConfig, TurbomindEngineConfig
 
@@ -225,7 +225,7 @@ def engine_config(model_dir: str | os.PathLike, engine: str = "pytorch", cache_m
 
 
 # ---- images --------------------------------------------------------------------------------------
-def as_image(image):
+def as_image(image) -> "PIL.Image.Image":
     """A PIL RGB image from a PIL image or a path (raises a learner-readable error for non-images)."""
     from labsupport.tiling import open_image
 
@@ -275,7 +275,8 @@ class _Transformers:
         self.model = self.model.eval().to(device)
         self.max_tiles = max_tiles
 
-    def pixels(self, image):
+    def pixels(self, image) -> "torch.Tensor":
+        """IMAGE tiled and normalised as InternVL2's chat does, on the model's device and dtype."""
         from labsupport.tiling import load_image
 
         return load_image(as_image(image), max_num=self.max_tiles).to(self.device, self.dtype)
@@ -287,11 +288,13 @@ class _Transformers:
             torch.manual_seed(gen.seed)
 
     def one(self, question: str, image, gen: GenSettings) -> str:
+        """One answer through the model's chat()."""
         self._seed(gen)
         pv = self.pixels(image) if image is not None else None
         return self.model.chat(self.tokenizer, pv, question, gen.to_transformers())
 
     def many(self, queries: list[tuple[str, Any]], gen: GenSettings) -> list[str]:
+        """Answers through batch_chat() when every query has an image, else one chat() each."""
         if not queries or any(img is None for _, img in queries):  # batch_chat expects an image per question
             return [self.one(q, img, gen) for q, img in queries]
         import torch
@@ -314,6 +317,7 @@ class _Transformers:
         return answer
 
     def close(self) -> None:
+        """Drop the model."""
         self.model = None
 
 
@@ -344,18 +348,22 @@ class _LMDeploy:
                                              {"type": "text", "text": question}]}]
 
     def one(self, question: str, image, gen: GenSettings) -> str:
+        """One answer through the pipeline."""
         return self.pipe(self.message(question, image), gen_config=gen.to_lmdeploy()).text
 
     def many(self, queries: list[tuple[str, Any]], gen: GenSettings) -> list[str]:
+        """Answers to a batch in one pipeline call (LMDeploy schedules them together)."""
         replies = self.pipe([self.message(q, img) for q, img in queries], gen_config=gen.to_lmdeploy())
         return [r.text for r in replies]
 
     def turn(self, state: dict, question: str, image, gen: GenSettings) -> str:
+        """One chat turn through pipe.chat; STATE keeps LMDeploy's Session."""
         prompt = self.message(question, image) if image is not None else question
         state["session"] = self.pipe.chat(prompt, session=state.get("session"), gen_config=gen.to_lmdeploy())
         return state["session"].response.text
 
     def close(self) -> None:
+        """Stop the engine and its event-loop thread."""
         self.pipe.close()
 
 
@@ -423,7 +431,7 @@ class ChatPipeline:
         self.load_seconds = round(time.time() - start, 2)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         """The checkpoint's tokenizer (its chat template is the one every backend uses)."""
         return self._backend.tokenizer
 
@@ -535,7 +543,7 @@ def api_server_command(model_dir: str | os.PathLike, port: int, host: str = "127
     return cmd
 
 
-def start_server(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None):
+def start_server(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None) -> "subprocess.Popen":
     """Start a server command as a child process in its own process group, output to LOG_PATH (ENV: its environment)."""
     import subprocess
 
