@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.finetuned:
         finetuned, why = Path(args.finetuned), f"fine-tuned model given on the command line: {args.finetuned}"
     else:
-        finetuned, why = deploy.finetuned_model_dir(artifacts, base)
+        finetuned, why = deploy.finetuned_model_dir(artifacts, base, args.base)
     print(f"[demo] base: {base}\n[demo] {why}", flush=True)
     examples = [] if args.no_examples else course_examples(artifacts)
     demo = build_demo({"base": base, "fine-tuned": finetuned}, backend=args.backend, examples=examples,

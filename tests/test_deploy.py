@@ -133,6 +133,10 @@ def test_finetuned_model_dir_falls_back_with_a_reason(tmp_path, tiny):
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     assert deploy.finetuned_model_dir(tmp_path, tiny)[0] == target.resolve()
+    real = tmp_path / "models" / "InternVL2-2B-finetuned"
+    real.mkdir(parents=True)
+    (real / "config.json").write_text("{}")
+    assert deploy.finetuned_model_dir(tmp_path, tiny, "/data/InternVL2-2B")[0] == real.resolve()
 
 
 # ---- serving helpers -------------------------------------------------------------------------------
