@@ -14,6 +14,7 @@ from PIL import Image
 from . import tiling
 
 GAP = 24  # pixels of white between tiles in a mosaic
+PREVIEW_PX = 224  # tiles are drawn at this size: the figure shows the layout, not every pixel
 
 
 def _plt():
@@ -22,9 +23,12 @@ def _plt():
     return plt
 
 
-def tile_mosaic(tiles: Sequence[Image.Image], grid: tuple[int, int], gap: int = GAP) -> np.ndarray:
-    """The grid's tiles laid out row-major with white gaps, as one RGB array."""
+def tile_mosaic(tiles: Sequence[Image.Image], grid: tuple[int, int], gap: int = GAP,
+                size: int | None = None) -> np.ndarray:
+    """The grid's tiles laid out row-major with white gaps, as one RGB array (tiles resized to SIZE if given)."""
     cols, rows = grid
+    if size is not None:
+        tiles = [t.resize((size, size), Image.Resampling.BILINEAR) for t in tiles]
     size = tiles[0].width
     canvas = np.full((rows * size + (rows - 1) * gap, cols * size + (cols - 1) * gap, 3), 255, np.uint8)
     for k, tile in enumerate(tiles[: cols * rows]):
@@ -64,18 +68,20 @@ def plot_tiling(image: Image.Image, name: str = "image", max_num: int = 12, use_
     else:
         fig = axes[0].figure
     cols, rows = plan.grid
-    draw_grid(axes[0], image, plan)
+    preview = image.copy()
+    preview.thumbnail((3 * PREVIEW_PX, 3 * PREVIEW_PX))  # drawing a 4000-px photo only costs time
+    draw_grid(axes[0], preview, plan)
     axes[0].set_title(f"{name}: {image.width}x{image.height} (aspect {image.width / image.height:.2f})\n"
                       f"grid {cols}x{rows} (aspect {cols / rows:.2f}), max_num={max_num}", fontsize=11)
     n = cols * rows
-    axes[1].imshow(tile_mosaic(tiles, plan.grid))
+    axes[1].imshow(tile_mosaic(tiles, plan.grid, gap=GAP // 2, size=PREVIEW_PX))
     axes[1].set_title(f"{n} tile{'s' if n > 1 else ''} of 448x448, cut from a {plan.resized[0]}x{plan.resized[1]} "
                       "resize", fontsize=11)
     _bare(axes[1])
     axes[1].set_xlabel(f"{plan.num_tiles} tile{'s' if plan.num_tiles > 1 else ''} in all -> "
                        f"{plan.num_image_tokens} image tokens", fontsize=11, fontweight="bold")
     if plan.thumbnail:
-        axes[2].imshow(tiles[-1])
+        axes[2].imshow(tiles[-1].resize((PREVIEW_PX, PREVIEW_PX), Image.Resampling.BILINEAR))
         axes[2].set_title("+ thumbnail 448x448\n(whole image)", fontsize=11)
     else:
         axes[2].text(0.5, 0.5, "no thumbnail\n(" + ("a single tile" if cols * rows == 1 else "use_thumbnail off")
@@ -169,6 +175,9 @@ def plot_pixel_shuffle(token: np.ndarray, slot: np.ndarray, zoom: int = 4):
     axes[2].add_patch(plt.Rectangle((-0.5, -0.5), zoom // 2, zoom // 2, fill=False, ec="black", lw=2.5))
     axes[2].set_title(f"after pixel shuffle: {h2}x{w2} tokens, 4C channels each\n"
                       f"({h * w} -> {h2 * w2} tokens per tile)", fontsize=11)
+    _cell_lines(axes[0], h, w, block=2)
+    _cell_lines(axes[1], zoom, zoom, block=2, lw=1.5)
+    _cell_lines(axes[2], h2, w2, block=1)
     for ax in axes[:3]:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -177,7 +186,7 @@ def plot_pixel_shuffle(token: np.ndarray, slot: np.ndarray, zoom: int = 4):
     block = [(int(r), int(c)) for r, c in zip(*np.nonzero(token == 0))]
     block.sort(key=lambda rc: slot[rc])
     for s, (r, c) in enumerate(block):
-        ax.barh(0, 1, left=s, color=colors[r, c], edgecolor="black")
+        ax.barh(0, 1, left=s, color=colors[r, c], edgecolor="black", alpha=1 - 0.18 * s)
         ax.text(s + 0.5, 0, f"slot {s}\npatch ({r},{c})\nC values", ha="center", va="center", fontsize=9)
     ax.set_xlim(0, 4)
     ax.set_ylim(-1, 1)
@@ -185,6 +194,14 @@ def plot_pixel_shuffle(token: np.ndarray, slot: np.ndarray, zoom: int = 4):
     ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def _cell_lines(ax, rows: int, cols: int, block: int, lw: float = 0.4) -> None:
+    """Thin white lines between cells and black lines around each BLOCK x BLOCK group."""
+    for k in range(1, cols):
+        ax.axvline(k - 0.5, color="black" if k % block == 0 else "white", lw=lw * (2 if k % block == 0 else 1))
+    for k in range(1, rows):
+        ax.axhline(k - 0.5, color="black" if k % block == 0 else "white", lw=lw * (2 if k % block == 0 else 1))
 
 
 def plot_param_breakdown(rows: Sequence[Mapping]):
@@ -195,7 +212,7 @@ def plot_param_breakdown(rows: Sequence[Mapping]):
     left = np.zeros(len(rows))
     for part, color in (("vit", "tab:blue"), ("projector", "tab:orange"), ("llm", "tab:green")):
         values = np.array([r[part] for r in rows]) / 1e9
-        ax.barh(names, values, left=left, color=color, label={"vit": "InternViT-300M", "projector": "MLP projector",
+        ax.barh(names, values, left=left, color=color, label={"vit": "InternViT-300M", "projector": "MLP projector (<1 %, a sliver)",
                                                                "llm": "LLM"}[part])
         left += values
     for y, r in enumerate(rows):
@@ -205,7 +222,7 @@ def plot_param_breakdown(rows: Sequence[Mapping]):
     ax.set_xlim(0, max(left) * 1.55)
     ax.set_xlabel("parameters (billions)")
     ax.set_title("InternVL2: the same 0.3B vision encoder, a growing LLM")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
 
@@ -246,3 +263,30 @@ def sample_images() -> dict[str, Image.Image]:
     images["panorama (coffee strip)"] = images["coffee"].crop((0, 150, 600, 250))   # 600 x 100, 6:1
     images["tall (rocket column)"] = images["rocket"].crop((250, 0, 392, 427))      # 142 x 427, about 1:3
     return images
+
+
+def save_figure(fig, folder: "str | os.PathLike", name: str, dpi: int = 80) -> "os.PathLike":
+    """Write FIG as FOLDER/NAME.png (atomically: temp file, then rename) and return the path."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    tmp = folder / f".{name}.png.tmp"
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def tiling_table(sizes: Mapping[str, tuple[int, int]], max_nums: Sequence[int] = (6, 12),
+                 use_thumbnail: bool = True) -> str:
+    """A Markdown table: image size -> grid -> tiles -> image tokens, one column group per max_num."""
+    head = "| image | size | " + " | ".join(f"max_num={m}: grid, tiles, tokens" for m in max_nums) + " |"
+    lines = [head, "|---|---|" + "---|" * len(max_nums)]
+    for name, (w, h) in sizes.items():
+        cells = []
+        for m in max_nums:
+            plan = tiling.tile_plan(w, h, max_num=m, use_thumbnail=use_thumbnail)
+            cells.append(f"{plan.grid[0]}x{plan.grid[1]}, {plan.num_tiles}, **{plan.num_image_tokens}**")
+        lines.append(f"| {name} | {w}x{h} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

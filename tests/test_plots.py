@@ -91,3 +91,18 @@ def test_budget_charts():
     fig2 = plots.plot_token_budget({"hd": (1920, 1080)}, max_nums=(6, 12))
     heights = sorted(p.get_height() for p in fig2.axes[0].patches)
     assert heights == [768, 2304]   # 2+1 tiles at max 6, 8+1 at max 12
+
+
+def test_save_figure_writes_a_png(tmp_path):
+    fig = plots.plot_token_budget({"vga": (640, 480)})
+    path = plots.save_figure(fig, tmp_path / "figs", "budget")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (tmp_path / "figs").iterdir()] == ["budget.png"]
+
+
+def test_tiling_table_rows():
+    table = plots.tiling_table({"hd": (1920, 1080), "icon": (50, 50)}, max_nums=(6, 12))
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| hd | 1920x1080 | 2x1, 3, **768** | 4x2, 9, **2304** |"
+    assert lines[3] == "| icon | 50x50 | 1x1, 1, **256** | 1x1, 1, **256** |"
