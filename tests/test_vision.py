@@ -10,9 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("labsupport.remote_code.modeling_internvl_chat",
-                    reason="pixel_shuffle lives in the tiny model's remote code (helper H1's branch)")
-from labsupport import vision  # noqa: E402
+from labsupport import vision
 
 
 def test_shapes_32x32_to_16x16_with_4x_channels():
