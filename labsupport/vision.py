@@ -76,7 +76,8 @@ def trace_shapes(model, pixel_values: torch.Tensor) -> list[tuple[str, tuple[int
     projected = model.mlp1(tokens)
     stages.append(("projector mlp1 -> LLM width", tuple(projected.shape)))
     reference = model.extract_feature(x)
-    if tuple(reference.shape) != tuple(projected.shape) or not torch.allclose(reference, projected, atol=1e-5):
+    tol = 1e-5 if projected.dtype == torch.float32 else 2e-2  # bf16/fp16 on a GPU round differently
+    if tuple(reference.shape) != tuple(projected.shape) or not torch.allclose(reference, projected, atol=tol):
         raise RuntimeError("tracing the stages by hand disagrees with model.extract_feature: "
                            "the model's select_layer or ps_version differ from InternVL2's defaults")
     return stages

@@ -71,3 +71,20 @@ def test_merge_map_groups_2x2_blocks_row_major():
 def test_shuffle_shape_explains_bad_sizes():
     with pytest.raises(ValueError, match="divisible by 2"):
         vision.shuffle_shape(31, 32, 1024)
+
+
+def test_trace_shapes_follows_a_tile_to_the_llm():
+    from labsupport import tinymodel
+    from labsupport.remote_code.configuration_internvl_chat import InternVLChatConfig
+    from labsupport.remote_code.modeling_internvl_chat import InternVLChatModel
+
+    torch.manual_seed(0)
+    cfg = InternVLChatConfig(**tinymodel.tiny_config(vocab_size=300))
+    model = InternVLChatModel(cfg).eval()
+    stages = vision.trace_shapes(model, torch.randn(2, 3, 448, 448))
+    shapes = dict(stages)
+    c, d = cfg.vision_config.hidden_size, cfg.llm_config.hidden_size
+    assert stages[0][1] == (2, 3, 448, 448)
+    assert shapes["ViT output ([CLS] + patches)"] == (2, 1025, c)
+    assert shapes["pixel shuffle (2x2 -> 1, channels x4)"] == (2, 16, 16, 4 * c)
+    assert stages[-1][1] == (2, 256, d)
