@@ -472,3 +472,72 @@ def clone_and_compare(remote: str | os.PathLike, dest: str | os.PathLike, refere
     lfs_files = sorted(_git(["lfs", "ls-files", "--name-only"], cwd=dest).stdout.split())
     return {"identical": not missing and not differ, "missing": missing, "differ": differ,
             "extra": sorted(set(got) - set(want)), "lfs_files": lfs_files, "files": len(got)}
+
+
+# ------------------------------------------------------------------- routes (a) and (b): the hub SDKs
+def hub_user(token: Token) -> str:
+    """The Hugging Face user name the token belongs to (a network call); errors come back with the token masked."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().whoami(token=token.reveal())["name"]
+    except Exception as exc:  # re-raised, redacted and without the original chain
+        raise RuntimeError(f"the Hub did not accept the token {mask(token.reveal())} from {token.source}: "
+                           f"{redact(f'{type(exc).__name__}: {exc}', [token])}") from None
+
+
+def upload_huggingface(folder: str | os.PathLike, repo_id: str, token: Token, private: bool = True,
+                       message: str = "Upload fine-tuned InternVL model") -> str:
+    """Route (a): create REPO_ID on the Hugging Face Hub (if needed) and upload FOLDER; return the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, token=token.reveal(), private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, token=token.reveal())
+    except Exception as exc:  # re-raised, redacted and without the original chain
+        raise RuntimeError(f"upload of {folder} to {repo_id} failed: {redact(f'{type(exc).__name__}: {exc}', [token])}") from None
+    return str(info.commit_url)
+
+
+def upload_modelscope(folder: str | os.PathLike, repo_id: str, token: Token, private: bool = True,
+                      message: str = "Upload fine-tuned InternVL model") -> str:
+    """Route (b): create REPO_ID on ModelScope and upload FOLDER with its SDK (pip install modelscope); return the model URL.
+
+    Note: ModelScope's SDK keeps its own login cookie under ~/.modelscope after login().
+    """
+    try:
+        from modelscope.hub.api import HubApi
+    except ImportError:
+        raise RuntimeError("the ModelScope SDK is not installed: `pip install modelscope` in the course environment, "
+                           "or use the Hugging Face route") from None
+    api = HubApi()
+    try:
+        api.login(token.reveal())
+        if not api.repo_exists(repo_id):
+            api.create_model(repo_id, visibility=1 if private else 5)  # ModelScope: 1 private, 5 public
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, token=token.reveal())
+    except Exception as exc:  # re-raised, redacted and without the original chain
+        raise RuntimeError(f"upload of {folder} to ModelScope {repo_id} failed: "
+                           f"{redact(f'{type(exc).__name__}: {exc}', [token])}") from None
+    return f"https://www.modelscope.cn/models/{repo_id}"
+
+
+def modelscope_available() -> bool:
+    """True when the ModelScope SDK can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("modelscope") is not None
+
+
+# ------------------------------------------------------------------------ what this notebook publishes
+def model_to_publish(artifacts: str | os.PathLike, model_path: str = "tiny") -> tuple[Path, bool, str]:
+    """(folder, fine_tuned, why): notebook 05's fine-tuned model when it exists, else the base MODEL_PATH, with the reason."""
+    finetuned = Path(artifacts) / FINETUNED_MODEL_DIR
+    if (finetuned / "config.json").exists():
+        return finetuned, True, f"the fine-tuned model written by notebook 05 ({finetuned})"
+    from labsupport.tinymodel import resolve_model
+
+    base = resolve_model(model_path)
+    return Path(base), False, (f"notebook 05 has not written {finetuned} yet, so the base model {base} is published "
+                               "instead (run notebooks 04 and 05 first to publish your fine-tune)")
