@@ -536,8 +536,13 @@ def model_to_publish(artifacts: str | os.PathLike, model_path: str = "tiny") -> 
     finetuned = Path(artifacts) / FINETUNED_MODEL_DIR
     if (finetuned / "config.json").exists():
         return finetuned, True, f"the fine-tuned model written by notebook 05 ({finetuned})"
-    from labsupport.tinymodel import resolve_model
+    if model_path == "tiny":
+        from labsupport.tinymodel import resolve_model
 
-    base = resolve_model(model_path)
+        base = resolve_model(model_path)
+    else:
+        base = Path(model_path).expanduser()
+        if not (base / "config.json").exists():
+            raise FileNotFoundError(f"MODEL_PATH={model_path!r} holds no config.json: give a model folder, or \"tiny\"")
     return Path(base), False, (f"notebook 05 has not written {finetuned} yet, so the base model {base} is published "
                                "instead (run notebooks 04 and 05 first to publish your fine-tune)")
