@@ -539,7 +539,7 @@ def model_to_publish(artifacts: str | os.PathLike, model_path: str = "tiny") -> 
     if model_path == "tiny":
         from labsupport.tinymodel import resolve_model
 
-        base = resolve_model(model_path)
+        base = resolve_model(model_path, artifacts=artifacts)  # built under this notebook's ARTIFACTS
     else:
         base = Path(model_path).expanduser()
         if not (base / "config.json").exists():
