@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # ---- what notebooks 04-05 leave under artifacts/ (the one place to change at merge time) ----
+# (the same names as labsupport.compare's constants on the convert branch, H5)
 FINETUNED_MODEL_DIR = "models/internvl2-tiny-finetuned"   # notebook 05: converted, merged fine-tuned model
-EVAL_RESULTS_JSON = "results/05_before_after.json"        # notebook 05: {"before": {"accuracy", "n"}, "after": {...}}
-TRAIN_WORK_DIR = "work_dirs/04_finetune"                  # notebook 04: XTuner work dir (config *.py, scalars.json)
+EVAL_RESULTS_JSON = "results/before_after.json"           # notebook 05: {"before": {"accuracy", "n"}, "after": {...}}
+TRAIN_WORK_DIR = "xtuner/work_dirs/04_finetune"           # notebook 04: XTuner work dir (config *.py, scalars.json)
 TRAIN_SCALARS_JSON = "scalars.json"                       # inside TRAIN_WORK_DIR: [{"iter", "loss", "lr"}, ...]
 PUBLISH_DIR = "publish"                                   # this notebook's outputs: staged folder, local remote, clones
 
@@ -238,24 +239,32 @@ def check_repo_id(repo_id: str, keyword: str = REPO_KEYWORD) -> str:
 def verify_model_folder(path: str | os.PathLike, load: bool = True) -> dict:
     """Check PATH holds a complete InternVL model (config, weights, remote code, tokenizer) and, with LOAD, that it loads.
 
-    One function on purpose: point it at notebook 05's verification when that exists.
+    One function on purpose: the file checks are notebook 05's (labsupport.compare.check_model_folder) when
+    that module is present, else the short list below.
     """
     import json
 
     path = Path(path)
-    problems = []
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         return {"ok": False, "problems": [f"{path} has no config.json"], "parameters": 0}
-    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
-        problems.append("no weights (*.safetensors or *.bin)")
-    for ref in sorted(set((cfg.get("auto_map") or {}).values())):
-        module = ref.split(".")[0] + ".py"
-        if not (path / module).exists():
-            problems.append(f"config.json auto_map names {module}, which is missing (copy the *.py remote code next to config.json)")
-    if not (path / "tokenizer_config.json").exists() or not (list(path.glob("tokenizer.*")) or list(path.glob("*.model"))):
-        problems.append("tokenizer files missing (tokenizer_config.json and tokenizer.json / tokenizer.model)")
+    try:
+        from labsupport.compare import check_model_folder
+    except ImportError:  # notebook 05's helpers are not installed: the essential checks only
+        check_model_folder = None
+    if check_model_folder is not None:
+        problems = list(check_model_folder(path))
+    else:
+        problems = []
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+            problems.append("no weights (*.safetensors or *.bin)")
+        for ref in sorted(set((cfg.get("auto_map") or {}).values())):
+            module = ref.split(".")[0] + ".py"
+            if not (path / module).exists():
+                problems.append(f"config.json auto_map names {module}, which is missing (copy the *.py remote code next to config.json)")
+        if not (path / "tokenizer_config.json").exists() or not (list(path.glob("tokenizer.*")) or list(path.glob("*.model"))):
+            problems.append("tokenizer files missing (tokenizer_config.json and tokenizer.json / tokenizer.model)")
     params = 0
     if load and not problems:
         try:

@@ -149,6 +149,11 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
                  "| model | accuracy | questions |", "|---|---|---|",
                  f"| before fine-tuning | {percent(b['accuracy'])} | {b.get('n', '')} |",
                  f"| after fine-tuning | {percent(a['accuracy'])} | {a.get('n', '')} |"]
+        kinds = sorted(set(b.get("per_kind") or {}) | set(a.get("per_kind") or {}))
+        if kinds:
+            body += ["", "| question kind | before | after |", "|---|---|---|"]
+            body += [f"| {k} | {percent((b.get('per_kind') or {}).get(k, 0.0))} | {percent((a.get('per_kind') or {}).get(k, 0.0))} |"
+                     for k in kinds]
     else:
         body.append("No evaluation results were found (notebook 05 has not run): this card reports none.")
     body += ["", "## Training", ""]

@@ -23,7 +23,8 @@ def write_model(folder, weights_bytes=1_500_000):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_tiny.TinyModel"}}))
     (folder / "modeling_tiny.py").write_text("class TinyModel: pass\n")
-    (folder / "tokenizer_config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    (folder / "generation_config.json").write_text("{}")
     (folder / "tokenizer.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(os.urandom(weights_bytes))
     (folder / ".labsupport-build.json").write_text("{}")  # builder bookkeeping: must be left out, not flagged

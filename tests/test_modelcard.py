@@ -20,7 +20,8 @@ lr = 0.0001
 model = dict(type=object, model_path=path)   # not a literal: ignored
 """
 SCALARS = [{"iter": 10, "loss": 3.25, "lr": 1e-4}, {"iter": 20, "loss": 2.0}, {"iter": 120, "loss": 0.5, "lr": 0.0}]
-RESULTS = {"before": {"accuracy": 0.25, "n": 40}, "after": {"accuracy": 0.875, "n": 40}}
+RESULTS = {"before": {"accuracy": 0.25, "n": 40, "per_kind": {"colour": 0.5, "count": 0.0}},
+           "after": {"accuracy": 0.875, "n": 40, "per_kind": {"colour": 1.0, "count": 0.75}}}
 
 
 @pytest.fixture
@@ -75,6 +76,7 @@ def test_card_carries_the_results_and_parses_as_the_hub_reads_it(work_dir, resul
     assert front["model-index"][0]["name"] == "InternVL2-tiny-plates"
     assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.875
     assert "| before fine-tuning | 25.0 % | 40 |" in text and "| after fine-tuning | 87.5 % | 40 |" in text
+    assert "| colour | 50.0 % | 100.0 % |" in text and "| count | 0.0 % | 75.0 % |" in text
     assert "120 iterations" in text and "loss 3.250 → 0.500" in text
     assert "AutoModel.from_pretrained" in text and 'pipeline("alice/InternVL2-tiny-plates"' in text
     assert modelcard.check_card(card, training, evaluation) == []
