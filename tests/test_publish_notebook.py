@@ -2,6 +2,7 @@
 import json
 import os
 import secrets
+import shutil
 import string
 import subprocess
 import sys
@@ -19,11 +20,25 @@ def tiny_model():
     return tinymodel.resolve_model("tiny")
 
 
+def plant_results_of_notebooks_04_05(art, tiny_model):
+    """What notebooks 04-05 would leave: a fine-tuned model folder, an XTuner work dir, before/after accuracy."""
+    shutil.copytree(tiny_model, art / hub.FINETUNED_MODEL_DIR)
+    work = art / hub.TRAIN_WORK_DIR
+    work.mkdir(parents=True)
+    (work / "tiny_lora.py").write_text("path = '/x/internvl2-tiny'\nlora_r, lora_alpha, lora_dropout = 4, 8, 0.0\n"
+                                       "lr = 0.0002\nmax_iters = 30\n")
+    (work / hub.TRAIN_SCALARS_JSON).write_text(json.dumps([{"iter": 10, "loss": 2.75}, {"iter": 30, "loss": 1.125}]))
+    (art / hub.EVAL_RESULTS_JSON).parent.mkdir(parents=True)
+    (art / hub.EVAL_RESULTS_JSON).write_text(json.dumps({"before": {"accuracy": 0.125, "n": 16},
+                                                         "after": {"accuracy": 0.625, "n": 16}}))
+
+
 @pytest.mark.notebook
 @pytest.mark.skipif(hub.git_lfs_version() is None, reason="git-lfs is not installed (apt-get install git-lfs)")
 def test_fake_token_is_never_exposed(tiny_model, tmp_path):
     token = "hf_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(34))
     art, out = tmp_path / "artifacts", tmp_path / "07.out.ipynb"
+    plant_results_of_notebooks_04_05(art, tiny_model)
     env = {**os.environ, "HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf_home"),
            "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there: the upload fails at once, offline
            "PYTHONPATH": str(NOTEBOOK.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -34,6 +49,10 @@ def test_fake_token_is_never_exposed(tiny_model, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     logs = proc.stdout + proc.stderr
     executed = out.read_text(encoding="utf-8")
+
+    # the card was written from the planted results, not typed in
+    assert "| after fine-tuning | 62.5 % | 16 |" in executed and "| before fine-tuning | 12.5 % | 16 |" in executed
+    assert "for 30 iterations; loss 2.750 → 1.125" in executed
 
     # the token was found and used (masked), and the offline hub made only the real-hub checkpoint fail
     assert "hf_****" in executed and "environment variable HF_TOKEN" in executed
