@@ -49,6 +49,7 @@ LEFTOVER_NAMES = ["iter_*.pth", "optimizer.pt", "optimizer*.bin", "scheduler.pt"
 SKIPPED_NAMES = [".labsupport-build.json", ".DS_Store", ".git", ".cache"]
 TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 REQUIRED_FILES = ["config.json", "README.md", ".gitattributes"]
+HARDLINK_ABOVE = 64 * 1024 * 1024  # stage_folder hard-links files above this size instead of copying them
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -199,7 +200,10 @@ def scan_for_secrets(root: str | os.PathLike, tokens: list | tuple = (), max_byt
 
 def stage_folder(model_dir: str | os.PathLike, out_dir: str | os.PathLike, card_text: str,
                  lfs_threshold: int = HUB_LFS_LIMIT) -> Path:
-    """Fill OUT_DIR (emptied first) with MODEL_DIR's files minus course bookkeeping, README.md = CARD_TEXT, and .gitattributes."""
+    """Fill OUT_DIR (emptied first) with MODEL_DIR's files minus course bookkeeping, README.md = CARD_TEXT, and .gitattributes.
+
+    Files over HARDLINK_ABOVE are hard links to the originals (no extra disk); smaller ones are copies.
+    """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} holds no config.json: is it a model folder? (notebook 05 writes the fine-tuned one)")
@@ -211,10 +215,13 @@ def stage_folder(model_dir: str | os.PathLike, out_dir: str | os.PathLike, card_
             continue
         dst = out_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(model_dir / rel, dst)  # weights can be GBs: a hard link costs nothing
-        except OSError:
-            shutil.copy2(model_dir / rel, dst)
+        if (model_dir / rel).stat().st_size > HARDLINK_ABOVE:
+            try:  # real weights are GBs: a hard link costs no disk (never edit a staged weight file in place)
+                os.link(model_dir / rel, dst)
+                continue
+            except OSError:
+                pass
+        shutil.copy2(model_dir / rel, dst)
     _write_text(out_dir / "README.md", card_text)
     write_gitattributes(out_dir, extra_large=lfs_threshold)
     return out_dir

@@ -216,3 +216,12 @@ def test_model_to_publish_prefers_the_fine_tuned_model(tmp_path):
     write_model(tmp_path / hub.FINETUNED_MODEL_DIR)
     folder, fine_tuned, why = hub.model_to_publish(tmp_path)
     assert folder == tmp_path / hub.FINETUNED_MODEL_DIR and fine_tuned and "notebook 05" in why
+
+
+def test_stage_folder_links_only_large_files(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "HARDLINK_ABOVE", 1_000_000)
+    staged = hub.stage_folder(model_dir, tmp_path / "s", "# card\n")
+    assert (staged / "model.safetensors").stat().st_ino == (model_dir / "model.safetensors").stat().st_ino
+    assert (staged / "config.json").stat().st_ino != (model_dir / "config.json").stat().st_ino
+    (staged / "config.json").write_text("edited")
+    assert "auto_map" in (model_dir / "config.json").read_text()  # the input is never modified
