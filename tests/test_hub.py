@@ -225,3 +225,27 @@ def test_stage_folder_links_only_large_files(model_dir, tmp_path, monkeypatch):
     assert (staged / "config.json").stat().st_ino != (model_dir / "config.json").stat().st_ino
     (staged / "config.json").write_text("edited")
     assert "auto_map" in (model_dir / "config.json").read_text()  # the input is never modified
+
+
+def test_hub_errors_come_back_masked_and_unchained(monkeypatch, staged):
+    import huggingface_hub
+
+    value = fake_token()
+
+    def leaky(self, *args, **kwargs):
+        raise ValueError(f"401 for token {value} (Bearer {value})")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", leaky)
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", leaky)
+    token = hub.Token(value, "test")
+    for call in (lambda: hub.upload_huggingface(staged, "alice/InternVL2-test", token), lambda: hub.hub_user(token)):
+        with pytest.raises(RuntimeError) as err:
+            call()
+        assert value not in str(err.value) and "hf_****" in str(err.value)
+        assert err.value.__cause__ is None and err.value.__suppress_context__  # the original message is not chained
+
+
+@pytest.mark.skipif(hub.modelscope_available(), reason="the ModelScope SDK is installed here")
+def test_modelscope_route_says_how_to_install_it(staged):
+    with pytest.raises(RuntimeError, match="pip install modelscope"):
+        hub.upload_modelscope(staged, "alice/InternVL2-test", hub.Token("ms-secret", "test"))
