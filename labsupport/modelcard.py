@@ -140,8 +140,9 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
                          datasets=datasets or None, tags=tags, pipeline_tag="image-text-to-text",
                          library_name="transformers", eval_results=evals)
     body = [f"# {name}", ""]
-    body.append(f"An InternVL2 model fine-tuned with XTuner in the InternVL course"
-                f"{' from [' + base_model + '](https://huggingface.co/' + base_model + ')' if base_model else ''}. {model_note}".strip())
+    start = (f" from [{base_model}](https://huggingface.co/{base_model})" if base_model else
+             f" from the local model `{training['settings']['path']}`" if training and training["settings"].get("path") else "")
+    body.append(f"An InternVL2 model fine-tuned with XTuner in the InternVL course{start}. {model_note}".strip())
     body += ["", "## Results", ""]
     if evaluation:
         b, a = evaluation["before"], evaluation["after"]

@@ -77,6 +77,7 @@ def test_card_carries_the_results_and_parses_as_the_hub_reads_it(work_dir, resul
     assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.875
     assert "| before fine-tuning | 25.0 % | 40 |" in text and "| after fine-tuning | 87.5 % | 40 |" in text
     assert "| colour | 50.0 % | 100.0 % |" in text and "| count | 0.0 % | 75.0 % |" in text
+    assert "from [OpenGVLab/InternVL2-2B](https://huggingface.co/OpenGVLab/InternVL2-2B)" in text
     assert "120 iterations" in text and "loss 3.250 → 0.500" in text
     assert "AutoModel.from_pretrained" in text and 'pipeline("alice/InternVL2-tiny-plates"' in text
     assert modelcard.check_card(card, training, evaluation) == []

@@ -25,7 +25,7 @@ def plant_results_of_notebooks_04_05(art, tiny_model):
     shutil.copytree(tiny_model, art / hub.FINETUNED_MODEL_DIR)
     work = art / hub.TRAIN_WORK_DIR
     work.mkdir(parents=True)
-    (work / "tiny_lora.py").write_text("path = '/x/internvl2-tiny'\nlora_r, lora_alpha, lora_dropout = 4, 8, 0.0\n"
+    (work / "tiny_lora.py").write_text("path = '/x/internvl2-tiny'\ndata_paths = ['/x/data/plates/train.json']\nlora_r, lora_alpha, lora_dropout = 4, 8, 0.0\n"
                                        "lr = 0.0002\nmax_iters = 30\n")
     (work / hub.TRAIN_SCALARS_JSON).write_text(json.dumps([{"iter": 10, "loss": 2.75}, {"iter": 30, "loss": 1.125}]))
     (art / hub.EVAL_RESULTS_JSON).parent.mkdir(parents=True)
@@ -52,7 +52,8 @@ def test_fake_token_is_never_exposed(tiny_model, tmp_path):
 
     # the card was written from the planted results, not typed in
     assert "| after fine-tuning | 62.5 % | 16 |" in executed and "| before fine-tuning | 12.5 % | 16 |" in executed
-    assert "for 30 iterations; loss 2.750 → 1.125" in executed
+    assert "for 30 iterations; loss 2.750 → 1.125" in executed and "from the local model `internvl2-tiny`" in executed
+    assert "- plates" in executed  # the dataset, named from the XTuner config's data_paths
 
     # the token was found and used (masked), and the offline hub made only the real-hub checkpoint fail
     assert "hf_****" in executed and "environment variable HF_TOKEN" in executed
