@@ -1,6 +1,7 @@
 """The gradio demo in a real browser: headless Chromium opens it, uploads an image, asks, and gets an answer.
 
-Needs Debian's `chromium` and `chromium-driver`, the Python `selenium` package in the course env, and the
+Checks: the page loads, an uploaded image and a question get an answer, a non-image upload gets a clear
+message, and a file over the upload limit is refused. Needs Debian's `chromium` and `chromium-driver`, the Python `selenium` package in the course env, and the
 deploy env's python (LABSUPPORT_DEPLOY_PYTHON, default .venvs/internvl-deploy/bin/python), which runs the app.
 Screenshots go to ARTIFACTS/demo/; the result to ARTIFACTS/demo/browser-check.json (notebook 06 reads it).
 """
@@ -113,6 +114,13 @@ def test_demo_answers_in_the_browser(demo_url, browser, artifacts, tmp_path):
     refusal = _send(browser, "What is in this file?", notes, wait_for=2)
     browser.save_screenshot(str(out / "browser-test-non-image.png"))
     assert "not an image" in refusal and "notes.txt" in refusal, refusal
+
+    big = tmp_path / "big.png"  # over the app's 1 MB upload limit: gradio refuses it in the page
+    big.write_bytes(os.urandom(1_500_000))
+    browser.find_element(By.CSS_SELECTOR, "#ask input[type='file']").send_keys(str(big))
+    toast = "[data-testid='toast-body'], .toast-body"
+    WebDriverWait(browser, 30).until(lambda d: any("exceed" in e.text for e in d.find_elements(By.CSS_SELECTOR, toast)))
+    assert len(_bot_messages(browser)) == 2  # nothing reached the model
 
     record.update(passed=True, question=question, image=image, answer=answer, refusal=refusal)
     write_json_atomic(out / "browser-check.json", record)
