@@ -109,6 +109,20 @@ def venv_python(name: str, root: Path = ROOT) -> Path:
     return root / ".venvs" / name / "bin" / "python"
 
 
+def env_python(spec: EnvSpec) -> Path | None:
+    """The python of SPEC's built environment (venv first, then conda), or None when it is not built."""
+    python = venv_python(spec.name)
+    if python.exists():
+        return python
+    conda = shutil.which("conda") or shutil.which("mamba")
+    if conda:
+        envs = json.loads(subprocess.run([conda, "env", "list", "--json"], capture_output=True, text=True).stdout or "{}")
+        for prefix in envs.get("envs", []):
+            if Path(prefix).name == spec.name:
+                return Path(prefix) / "bin" / "python"
+    return None
+
+
 def _run(cmd: list[str], **kw) -> None:
     """Run a command, echoing it, and stop with its exit status when it fails."""
     print("  $", " ".join(str(c) for c in cmd), flush=True)
@@ -217,15 +231,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the parsed specs and stop")
     parser.add_argument("--only", choices=["course", "deploy"], help="build one environment only")
     parser.add_argument("--venv", action="store_true", help="build venvs even when conda is on PATH")
+    parser.add_argument("--python", choices=["course", "deploy"], help="print the python of a built environment and stop")
     args = parser.parse_args(argv)
     specs = load_specs()
+    if args.python:
+        spec = next(s for s in specs if s.name.endswith(args.python))
+        python = env_python(spec)
+        if python is None:
+            sys.exit(f"[env] {spec.name} is not built yet: run `make env`")
+        print(python)
+        return 0
     if args.list:
         for spec in specs:
             print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in spec.__dict__.items()}, indent=1, ensure_ascii=False))
         return 0
     use_conda = not args.venv and not os.environ.get("LABSUPPORT_VENV") and (shutil.which("conda") or shutil.which("mamba"))
     build = build_conda if use_conda else build_venv
-    course_prefix = None
+    # Both kernels are registered in the course environment, where JupyterLab and papermill live.
+    course_prefix = None if use_conda else VENVS / specs[0].name
     for spec in specs:
         if args.only and not spec.name.endswith(args.only):
             continue

@@ -1,0 +1,47 @@
+# The course's commands. Newcomers need two: `make course` and `make test`; both build what
+# they need first (the environments take several minutes the first time, seconds after).
+SHELL := /bin/bash
+PY ?= python3
+COURSE_PY = $$($(PY) -m labsupport.envs --python course)
+export MPLBACKEND ?= Agg
+export PYTHONUNBUFFERED = 1
+
+.PHONY: env course test learner report lab strip doctor system-deps clean
+
+env: system-deps        ## create or update both environments and their Jupyter kernels
+	$(PY) -m labsupport.envs
+
+# Debian packages the course uses outside Python: git-lfs (notebook 07's upload route) and
+# chromium + its driver (the browser test of notebook 06's demo). Installed only when missing.
+SYSTEM_PACKAGES = git-lfs chromium chromium-driver
+system-deps:            ## install git-lfs and chromium from Debian when they are missing
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "[system] installing $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "[system] missing Debian packages: $$missing — run: sudo apt-get install $$missing"; exit 1; fi; \
+	fi
+
+course: env             ## run every notebook headless on the embedded tiny model; write artifacts/course-report.*
+	$(COURSE_PY) -m labsupport.course run
+
+test: env               ## unit tests, notebook runs and hygiene checks
+	$(COURSE_PY) -m pytest -ra
+
+learner: env            ## write the learner editions (solutions removed) to artifacts/learner/
+	$(COURSE_PY) -m labsupport.homework
+
+report: env             ## print the report card of the last `make course`
+	$(COURSE_PY) -m labsupport.course report
+
+doctor: env             ## check both environments against their pins
+	$(COURSE_PY) -m labsupport.doctor
+
+lab: env                ## open the course in JupyterLab
+	$(COURSE_PY) -m jupyter lab notebooks/
+
+strip:                  ## remove outputs and execution counts from the committed notebooks
+	$(PY) -m labsupport.strip notebooks/*.ipynb
+
+clean:                  ## remove generated artifacts (keeps the environments)
+	rm -rf artifacts/

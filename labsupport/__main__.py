@@ -1,0 +1,29 @@
+"""`python -m labsupport report|run|learner|env …`: the course's command-line entry points."""
+import sys
+
+
+def main() -> int:
+    """Dispatch to the module that does the work."""
+    command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("help", [])
+    if command == "report":
+        from .course import main as course
+        return course(["report", *args])
+    if command == "run":
+        from .course import main as course
+        return course(["run", *args])
+    if command == "learner":
+        from .homework import main as homework
+        return homework(args)
+    if command == "env":
+        from .envs import main as envs
+        return envs(args)
+    print("usage: python -m labsupport {run|report|learner|env} [options]\n"
+          "  run      execute the notebooks headless (make course)\n"
+          "  report   print the report card from artifacts/\n"
+          "  learner  write the learner editions to artifacts/learner/\n"
+          "  env      build the two environments (make env)")
+    return 0 if command == "help" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

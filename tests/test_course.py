@@ -1,0 +1,73 @@
+"""The course runner: a failing cell fails the run, naming the notebook and the cell; reports are written."""
+import json
+
+import nbformat
+import pytest
+
+from labsupport import course
+
+KERNEL = {"name": "internvl-course", "display_name": "Python (internvl-course)", "language": "python"}
+
+
+def make_notebook(path, cells):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {path.stem[:2]} · Demo")] + cells)
+    nb.cells[1].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = KERNEL
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def need_kernel():
+    if "internvl-course" not in course.known_kernels():
+        pytest.skip("kernel internvl-course is not registered (run make env)")
+
+
+def test_failing_cell_is_named(tmp_path, need_kernel):
+    code = nbformat.v4.new_code_cell
+    nb = make_notebook(tmp_path / "98_broken.ipynb", [code("ARTIFACTS = ''"), code("x = 1"), code("raise ValueError('injected failure')")])
+    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    assert result.status == "fail"
+    assert "injected failure" in result.error and "ValueError" in result.error
+    assert result.failed_cell is not None and "cell" in result.error
+    assert (tmp_path / "art" / "executed" / "98_broken.ipynb").exists()
+
+
+def test_passing_notebook_records_its_checkpoints_and_reports(tmp_path, need_kernel):
+    code = nbformat.v4.new_code_cell
+    nb = make_notebook(tmp_path / "97_fine.ipynb", [
+        code("ARTIFACTS = ''"),
+        code("from labsupport.checkpoints import Checkpoints\nbook = Checkpoints('97_fine', ARTIFACTS)\n"
+             "book.check('one', True, hint='')\nbook.skip('gpu', reason='no GPU')\nbook.finish()"),
+    ])
+    art = tmp_path / "art"
+    result = course.run_notebook(nb, art, progress=False)
+    assert result.status == "pass", result.error
+    assert [c["status"] for c in result.checkpoints] == ["pass", "skipped"]
+    report = course.write_reports([result], art)
+    assert report["passed"] is True
+    saved = json.loads((art / "course-report.json").read_text())
+    assert saved["notebooks"][0]["checkpoints"][1]["detail"] == "no GPU"
+    assert "97_fine" in (art / "course-report.md").read_text() and "<table>" in (art / "course-report.html").read_text()
+
+
+def test_unknown_kernel_fails_with_the_fix(tmp_path):
+    nb = make_notebook(tmp_path / "96_kernel.ipynb", [nbformat.v4.new_code_cell("ARTIFACTS = ''")])
+    data = json.loads(nb.read_text())
+    data["metadata"]["kernelspec"]["name"] = "no-such-kernel"
+    nb.write_text(json.dumps(data))
+    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    assert result.status == "fail" and "make env" in result.error
+
+
+def test_failed_report_renders_the_error(tmp_path):
+    failed = course.NotebookResult("05_x", "X", "internvl-course", status="fail", error="cell 3: boom")
+    report = course.write_reports([failed], tmp_path)
+    assert report["passed"] is False
+    assert "cell 3: boom" in (tmp_path / "course-report.md").read_text()
+
+
+def test_parse_value_reads_numbers_and_keeps_paths():
+    assert course.parse_value("300") == 300 and course.parse_value("0.5") == 0.5
+    assert course.parse_value("/models/InternVL2-2B") == "/models/InternVL2-2B"
+    assert course.parse_value("True") is True

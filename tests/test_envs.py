@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from labsupport import envs
+
+
+def test_course_and_deploy_files_parse(repo):
+    specs = {s.name: s for s in envs.load_specs(repo)}
+    course, deploy = specs["internvl-course"], specs["internvl-deploy"]
+    assert course.python == deploy.python == "3.11"
+    for pin in ("torch==2.14.1", "torchvision==0.29.1", "transformers==4.48.0", "mmengine==0.10.6",
+                "bitsandbytes==0.45.5", "deepspeed==0.16.2", "papermill"):
+        assert pin in course.pip, pin
+    assert course.pip_no_deps == ["xtuner==0.2.0"]
+    assert "lmdeploy==0.18.0" in deploy.pip
+    assert (course.kernel, deploy.kernel) == ("internvl-course", "internvl-deploy")
+
+
+def test_every_pin_is_written_once_per_file(repo):
+    for spec in envs.load_specs(repo):
+        names = [p.split("=")[0].split(">")[0].split("<")[0].lower() for p in spec.pip + spec.pip_no_deps]
+        assert len(names) == len(set(names)), spec.file
+
+
+def test_parser_reads_comments_sections_and_no_deps(tmp_path):
+    f = tmp_path / "env.yml"
+    f.write_text("# a comment\nname: demo  # trailing\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"
+                 "      - torch==2.14.1   # why\n      - -e .\nx-pip-no-deps:\n  - xtuner==0.2.0\n"
+                 "x-jupyter-kernel: demo-kernel\n")
+    spec = envs.parse_env_file(f)
+    assert spec.name == "demo" and spec.python == "3.11"
+    assert spec.pip == ["torch==2.14.1", "-e ."]
+    assert spec.pip_no_deps == ["xtuner==0.2.0"] and spec.kernel == "demo-kernel"
+
+
+def test_parser_names_the_file_and_line_of_a_bad_line(tmp_path):
+    f = tmp_path / "env.yml"
+    f.write_text("name: demo\ndependencies:\n  python=3.11\n")
+    with pytest.raises(ValueError, match=r"env.yml:3"):
+        envs.parse_env_file(f)
+
+
+def test_a_file_without_a_name_is_refused(tmp_path):
+    f = tmp_path / "env.yml"
+    f.write_text("dependencies:\n  - pip\n")
+    with pytest.raises(ValueError, match="name"):
+        envs.parse_env_file(f)
+
+
+def test_digest_changes_with_the_file(tmp_path):
+    f = tmp_path / "env.yml"
+    f.write_text("name: demo\n")
+    before = envs.parse_env_file(f).digest()
+    f.write_text("name: demo\ndependencies:\n  - pip\n")
+    assert envs.parse_env_file(f).digest() != before
+
+
+def test_built_environments_are_stamped_with_their_spec(repo):
+    for spec in envs.load_specs(repo):
+        python = envs.env_python(spec)
+        if python is None:
+            pytest.skip(f"{spec.name} not built")
+        stamp = envs._read_stamp(Path(python).parent.parent)
+        if stamp.get("route") != "conda" and stamp:
+            assert stamp["digest"] == spec.digest(), f"{spec.name} is older than {spec.file.name}: run make env"

@@ -1,0 +1,61 @@
+"""The committed notebooks are clean, parameterised, in order and name a known kernel."""
+import json
+import re
+
+import pytest
+
+from labsupport import envs
+from labsupport.course import course_notebooks
+
+NOTEBOOKS = course_notebooks()
+
+
+def load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks/NN_*.ipynb found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_or_counts(path):
+    for i, cell in enumerate(load(path)["cells"]):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path.name} cell {i} has outputs: run `make strip`"
+            assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count: run `make strip`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_exactly_one_parameters_cell_with_the_common_knobs(path):
+    tagged = [c for c in load(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters' (want exactly 1)"
+    source = "".join(tagged[0]["source"])
+    for knob in ("MODEL_PATH", "ARTIFACTS", "DEVICE"):
+        assert re.search(rf"^{knob}\s*=", source, re.M), f"{path.name}: parameters cell lacks {knob}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_kernelspec_names_a_course_environment(path):
+    known = {spec.kernel for spec in envs.load_specs()}
+    kernel = load(path)["metadata"].get("kernelspec", {}).get("name")
+    assert kernel in known, f"{path.name}: kernelspec {kernel!r} is not one of {sorted(known)}"
+
+
+def test_titles_are_numbered_in_order():
+    numbers = []
+    for path in NOTEBOOKS:
+        first = load(path)["cells"][0]
+        title = "".join(first["source"]).splitlines()[0]
+        assert first["cell_type"] == "markdown" and title.startswith(f"# {path.name[:2]} · "), \
+            f"{path.name}: first cell should be a '# {path.name[:2]} · Title' heading, got {title!r}"
+        numbers.append(int(path.name[:2]))
+    assert numbers == sorted(set(numbers))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_a_checkpoint_book_and_finishes_it(path):
+    code = "\n".join("".join(c["source"]) for c in load(path)["cells"] if c["cell_type"] == "code")
+    assert f'Checkpoints("{path.stem}"' in code, f"{path.name}: no checkpoints.Checkpoints({path.stem!r}, …)"
+    last = [c for c in load(path)["cells"] if c["cell_type"] == "code"][-1]
+    assert "book.finish()" in "".join(last["source"]), f"{path.name}: the last code cell should call book.finish()"
