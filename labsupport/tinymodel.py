@@ -119,11 +119,11 @@ def _write_tokenizer(tok: "Tokenizer", out: Path) -> int:
     return tok.get_vocab_size()
 
 
-def tiny_config(vocab_size: int) -> dict:
-    """The config.json of the tiny model (official InternVL2 layout) for a tokenizer of VOCAB_SIZE tokens."""
+def internvl_config(vision: dict, llm: dict, vocab_size: int, init_std: float = TINY_SETTINGS["init_std"]) -> dict:
+    """config.json of an InternVL2 model (official layout, InternViT + Phi-3) of any shape: VISION and LLM hold
+    the keys of TINY_SETTINGS["vision"] / ["llm"]; VOCAB_SIZE is the LLM's embedding rows."""
     ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    v, l = TINY_SETTINGS["vision"], TINY_SETTINGS["llm"]
-    padded_vocab = (vocab_size + 63) // 64 * 64
+    v, l = vision, llm
     vision_config = {
         "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
         "num_channels": 3, "patch_size": v["patch_size"], "image_size": v["image_size"],
@@ -131,17 +131,17 @@ def tiny_config(vocab_size: int) -> dict:
         "intermediate_size": v["intermediate_size"], "num_hidden_layers": v["num_hidden_layers"],
         "qkv_bias": True, "qk_normalization": False, "use_flash_attn": False, "hidden_act": "gelu",
         "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "dropout": 0.0, "drop_path_rate": 0.0,
-        "attention_dropout": 0.0, "initializer_range": TINY_SETTINGS["init_std"], "initializer_factor": 1.0,
+        "attention_dropout": 0.0, "initializer_range": init_std, "initializer_factor": 1.0,
         "torch_dtype": "bfloat16",
     }
     llm_config = {
         "architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
-        "vocab_size": padded_vocab, "hidden_size": l["hidden_size"], "intermediate_size": l["intermediate_size"],
+        "vocab_size": vocab_size, "hidden_size": l["hidden_size"], "intermediate_size": l["intermediate_size"],
         "num_hidden_layers": l["num_hidden_layers"], "num_attention_heads": l["num_attention_heads"],
         "num_key_value_heads": l["num_key_value_heads"], "hidden_act": "silu",
         "max_position_embeddings": l["max_position_embeddings"],
         "original_max_position_embeddings": l["max_position_embeddings"],
-        "initializer_range": TINY_SETTINGS["init_std"], "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "initializer_range": init_std, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "rope_scaling": None, "sliding_window": None, "use_cache": True, "tie_word_embeddings": False,
         "attention_dropout": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0,
         "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"], "pad_token_id": ids["<|endoftext|>"],
@@ -173,22 +173,37 @@ def tiny_config(vocab_size: int) -> dict:
     }
 
 
+def tiny_config(vocab_size: int) -> dict:
+    """The config.json of the tiny model (official InternVL2 layout) for a tokenizer of VOCAB_SIZE tokens."""
+    padded_vocab = (vocab_size + 63) // 64 * 64
+    return internvl_config(TINY_SETTINGS["vision"], TINY_SETTINGS["llm"], padded_vocab)
+
+
+def init_kind(name: str, shape) -> str:
+    """How parameter NAME starts: "zeros" for biases, "ones" for norms and layer scales, else "normal"."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return "zeros"
+    if len(shape) == 1 and ("norm" in name or name.startswith("mlp1.0.") or leaf in ("ls1", "ls2")):
+        return "ones"
+    return "normal"
+
+
 def _init_value(name: str, shape, generator, std: float):
     """Deterministic initial value of parameter NAME: zeros for biases, ones for norms and layer scales, else N(0, std)."""
     import torch
 
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf == "bias":
+    kind = init_kind(name, shape)
+    if kind == "zeros":
         return torch.zeros(shape)
-    if len(shape) == 1 and ("norm" in name or name.startswith("mlp1.0.") or leaf in ("ls1", "ls2")):
+    if kind == "ones":
         return torch.ones(shape)
     return torch.randn(shape, generator=generator) * std
 
 
-def _write_weights(config: dict, out: Path, seed: int) -> None:
-    """Instantiate the architecture on the meta device for names and shapes; write seeded bf16 weights."""
+def parameter_shapes(config: dict) -> dict[str, tuple]:
+    """Name -> shape of every tensor of the InternVLChatModel CONFIG describes (built on the meta device: no memory)."""
     import torch
-    from safetensors.torch import save_file
 
     from .remote_code.configuration_internvl_chat import InternVLChatConfig
     from .remote_code.modeling_internvl_chat import InternVLChatModel
@@ -196,12 +211,38 @@ def _write_weights(config: dict, out: Path, seed: int) -> None:
     cfg = InternVLChatConfig(**{k: v for k, v in config.items() if k not in ("architectures", "auto_map", "model_type")})
     with torch.device("meta"):
         model = InternVLChatModel(cfg)
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _write_weights(config: dict, out: Path, seed: int) -> None:
+    """Instantiate the architecture on the meta device for names and shapes; write seeded bf16 weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    shapes = parameter_shapes(config)
     tensors = {}
     for name in sorted(shapes):  # one generator per tensor: adding a tensor never changes the others
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         tensors[name] = _init_value(name, shapes[name], gen, TINY_SETTINGS["init_std"]).to(torch.bfloat16).contiguous()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def write_model_files(out: Path, config: dict, tokenizer: "Tokenizer | None" = None) -> int:
+    """Write everything of a checkpoint but its weights into OUT: tokenizer, config.json, generation_config.json,
+    the remote code; return the tokenizer's vocabulary size (token ids below it are valid for CONFIG's LLM).
+    TOKENIZER: the course tokenizer (train_tokenizer()), trained here when not given."""
+    vocab_size = _write_tokenizer(tokenizer or train_tokenizer(), out)
+    if config["llm_config"]["vocab_size"] < vocab_size:
+        raise ValueError(f"llm_config.vocab_size = {config['llm_config']['vocab_size']} is smaller than the tokenizer's "
+                         f"{vocab_size} tokens: the embedding must have a row for every token id")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    generation = {"bos_token_id": ids["<s>"], "eos_token_id": [ids["</s>"], ids["<|end|>"]],
+                  "pad_token_id": ids["<|endoftext|>"], "do_sample": False, "max_new_tokens": 64}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(REMOTE_CODE_DIR / name, out / name)
+    return vocab_size
 
 
 def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False) -> Path:
@@ -220,15 +261,9 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, fo
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        vocab_size = _write_tokenizer(train_tokenizer(), tmp)
-        config = tiny_config(vocab_size)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-        generation = {"bos_token_id": ids["<s>"], "eos_token_id": [ids["</s>"], ids["<|end|>"]],
-                      "pad_token_id": ids["<|endoftext|>"], "do_sample": False, "max_new_tokens": 64}
-        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
-        for name in REMOTE_CODE_FILES:
-            shutil.copyfile(REMOTE_CODE_DIR / name, tmp / name)
+        tok = train_tokenizer()
+        config = tiny_config(tok.get_vocab_size())
+        vocab_size = write_model_files(tmp, config, tok)
         _write_weights(config, tmp, seed)
         write_json_atomic(tmp / STAMP_FILE, {"stamp": stamp, "seed": seed, "vocab_size": vocab_size,
                                              "build_seconds": round(time.time() - started, 2)})
