@@ -1,0 +1,814 @@
+"""Benchmarks of InternVL2-4B's shape on a GPU: build a random-weight checkpoint, serve it, fine-tune it.
+
+    python -m labsupport.bench build-4b artifacts/models/internvl2-4b-random      # < 1 min on a GPU
+    python -m labsupport.bench serve artifacts/models/internvl2-4b-random         # LMDeploy vs transformers
+    python -m labsupport.bench train artifacts/models/internvl2-4b-random         # XTuner LoRA and full + ZeRO-2
+
+Each command prints a table and writes its numbers to artifacts/bench/<command>.json. Speed does not
+depend on the values of the weights, so a checkpoint with random weights of the published shape
+(InternViT-300M-448px + MLP projector + Phi-3-mini) measures what InternVL2-4B would do; it answers
+gibberish. The LLM uses Phi-3-mini-4k's rope (max_position_embeddings 4096, no long-rope scaling):
+the benchmark prompts are a few hundred tokens, and the 128k variant's long-rope factors only change
+the rotary angles, not the work per token.
+
+The decode bound: generating one token at batch 1 reads every LLM weight once (the embedding table
+excepted: only one row of it), so tokens/s <= copy bandwidth / bytes of those weights. The bandwidth
+is measured here (a device-to-device copy of a 4 GiB buffer; bytes read + written per second).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .checkpoints import write_json_atomic
+from .paths import artifacts_dir
+
+GIB = 1024**3
+DEFAULT_PEAK_FLOPS = 989e12  # H100 SXM, dense bf16 (the spec sheet's 1979 TFLOPS is with 2:4 sparsity)
+MODEL_4B = "internvl2-4b-random"
+BUILD_STAMP = ".labsupport-bench-build.json"
+QUESTION = "What colour are the objects on the plate? Describe the plate in detail."
+
+
+def bench_dir(artifacts: str | os.PathLike | None = None) -> Path:
+    """The folder the benchmark results go to: ARTIFACTS/bench/."""
+    out = artifacts_dir(artifacts) / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def need_cuda(what: str) -> None:
+    """Raise a clear error when no CUDA GPU is visible (WHAT needs one)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise RuntimeError(f"{what} needs PyTorch with CUDA; torch does not import here: {exc}") from exc
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{what} needs a CUDA GPU and none is visible (torch.cuda.is_available() is False). "
+                           "Run it on a GPU machine (see docs/benchmarks.md), or pass --device cpu where the "
+                           "command offers it, for a functional check with a tiny model.")
+
+
+# ---- shapes ---------------------------------------------------------------------------------------
+def internvl2_4b_config() -> dict:
+    """config.json of InternVL2-4B's published shape (from labsupport/data/internvl2_family.json), Phi-3-mini-4k rope."""
+    from .params import load_family_file
+    from .tinymodel import internvl_config
+
+    fam = load_family_file()
+    v, llm = fam["vision"], fam["models"]["InternVL2-4B"]["llm_config"]
+    vision = {k: v[k] for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+                                "image_size", "patch_size")}
+    lm = {k: llm[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+                              "intermediate_size")}
+    lm["max_position_embeddings"] = 4096  # Phi-3-mini-4k; the 128k model adds long-rope scaling on top
+    return internvl_config(vision, lm, llm["vocab_size"])
+
+
+def vlm_shape(config: dict, name: str = "model") -> "memory.VLMShape":
+    """The memory estimator's view (labsupport.memory.VLMShape) of an InternVL config dict."""
+    from . import memory
+    from .params import count_parameters
+
+    llm, vit = config["llm_config"], config["vision_config"]
+    counts = count_parameters(config)
+    return memory.VLMShape(name, counts["vit"], vit["num_hidden_layers"], vit["hidden_size"],
+                           memory.LLMShape(name + "-llm", llm["num_hidden_layers"], llm["hidden_size"],
+                                           llm["intermediate_size"], llm["num_attention_heads"],
+                                           llm.get("num_key_value_heads") or llm["num_attention_heads"],
+                                           llm["vocab_size"], bool(llm.get("tie_word_embeddings", False))))
+
+
+# ---- build ----------------------------------------------------------------------------------------
+def _shards(shapes: dict[str, tuple], shard_bytes: int, itemsize: int = 2) -> list[list[str]]:
+    """Tensor names (sorted) grouped into shards of at most SHARD_BYTES (a larger tensor gets a shard of its own)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(shapes):
+        n = itemsize
+        for d in shapes[name]:
+            n *= d
+        if groups[-1] and size + n > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += n
+    return groups
+
+
+def write_random_weights(config: dict, out: str | os.PathLike, device: str = "cuda", seed: int = 0,
+                         shard_bytes: int = 2 * GIB) -> dict:
+    """Write bf16 random weights for CONFIG into OUT as safetensors shards (+ index), generated on DEVICE.
+
+    Names and shapes come from the course's own modeling code on the meta device; values follow the
+    tiny model's rule (zeros for biases, ones for norms and layer scales, else N(0, initializer_range)).
+    Returns {"parameters", "bytes", "shards", "seconds"}.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from .tinymodel import init_kind, parameter_shapes
+
+    out = Path(out)
+    started = time.time()
+    shapes = parameter_shapes(config)
+    std = float(config["llm_config"].get("initializer_range", 0.02))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    groups = _shards(shapes, shard_bytes)
+    files = ["model.safetensors"] if len(groups) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    weight_map, total_bytes, total_params = {}, 0, 0
+    for names, fname in zip(groups, files):
+        tensors = {}
+        for name in names:
+            kind = init_kind(name, shapes[name])
+            t = torch.empty(shapes[name], dtype=torch.bfloat16, device=device)
+            if kind == "zeros":
+                t.zero_()
+            elif kind == "ones":
+                t.fill_(1.0)
+            else:
+                t.normal_(0.0, std, generator=gen)
+            tensors[name] = t.cpu()
+            weight_map[name] = fname
+            total_params += t.numel()
+            total_bytes += t.numel() * t.element_size()
+        save_file(tensors, str(out / fname), metadata={"format": "pt"})
+        del tensors
+    if len(files) > 1:
+        write_json_atomic(out / "model.safetensors.index.json",
+                          {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
+    return {"parameters": total_params, "bytes": total_bytes, "shards": len(files),
+            "seconds": round(time.time() - started, 2)}
+
+
+def _config_hash(config: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def build_model(out_dir: str | os.PathLike, config: dict, device: str = "cuda", seed: int = 0,
+                force: bool = False) -> dict:
+    """Write a random-weight checkpoint of CONFIG's shape (official format, course tokenizer) to OUT_DIR; skip when current.
+
+    Returns a summary: path, parameters (written and counted analytically), bytes, seconds, skipped.
+    """
+    from .params import count_parameters
+    from .tinymodel import write_model_files
+
+    out = Path(out_dir)
+    digest = _config_hash(config)
+    counted = count_parameters(config)
+    stamp_file = out / BUILD_STAMP
+    if not force and stamp_file.is_file():
+        try:
+            old = json.loads(stamp_file.read_text())
+            if old.get("config_sha256") == digest:
+                return {**old, "path": str(out), "skipped": True}
+        except ValueError:
+            pass  # unreadable stamp: rebuild
+    if out.is_dir() and any(out.iterdir()) and not stamp_file.exists():
+        raise FileExistsError(f"{out} exists and was not written by labsupport.bench (no {BUILD_STAMP}); refusing to "
+                              "overwrite it. Choose another OUT_DIR or delete that folder yourself.")
+    if device.startswith("cuda"):
+        need_cuda("building the benchmark checkpoint on the GPU")
+    started = time.time()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        vocab = write_model_files(tmp, config)
+        weights = write_random_weights(config, tmp, device=device, seed=seed)
+        if weights["parameters"] != counted["total"]:
+            raise RuntimeError(f"the checkpoint holds {weights['parameters']:,} parameters but labsupport.params counts "
+                               f"{counted['total']:,} for this config: the modeling code and the counter disagree")
+        summary = {"config_sha256": digest, "parameters": weights["parameters"], "counted": counted,
+                   "bytes": weights["bytes"], "shards": weights["shards"], "tokenizer_vocab": vocab,
+                   "llm_vocab": config["llm_config"]["vocab_size"], "device": device,
+                   "weights_seconds": weights["seconds"], "seconds": round(time.time() - started, 2)}
+        write_json_atomic(tmp / BUILD_STAMP, summary)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {**summary, "path": str(out), "skipped": False}
+
+
+# ---- bandwidth and the decode bound ---------------------------------------------------------------
+def measure_copy_bandwidth(nbytes: int = 4 * GIB, device: str = "cuda", repeats: int = 10) -> dict:
+    """Copy an NBYTES buffer into another on DEVICE REPEATS times; bandwidth = bytes read + written per second."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    src.fill_(1)
+    dst.copy_(src)  # warm-up
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    if cuda:
+        end.record()
+        torch.cuda.synchronize(device)
+        seconds = start.elapsed_time(end) / 1000
+    else:
+        seconds = time.perf_counter() - t0
+    del src, dst
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"bytes": nbytes, "repeats": repeats, "seconds": seconds,
+            "bandwidth_bytes_per_s": 2 * nbytes * repeats / seconds}
+
+
+def decode_bytes_per_token(llm_config: dict, bytes_per_param: float = 2.0) -> int:
+    """Bytes of LLM weights read to generate one token at batch 1: all of them but the embedding table (one row)."""
+    from .params import count_llm
+
+    embedding = llm_config["vocab_size"] * llm_config["hidden_size"]
+    return int((count_llm(llm_config) - embedding + llm_config["hidden_size"]) * bytes_per_param)
+
+
+def decode_bound(bandwidth_bytes_per_s: float, bytes_per_token: float) -> float:
+    """The most tokens/s a memory-bound batch-1 decode can reach: bandwidth / bytes read per token."""
+    if bytes_per_token <= 0:
+        raise ValueError(f"bytes_per_token must be positive, not {bytes_per_token}")
+    return bandwidth_bytes_per_s / bytes_per_token
+
+
+# ---- tables and results ---------------------------------------------------------------------------
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], digits: int = 1) -> str:
+    """A fixed-width text table of ROWS; COLUMNS = [(key, heading)]; missing values print as '-'."""
+    cells = [[_cell(r.get(k), digits) for k, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    first = lambda i: str.ljust if i == 0 else str.rjust  # noqa: E731
+    line = lambda cs: "  ".join(first(i)(c, w) for i, (c, w) in enumerate(zip(cs, widths)))  # noqa: E731
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
+def save_results(name: str, data: dict, out: str | os.PathLike | None = None) -> Path:
+    """Write DATA (json) atomically to OUT, default artifacts/bench/NAME.json; return the path."""
+    path = Path(out) if out else bench_dir() / f"{name}.json"
+    write_json_atomic(path, data)
+    return path
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for pkg in ("torch", "transformers", "lmdeploy", "xtuner", "deepspeed", "mmengine"):
+        try:
+            found[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            found[pkg] = None
+    return found
+
+
+# ---- serve ----------------------------------------------------------------------------------------
+SERVE_ROWS = {  # name -> how that row runs
+    "bandwidth": {"backend": "bandwidth"},
+    "lmdeploy": {"backend": "lmdeploy", "eager_mode": False, "prefix_caching": False},
+    "lmdeploy-eager": {"backend": "lmdeploy", "eager_mode": True, "prefix_caching": False},
+    "lmdeploy-prefix-cache": {"backend": "lmdeploy", "eager_mode": False, "prefix_caching": True},
+    "transformers": {"backend": "transformers"},
+}
+DEFAULT_SERVE_ROWS = ("lmdeploy", "transformers", "lmdeploy-eager", "lmdeploy-prefix-cache")
+
+
+def bench_image():
+    """The benchmark's 448x448 image (one tile): a plate from the course task generator."""
+    from .datasets import draw_plate
+
+    return draw_plate("red", "square", 2, (448, 448), seed=1)
+
+
+def _timed(fn, sync=None) -> tuple[float, Any]:
+    t = time.perf_counter()
+    result = fn()
+    if sync:
+        sync()
+    return time.perf_counter() - t, result
+
+
+def _decode_rate(new_tokens: int, t_full: float, t_first: float) -> float | None:
+    """Tokens per second after the first: (NEW_TOKENS - 1) / (time for all - time for one)."""
+    if new_tokens < 2 or t_full <= t_first:
+        return None
+    return (new_tokens - 1) / (t_full - t_first)
+
+
+def serve_lmdeploy(model_dir: str, eager_mode: bool, prefix_caching: bool, new_tokens: int = 256,
+                   concurrency: int = 64, session_len: int = 4096) -> dict:
+    """One LMDeploy (PyTorch engine) row: load time, TTFT, batch-1 decode tokens/s, CONCURRENCY-request throughput."""
+    need_cuda("LMDeploy's PyTorch engine")
+    from lmdeploy import ChatTemplateConfig, GenerationConfig, PytorchEngineConfig, pipeline
+
+    image = bench_image()
+    request = (QUESTION, image)
+    t_load = time.perf_counter()
+    engine = PytorchEngineConfig(tp=1, session_len=session_len, eager_mode=eager_mode,
+                                 enable_prefix_caching=prefix_caching, max_batch_size=max(concurrency, 1))
+    pipe = pipeline(model_dir, backend_config=engine, trust_remote_code=True, log_level="ERROR",
+                    chat_template_config=ChatTemplateConfig(model_name="hf", model_path=model_dir))
+    load_s = time.perf_counter() - t_load
+    print(f"[lmdeploy] loaded in {load_s:.1f} s (eager_mode={eager_mode}, prefix_caching={prefix_caching})", flush=True)
+    one = GenerationConfig(max_new_tokens=1, ignore_eos=True, do_sample=False)
+    full = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True, do_sample=False)
+    pipe(request, gen_config=GenerationConfig(max_new_tokens=8, ignore_eos=True, do_sample=False))  # warm-up
+    pipe([request] * 4, gen_config=GenerationConfig(max_new_tokens=8, ignore_eos=True, do_sample=False))
+    ttft = sorted(_timed(lambda: pipe(request, gen_config=one))[0] for _ in range(3))[1]
+    runs = [_timed(lambda: pipe(request, gen_config=full)) for _ in range(2)]
+    t_full = statistics.median(t for t, _ in runs)
+    resp = runs[-1][1]
+    print(f"[lmdeploy] TTFT {ttft * 1000:.0f} ms; {resp.generate_token_len} tokens in {t_full:.2f} s", flush=True)
+    t_batch, replies = _timed(lambda: pipe([request] * concurrency, gen_config=full))
+    batch_tokens = sum(r.generate_token_len for r in replies)
+    print(f"[lmdeploy] {concurrency} requests: {batch_tokens} tokens in {t_batch:.2f} s", flush=True)
+    result = {"load_s": load_s, "prompt_tokens": resp.input_token_len, "new_tokens": resp.generate_token_len,
+              "ttft_s": ttft, "batch1_full_s": t_full,
+              "decode_tokens_per_s": _decode_rate(resp.generate_token_len, t_full, ttft),
+              "batch_requests": len(replies), "batch_tokens": batch_tokens, "batch_s": t_batch,
+              "throughput_tokens_per_s": batch_tokens / t_batch, "batch_truncated": False}
+    if hasattr(pipe, "close"):
+        pipe.close()
+    return result
+
+
+def serve_transformers(model_dir: str, new_tokens: int = 256, concurrency: int = 64, batch_size: int = 64,
+                       budget_s: float = 90.0, device: str = "cuda") -> dict:
+    """One transformers row (the checkpoint's remote code, `generate`): TTFT = prefill time, batch-1 decode, batches."""
+    import torch
+    import transformers
+    from transformers import AutoModel, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+    from .deploy import model_prompt
+    from .tiling import load_image
+
+    if device.startswith("cuda"):
+        need_cuda("the transformers benchmark on the GPU")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else None  # noqa: E731
+    t_load = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: dtype}).eval().to(device)
+    if sync:
+        sync()
+    load_s = time.perf_counter() - t_load
+    print(f"[transformers] loaded in {load_s:.1f} s on {device} ({dtype})", flush=True)
+    pixels = load_image(bench_image(), max_num=12).to(device, dtype)
+    prompt = model_prompt(model_dir, QUESTION).replace(
+        "<IMG_CONTEXT>", "<IMG_CONTEXT>" * (model.num_image_token * pixels.shape[0]), 1)
+    ids = tok(prompt, return_tensors="pt")["input_ids"].to(device)
+    model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+    eos = tok.convert_tokens_to_ids("<|end|>")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+
+    class Deadline(StoppingCriteria):
+        """Stop every sequence once the wall-clock DEADLINE passes (caps the batch work)."""
+
+        def __init__(self, deadline: float):
+            self.deadline = deadline
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), time.perf_counter() > self.deadline, dtype=torch.bool,
+                              device=input_ids.device)
+
+    def generate(batch: int, n: int, deadline: float | None = None) -> int:
+        """Generate N new tokens for BATCH copies of the request; return the new tokens per sequence."""
+        kw = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "eos_token_id": eos, "pad_token_id": pad}
+        if deadline is not None:
+            kw["stopping_criteria"] = StoppingCriteriaList([Deadline(deadline)])
+        with torch.inference_mode():
+            out = model.generate(pixel_values=pixels.repeat(batch, 1, 1, 1), input_ids=ids.repeat(batch, 1),
+                                 attention_mask=torch.ones_like(ids).repeat(batch, 1), **kw)
+        # with inputs_embeds, generate returns only the new tokens; some versions prepend the prompt's ids
+        return out.shape[1] - ids.shape[1] if out.shape[1] > n else out.shape[1]
+
+    generate(1, 4)  # warm-up
+    ttft = sorted(_timed(lambda: generate(1, 1), sync)[0] for _ in range(3))[1]
+    runs = [_timed(lambda: generate(1, new_tokens), sync) for _ in range(2)]
+    t_full, got = statistics.median(t for t, _ in runs), runs[-1][1]
+    print(f"[transformers] TTFT {ttft * 1000:.0f} ms; {got} tokens in {t_full:.2f} s", flush=True)
+    done = tokens = 0
+    truncated = False
+    t0 = time.perf_counter()
+    deadline = t0 + budget_s
+    while done < concurrency:
+        if time.perf_counter() > deadline:
+            truncated = True
+            break
+        b = min(batch_size, concurrency - done)
+        n = generate(b, new_tokens, deadline)
+        if sync:
+            sync()
+        tokens += b * n
+        done += b
+        truncated = truncated or n < new_tokens
+        print(f"[transformers] batch of {b}: {n} tokens each, {time.perf_counter() - t0:.1f} s so far", flush=True)
+    t_batch = time.perf_counter() - t0
+    return {"load_s": load_s, "prompt_tokens": int(ids.shape[1]), "new_tokens": got, "ttft_s": ttft,
+            "batch1_full_s": t_full, "decode_tokens_per_s": _decode_rate(got, t_full, ttft),
+            "batch_requests": done, "batch_tokens": tokens, "batch_s": t_batch,
+            "throughput_tokens_per_s": tokens / t_batch if t_batch > 0 else None, "batch_size": batch_size,
+            "batch_truncated": truncated, "budget_s": budget_s}
+
+
+def serve_row(name: str, model_dir: str, new_tokens: int, concurrency: int, hf_batch: int, hf_budget_s: float,
+              device: str = "cuda", bandwidth_gib: float = 4.0) -> dict:
+    """Run one row of the serve benchmark in this process (the `serve` command runs each in a fresh process)."""
+    spec = SERVE_ROWS[name]
+    if spec["backend"] == "bandwidth":
+        if device.startswith("cuda"):
+            need_cuda("the bandwidth measurement")
+        import torch
+
+        bw = measure_copy_bandwidth(int(bandwidth_gib * GIB), device=device)
+        gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
+        print(f"[bandwidth] {bw['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s on {gpu}", flush=True)
+        return {**bw, "gpu": gpu, "versions": _versions()}
+    if spec["backend"] == "lmdeploy":
+        return serve_lmdeploy(model_dir, spec["eager_mode"], spec["prefix_caching"], new_tokens, concurrency)
+    return serve_transformers(model_dir, new_tokens, concurrency, hf_batch, hf_budget_s, device)
+
+
+def _run_child(cmd: list[str], timeout: float, prefix: str) -> tuple[int | None, str]:
+    """Run CMD in its own process group, echo its output with PREFIX, kill it after TIMEOUT; (exit code or None, tail)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    tail: list[str] = []
+    deadline = time.time() + timeout
+    import threading
+
+    def reader():
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            del tail[:-40]
+            if "Warning" not in line and "warn(" not in line:
+                print(f"  {prefix}| {line.rstrip()}", flush=True)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the row's own process group (LMDeploy may start workers)
+        proc.wait()
+        thread.join(5)
+        return None, "\n".join(tail)
+    thread.join(5)
+    return proc.returncode, "\n".join(tail)
+
+
+def serve(model_dir: str, rows: Sequence[str] = DEFAULT_SERVE_ROWS, new_tokens: int = 256, concurrency: int = 64,
+          hf_batch: int = 64, hf_budget_s: float = 90.0, budget_s: float = 330.0, row_timeout_s: float = 150.0,
+          device: str = "cuda", out: str | os.PathLike | None = None) -> dict:
+    """The serve benchmark: bandwidth, then each row in a fresh process; print the table, write serve.json."""
+    unknown = [r for r in rows if r not in SERVE_ROWS or r == "bandwidth"]
+    if unknown:
+        raise ValueError(f"unknown serve rows {unknown}; choose from {[r for r in SERVE_ROWS if r != 'bandwidth']}")
+    if device == "cpu" and any(SERVE_ROWS[r]["backend"] == "lmdeploy" for r in rows):
+        raise ValueError("LMDeploy's engine needs a CUDA GPU: on a CPU ask only for the 'transformers' row")
+    if device.startswith("cuda"):
+        need_cuda("the serve benchmark")
+    model_dir = str(Path(model_dir).resolve())
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    per_token = decode_bytes_per_token(config["llm_config"])
+    started = time.time()
+    results: dict = {"model": model_dir, "new_tokens": new_tokens, "concurrency": concurrency,
+                     "llm_bytes_per_token": per_token, "device": device, "rows": []}
+    bandwidth = None
+    for name in ("bandwidth", *rows):
+        left = budget_s - (time.time() - started)
+        if name != "bandwidth" and left < 60:
+            results["rows"].append({"row": name, "error": f"skipped: {left:.0f} s left of the {budget_s:.0f} s budget"})
+            print(f"[serve] skipping {name}: time budget", flush=True)
+            continue
+        print(f"[serve] {name} ({time.time() - started:.0f} s elapsed)", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            result_file = Path(tmp) / "row.json"
+            cmd = [sys.executable, "-m", "labsupport.bench", "serve-row", name, model_dir, "--result", str(result_file),
+                   "--new-tokens", str(new_tokens), "--concurrency", str(concurrency), "--hf-batch", str(hf_batch),
+                   "--hf-budget-s", str(hf_budget_s), "--device", device,
+                   "--bandwidth-gib", "4" if device.startswith("cuda") else "0.25"]
+            code, tail = _run_child(cmd, min(row_timeout_s, max(left, 30)), name)
+            if code == 0 and result_file.is_file():
+                row = {"row": name, **SERVE_ROWS[name], **json.loads(result_file.read_text())}
+            else:
+                why = "timed out" if code is None else f"exit status {code}"
+                row = {"row": name, **SERVE_ROWS[name], "error": f"{why}; last lines:\n{tail[-1500:]}"}
+        if name == "bandwidth":
+            results["bandwidth"] = row
+            bandwidth = row.get("bandwidth_bytes_per_s")
+            results["gpu"] = row.get("gpu")
+            results["versions"] = row.get("versions")
+            continue
+        if bandwidth and row.get("decode_tokens_per_s"):
+            row["decode_bound_tokens_per_s"] = decode_bound(bandwidth, per_token)
+            row["fraction_of_bound"] = row["decode_tokens_per_s"] / row["decode_bound_tokens_per_s"]
+        results["rows"].append(row)
+        write_json_atomic(Path(out) if out else bench_dir() / "serve.json", results)  # partial results survive a kill
+    results["seconds"] = round(time.time() - started, 1)
+    path = save_results("serve", results, out)
+    print(serve_table(results))
+    print(f"[serve] wrote {path} in {results['seconds']:.0f} s")
+    return results
+
+
+def serve_table(results: dict) -> str:
+    """The serve results as a text table (one row per backend/option)."""
+    rows = []
+    for r in results["rows"]:
+        row = dict(r)
+        row["ttft_ms"] = r["ttft_s"] * 1000 if r.get("ttft_s") is not None else None
+        row["pct"] = 100 * r["fraction_of_bound"] if r.get("fraction_of_bound") is not None else None
+        if r.get("batch_requests") is not None:
+            row["batch"] = f"{r['batch_requests']}{' (capped)' if r.get('batch_truncated') else ''}"
+        row["note"] = (r.get("error") or "").splitlines()[0][:60] if r.get("error") else ""
+        rows.append(row)
+    bw = (results.get("bandwidth") or {}).get("bandwidth_bytes_per_s")
+    head = (f"GPU {results.get('gpu', '?')}; copy bandwidth {bw / 1e9:,.0f} GB/s; " if bw else "no bandwidth measured; ") + \
+        f"LLM weights read per token {results['llm_bytes_per_token'] / 1e9:.2f} GB; {results['new_tokens']} new tokens"
+    cols = [("row", "row"), ("load_s", "load s"), ("prompt_tokens", "prompt"), ("ttft_ms", "TTFT ms"),
+            ("decode_tokens_per_s", "decode tok/s"), ("decode_bound_tokens_per_s", "bound tok/s"), ("pct", "% bound"),
+            ("batch", f"requests/{results['concurrency']}"), ("throughput_tokens_per_s", "batch tok/s"), ("note", "note")]
+    return head + "\n" + format_table(rows, cols)
+
+
+# ---- train ----------------------------------------------------------------------------------------
+def train_flops_per_sample(config: dict, mode: str, tokens: int, tiles: int, freeze_vit: bool = True) -> float:
+    """Model FLOPs of one training sample of TOKENS LLM tokens and TILES image tiles (no recomputation counted).
+
+    LLM: forward 2N + attention 4·L·h·s per token (N: matmul weights, the embedding table excluded);
+    backward 2N for activation gradients + 2N for weight gradients when the LLM trains (full), only the
+    first with LoRA (adapters' own FLOPs left out), and twice the attention. Frozen ViT: forward only,
+    1025 tokens per tile. Projector (always trained): 6·P per image token.
+    """
+    from .params import count_parameters
+
+    if mode not in ("lora", "qlora", "full"):
+        raise ValueError(f"mode must be lora, qlora or full, not {mode!r}")
+    counts = count_parameters(config)
+    llm, vit = config["llm_config"], config["vision_config"]
+    h, layers = llm["hidden_size"], llm["num_hidden_layers"]
+    n_llm = counts["llm"] - llm["vocab_size"] * h
+    attn_fwd = 4 * layers * h * tokens  # per token
+    llm_flops = tokens * ((6 if mode == "full" else 4) * n_llm + 3 * attn_fwd)
+    vit_tokens = (vit["image_size"] // vit["patch_size"]) ** 2 + 1
+    vit_fwd = 2 * counts["vit"] * vit_tokens + 4 * vit["num_hidden_layers"] * vit["hidden_size"] * vit_tokens ** 2
+    vit_flops = tiles * vit_fwd * (1 if freeze_vit else 3)
+    image_tokens = int((vit["image_size"] // vit["patch_size"]) ** 2 * config.get("downsample_ratio", 0.5) ** 2)
+    proj_flops = tiles * image_tokens * 6 * counts["projector"]
+    return float(llm_flops + vit_flops + proj_flops)
+
+
+def dataset_stats(config_path: str | os.PathLike, samples: int = 128) -> dict:
+    """Tokens and tiles per sample of the dataset an XTuner config trains on (SAMPLES items spread evenly)."""
+    from xtuner.registry import BUILDER
+
+    from .xtuner import load_config
+
+    cfg = load_config(config_path)
+    ds = BUILDER.build(cfg.llava_dataset)
+    n = len(ds)
+    picks = sorted({int(i * n / min(samples, n)) for i in range(min(samples, n))})
+    tokens, tiles = [], []
+    for i in picks:
+        item = ds[i]
+        tokens.append(len(item["input_ids"]))
+        tiles.append(int(item["pixel_values"].shape[0]))
+    return {"samples_read": len(picks), "dataset_size": n, "mean_tokens": statistics.mean(tokens),
+            "max_tokens": max(tokens), "mean_tiles": statistics.mean(tiles), "max_tiles": max(tiles),
+            "tokens": tokens, "tiles": tiles}
+
+
+def summarize_scalars(scalars: list[dict], warmup: int) -> dict:
+    """Medians of mmengine's per-iteration time and data_time after WARMUP iterations, and the peak memory (GiB)."""
+    timed = [r for r in scalars if "time" in r and r["iter"] > warmup]
+    if not timed:
+        raise ValueError(f"no logged iteration after the {warmup} warm-up iterations: was log_interval > 1 "
+                         "or did training stop early?")
+    mem = [r["memory"] for r in scalars if "memory" in r]
+    return {"measured_iters": len(timed), "s_per_iter": statistics.median(r["time"] for r in timed),
+            "data_s_per_iter": statistics.median(r.get("data_time", 0.0) for r in timed),
+            "peak_memory_gib": max(mem) / 1024 if mem else None,
+            "loss_first_last": [scalars[0].get("loss"), scalars[-1].get("loss")] if scalars else None}
+
+
+def _no_optimizer_in_checkpoint(config_path: Path) -> None:
+    """Make the config's final checkpoint model-only: a ZeRO-2 full fine-tune's optimizer state of 4B is ~50 GB."""
+    text = config_path.read_text(encoding="utf-8")
+    if text.count("save_optimizer=True") != 1:
+        raise RuntimeError(f"{config_path}: expected exactly one 'save_optimizer=True' in the generated config "
+                           "(labsupport.xtuner.render_config changed?)")
+    tmp = config_path.with_name(config_path.name + ".tmp")
+    tmp.write_text(text.replace("save_optimizer=True", "save_optimizer=False"), encoding="utf-8")
+    os.replace(tmp, config_path)
+
+
+def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 20, warmup: int = 5, batch: int = 4,
+               zero: int = 2, nproc: int = 1, peak_flops: float = DEFAULT_PEAK_FLOPS, max_dynamic_patch: int = 6,
+               lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, keep_checkpoint: bool = False) -> dict:
+    """Fine-tune MODEL_DIR with XTuner in MODE for WARMUP + ITERS iterations; tokens/s/GPU, MFU, data vs compute, memory."""
+    from . import memory, xtuner
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    work = bench_dir() / "train" / mode
+    if work.exists():
+        shutil.rmtree(work)
+    total = warmup + iters
+    s = xtuner.preset("tiny-cpu", model_path=str(model_dir), mode=mode, data=[data], device=device,
+                      deepspeed=zero, nproc=nproc, batch_size=batch, accumulative_counts=1, max_iters=total,
+                      save_steps=total, save_total_limit=1, log_interval=1, max_dynamic_patch=max_dynamic_patch,
+                      freeze_vit=True, freeze_llm=None, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05,
+                      lr=2e-5, weight_decay=0.05, max_length=8192, num_workers=4, gradient_checkpointing=True)
+    notes = []
+    if device == "cpu":
+        s, notes = xtuner.cpu_compatible(s)
+        s = dataclasses.replace(s, num_workers=0)
+    cfg_path = xtuner.write_config(s, work / "config.py")
+    _no_optimizer_in_checkpoint(cfg_path)
+    stats = dataset_stats(cfg_path)
+    print(f"[train:{mode}] data: {stats['mean_tokens']:.0f} tokens and {stats['mean_tiles']:.2f} tiles per sample "
+          f"(max {stats['max_tokens']})", flush=True)
+    run = xtuner.launch(cfg_path, work, nproc=s.nproc, deepspeed=s.deepspeed, live=False, show="progress",
+                        timeout=timeout_s, threads=None if device != "cpu" else "auto")
+    summary = summarize_scalars(run.scalars, warmup)
+    tokens_per_iter = stats["mean_tokens"] * s.batch_size
+    flops_per_iter = s.batch_size * statistics.mean(
+        train_flops_per_sample(config, mode, n, k, s.freeze_vit) for n, k in zip(stats["tokens"], stats["tiles"]))
+    est = memory.estimate(vlm_shape(config, Path(model_dir).name), mode=mode, zero=s.deepspeed, gpus=s.nproc,
+                          batch=s.batch_size, seq=stats["max_tokens"], checkpointing=s.gradient_checkpointing,
+                          lora_r=s.lora_r, freeze_vit=s.freeze_vit, tiles=max(1, round(stats["mean_tiles"])))
+    if not keep_checkpoint:
+        for ckpt in work.glob("iter_*.pth"):
+            shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
+    return {"mode": mode, "zero": s.deepspeed, "gpus": s.nproc, "batch_per_gpu": s.batch_size, "iters": iters,
+            "warmup": warmup, "wall_s": run.seconds, **summary, "data_fraction": summary["data_s_per_iter"] / summary["s_per_iter"],
+            "tokens_per_iter_per_gpu": tokens_per_iter, "tokens_per_s_per_gpu": tokens_per_iter / summary["s_per_iter"],
+            "flops_per_iter_per_gpu": flops_per_iter, "peak_flops": peak_flops,
+            "mfu": flops_per_iter / summary["s_per_iter"] / peak_flops, "dataset": stats,
+            "estimate_gib": est.total, "estimate_parts": est.row(), "lora_r": s.lora_r if mode != "full" else None,
+            "notes": notes, "config": str(cfg_path), "log": str(run.log)}
+
+
+def train(model_dir: str, modes: Sequence[str] = ("lora", "full"), iters: int = 20, warmup: int = 5, batch: int = 4,
+          zero: int = 2, nproc: int = 1, peak_flops: float = DEFAULT_PEAK_FLOPS, max_dynamic_patch: int = 6,
+          lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, out: str | os.PathLike | None = None) -> dict:
+    """The train benchmark: each MODE through labsupport.xtuner (XTuner + DeepSpeed ZeRO-ZERO); table + train.json."""
+    from .datasets import build_course_task
+    from .xtuner import DataSpec
+
+    if device.startswith("cuda"):
+        need_cuda("the train benchmark (XTuner with DeepSpeed)")
+    model_dir = str(Path(model_dir).resolve())
+    print(f"[train] MFU against a peak of {peak_flops / 1e12:.0f} TFLOPS (bf16 dense; --peak-flops to change)", flush=True)
+    plates = build_course_task(progress=False)
+    data = DataSpec(str(plates["train"]), str(plates["image_folder"]))
+    started = time.time()
+    results: dict = {"model": model_dir, "peak_flops": peak_flops, "device": device, "versions": _versions(), "runs": []}
+    if device.startswith("cuda"):
+        import torch
+
+        results["gpu"] = torch.cuda.get_device_name(0)
+    for mode in modes:
+        print(f"[train] {mode} ({time.time() - started:.0f} s elapsed)", flush=True)
+        try:
+            row = train_mode(model_dir, mode, data, iters, warmup, batch, zero, nproc, peak_flops, max_dynamic_patch,
+                             lora_r, device, timeout_s)
+        except Exception as exc:  # every mode gets a row: the table says what failed and why
+            row = {"mode": mode, "zero": zero, "error": f"{type(exc).__name__}: {str(exc)[-2000:]}"}
+        results["runs"].append(row)
+        write_json_atomic(Path(out) if out else bench_dir() / "train.json", results)
+    results["seconds"] = round(time.time() - started, 1)
+    path = save_results("train", results, out)
+    print(train_table(results))
+    print(f"[train] wrote {path} in {results['seconds']:.0f} s")
+    return results
+
+
+def train_table(results: dict) -> str:
+    """The train results as a text table (one row per mode)."""
+    rows = []
+    for r in results["runs"]:
+        row = dict(r)
+        row["mfu_pct"] = 100 * r["mfu"] if r.get("mfu") is not None else None
+        row["data_pct"] = 100 * r["data_fraction"] if r.get("data_fraction") is not None else None
+        row["note"] = r["error"].splitlines()[0][:70] if r.get("error") else ""
+        rows.append(row)
+    cols = [("mode", "mode"), ("zero", "ZeRO"), ("batch_per_gpu", "batch"), ("s_per_iter", "s/iter"),
+            ("data_pct", "data %"), ("tokens_per_s_per_gpu", "tok/s/GPU"), ("mfu_pct", "MFU %"),
+            ("peak_memory_gib", "peak GiB"), ("estimate_gib", "estimate GiB"), ("note", "note")]
+    return (f"MFU against {results['peak_flops'] / 1e12:.0f} TFLOPS; data % = mmengine data_time / time\n"
+            + format_table(rows, cols, digits=2))
+
+
+# ---- command line ---------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: build-4b, serve, train (and serve-row, which `serve` runs in a fresh process per row)."""
+    p = argparse.ArgumentParser(prog="python -m labsupport.bench", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build-4b", help="random-weight checkpoint of InternVL2-4B's shape (GPU: < 1 min)")
+    b.add_argument("out_dir", nargs="?", default=None, help=f"default artifacts/models/{MODEL_4B}")
+    b.add_argument("--device", default="cuda", help="where weights are generated (cpu works, slowly)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--force", action="store_true", help="rebuild even when the folder is current")
+    s = sub.add_parser("serve", help="LMDeploy (PyTorch engine) vs transformers generate")
+    s.add_argument("model_dir")
+    s.add_argument("--rows", default=",".join(DEFAULT_SERVE_ROWS),
+                   help=f"comma-separated, from {[r for r in SERVE_ROWS if r != 'bandwidth']}")
+    s.add_argument("--new-tokens", type=int, default=256)
+    s.add_argument("--concurrency", type=int, default=64)
+    s.add_argument("--hf-batch", type=int, default=64, help="transformers: requests per generate() call")
+    s.add_argument("--hf-budget-s", type=float, default=90.0, help="transformers: cap on the batch phase")
+    s.add_argument("--budget-s", type=float, default=330.0, help="whole run; rows that would start late are skipped")
+    s.add_argument("--row-timeout-s", type=float, default=150.0)
+    s.add_argument("--device", default="cuda", help="cpu: the transformers row only (functional check)")
+    s.add_argument("--out", default=None, help="json path (default artifacts/bench/serve.json)")
+    r = sub.add_parser("serve-row", help="one row of `serve`, in this process (used by serve)")
+    r.add_argument("row", choices=list(SERVE_ROWS))
+    r.add_argument("model_dir")
+    r.add_argument("--result", required=True)
+    r.add_argument("--new-tokens", type=int, default=256)
+    r.add_argument("--concurrency", type=int, default=64)
+    r.add_argument("--hf-batch", type=int, default=64)
+    r.add_argument("--hf-budget-s", type=float, default=90.0)
+    r.add_argument("--device", default="cuda")
+    r.add_argument("--bandwidth-gib", type=float, default=4.0)
+    t = sub.add_parser("train", help="XTuner LoRA and full fine-tuning with DeepSpeed")
+    t.add_argument("model_dir")
+    t.add_argument("--modes", default="lora,full")
+    t.add_argument("--iters", type=int, default=20, help="measured iterations (after --warmup)")
+    t.add_argument("--warmup", type=int, default=5)
+    t.add_argument("--batch", type=int, default=4, help="samples per GPU per iteration")
+    t.add_argument("--zero", type=int, default=2, help="DeepSpeed ZeRO stage (0: none)")
+    t.add_argument("--nproc", type=int, default=1, help="GPUs")
+    t.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS,
+                   help="bf16 dense peak per GPU for MFU (default H100 SXM 989e12; H200 is the same chip)")
+    t.add_argument("--max-dynamic-patch", type=int, default=6)
+    t.add_argument("--lora-r", type=int, default=128)
+    t.add_argument("--timeout-s", type=float, default=190.0, help="per mode")
+    t.add_argument("--device", default="cuda", help="cpu: functional check without DeepSpeed")
+    t.add_argument("--out", default=None, help="json path (default artifacts/bench/train.json)")
+    a = p.parse_args(argv)
+
+    if a.cmd == "build-4b":
+        out = a.out_dir or artifacts_dir() / "models" / MODEL_4B
+        print(f"[build-4b] InternVL2-4B shape (Phi-3-mini-4k rope), random bf16 weights on {a.device} -> {out}", flush=True)
+        summary = build_model(out, internvl2_4b_config(), device=a.device, seed=a.seed, force=a.force)
+        rows = [{"part": k, "parameters": v} for k, v in summary["counted"].items()]
+        print(format_table(rows, [("part", "part"), ("parameters", "parameters")]))
+        print(f"written {summary['parameters']:,} parameters, {summary['bytes'] / GIB:.2f} GiB in {summary['shards']} "
+              f"shard(s), {summary['seconds']} s{' (already current: skipped)' if summary['skipped'] else ''}")
+        save_results("build-4b", summary)
+        return 0
+    if a.cmd == "serve-row":
+        result = serve_row(a.row, a.model_dir, a.new_tokens, a.concurrency, a.hf_batch, a.hf_budget_s, a.device,
+                           a.bandwidth_gib)
+        write_json_atomic(a.result, result)
+        if SERVE_ROWS[a.row]["backend"] == "lmdeploy":  # the result is written: do not wait on the engine's threads
+            sys.stdout.flush()
+            os._exit(0)
+        return 0
+    if a.cmd == "serve":
+        res = serve(a.model_dir, [x for x in a.rows.split(",") if x], a.new_tokens, a.concurrency, a.hf_batch,
+                    a.hf_budget_s, a.budget_s, a.row_timeout_s, a.device, a.out)
+        return 0 if all("error" not in r for r in res["rows"]) else 1
+    res = train(a.model_dir, [x for x in a.modes.split(",") if x], a.iters, a.warmup, a.batch, a.zero, a.nproc,
+                a.peak_flops, a.max_dynamic_patch, a.lora_r, a.device, a.timeout_s, a.out)
+    return 0 if all("error" not in r for r in res["runs"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
