@@ -1,0 +1,249 @@
+"""labsupport.bench on a CPU: the decode-bound arithmetic, tables and json, the checkpoint builder (tiny shape)."""
+import json
+import math
+
+import pytest
+
+from labsupport import bench
+from labsupport.params import count_parameters, family
+from labsupport.tinymodel import tiny_config
+
+# A hand-sized Phi-3-style LLM: hidden 8, 2 layers, 2 heads (kv 2), MLP 16, vocab 10, untied head.
+SMALL_LLM = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 8, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 16, "vocab_size": 10,
+             "tie_word_embeddings": False}
+
+
+def test_decode_bytes_per_token_counts_every_weight_but_the_embedding_table():
+    # per layer: q, k, v, o = 4 * 8*8 = 256; gate, up, down = 3 * 8*16 = 384; two RMSNorms = 16 -> 656
+    # 2 layers = 1312; final norm 8; lm_head 10*8 = 80; one embedding row 8 -> 1408 parameters, bf16
+    assert bench.decode_bytes_per_token(SMALL_LLM) == 1408 * 2
+    assert bench.decode_bytes_per_token(SMALL_LLM, bytes_per_param=1) == 1408
+
+
+def test_decode_bound_is_bandwidth_over_bytes():
+    assert bench.decode_bound(3.0e12, 7.5e9) == pytest.approx(400.0)
+    with pytest.raises(ValueError):
+        bench.decode_bound(3.0e12, 0)
+
+
+def test_4b_decode_bytes_is_close_to_the_llm_weights():
+    llm = bench.internvl2_4b_config()["llm_config"]
+    embedding = llm["vocab_size"] * llm["hidden_size"]
+    # Phi-3-mini: 3.82B parameters of which 98M are the embedding table -> about 7.45 GB read per token
+    assert bench.decode_bytes_per_token(llm) == pytest.approx(2 * (3_820_809_216 - embedding), rel=1e-6)
+
+
+def test_decode_rate_excludes_the_first_token():
+    assert bench._decode_rate(256, 2.65, 0.1) == pytest.approx(255 / 2.55)
+    assert bench._decode_rate(256, 0.1, 0.2) is None  # nonsense timings give no rate
+
+
+def test_copy_bandwidth_on_cpu_counts_read_and_write():
+    r = bench.measure_copy_bandwidth(1 << 20, device="cpu", repeats=3)
+    assert r["bytes"] == 1 << 20 and r["repeats"] == 3
+    assert r["bandwidth_bytes_per_s"] == pytest.approx(2 * (1 << 20) * 3 / r["seconds"])
+
+
+def test_format_table_aligns_and_marks_missing_values():
+    text = bench.format_table([{"row": "lmdeploy", "x": 1234.5}, {"row": "transformers-long", "x": None}],
+                              [("row", "row"), ("x", "tok/s")])
+    lines = text.splitlines()
+    assert lines[0].startswith("row") and lines[0].rstrip().endswith("tok/s")
+    assert len({len(line) for line in lines}) == 1  # every line as wide as the header
+    assert "1,234.5" in lines[2] and lines[3].rstrip().endswith("-")
+
+
+def test_save_results_is_atomic_json(tmp_path):
+    path = bench.save_results("serve", {"rows": [{"row": "a", "v": 1.5}]}, tmp_path / "out" / "serve.json")
+    assert json.loads(path.read_text()) == {"rows": [{"row": "a", "v": 1.5}]}
+    assert [p.name for p in path.parent.iterdir()] == ["serve.json"]  # no temporary file left behind
+
+
+def test_save_results_defaults_to_artifacts_bench(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABSUPPORT_ARTIFACTS", str(tmp_path))
+    path = bench.save_results("train", {"runs": []})
+    assert path == tmp_path / "bench" / "train.json" and json.loads(path.read_text()) == {"runs": []}
+
+
+def test_serve_and_train_tables_show_rows_and_errors():
+    serve = {"gpu": "X", "bandwidth": {"bandwidth_bytes_per_s": 3e12}, "llm_bytes_per_token": 7.5e9, "new_tokens": 256,
+             "concurrency": 64, "rows": [
+                 {"row": "lmdeploy", "ttft_s": 0.05, "decode_tokens_per_s": 300.0, "decode_bound_tokens_per_s": 400.0,
+                  "fraction_of_bound": 0.75, "batch_requests": 64, "throughput_tokens_per_s": 9000.0},
+                 {"row": "transformers", "batch_requests": 32, "batch_truncated": True},
+                 {"row": "lmdeploy-eager", "error": "timed out; last lines:\nboom"}]}
+    text = bench.serve_table(serve)
+    assert "3,000 GB/s" in text and "75.0" in text and "50.0" in text  # bandwidth, % of bound, TTFT in ms
+    assert "32 (capped)" in text and "timed out" in text and "boom" not in text
+    train = {"peak_flops": 989e12, "runs": [{"mode": "lora", "zero": 2, "mfu": 0.25, "data_fraction": 0.1},
+                                            {"mode": "full", "zero": 2, "error": "TrainingFailed: CUDA out of memory"}]}
+    text = bench.train_table(train)
+    assert "989 TFLOPS" in text and "25.00" in text and "10.00" in text and "CUDA out of memory" in text
+
+
+# ---- the checkpoint builder, with the tiny shape ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tinyshape"
+    config = tiny_config(3000)
+    return out, config, bench.build_model(out, config, device="cpu")
+
+
+def test_build_model_writes_the_official_layout(tiny_built):
+    out, config, summary = tiny_built
+    names = {p.name for p in out.iterdir()}
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors",
+              "modeling_internvl_chat.py", "modeling_intern_vit.py", "configuration_internvl_chat.py", "conversation.py"):
+        assert f in names
+    assert json.loads((out / "config.json").read_text()) == config
+    assert summary["tokenizer_vocab"] <= config["llm_config"]["vocab_size"]  # every token id has an embedding row
+
+
+def test_build_model_parameter_count_matches_the_analytic_count(tiny_built):
+    from safetensors import safe_open
+
+    out, config, summary = tiny_built
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        stored = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    total = sum(math.prod(s) for s in stored.values())
+    assert total == count_parameters(config)["total"] == summary["parameters"]
+    assert dtypes == {"BF16"}
+    assert summary["bytes"] == 2 * total
+
+
+def test_build_model_values_follow_the_init_rule(tiny_built):
+    from safetensors.torch import load_file
+
+    out, config, _ = tiny_built
+    w = load_file(str(out / "model.safetensors"))
+    assert float(w["vision_model.encoder.layers.0.ls1"].float().min()) == 1.0  # layer scale: ones
+    assert float(w["vision_model.encoder.layers.0.attn.qkv.bias"].float().abs().max()) == 0.0  # biases: zeros
+    emb = w["language_model.model.embed_tokens.weight"].float()
+    assert emb.std().item() == pytest.approx(config["llm_config"]["initializer_range"], rel=0.1)
+
+
+def test_build_model_skips_when_current_and_refuses_foreign_folders(tiny_built, tmp_path):
+    out, config, _ = tiny_built
+    again = bench.build_model(out, config, device="cpu")
+    assert again["skipped"] is True
+    foreign = tmp_path / "someone-elses"
+    foreign.mkdir()
+    (foreign / "weights.bin").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="not written by labsupport.bench"):
+        bench.build_model(foreign, config, device="cpu")
+
+
+def test_sharded_weights_have_a_complete_index(tiny_built, tmp_path):
+    out, config, _ = tiny_built
+    info = bench.write_random_weights(config, tmp_path, device="cpu", shard_bytes=1_000_000)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert info["shards"] > 1 and len(set(index["weight_map"].values())) == info["shards"]
+    assert index["metadata"]["total_size"] == info["bytes"] == 2 * count_parameters(config)["total"]
+    assert all((tmp_path / f).is_file() for f in index["weight_map"].values())
+
+
+def test_shards_respect_the_size_limit():
+    shapes = {"a": (10,), "b": (10,), "c": (30,), "d": (5,)}  # 20, 20, 60, 10 bytes in bf16
+    groups = bench._shards(shapes, shard_bytes=45)
+    assert groups == [["a", "b"], ["c"], ["d"]]  # a tensor larger than a shard gets its own
+
+
+def test_4b_config_has_the_published_shape():
+    cfg = bench.internvl2_4b_config()
+    v, llm = cfg["vision_config"], cfg["llm_config"]
+    assert (v["num_hidden_layers"], v["hidden_size"], v["num_attention_heads"], v["intermediate_size"]) == (24, 1024, 16, 4096)
+    assert v["qkv_bias"] is True
+    assert (llm["num_hidden_layers"], llm["hidden_size"], llm["num_attention_heads"], llm["num_key_value_heads"],
+            llm["intermediate_size"]) == (32, 3072, 32, 32, 8192)
+    assert llm["architectures"] == ["Phi3ForCausalLM"] and llm["max_position_embeddings"] >= 4096
+    published = family()["InternVL2-4B"]["hub_params"]
+    assert count_parameters(cfg)["total"] == pytest.approx(published, rel=0.005)
+
+
+def test_4b_parameter_shapes_match_the_analytic_count():
+    from labsupport.tinymodel import parameter_shapes
+
+    cfg = bench.internvl2_4b_config()
+    shapes = parameter_shapes(cfg)  # meta device: no memory
+    assert sum(math.prod(s) for s in shapes.values()) == count_parameters(cfg)["total"]
+
+
+# ---- training arithmetic ---------------------------------------------------------------------------------
+def test_train_flops_full_minus_lora_is_the_weight_gradients():
+    cfg = tiny_config(3000)
+    llm = cfg["llm_config"]
+    n = count_parameters(cfg)["llm"] - llm["vocab_size"] * llm["hidden_size"]
+    full = bench.train_flops_per_sample(cfg, "full", 100, 1)
+    lora = bench.train_flops_per_sample(cfg, "lora", 100, 1)
+    assert full - lora == pytest.approx(2 * n * 100)
+
+
+def test_train_flops_approach_6n_per_token_for_the_4b_llm():
+    cfg = bench.internvl2_4b_config()
+    llm = cfg["llm_config"]
+    n = count_parameters(cfg)["llm"] - llm["vocab_size"] * llm["hidden_size"]
+    per_token = bench.train_flops_per_sample(cfg, "full", 512, 0) / 512
+    assert 6 * n < per_token < 6 * n * 1.05  # attention adds a few percent at 512 tokens
+    with pytest.raises(ValueError):
+        bench.train_flops_per_sample(cfg, "dora", 512, 0)
+
+
+def test_train_flops_grow_by_one_tile():
+    cfg = tiny_config(3000)
+    counts = count_parameters(cfg)
+    v = cfg["vision_config"]
+    one = bench.train_flops_per_sample(cfg, "lora", 10, 1) - bench.train_flops_per_sample(cfg, "lora", 10, 0)
+    vit_fwd = 2 * counts["vit"] * 1025 + 4 * v["num_hidden_layers"] * v["hidden_size"] * 1025 ** 2
+    assert one == pytest.approx(vit_fwd + 256 * 6 * counts["projector"])
+
+
+def test_summarize_scalars_skips_warmup_and_reports_peak_memory():
+    rows = [{"iter": i, "loss": 1.0, "time": t, "data_time": d, "memory": m}
+            for i, t, d, m in [(1, 9.0, 5.0, 1000), (2, 1.0, 0.1, 2048), (3, 3.0, 0.3, 1500), (4, 2.0, 0.2, 1024)]]
+    s = bench.summarize_scalars(rows, warmup=1)
+    assert s["measured_iters"] == 3 and s["s_per_iter"] == 2.0 and s["data_s_per_iter"] == pytest.approx(0.2)
+    assert s["peak_memory_gib"] == 2.0
+    with pytest.raises(ValueError, match="warm-up"):
+        bench.summarize_scalars(rows, warmup=4)
+
+
+def test_checkpoint_without_optimizer_edits_the_generated_config(tmp_path):
+    from labsupport import xtuner
+
+    s = xtuner.preset("InternVL2-4B-full", model_path=str(tmp_path), max_iters=25, deepspeed=2, nproc=1)
+    path = tmp_path / "config.py"
+    path.write_text(xtuner.render_config(s))
+    bench._no_optimizer_in_checkpoint(path)
+    text = path.read_text()
+    assert "save_optimizer=False" in text and "save_optimizer=True" not in text
+    with pytest.raises(RuntimeError, match="save_optimizer=True"):
+        bench._no_optimizer_in_checkpoint(path)  # a second edit finds nothing to change: say so
+
+
+def test_vlm_shape_agrees_with_the_memory_table():
+    from labsupport import memory
+
+    mine = bench.vlm_shape(bench.internvl2_4b_config(), "4b")
+    table = memory.MODELS["InternVL2-4B"]
+    assert mine.llm.params() == table.llm.params()
+    assert mine.projector_params() == table.projector_params()
+
+
+# ---- guards ----------------------------------------------------------------------------------------------
+def test_gpu_paths_say_what_is_missing_without_cuda():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        bench.need_cuda("the serve benchmark")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        bench.serve("/nonexistent", rows=["transformers"], device="cuda")
+
+
+def test_serve_refuses_lmdeploy_rows_on_cpu_and_unknown_rows():
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        bench.serve("/nonexistent", rows=["lmdeploy"], device="cpu")
+    with pytest.raises(ValueError, match="unknown serve rows"):
+        bench.serve("/nonexistent", rows=["vllm"], device="cpu")
