@@ -108,11 +108,14 @@ def _shards(shapes: dict[str, tuple], shard_bytes: int, itemsize: int = 2) -> li
 
 
 def write_random_weights(config: dict, out: str | os.PathLike, device: str = "cuda", seed: int = 0,
-                         shard_bytes: int = 2 * GIB) -> dict:
+                         shard_bytes: int = 2 * GIB, tokenizer_vocab: int | None = None) -> dict:
     """Write bf16 random weights for CONFIG into OUT as safetensors shards (+ index), generated on DEVICE.
 
     Names and shapes come from the course's own modeling code on the meta device; values follow the
     tiny model's rule (zeros for biases, ones for norms and layer scales, else N(0, initializer_range)).
+    With TOKENIZER_VOCAB, the output-head rows of ids the tokenizer lacks are zero: their logit is 0
+    while the largest of the real ones is positive, so greedy decoding only emits ids the tokenizer can
+    turn into text (LMDeploy detokenizes every token). The work per token is unchanged.
     Returns {"parameters", "bytes", "shards", "seconds"}.
     """
     import torch
@@ -140,6 +143,8 @@ def write_random_weights(config: dict, out: str | os.PathLike, device: str = "cu
                 t.fill_(1.0)
             else:
                 t.normal_(0.0, std, generator=gen)
+            if tokenizer_vocab is not None and name.endswith("lm_head.weight"):
+                t[tokenizer_vocab:].zero_()
             tensors[name] = t.cpu()
             weight_map[name] = fname
             total_params += t.numel()
@@ -189,7 +194,7 @@ def build_model(out_dir: str | os.PathLike, config: dict, device: str = "cuda", 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         vocab = write_model_files(tmp, config)
-        weights = write_random_weights(config, tmp, device=device, seed=seed)
+        weights = write_random_weights(config, tmp, device=device, seed=seed, tokenizer_vocab=vocab)
         if weights["parameters"] != counted["total"]:
             raise RuntimeError(f"the checkpoint holds {weights['parameters']:,} parameters but labsupport.params counts "
                                f"{counted['total']:,} for this config: the modeling code and the counter disagree")
@@ -293,6 +298,17 @@ def _versions() -> dict:
         except metadata.PackageNotFoundError:
             found[pkg] = None
     return found
+
+
+def gpu_name() -> str | None:
+    """The first GPU's name from nvidia-smi (None when it is missing), without starting CUDA in this process."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = out.stdout.strip().splitlines()
+    return names[0].strip() if out.returncode == 0 and names else None
 
 
 # ---- serve ----------------------------------------------------------------------------------------
@@ -699,9 +715,7 @@ def train(model_dir: str, modes: Sequence[str] = ("lora", "full"), iters: int = 
     started = time.time()
     results: dict = {"model": model_dir, "peak_flops": peak_flops, "device": device, "versions": _versions(), "runs": []}
     if device.startswith("cuda"):
-        import torch
-
-        results["gpu"] = torch.cuda.get_device_name(0)
+        results["gpu"] = gpu_name()  # not through torch: a CUDA context here would take memory from training
     for mode in modes:
         print(f"[train] {mode} ({time.time() - started:.0f} s elapsed)", flush=True)
         try:

@@ -30,7 +30,7 @@ def test_decode_bound_is_bandwidth_over_bytes():
 def test_4b_decode_bytes_is_close_to_the_llm_weights():
     llm = bench.internvl2_4b_config()["llm_config"]
     embedding = llm["vocab_size"] * llm["hidden_size"]
-    # Phi-3-mini: 3.82B parameters of which 98M are the embedding table -> about 7.45 GB read per token
+    # Phi-3-mini: 3.82B parameters of which 98M are the embedding table -> about 7.44 GB read per token
     assert bench.decode_bytes_per_token(llm) == pytest.approx(2 * (3_820_809_216 - embedding), rel=1e-6)
 
 
@@ -122,6 +122,10 @@ def test_build_model_values_follow_the_init_rule(tiny_built):
     assert float(w["vision_model.encoder.layers.0.attn.qkv.bias"].float().abs().max()) == 0.0  # biases: zeros
     emb = w["language_model.model.embed_tokens.weight"].float()
     assert emb.std().item() == pytest.approx(config["llm_config"]["initializer_range"], rel=0.1)
+    head = w["language_model.lm_head.weight"].float()
+    known = json.loads((out / bench.BUILD_STAMP).read_text())["tokenizer_vocab"]
+    assert known < head.shape[0]  # the tiny tokenizer is smaller than the padded vocabulary
+    assert head[known:].abs().max().item() == 0.0 and head[:known].std().item() > 0.01  # unknown ids never win
 
 
 def test_build_model_skips_when_current_and_refuses_foreign_folders(tiny_built, tmp_path):

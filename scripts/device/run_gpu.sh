@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the course runs on a lent GPU machine (no network; Python 3.12, torch 2.11, transformers 5.x).
 # Prepare here first:  python3 scripts/device/prepare_wheels.py   (writes .whl/, carried with the tree)
-# Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, notebook06
+# Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, notebook06,
+#   bench-serve, bench-train (docs/benchmarks.md; run each bench step in its own call: ~7 min each)
 # Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
@@ -32,6 +33,21 @@ for step in "$@"; do
       python3 -m ipykernel install --prefix /tmp/kern --name internvl-deploy --display-name "Python (internvl-deploy)" >/dev/null
       python3 -m labsupport.course run --only 06 -p BACKEND lmdeploy 2>&1 | tee "$OUT/notebook06.log" | grep -v "Warming\|Loading weights" | tail -40
       cp artifacts/executed/06_deploy_lmdeploy.ipynb artifacts/course-report.md "$OUT/" ;;
+    bench-serve)
+      # InternVL2-4B's shape with random weights (built on the GPU with the machine's transformers 5.x),
+      # then LMDeploy's PyTorch engine (cuda graphs, eager, prefix caching) against transformers generate
+      install lmdeploy || exit 1
+      PYTHONPATH=$REPO python3 -m labsupport.bench build-4b 2>&1 | tee "$OUT/bench-build.log" | grep -v Warning || exit 1
+      PYTHONPATH=/tmp/site-lmdeploy:$REPO python3 -m labsupport.bench serve artifacts/models/internvl2-4b-random 2>&1 \
+        | tee "$OUT/bench-serve.log" | grep -v "Warning\|Loading weights"
+      cp artifacts/bench/build-4b.json artifacts/bench/serve.json "$OUT/" ;;
+    bench-train)
+      # XTuner LoRA and full fine-tuning + DeepSpeed ZeRO-2 on the same model (built here if missing)
+      install xtuner || exit 1
+      PYTHONPATH=$REPO python3 -m labsupport.bench build-4b 2>&1 | tee "$OUT/bench-build.log" | grep -v Warning || exit 1
+      PYTHONPATH=/tmp/site-xtuner:$REPO python3 -m labsupport.bench train artifacts/models/internvl2-4b-random 2>&1 \
+        | tee "$OUT/bench-train.log" | grep -v "Warning\|warn("
+      cp artifacts/bench/train.json "$OUT/" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step took $(( $(date +%s) - start )) s"
