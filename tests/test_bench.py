@@ -251,3 +251,66 @@ def test_serve_refuses_lmdeploy_rows_on_cpu_and_unknown_rows():
         bench.serve("/nonexistent", rows=["lmdeploy"], device="cpu")
     with pytest.raises(ValueError, match="unknown serve rows"):
         bench.serve("/nonexistent", rows=["vllm"], device="cpu")
+
+
+def test_serve_lmdeploy_logic_with_a_stand_in_pipeline(monkeypatch):
+    """The LMDeploy row's bookkeeping, with a stand-in pipeline (the engine itself needs a GPU).
+
+    Where lmdeploy imports (the deploy env), its real GenerationConfig / PytorchEngineConfig /
+    ChatTemplateConfig check the keyword names the benchmark passes."""
+    import types
+    from dataclasses import dataclass, field
+
+    try:
+        from lmdeploy import ChatTemplateConfig, GenerationConfig, PytorchEngineConfig
+    except ImportError:
+        @dataclass
+        class GenerationConfig:  # noqa: D101 - the fields the benchmark uses
+            max_new_tokens: int = 512
+            min_new_tokens: int | None = None
+            ignore_eos: bool = False
+            do_sample: bool = False
+
+        @dataclass
+        class PytorchEngineConfig:  # noqa: D101
+            tp: int = 1
+            session_len: int | None = None
+            eager_mode: bool = False
+            enable_prefix_caching: bool = False
+            max_batch_size: int | None = None
+
+        @dataclass
+        class ChatTemplateConfig:  # noqa: D101
+            model_name: str = ""
+            model_path: str | None = None
+
+    @dataclass
+    class Resp:
+        generate_token_len: int
+        input_token_len: int = 300
+        text: str = ""
+
+    calls = []
+
+    class Pipe:
+        def __init__(self, model, backend_config, trust_remote_code, log_level, chat_template_config):
+            assert backend_config.eager_mode is True and backend_config.enable_prefix_caching is False
+            assert backend_config.max_batch_size == 8 and chat_template_config.model_name == "hf"
+
+        def __call__(self, prompts, gen_config):
+            calls.append((prompts, gen_config))
+            n = gen_config.max_new_tokens
+            assert gen_config.ignore_eos is True
+            return [Resp(n) for _ in prompts] if isinstance(prompts, list) else Resp(n)
+
+    fake = types.SimpleNamespace(ChatTemplateConfig=ChatTemplateConfig, GenerationConfig=GenerationConfig,
+                                 PytorchEngineConfig=PytorchEngineConfig, pipeline=Pipe)
+    monkeypatch.setitem(__import__("sys").modules, "lmdeploy", fake)
+    monkeypatch.setattr(bench, "need_cuda", lambda what: None)
+    r = bench.serve_lmdeploy("/model", eager_mode=True, prefix_caching=False, new_tokens=32, concurrency=8)
+    assert r["new_tokens"] == 32 and r["batch_requests"] == 8 and r["batch_tokens"] == 8 * 32
+    assert r["throughput_tokens_per_s"] == pytest.approx(r["batch_tokens"] / r["batch_s"])
+    full = [g for _, g in calls if g.max_new_tokens == 32]
+    assert full and all(g.min_new_tokens == 32 for g in full)  # exactly NEW_TOKENS per request
+    assert sum(1 for p, g in calls if g.max_new_tokens == 1) == 3  # TTFT: median of three
+    assert any(isinstance(p, list) and len(p) == 8 for p, _ in calls)  # one call with all concurrent requests
