@@ -376,9 +376,7 @@ def serve_lmdeploy(model_dir: str, eager_mode: bool, prefix_caching: bool, new_t
               "decode_tokens_per_s": _decode_rate(resp.generate_token_len, t_full, ttft),
               "batch_requests": len(replies), "batch_tokens": batch_tokens, "batch_s": t_batch,
               "throughput_tokens_per_s": batch_tokens / t_batch, "batch_truncated": False}
-    if hasattr(pipe, "close"):
-        pipe.close()
-    return result
+    return result  # no pipe.close(): the row's process writes this and exits, which frees the GPU
 
 
 def serve_transformers(model_dir: str, new_tokens: int = 256, concurrency: int = 64, batch_size: int = 64,
