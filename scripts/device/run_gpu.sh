@@ -47,7 +47,8 @@ for step in "$@"; do
       PYTHONPATH=$REPO python3 -m labsupport.bench build-4b 2>&1 | tee "$OUT/bench-build.log" | grep -v Warning || exit 1
       PYTHONPATH=/tmp/site-xtuner:$REPO python3 -m labsupport.bench train artifacts/models/internvl2-4b-random 2>&1 \
         | tee "$OUT/bench-train.log" | grep -v "Warning\|warn("
-      cp artifacts/bench/train.json "$OUT/" ;;
+      cp artifacts/bench/train.json "$OUT/"
+      (cd artifacts/bench && tar czf "$OUT/bench-train-logs.tgz" --exclude='*.pth' train) ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step took $(( $(date +%s) - start )) s"
