@@ -1,0 +1,161 @@
+"""How much GPU memory a fine-tune needs: a back-of-the-envelope estimator with its breakdown.
+
+The formula (bytes per GPU; P = parameters, T = trainable parameters, N = GPUs, Z = ZeRO stage):
+
+* weights      2·P (bf16), the quantised LLM of QLoRA at ~0.55 B/param; ZeRO-3 shards them: /N
+* gradients    2·T (bf16); ZeRO-2 and ZeRO-3 shard them: /N
+* optimizer    AdamW: with DeepSpeed an fp32 master copy + two fp32 moments = 12·T, without it two
+               moments in the weights' dtype = 4·T; ZeRO-1/2/3 shard them: /N
+* activations  per LLM layer s·b·h·(34 + 5·a·s/h) bytes (Korthikanti et al. 2022, bf16, no flash
+               attention); with gradient checkpointing only each layer's input (2·s·b·h) is kept plus
+               one layer's worth during recomputation; plus the logits (b·s·V·6: bf16 + fp32 loss)
+               and, when the ViT trains, its own activations for the image tiles
+* overhead     a fixed 1.5 GB for the CUDA context, allocator fragmentation and communication buffers
+
+Where it may be off: flash attention removes the 5·a·s/h term (smaller); real sequences are shorter
+than max_length (smaller); fragmentation and DeepSpeed's bucket sizes vary (±1–3 GB); LoRA's
+dropout and the frozen parts' temporaries are ignored; PyTorch may keep cached blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    """The shape of a decoder-only LLM (what the estimator needs to know)."""
+
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied_embeddings: bool = False
+
+    def params(self) -> int:
+        """Number of parameters (embeddings, attention, gated MLP, norms, output head)."""
+        h, head_dim = self.hidden, self.hidden // self.heads
+        attn = h * h + 2 * h * self.kv_heads * head_dim + h * h
+        mlp = 3 * h * self.intermediate
+        emb = self.vocab * h * (1 if self.tied_embeddings else 2)
+        return self.layers * (attn + mlp + 2 * h) + emb + h
+
+    def lora_params(self, r: int) -> int:
+        """Parameters LoRA of rank R adds on every linear layer of the decoder (A: r×in, B: out×r)."""
+        h, head_dim = self.hidden, self.hidden // self.heads
+        kv = self.kv_heads * head_dim
+        shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, self.intermediate), (h, self.intermediate), (self.intermediate, h)]
+        return self.layers * sum(r * (i + o) for i, o in shapes)
+
+
+@dataclass(frozen=True)
+class VLMShape:
+    """An InternVL2 model: ViT + MLP projector + LLM."""
+
+    name: str
+    vit_params: int
+    vit_layers: int
+    vit_hidden: int
+    llm: LLMShape
+    image_tokens_per_tile: int = 256
+
+    def projector_params(self) -> int:
+        """mlp1: LayerNorm(4C) → Linear(4C, D) → GELU → Linear(D, D)."""
+        c4, d = 4 * self.vit_hidden, self.llm.hidden
+        return 2 * c4 + c4 * d + d + d * d + d
+
+
+# Public configs of the InternVL2 family (all with InternViT-300M-448px: 24 layers, width 1024).
+MODELS: dict[str, VLMShape] = {
+    "InternVL2-1B": VLMShape("InternVL2-1B", 304_000_000, 24, 1024,
+                             LLMShape("Qwen2-0.5B-Instruct", 24, 896, 4864, 14, 2, 151_655, tied_embeddings=True)),
+    "InternVL2-2B": VLMShape("InternVL2-2B", 304_000_000, 24, 1024,
+                             LLMShape("internlm2-chat-1.8b", 24, 2048, 8192, 16, 8, 92_553)),
+    "InternVL2-4B": VLMShape("InternVL2-4B", 304_000_000, 24, 1024,
+                             LLMShape("Phi-3-mini-128k-instruct", 32, 3072, 8192, 32, 32, 32_020)),
+    "InternVL2-8B": VLMShape("InternVL2-8B", 304_000_000, 24, 1024,
+                             LLMShape("internlm2_5-7b-chat", 32, 4096, 14336, 32, 8, 92_553)),
+}
+
+
+@dataclass
+class Estimate:
+    """GB per GPU, by part."""
+
+    model: str
+    mode: str
+    zero: int
+    gpus: int
+    batch: int
+    seq: int
+    checkpointing: bool
+    total_params_b: float
+    trainable_params_m: float
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    overhead: float
+
+    @property
+    def total(self) -> float:
+        """Sum of the parts, in GB."""
+        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+
+    def row(self) -> dict:
+        """A flat dict for a table, rounded to 0.1 GB."""
+        d = asdict(self)
+        d["total"] = self.total
+        return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def estimate(model: str | VLMShape, mode: str = "lora", zero: int = 0, gpus: int = 1, batch: int = 1,
+             seq: int = 4096, checkpointing: bool = True, lora_r: int = 128, freeze_vit: bool = True,
+             tiles: int = 7, overhead_gb: float = 1.5) -> Estimate:
+    """GB per GPU to fine-tune MODEL in MODE (lora | qlora | full) with ZeRO stage ZERO (0 = no DeepSpeed) on GPUS GPUs."""
+    m = MODELS[model] if isinstance(model, str) else model
+    if mode not in ("lora", "qlora", "full"):
+        raise ValueError(f"mode must be 'lora', 'qlora' or 'full', not {mode!r}")
+    if zero not in (0, 1, 2, 3):
+        raise ValueError(f"zero (DeepSpeed stage) must be 0, 1, 2 or 3, not {zero!r}")
+    if gpus < 1 or batch < 1 or seq < 1:
+        raise ValueError("gpus, batch and seq must be at least 1")
+    llm_p, proj_p = m.llm.params(), m.projector_params()
+    total_p = m.vit_params + proj_p + llm_p
+    trainable = proj_p + (m.llm.lora_params(lora_r) if mode in ("lora", "qlora") else llm_p)
+    if not freeze_vit:
+        trainable += m.vit_params
+    n = gpus if zero else 1
+    llm_bytes = 0.55 if mode == "qlora" else 2.0
+    weights = 2.0 * (m.vit_params + proj_p) + llm_bytes * llm_p
+    if mode in ("lora", "qlora"):
+        weights += 2.0 * m.llm.lora_params(lora_r)
+    if zero == 3:
+        weights /= n
+    grads = 2.0 * trainable / (n if zero >= 2 else 1)
+    optim = (12.0 if zero else 4.0) * trainable / (n if zero >= 1 else 1)
+    h, a, L = m.llm.hidden, m.llm.heads, m.llm.layers
+    per_layer = seq * batch * h * (34 + 5 * a * seq / h)
+    acts = (2 * seq * batch * h * L + per_layer) if checkpointing else per_layer * L
+    acts += batch * seq * m.llm.vocab * 6
+    if not freeze_vit:
+        vit_seq = 1025
+        acts += tiles * batch * vit_seq * m.vit_hidden * (34 + 5 * 16 * vit_seq / m.vit_hidden) * m.vit_layers
+    return Estimate(m.name, mode, zero, gpus, batch, seq, checkpointing, round(total_p / 1e9, 2),
+                    round(trainable / 1e6, 1), weights / GB, grads / GB, optim / GB, acts / GB, overhead_gb)
+
+
+def table(estimates: list[Estimate]) -> str:
+    """A fixed-width text table of ESTIMATES (GB per GPU)."""
+    cols = ["model", "mode", "zero", "gpus", "batch", "seq", "trainable_params_m", "weights", "gradients",
+            "optimizer", "activations", "overhead", "total"]
+    heads = ["model", "mode", "ZeRO", "GPUs", "batch", "seq", "trainable M", "weights", "grads", "optim",
+             "activ.", "other", "TOTAL GB"]
+    rows = [[str(e.row()[c]) for c in cols] for e in estimates]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -1,0 +1,59 @@
+"""What XTuner 0.2.0 needs to fine-tune InternVL on a CPU, applied at runtime (nothing in site-packages is edited).
+
+The configs that labsupport.xtuner writes import this module; importing it
+
+* gives ``torch.cpu`` the ``is_bf16_supported()`` that XTuner's model code calls and torch 2.14 lacks.
+
+It also defines the two classes a CPU config names instead of XTuner's own:
+
+* ``CPUInternVL``: XTuner's ``InternVL_V1_5`` that (1) starts a one-process ``gloo`` process group
+  first, because XTuner calls ``torch.distributed.get_rank()`` in every forward even without a
+  launcher, (2) trains in float32, since XTuner loads the model in bfloat16 and a CPU has no fast
+  bf16 nor an AMP optimiser, and (3) can switch gradient checkpointing off (pointless for a tiny model).
+* ``CourseInternVLDataset``: XTuner's ``InternVL_V1_5_Dataset`` with ``max_dynamic_patch`` as a
+  parameter (XTuner reads it from the model's config.json only).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+if not hasattr(torch.cpu, "is_bf16_supported"):
+    torch.cpu.is_bf16_supported = lambda including_emulation=True: True  # bf16 runs (emulated) on any CPU
+
+
+def ensure_process_group() -> bool:
+    """Start a one-process gloo process group unless one exists or a launcher runs several; True if started."""
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False
+    dist.init_process_group(backend="gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
+
+from xtuner.dataset import InternVL_V1_5_Dataset  # noqa: E402  (after the torch patch above)
+from xtuner.model import InternVL_V1_5  # noqa: E402
+
+
+class CPUInternVL(InternVL_V1_5):
+    """XTuner's InternVL_V1_5 made to train on a CPU: process group of one, float32, optional checkpointing."""
+
+    def __init__(self, *args, dtype: str = "float32", gradient_checkpointing: bool = True, **kwargs):
+        ensure_process_group()
+        super().__init__(*args, **kwargs)
+        if dtype == "float32":
+            self.model.float()
+        if not gradient_checkpointing:
+            self.gradient_checkpointing_disable()
+
+
+class CourseInternVLDataset(InternVL_V1_5_Dataset):
+    """XTuner's InternVL dataset with the number of tiles per image as a parameter."""
+
+    def __init__(self, *args, max_dynamic_patch: int | None = None, min_dynamic_patch: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if max_dynamic_patch is not None:
+            self.max_dynamic_patch = int(max_dynamic_patch)
+        if min_dynamic_patch is not None:
+            self.min_dynamic_patch = int(min_dynamic_patch)
