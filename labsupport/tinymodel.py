@@ -1,0 +1,266 @@
+"""Build the embedded miniature InternVL2 checkpoint ("tiny") and resolve the MODEL_PATH parameter.
+
+The tiny model has the structure of the real InternVL2-4B (InternViT -> pixel shuffle -> MLP
+projector -> Phi-3) in the official remote-code format, with hidden sizes of tens and two layers
+per tower, so it loads with AutoModel(trust_remote_code=True), trains with XTuner and runs on a
+CPU. Its weights are random (deterministic for a seed): it answers gibberish until fine-tuned.
+
+    from labsupport.tinymodel import resolve_model
+    model_dir = resolve_model(MODEL_PATH)      # "tiny" -> artifacts/models/internvl2-tiny/
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+from .checkpoints import write_json_atomic
+from .paths import artifacts_dir
+from .remote_code import REMOTE_CODE_DIR, REMOTE_CODE_FILES
+
+TINY_NAME = "internvl2-tiny"
+CORPUS = Path(__file__).resolve().parent / "data" / "tokenizer_corpus.txt"
+STAMP_FILE = ".labsupport-build.json"
+BUILDER_VERSION = 1  # bump when the builder writes something different
+
+SPECIAL_TOKENS = [
+    "<unk>", "<s>", "</s>", "<|endoftext|>",
+    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+    "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
+]
+DEFAULT_SYSTEM = "You are an AI assistant whose name is Phi-3."
+
+# The sizes of the miniature model (the real InternVL2-4B in brackets).
+TINY_SETTINGS = {
+    "vision": {"hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,  # [1024, 16, 24]
+               "intermediate_size": 128, "image_size": 448, "patch_size": 14},       # [4096, 448, 14]
+    "llm": {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2,  # [3072, 32, 32]
+            "num_hidden_layers": 2, "intermediate_size": 256,                         # [32, 8192]
+            "max_position_embeddings": 4096},
+    "tokenizer_vocab_size": 3000,  # [32064]
+    "init_std": 0.02,
+}
+
+# Phi-3 chat layout as XTuner 0.2.0 trains InternVL2-Phi3 (and as conversation.py's "phi3-chat"
+# renders it): "<|system|>\n{system}<|end|>\n<|user|>\n{q}<|end|><|assistant|>\n{a}<|end|>".
+CHAT_TEMPLATE = (
+    "{%- macro text(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for part in content -%}{%- if part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = text(messages[0]['content']) -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set system = '" + DEFAULT_SYSTEM + "' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- if system -%}{{ '<|system|>\\n' + system + '<|end|>\\n' }}{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- if message['role'] == 'user' -%}{{ '<|user|>\\n' + text(message['content']) + '<|end|>' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ '<|assistant|>\\n' + text(message['content']) + '<|end|>' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
+)
+
+
+def _stamp(seed: int) -> str:
+    """Hash of everything the build depends on: remote code, corpus, settings, seed, builder version."""
+    h = hashlib.sha256()
+    for name in REMOTE_CODE_FILES:
+        h.update(name.encode() + b"\0" + (REMOTE_CODE_DIR / name).read_bytes())
+    h.update(CORPUS.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    h.update(json.dumps({"settings": TINY_SETTINGS, "seed": seed, "v": BUILDER_VERSION}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def train_tokenizer(corpus: Path = CORPUS, vocab_size: int = TINY_SETTINGS["tokenizer_vocab_size"]):
+    """Train the byte-level BPE tokenizer (a tokenizers.Tokenizer) on the course corpus; deterministic."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    lines = [ln for ln in corpus.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([  # one Chinese character (or CJK punctuation) per word
+        pre_tokenizers.Split(Regex("[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
+                                  special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def _write_tokenizer(tok, out: Path) -> int:
+    """Write tokenizer.json and tokenizer_config.json (a PreTrainedTokenizerFast); return the vocab size."""
+    (out / "tokenizer.json").write_text(tok.to_str(pretty=True), encoding="utf-8")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<|endoftext|>",
+        "additional_special_tokens": SPECIAL_TOKENS[4:],
+        "model_max_length": TINY_SETTINGS["llm"]["max_position_embeddings"],
+        "padding_side": "right",
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    special_map = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens")}
+    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n", encoding="utf-8")
+    return tok.get_vocab_size()
+
+
+def tiny_config(vocab_size: int) -> dict:
+    """The config.json of the tiny model (official InternVL2 layout) for a tokenizer of VOCAB_SIZE tokens."""
+    ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    v, l = TINY_SETTINGS["vision"], TINY_SETTINGS["llm"]
+    padded_vocab = (vocab_size + 63) // 64 * 64
+    vision_config = {
+        "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
+        "num_channels": 3, "patch_size": v["patch_size"], "image_size": v["image_size"],
+        "hidden_size": v["hidden_size"], "num_attention_heads": v["num_attention_heads"],
+        "intermediate_size": v["intermediate_size"], "num_hidden_layers": v["num_hidden_layers"],
+        "qkv_bias": True, "qk_normalization": False, "use_flash_attn": False, "hidden_act": "gelu",
+        "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "dropout": 0.0, "drop_path_rate": 0.0,
+        "attention_dropout": 0.0, "initializer_range": TINY_SETTINGS["init_std"], "initializer_factor": 1.0,
+        "torch_dtype": "bfloat16",
+    }
+    llm_config = {
+        "architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
+        "vocab_size": padded_vocab, "hidden_size": l["hidden_size"], "intermediate_size": l["intermediate_size"],
+        "num_hidden_layers": l["num_hidden_layers"], "num_attention_heads": l["num_attention_heads"],
+        "num_key_value_heads": l["num_key_value_heads"], "hidden_act": "silu",
+        "max_position_embeddings": l["max_position_embeddings"],
+        "original_max_position_embeddings": l["max_position_embeddings"],
+        "initializer_range": TINY_SETTINGS["init_std"], "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "rope_scaling": None, "sliding_window": None, "use_cache": True, "tie_word_embeddings": False,
+        "attention_dropout": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0,
+        "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"], "pad_token_id": ids["<|endoftext|>"],
+        "torch_dtype": "bfloat16",
+    }
+    return {
+        "architectures": ["InternVLChatModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+            "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+            "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+        },
+        "model_type": "internvl_chat",
+        "torch_dtype": "bfloat16",
+        "force_image_size": v["image_size"],
+        "downsample_ratio": 0.5,
+        "ps_version": "v2",
+        "select_layer": -1,
+        "template": "phi3-chat",
+        "dynamic_image_size": True,
+        "use_thumbnail": True,
+        "min_dynamic_patch": 1,
+        "max_dynamic_patch": 12,
+        "use_backbone_lora": 0,
+        "use_llm_lora": 0,
+        "tie_word_embeddings": False,
+        "vision_config": vision_config,
+        "llm_config": llm_config,
+    }
+
+
+def _init_value(name: str, shape, generator, std: float):
+    """Deterministic initial value of parameter NAME: zeros for biases, ones for norms and layer scales, else N(0, std)."""
+    import torch
+
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return torch.zeros(shape)
+    if len(shape) == 1 and ("norm" in name or name.startswith("mlp1.0.") or leaf in ("ls1", "ls2")):
+        return torch.ones(shape)
+    return torch.randn(shape, generator=generator) * std
+
+
+def _write_weights(config: dict, out: Path, seed: int) -> None:
+    """Instantiate the architecture on the meta device for names and shapes; write seeded bf16 weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .remote_code.configuration_internvl_chat import InternVLChatConfig
+    from .remote_code.modeling_internvl_chat import InternVLChatModel
+
+    cfg = InternVLChatConfig(**{k: v for k, v in config.items() if k not in ("architectures", "auto_map", "model_type")})
+    with torch.device("meta"):
+        model = InternVLChatModel(cfg)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    tensors = {}
+    for name in sorted(shapes):  # one generator per tensor: adding a tensor never changes the others
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        tensors[name] = _init_value(name, shapes[name], gen, TINY_SETTINGS["init_std"]).to(torch.bfloat16).contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False) -> Path:
+    """Write the tiny InternVL2 checkpoint to OUT_DIR (default artifacts/models/internvl2-tiny/); skip when up to date."""
+    out = Path(out_dir) if out_dir is not None else artifacts_dir() / "models" / TINY_NAME
+    stamp = _stamp(seed)
+    try:
+        if not force and json.loads((out / STAMP_FILE).read_text())["stamp"] == stamp:
+            return out
+    except (FileNotFoundError, KeyError, ValueError):
+        pass  # no stamp or an unreadable one: build
+    started = time.time()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        vocab_size = _write_tokenizer(train_tokenizer(), tmp)
+        config = tiny_config(vocab_size)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+        generation = {"bos_token_id": ids["<s>"], "eos_token_id": [ids["</s>"], ids["<|end|>"]],
+                      "pad_token_id": ids["<|endoftext|>"], "do_sample": False, "max_new_tokens": 64}
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+        for name in REMOTE_CODE_FILES:
+            shutil.copyfile(REMOTE_CODE_DIR / name, tmp / name)
+        _write_weights(config, tmp, seed)
+        write_json_atomic(tmp / STAMP_FILE, {"stamp": stamp, "seed": seed, "vocab_size": vocab_size,
+                                             "build_seconds": round(time.time() - started, 2)})
+        for f in tmp.iterdir():  # mkdtemp and safetensors create private files; a model folder is for everyone
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished the same build first: keep its copy if it is current
+            if json.loads((out / STAMP_FILE).read_text()).get("stamp") != stamp:
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model(model_path: str = "tiny", artifacts: str | os.PathLike | None = None) -> Path:
+    """Resolve the MODEL_PATH parameter: "tiny" builds/returns the miniature model (under ARTIFACTS), else a checkpoint folder."""
+    if str(model_path).strip().lower() == "tiny":
+        return build_tiny_model(artifacts_dir(artifacts) / "models" / TINY_NAME)
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"MODEL_PATH = {str(model_path)!r} is not a folder. Set MODEL_PATH to \"tiny\" for the built-in "
+            "miniature model, or to the folder of a downloaded InternVL2 checkpoint (e.g. ./InternVL2-2B) "
+            "that holds config.json and the weights.")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"MODEL_PATH = {str(model_path)!r} has no config.json, so it is not a Hugging Face checkpoint. "
+            "Point MODEL_PATH at the folder that holds config.json (e.g. the one `huggingface-cli download "
+            "OpenGVLab/InternVL2-2B --local-dir ...` created), or set it to \"tiny\".")
+    return path.resolve()
+
+
+def parameter_counts(model) -> dict:
+    """Number of parameters of an InternVLChatModel by part: vision_model, mlp1, language_model, total."""
+    parts = {name: sum(p.numel() for p in getattr(model, name).parameters())
+             for name in ("vision_model", "mlp1", "language_model")}
+    parts["total"] = sum(parts.values())
+    return parts
