@@ -518,3 +518,20 @@ def gallery_html(records: Sequence[dict], image_folder: str | os.PathLike, base_
                      f"<td>{mark(tuned_rows[i])}</td></tr>")
     head = "<tr><th>image</th><th>question</th><th>answer</th><th>base model</th><th>fine-tuned</th></tr>"
     return f"<table style='font-size:12px'>{head}{''.join(cells)}</table>"
+
+
+def training_summary(run: TrainingRun) -> dict:
+    """The settings of RUN as its config states them (mode, lr, iterations, batch, LoRA rank...) and its last logged loss."""
+    from labsupport.xtuner import load_config
+
+    cfg = load_config(run.config)
+    keys = ("lr", "max_iters", "max_epochs", "batch_size", "accumulative_counts", "max_length", "max_dynamic_patch",
+            "lora_r", "lora_alpha", "freeze_llm", "freeze_visual_encoder")
+    out = {"config": str(run.config), "checkpoint": str(run.checkpoint), "base_model": str(run.base_model),
+           "mode": run.mode, **{k: cfg.get(k) for k in keys if cfg.get(k) is not None}}
+    scalars = run.work_dir / "scalars.json"
+    if scalars.exists():
+        rows = json.loads(scalars.read_text(encoding="utf-8"))
+        if rows:
+            out.update(first_loss=rows[0].get("loss"), last_loss=rows[-1].get("loss"), last_iter=rows[-1].get("iter"))
+    return out
