@@ -246,6 +246,7 @@ def test_conversion_gives_a_complete_loadable_folder(lora_run):
 
     run, out = lora_run
     assert run.mode == "lora" and not run.vit_trained
+    assert C.training_summary(run)["lora_r"] == 4 and C.training_summary(run)["checkpoint"].endswith("iter_1.pth")
     assert C.check_model_folder(out) == []
     model = AutoModel.from_pretrained(str(out), trust_remote_code=True)
     tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
@@ -280,3 +281,30 @@ def test_merged_logits_equal_base_plus_adapter_and_a_wrong_merge_fails(lora_run)
         print(bad)
         with pytest.raises(C.MergeMismatch):
             C.assert_same_logits(bad)
+
+
+@pytest.mark.notebook
+def test_notebook_05_without_a_training_run_stops_early_with_the_fix(repo, tmp_path):
+    from labsupport import course
+
+    result = course.run_notebook(repo / "notebooks" / "05_convert_and_compare.ipynb", tmp_path, progress=False)
+    assert result.status == "fail" and "TrainingRunMissing" in result.error, result.error
+    assert "run notebooks/04_finetune_xtuner.ipynb first" in result.error
+    assert result.failed_cell <= 6  # right after the set-up, before any conversion
+
+
+def test_full_fine_tune_converts_and_matches_its_checkpoint(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    run = _fake_run(tiny, tmp_path / "work", "full")
+    assert run.mode == "full" and C.lora_scale(run.config) is None
+    out = C.convert(run, tmp_path / "converted")
+    rows = C.weight_changes(run.base_model, out)
+    assert C.changed_groups(rows) >= {("llm", "linear"), ("projector", "linear")}
+    assert not [r for r in rows if r["changed"] and r["part"] == "vision"]
+    tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
+    merged, base = C.load_model(out), C.load_model(run.base_model)
+    inputs = C.fixed_inputs(merged, tok)
+    ref = C.reference_model(run.base_model, run.checkpoint, None)
+    report = C.compare_logits(C.logits_of(merged, inputs, tok), C.logits_of(ref, inputs, tok), C.logits_of(base, inputs, tok))
+    assert report.passed and report.adapter_effect > 0.01, report
