@@ -8,8 +8,19 @@ export PYTHONUNBUFFERED = 1
 
 .PHONY: env course test learner report lab strip doctor system-deps clean
 
-env:                    ## create or update both environments and their Jupyter kernels
+env: system-deps        ## create or update both environments and their Jupyter kernels
 	$(PY) -m labsupport.envs
+
+# Debian packages the course uses outside Python: git-lfs (notebook 07's upload route) and
+# chromium + its driver (the browser test of notebook 06's demo). Installed only when missing.
+SYSTEM_PACKAGES = git-lfs chromium chromium-driver
+system-deps:            ## install git-lfs and chromium from Debian when they are missing
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "[system] installing $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "[system] missing Debian packages: $$missing — run: sudo apt-get install $$missing"; exit 1; fi; \
+	fi
 
 course: env             ## run every notebook headless on the embedded tiny model; write artifacts/course-report.*
 	$(COURSE_PY) -m labsupport.course run

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from labsupport import tiling
 from labsupport.checkpoints import write_json_atomic
 from labsupport.paths import artifacts_dir
 
@@ -200,7 +201,7 @@ def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 6
         splits = {"train": plates_records(n_train, "train", kinds, seed),
                   "heldout": plates_records(n_heldout, "heldout", kinds, seed)}
         jobs = [rec for recs in splits.values() for rec in recs]
-        for rec in _progress(jobs, "drawing plates", enable=progress):
+        for rec in progress_bar(jobs, "drawing plates", enable=progress):
             m = rec["meta"]
             img = draw_plate(m["colour"], m["shape"], m["count"], tuple(rec["image_wh"]), seed=m["draw_seed"])
             img.save(tmp / rec["image"], quality=92)
@@ -221,7 +222,7 @@ def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 6
     return paths
 
 
-def _progress(items: Iterable, desc: str, enable: bool = True, total: int | None = None):
+def progress_bar(items: Iterable, desc: str, enable: bool = True, total: int | None = None) -> Iterable:
     """Wrap ITEMS in a tqdm progress bar (auto: widget in notebooks, text otherwise) when ENABLE."""
     if not enable:
         return items
@@ -238,22 +239,10 @@ TOKENS_PER_TILE = 256  # (448 // 14)**2 * 0.5**2 after pixel shuffle
 
 
 def count_tiles(width: int, height: int, max_num: int = 6, min_num: int = 1, use_thumbnail: bool = True) -> int:
-    """Tiles InternVL's dynamic tiling makes of a WIDTH x HEIGHT image (thumbnail included when there is more than one)."""
-    # TODO(lead): switch to labsupport.tiling (H2) once it lands in main, so tiling lives in one place.
+    """Tiles InternVL's dynamic tiling makes of a WIDTH x HEIGHT image (training default max_num 6, thumbnail included)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"count_tiles: the image has no area ({width}x{height})")
-    grids = sorted({(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-                    if min_num <= i * j <= max_num}, key=lambda g: g[0] * g[1])
-    aspect, area = width / height, width * height
-    best, best_diff = (1, 1), float("inf")
-    for i, j in grids:
-        diff = abs(aspect - i / j)
-        if diff < best_diff:
-            best, best_diff = (i, j), diff
-        elif diff == best_diff and area > 0.5 * TILE * TILE * i * j:
-            best = (i, j)
-    n = best[0] * best[1]
-    return n + 1 if use_thumbnail and n > 1 else n
+    return tiling.count_tiles(width, height, min_num=min_num, max_num=max_num, use_thumbnail=use_thumbnail)
 
 
 def image_tokens(width: int, height: int, max_num: int = 6,
@@ -286,13 +275,22 @@ def load_records(path: str | os.PathLike) -> list:
 
 
 def save_records(path: str | os.PathLike, records: list) -> Path:
-    """Write RECORDS atomically to PATH: a json list, or jsonl when PATH ends in .jsonl."""
-    from labsupport.validate import write_records
+    """Write RECORDS atomically to PATH: a json list, or jsonl (one object per line) when PATH ends in .jsonl."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        write_json_atomic(path, records)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
 
-    return write_records(path, records)
 
-
-def _records(source: str | os.PathLike | list) -> list:
+def as_records(source: str | os.PathLike | list) -> list:
+    """SOURCE as a list of records: a path is read with load_records, a list is copied (shallowly)."""
     return load_records(source) if isinstance(source, (str, os.PathLike)) else list(source)
 
 
@@ -371,7 +369,7 @@ _ROLE_TO_FROM = {"user": "human", "assistant": "gpt", "human": "human", "gpt": "
 def openai_to_internvl(source: str | os.PathLike | list, id_prefix: str = "chat") -> list[dict]:
     """Convert OpenAI-style {"messages": [{"role", "content"}]} records to InternVL text-only records (system turns dropped)."""
     out = []
-    for i, rec in enumerate(_records(source)):
+    for i, rec in enumerate(as_records(source)):
         turns = []
         for m in rec["messages"]:
             if m["role"] == "system":
@@ -386,7 +384,7 @@ def openai_to_internvl(source: str | os.PathLike | list, id_prefix: str = "chat"
 def from_llava(source: str | os.PathLike | list, image_prefix: str = "") -> list[dict]:
     """Convert LLaVA-format records (same shape as InternVL's) to clean InternVL records: ids as strings, one '<image>\\n' in front."""
     out = []
-    for i, rec in enumerate(_records(source)):
+    for i, rec in enumerate(as_records(source)):
         convs = [{"from": t["from"], "value": t["value"]} for t in rec["conversations"]]
         new = {"id": str(rec.get("id", f"llava-{i:06d}"))}
         image = rec.get("image")
@@ -425,7 +423,7 @@ def copy_record(rec: dict) -> dict:
 def to_swift(source: str | os.PathLike | list, keep_extra: bool = True) -> list[dict]:
     """InternVL records -> ms-swift rows {"query", "response", "images", "history"?}; the leading '<image>\\n' is dropped; KEEP_EXTRA keeps id, meta, ... for a lossless trip back."""
     out = []
-    for i, rec in enumerate(_records(source)):
+    for i, rec in enumerate(as_records(source)):
         convs = rec["conversations"]
         if len(convs) % 2 or any(t["from"] != ("human", "gpt")[k % 2] for k, t in enumerate(convs)):
             raise ValueError(f"record {i} (id {rec.get('id')!r}): turns must alternate human/gpt to convert to swift; "
@@ -449,7 +447,7 @@ def to_swift(source: str | os.PathLike | list, keep_extra: bool = True) -> list[
 def from_swift(source: str | os.PathLike | list) -> list[dict]:
     """ms-swift rows {"query", "response", "images", "history"?} -> InternVL records; '<image>\\n' tags added when the text has none."""
     out = []
-    for i, row in enumerate(_records(source)):
+    for i, row in enumerate(as_records(source)):
         try:
             pairs = [list(p) for p in row.get("history") or []] + [[row["query"], row["response"]]]
         except KeyError as exc:
@@ -491,7 +489,7 @@ def mix(sources: Sequence[tuple[str | os.PathLike | list, float]], seed: int = 0
     seen: collections.Counter = collections.Counter()
     for s, (source, times) in enumerate(sources):
         prefix = image_prefixes[s] if image_prefixes else ""
-        for rec in apply_repeat(_records(source), times, seed=seed + s, xtuner_0_2_exact=xtuner_0_2_exact):
+        for rec in apply_repeat(as_records(source), times, seed=seed + s, xtuner_0_2_exact=xtuner_0_2_exact):
             rec = copy_record(rec)
             if prefix and rec.get("image"):
                 rec["image"] = [prefix + p for p in rec["image"]] if isinstance(rec["image"], list) else prefix + rec["image"]

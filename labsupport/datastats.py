@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from labsupport.datasets import TOKENS_PER_TILE, _progress, _records, count_tiles
-from labsupport.validate import _count_text_tokens
+from labsupport.datasets import TOKENS_PER_TILE, as_records, count_tiles, progress_bar
+from labsupport.validate import count_text_tokens
 
 _PIECE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[A-Za-z]+|\d|[^\sA-Za-z\d]")
 
@@ -24,20 +24,20 @@ class ApproxTokenizer:
 
 def collect_stats(source: str | os.PathLike | list, image_root: str | os.PathLike, tokenizer: Any = None,
                   max_num: int = 6, count_tiles_fn: Callable[[int, int, int], int] | None = None,
-                  progress: bool = True) -> dict:
-    """Per-record text tokens, image tokens and totals, and per-image sizes and tiles (reads image headers only)."""
+                  progress: bool = True, template_tokens: int = 0) -> dict:
+    """Per-record text tokens, image tokens and totals (+ TEMPLATE_TOKENS), and per-image sizes and tiles (reads image headers only)."""
     from PIL import Image
 
-    records = _records(source)
+    records = as_records(source)
     tok = tokenizer or ApproxTokenizer()
     tiles_of = count_tiles_fn or count_tiles
     root = Path(image_root)
     size_cache: dict[str, tuple[int, int]] = {}
     st: dict[str, Any] = {"ids": [], "text_tokens": [], "image_tokens": [], "total_tokens": [], "tiles": [], "sizes": [],
                           "max_num": max_num, "approximate": tokenizer is None}
-    for rec in _progress(records, "measuring", enable=progress and len(records) > 200):
+    for rec in progress_bar(records, "measuring", enable=progress and len(records) > 200):
         text = "\n".join(t["value"].replace("<image>", "") for t in rec["conversations"])
-        n_text = _count_text_tokens(tok, text)
+        n_text = count_text_tokens(tok, text)
         images = rec.get("image") or []
         images = images if isinstance(images, list) else [images]
         n_img = 0
@@ -53,7 +53,7 @@ def collect_stats(source: str | os.PathLike | list, image_root: str | os.PathLik
         st["ids"].append(rec.get("id"))
         st["text_tokens"].append(n_text)
         st["image_tokens"].append(n_img)
-        st["total_tokens"].append(n_text + n_img)
+        st["total_tokens"].append(n_text + n_img + template_tokens)
     return st
 
 
@@ -115,7 +115,7 @@ def show_samples(source: str | os.PathLike | list, image_root: str | os.PathLike
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    records = [r for r in _records(source) if r.get("image")]
+    records = [r for r in as_records(source) if r.get("image")]
     picks = random.Random(seed).sample(records, min(n, len(records)))
     rows = (len(picks) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
@@ -133,3 +133,16 @@ def show_samples(source: str | os.PathLike | list, image_root: str | os.PathLike
         print(f"{rec.get('id')}: Q: {q!r}  A: {a!r}")
     fig.tight_layout()
     return fig
+
+
+def load_tokenizer(model_path: str = "tiny") -> Any:
+    """The tokenizer of MODEL_PATH for length checks; for "tiny", an ApproxTokenizer until the tiny model's is wired in."""
+    if model_path == "tiny":
+        # TODO(lead): return the embedded tiny model's tokenizer (labsupport.tinymodel, H1) once it is in main.
+        print("note: lengths use an approximate tokenizer (1 token per word, digit, symbol or CJK character)")
+        return ApproxTokenizer()
+    from transformers import AutoTokenizer
+
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"MODEL_PATH {model_path!r} is not a folder: give the folder of a real InternVL2 checkpoint, or 'tiny'")
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)

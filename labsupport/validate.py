@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from labsupport.checkpoints import write_json_atomic
-from labsupport.datasets import TOKENS_PER_TILE, _progress, count_tiles
+from labsupport.datasets import TOKENS_PER_TILE, count_tiles, progress_bar, save_records
 
 ERROR, WARNING = "error", "warning"
 ROLES = ("human", "gpt")
@@ -130,22 +129,7 @@ class Report:
         path = Path(path)
         if path.resolve() == Path(self.file).resolve():
             raise ValueError(f"write_clean: refusing to overwrite the input {self.file}; choose a new file name")
-        return write_records(path, self.clean_records())
-
-
-def write_records(path: str | os.PathLike, records: list) -> Path:
-    """Write RECORDS to PATH atomically: a json list, or one json object per line when PATH ends in .jsonl."""
-    path = Path(path)
-    if path.suffix != ".jsonl":
-        write_json_atomic(path, records)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+        return save_records(path, self.clean_records())
 
 
 def _has_surrogate(text: str) -> bool:
@@ -164,7 +148,7 @@ def _strings(obj: Any):
             yield from _strings(v)
 
 
-def _count_text_tokens(tokenizer: Any, text: str) -> int:
+def count_text_tokens(tokenizer: Any, text: str) -> int:
     """Tokens of TEXT with an HF tokenizer (transformers) or a `tokenizers.Tokenizer`."""
     if hasattr(tokenizer, "encode") and not callable(getattr(tokenizer, "__call__", None)):
         return len(tokenizer.encode(text).ids)
@@ -216,8 +200,12 @@ def read_records(json_path: str | os.PathLike) -> tuple[list[Any], list[Problem]
 def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokenizer: Any = None,
              max_length: int | None = None, max_num: int = 6, count_tiles_fn: Callable[[int, int, int], int] | None = None,
              max_aspect: float = 12.0, check_images: bool = True, progress: bool = True,
-             clean_to: str | os.PathLike | None = None) -> Report:
-    """Check every record of an InternVL/XTuner json or jsonl file and its images; never modifies the input."""
+             clean_to: str | os.PathLike | None = None, template_tokens: int = 0) -> Report:
+    """Check every record of an InternVL/XTuner json or jsonl file and its images; never modifies the input.
+
+    A sample's length = its text tokens + 256 per tile (+2 for <img></img>) per image + TEMPLATE_TOKENS, the tokens
+    the chat template adds (XTuner's InternVL dataset prepends a system prompt and role markers).
+    """
     path = str(json_path)
     root = Path(image_root).resolve()
     tiles_of = count_tiles_fn or count_tiles
@@ -226,7 +214,7 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
     seen_ids: dict[str, int] = {}
     image_cache: dict[Path, tuple[str | None, str, tuple[int, int] | None]] = {}
 
-    for index, rec in enumerate(_progress(records, f"validating {Path(path).name}", enable=progress and len(records) > 200)):
+    for index, rec in enumerate(progress_bar(records, f"validating {Path(path).name}", enable=progress and len(records) > 200)):
         if rec is None:  # a jsonl line that did not parse: already reported
             continue
         rid = rec.get("id") if isinstance(rec, dict) else None
@@ -324,7 +312,7 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
                 add("image_wh_mismatch", f"image_wh is {wh0}, the image is {list(sizes[0])}")
         # length in tokens
         if tokenizer is not None and text_parts is not None and convs is not None:
-            n = sum(_count_text_tokens(tokenizer, t) for t in text_parts)
+            n = template_tokens + sum(count_text_tokens(tokenizer, t) for t in text_parts)
             n += sum(TOKENS_PER_TILE * tiles_of(w, h, max_num) + 2 for w, h in sizes)  # +2: <img> and </img>
             report.lengths[index] = n
             if max_length is not None and n > max_length:

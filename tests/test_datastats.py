@@ -39,6 +39,8 @@ def test_collect_stats(data):
     assert st["approximate"] is True
     one = S.collect_stats(recs, root, count_tiles_fn=lambda w, h, n: 1, progress=False)
     assert one["image_tokens"][0] == 258
+    padded = S.collect_stats(recs, root, template_tokens=25, progress=False)
+    assert padded["total_tokens"] == [t + 25 for t in st["total_tokens"]]
     text = S.describe(st, max_length=500)
     assert "records over max_length 500: 1" in text and "3 records, 2 images" in text
 

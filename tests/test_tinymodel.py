@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -84,6 +85,11 @@ def test_build_is_deterministic_and_stamped(tiny, tmp_path):
     before = (again / "model.safetensors").stat().st_mtime_ns
     assert build_tiny_model(tmp_path / "same", seed=0) == tmp_path / "same"
     assert (again / "model.safetensors").stat().st_mtime_ns == before, "an up-to-date build must be skipped"
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("a learner's file")
+    with pytest.raises(FileExistsError, match="refusing"):
+        build_tiny_model(tmp_path / "precious")
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "a learner's file"
 
 
 def test_resolve_model(tiny, tmp_path):
@@ -97,6 +103,21 @@ def test_resolve_model(tiny, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_model(str(tmp_path / "empty"))
+
+
+def test_resolve_model_dotted_folder(tiny, tmp_path):
+    from transformers import AutoModel, dynamic_module_utils
+
+    dotted = tmp_path / "iter_10.pth_hf"  # the kind of name a converted XTuner checkpoint gets
+    shutil.copytree(tiny, dotted)
+    if hasattr(dynamic_module_utils, "_sanitize_module_name"):  # newer transformers copes: it must load
+        assert resolve_model(str(dotted)) == dotted.resolve()
+        AutoModel.from_pretrained(str(dotted), trust_remote_code=True)
+    else:  # transformers 4.48 cannot import it: resolve_model says so before the cryptic failure
+        with pytest.raises(ValueError, match="Rename the folder"):
+            resolve_model(str(dotted))
+        with pytest.raises(ModuleNotFoundError):
+            AutoModel.from_pretrained(str(dotted), trust_remote_code=True)
 
 
 def test_pixel_shuffle_shape_and_layout():
@@ -226,6 +247,7 @@ DEPLOY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.deploy
 def test_loads_and_chats_in_deploy_env(tiny):
     python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
     if not python.exists():

@@ -1,10 +1,8 @@
 """Tests of labsupport.validate: one crafted bad record for each problem kind, the report, the clean file."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -163,3 +161,11 @@ def test_broken_copy_plants_every_record_kind_and_validator_finds_each(tmp_path)
     clean = report.write_clean(tmp_path / "broken" / "clean.json")
     again = V.validate(clean, b["image_root"], tokenizer=ApproxTokenizer(), max_length=4096, progress=False)
     assert again.ok and len(again.records) == len(report.records) - len(report.bad_indices)
+
+
+def test_template_tokens_are_added_to_lengths(tmp_path, root):
+    from labsupport.datastats import ApproxTokenizer
+
+    plain = run(tmp_path, root, good(1), tokenizer=ApproxTokenizer())
+    more = run(tmp_path, root, good(1), tokenizer=ApproxTokenizer(), template_tokens=30, max_length=plain.lengths[0] + 10)
+    assert more.lengths[0] == plain.lengths[0] + 30 and [p.kind for p in more.problems] == ["too_long", "too_long"]

@@ -1,0 +1,106 @@
+"""Prepare the wheels that travel to the lent GPU machine (no network there; Python 3.12, torch 2.11).
+
+    python3 scripts/device/prepare_wheels.py            # writes .whl/lmdeploy/ and .whl/xtuner/
+
+Two groups, installed there into two separate --target folders because they need different
+transformers: LMDeploy uses the machine's transformers 5.x; XTuner needs transformers 4.48.
+
+* lmdeploy: the official 0.18.0 wheel minus its 350 MB TurboMind library (the PyTorch engine is
+  pure Python), plus the small packages the machine lacks, and what `api_server` needs.
+* xtuner: xtuner 0.2.0 and the transformers 4.48 stack, deepspeed 0.16.2 (a wheel built here with
+  DS_BUILD_OPS=0, it is an sdist on PyPI), and bitsandbytes 0.50.2 (the first with a CUDA 13
+  library) trimmed to its CPU and cuda130 libraries.
+On the machine, see scripts/device/README.md for the install line.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / ".whl"
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64", "manylinux_2_24_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64",
+             "manylinux_2_35_x86_64"]
+
+LMDEPLOY = ["lmdeploy==0.18.0", "mmengine-lite==0.10.7", "pybase64", "pyzmq", "xgrammar==0.2.8", "apache-tvm-ffi==0.1.11",
+            "shortuuid", "addict", "yapf", "termcolor", "platformdirs", "pydantic==2.12.5", "pydantic-core==2.41.5",
+            "annotated-types", "typing-inspection", "partial-json-parser", "fire",
+            # api_server
+            "openai", "jiter", "distro", "sniffio", "fastapi", "starlette", "uvicorn"]
+XTUNER = ["xtuner==0.2.0", "transformers==4.48.0", "tokenizers==0.21.4", "huggingface-hub==0.36.2", "mmengine==0.10.6",
+          "addict", "yapf", "platformdirs", "termcolor", "datasets==5.0.1", "dill", "multiprocess", "loguru",
+          "openpyxl", "et-xmlfile", "hjson", "py-cpuinfo", "pydantic==2.12.5", "pydantic-core==2.41.5",
+          "annotated-types", "typing-inspection", "peft==0.14.0", "bitsandbytes==0.50.2", "xxhash"]
+SDISTS = {"xtuner": ["deepspeed==0.16.2", "transformers-stream-generator==0.0.5"]}
+
+
+def download(names: list[str], dest: Path) -> None:
+    """Download cp312 manylinux wheels for NAMES, without dependencies."""
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+           "--implementation", "cp", "-d", str(dest)]
+    for p in PLATFORMS:
+        cmd += ["--platform", p]
+    subprocess.run(cmd + names, check=True)
+
+
+def build_sdists(names: list[str], dest: Path) -> None:
+    """Build pure-Python wheels of sdist-only packages (deepspeed without its CUDA ops)."""
+    env = dict(os.environ, DS_BUILD_OPS="0")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest)] + names, check=True, env=env)
+    for whl in dest.glob("deepspeed-*.whl"):  # built here as cp311-specific only by name: it is pure Python
+        if "py3-none-any" not in whl.name:
+            whl.rename(whl.with_name(re.sub(r"-cp\d+-cp\d+-linux_x86_64", "-py3-none-any", whl.name)))
+
+
+def drop_from_wheel(whl: Path, keep) -> None:
+    """Rewrite WHL without the members KEEP rejects, fixing its RECORD."""
+    tmp = Path(tempfile.mkdtemp())
+    out = tmp / whl.name
+    with zipfile.ZipFile(whl) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        names = [n for n in src.namelist() if keep(n)]
+        record_name = next(n for n in names if n.endswith(".dist-info/RECORD"))
+        lines = []
+        for name in names:
+            if name == record_name:
+                continue
+            data = src.read(name)
+            dst.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            lines.append(f"{name},sha256={digest},{len(data)}")
+        lines.append(f"{record_name},,")
+        dst.writestr(record_name, "\n".join(lines) + "\n")
+    shutil.move(out, whl)
+    shutil.rmtree(tmp)
+
+
+def main() -> int:
+    for group, names in (("lmdeploy", LMDEPLOY), ("xtuner", XTUNER)):
+        dest = OUT / group
+        dest.mkdir(parents=True, exist_ok=True)
+        download(names, dest)
+        if group in SDISTS:
+            build_sdists(SDISTS[group], dest)
+    for whl in (OUT / "lmdeploy").glob("lmdeploy-*.whl"):
+        drop_from_wheel(whl, lambda n: not (n.endswith(".so") or n.endswith(".a")) or "turbomind" not in n)
+    for whl in (OUT / "xtuner").glob("bitsandbytes-*.whl"):
+        drop_from_wheel(whl, lambda n: not n.endswith(".so") or "cpu" in n or "cuda130" in n)
+    total = 0
+    for group in ("lmdeploy", "xtuner"):
+        size = sum(f.stat().st_size for f in (OUT / group).glob("*.whl"))
+        total += size
+        print(f"{group}: {len(list((OUT / group).glob('*.whl')))} wheels, {size / 2**20:.1f} MiB")
+    print(f"total {total / 2**20:.1f} MiB (the device tool carries at most 64 MiB with the working tree)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
