@@ -153,8 +153,14 @@ def template_for(model_path: str | os.PathLike) -> str:
 
 
 def _warmup_iters(s: TrainSettings) -> int:
-    """Warmup iterations for an iteration-based run: never 0 (mmengine rejects a scheduler with end == begin)."""
-    return max(1, round(s.warmup_ratio * (s.max_iters or 0)))
+    """Warmup iterations for an iteration-based run: at least 2.
+
+    mmengine's LinearLR reaches its end factor at iteration end-1; with end=0 it refuses to build
+    ("end should be larger than begin") and with end=1 the rate stays at start_factor x lr for the
+    whole run (the cosine that follows scales the current value), which looks like training that
+    does not learn.
+    """
+    return max(2, round(s.warmup_ratio * (s.max_iters or 0)))
 
 
 def render_config(s: TrainSettings) -> str:
@@ -222,7 +228,7 @@ def render_config(s: TrainSettings) -> str:
     a(f"dataloader_num_workers = {s.num_workers}")
     if by_iter:
         a(f"max_iters = {s.max_iters}")
-        a(f"warmup_iters = {_warmup_iters(s)}  # at least 1")
+        a(f"warmup_iters = {_warmup_iters(s)}  # at least 2 (see labsupport.xtuner._warmup_iters)")
     else:
         a(f"max_epochs = {s.max_epochs}")
         a(f"warmup_ratio = {s.warmup_ratio}")
@@ -416,9 +422,21 @@ def _ensure_importable() -> None:
         sys.path.insert(0, str(repo_root()))
 
 
-def _env() -> dict:
+def pick_threads(threads: int | str | None = "auto") -> int | None:
+    """CPU threads for training: "auto" = every core unless the load average says they are busy (then 1), None = torch's default."""
+    if threads != "auto":
+        return int(threads) if threads else None
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    # OpenMP threads that wait for each other on busy cores make every small op 5-10x slower
+    return 1 if load > cores - 0.5 else cores
+
+
+def _env(threads: int | None = None) -> dict:
     """Environment of a child process: labsupport importable, output unbuffered, no tokenizer-thread warnings."""
     env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(repo_root())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -531,7 +549,8 @@ def _show_line(line: str, state: dict) -> bool:
 
 
 def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool = False, nproc: int = 1,
-           deepspeed: int = 0, live: bool = True, show: str = "progress", timeout: float | None = None) -> TrainRun:
+           deepspeed: int = 0, live: bool = True, show: str = "progress", timeout: float | None = None,
+           threads: int | str | None = "auto") -> TrainRun:
     """Run XTuner's train.py on CONFIG into WORK_DIR, stream its log, plot the loss, and raise TrainingFailed unless it ends with a checkpoint."""
     config, work_dir = Path(config), Path(work_dir)
     if not config.exists():
@@ -550,11 +569,12 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
         start = int(re.findall(r"\d+", resume_from.stem)[0])
         scalars = [r for r in json.loads(scalars_path.read_text()) if r["iter"] <= start]
     plot = LivePlot(f"XTuner: {config.name}") if live else None
-    print("[launch] $ " + " ".join(cmd), flush=True)
+    threads = pick_threads(threads) if nproc == 1 and not deepspeed else None
+    print("[launch] $ " + (f"OMP_NUM_THREADS={threads} " if threads else "") + " ".join(cmd), flush=True)
     started, state = time.time(), {}
     with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=_env(), cwd=str(work_dir))
+                                env=_env(threads), cwd=str(work_dir))
         try:
             for line in proc.stdout:
                 log.write(line)
