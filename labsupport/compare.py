@@ -68,10 +68,10 @@ def training_mode(config: str | os.PathLike) -> str:
 
 
 def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> TrainingRun:
-    """The training run notebook 04 left under ARTIFACTS (or in WORK_DIR); raises TrainingRunMissing with the fix."""
+    """The training run notebook 04 left under ARTIFACTS (or in WORK_DIR, relative to ARTIFACTS); raises TrainingRunMissing with the fix."""
     from labsupport.xtuner import latest_checkpoint, load_config
 
-    work_dir = Path(work_dir) if work_dir else Path(artifacts) / TRAIN_WORK_DIR
+    work_dir = Path(artifacts) / (work_dir or TRAIN_WORK_DIR)  # an absolute WORK_DIR replaces ARTIFACTS
     fix = "run notebooks/04_finetune_xtuner.ipynb first (it trains the model this notebook converts)"
     if not work_dir.is_dir():
         raise TrainingRunMissing(f"no training run: {work_dir} does not exist. {fix}.")
@@ -317,8 +317,8 @@ def _model_key(key: str) -> str:
     return key.replace("base_model.model.", "", 1).replace(".base_layer.", ".")
 
 
-def merge_by_hand(model, state: dict, scale: float | None) -> dict:
-    """Apply an XTuner checkpoint STATE to MODEL in place: W += SCALE * B @ A for each LoRA pair, copy the other tensors; return counts."""
+def merge_by_hand(model, state: dict, scale: float | None, delta_dtype: str | None = None) -> dict:
+    """Apply an XTuner checkpoint STATE to MODEL in place: W += SCALE * B @ A per LoRA pair (the update rounded to DELTA_DTYPE if given), copy the rest."""
     import torch
 
     params = dict(model.named_parameters())
@@ -340,6 +340,8 @@ def merge_by_hand(model, state: dict, scale: float | None) -> dict:
         for module, ab in pairs.items():
             weight = params[module + ".weight"]
             delta = ab["B"].float() @ ab["A"].float() * scale
+            if delta_dtype:  # a merge done in bfloat16 adds a bfloat16 update
+                delta = delta.to(getattr(torch, delta_dtype)).float()
             weight.add_(delta.to(weight.dtype))
     return {"lora_pairs": len(pairs), "copied": copied}
 
@@ -368,12 +370,20 @@ def saved_dtype(folder: str | os.PathLike) -> str:
 
 def reference_model(base: str | os.PathLike, checkpoint: str | os.PathLike | dict, scale: float | None,
                     trained_dtype: str = "bfloat16", saved: str | None = "bfloat16"):
-    """BASE + the trained CHECKPOINT merged by hand in float32: base rounded to TRAINED_DTYPE (XTuner loads it so), result rounded to SAVED."""
+    """BASE + the trained CHECKPOINT merged by hand in float32, rounded like XTuner's script does (see below)."""
+    import torch
+
+    # XTuner loads the base in TRAINED_DTYPE; convert_to_official.py casts the model, LoRA matrices included,
+    # to bfloat16, merges there (W and the update B @ A both bfloat16) and saves: so the base, the checkpoint,
+    # the update and the result are rounded to SAVED here too. Left in float32, the rounding differences
+    # alone move the logits by about 1 % of the training effect.
     model = load_model(base)
     if trained_dtype != "float32":
         round_to(model, trained_dtype)
     state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
-    merge_by_hand(model, state, scale)
+    if saved and saved != "float32":
+        state = {k: v.to(getattr(torch, saved)).float() if v.is_floating_point() else v for k, v in state.items()}
+    merge_by_hand(model, state, scale, delta_dtype=saved if saved != "float32" else None)
     if saved and saved != "float32":
         round_to(model, saved)
     return model

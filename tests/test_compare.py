@@ -86,6 +86,9 @@ def test_no_work_dir_tells_the_learner_to_run_notebook_04(tmp_path):
     (tmp_path / C.TRAIN_WORK_DIR).mkdir(parents=True)
     with pytest.raises(C.TrainingRunMissing, match="no checkpoint"):
         C.find_training_run(tmp_path)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(C.TrainingRunMissing, match=f"{tmp_path / 'mine'} holds no checkpoint"):
+        C.find_training_run(tmp_path, "mine")  # a relative WORK_DIR lives under ARTIFACTS
 
 
 # ---- the tensor-change table ---------------------------------------------------------------------
