@@ -216,18 +216,19 @@ def test_gallery_shows_both_replies(tmp_path):
 # ---- end to end: XTuner's converter on a hand-made checkpoint, then every check ---------------------
 
 def _fake_run(tiny: Path, work_dir: Path, mode: str) -> "C.TrainingRun":
-    """A work dir as XTuner leaves it (config + iter_1.pth) whose checkpoint holds hand-made trained tensors."""
+    """A work dir as XTuner leaves it (config + iter_1.pth) whose checkpoint holds hand-made trained tensors (qlora: a GPU config)."""
     from labsupport import xtuner as xt
 
     xt.write_config(xt.preset("tiny-cpu", model_path=str(tiny), mode=mode, freeze_vit=True, freeze_llm=mode != "full",
-                              lora_r=4, lora_alpha=8, data=[xt.DataSpec("unused.json", "unused")]), work_dir / "run.py")
+                              lora_r=4, lora_alpha=8, data=[xt.DataSpec("unused.json", "unused")],
+                              device="cuda" if mode == "qlora" else "cpu"), work_dir / "run.py")
     model = C.load_model(tiny)
     gen = torch.Generator().manual_seed(1)
     noise = lambda t, std: t.detach() + torch.randn(t.shape, generator=gen) * std  # noqa: E731
     state = {f"model.mlp1.{k}": noise(v, 0.05) for k, v in model.mlp1.state_dict().items()}  # the projector trains
     for name, mod in model.language_model.named_modules():
         if isinstance(mod, torch.nn.Linear) and "lm_head" not in name:
-            if mode == "lora":  # the key names XTuner's peft-wrapped LLM saves
+            if mode in ("lora", "qlora"):  # the key names XTuner's peft-wrapped LLM saves
                 prefix = f"model.language_model.base_model.model.{name}"
                 state[f"{prefix}.lora_A.default.weight"] = torch.randn(4, mod.in_features, generator=gen) * 0.1
                 state[f"{prefix}.lora_B.default.weight"] = torch.randn(mod.out_features, 4, generator=gen) * 0.1
@@ -311,3 +312,19 @@ def test_full_fine_tune_converts_and_matches_its_checkpoint(tiny, tmp_path):
     ref = C.reference_model(run.base_model, run.checkpoint, None)
     report = C.compare_logits(C.logits_of(merged, inputs, tok), C.logits_of(ref, inputs, tok), C.logits_of(base, inputs, tok))
     assert report.passed and report.adapter_effect > 0.01, report
+
+
+def test_a_qlora_run_converts_on_a_cpu_into_base_plus_adapter(tiny, tmp_path):
+    """QLoRA trains on a GPU against a 4-bit LLM; the script rebuilds the model unquantised, so conversion needs no GPU."""
+    from transformers import AutoTokenizer
+
+    run = _fake_run(tiny, tmp_path / "work", "qlora")
+    assert run.mode == "qlora" and "quantization_llm=True" in run.config.read_text()
+    out = C.convert(run, tmp_path / "converted")
+    assert C.unexpected_changes(C.weight_changes(run.base_model, out), run.mode) == []
+    tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
+    merged, base = C.load_model(out), C.load_model(run.base_model)
+    inputs = C.fixed_inputs(merged, tok)
+    ref = C.reference_model(run.base_model, run.checkpoint, C.lora_scale(run.config))
+    report = C.compare_logits(C.logits_of(merged, inputs, tok), C.logits_of(ref, inputs, tok), C.logits_of(base, inputs, tok))
+    assert report.passed and report.adapter_effect > 0.1, report
