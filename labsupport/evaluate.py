@@ -111,7 +111,7 @@ def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], imag
             pixels = [load_image(folder / (r["image"][0] if isinstance(r["image"], list) else r["image"]), input_size=448, max_num=max_num)
                       for r in batch]
             questions = [question_of(r) for r in batch]
-            if hasattr(model, "batch_chat") and len(batch) > 1:
+            if getattr(model, "batch_chat", None) and len(batch) > 1:
                 pv = torch.cat(pixels).to(device, dtype)
                 replies += list(model.batch_chat(tokenizer, pv, num_patches_list=[p.shape[0] for p in pixels],
                                                  questions=questions, generation_config=gen))

@@ -72,7 +72,7 @@ class VLMShape:
 # Public configs of the InternVL2 family (all with InternViT-300M-448px: 24 layers, width 1024).
 MODELS: dict[str, VLMShape] = {
     "InternVL2-1B": VLMShape("InternVL2-1B", 304_000_000, 24, 1024,
-                             LLMShape("Qwen2-0.5B-Instruct", 24, 896, 4864, 14, 2, 151_655, tied_embeddings=True)),
+                             LLMShape("Qwen2-0.5B-Instruct", 24, 896, 4864, 14, 2, 151_655)),
     "InternVL2-2B": VLMShape("InternVL2-2B", 304_000_000, 24, 1024,
                              LLMShape("internlm2-chat-1.8b", 24, 2048, 8192, 16, 8, 92_553)),
     "InternVL2-4B": VLMShape("InternVL2-4B", 304_000_000, 24, 1024,
@@ -159,3 +159,25 @@ def table(estimates: list[Estimate]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def plot_zero(model: str = "InternVL2-8B", gpus: int = 8, mode: str = "full", seq: int = 4096):
+    """A stacked-bar picture of GB per GPU for ZeRO stages 0-3 (weights, gradients, optimizer, activations)."""
+    import matplotlib.pyplot as plt
+
+    es = [estimate(model, mode=mode, zero=z, gpus=gpus, seq=seq) for z in range(4)]
+    parts = [("weights", "tab:blue"), ("gradients", "tab:orange"), ("optimizer", "tab:green"),
+             ("activations", "tab:red"), ("overhead", "tab:gray")]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    labels = ["no ZeRO\n(DDP)", "ZeRO-1\noptimizer /N", "ZeRO-2\n+ gradients /N", "ZeRO-3\n+ weights /N"]
+    bottom = [0.0] * 4
+    for name, colour in parts:
+        vals = [getattr(e, name) for e in es]
+        ax.bar(labels, vals, bottom=bottom, color=colour, label=name)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for i, b in enumerate(bottom):
+        ax.text(i, b, f"{b:.0f} GB", ha="center", va="bottom")
+    ax.set(ylabel="GB per GPU", title=f"{model}, {mode} fine-tune on {gpus} GPUs (batch 1, {seq} tokens)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -645,3 +645,20 @@ def convert_to_official(config: str | os.PathLike, checkpoint: str | os.PathLike
 def settings_dict(s: TrainSettings) -> dict:
     """SETTINGS as a plain dict (for printing or saving)."""
     return asdict(s)
+
+
+def plot_scalars(scalars: list[dict], title: str = "training"):
+    """Loss and learning rate against iteration from a run's scalars (a finished run's TrainRun.scalars or scalars.json)."""
+    import matplotlib.pyplot as plt
+
+    if not scalars:
+        raise ValueError("no scalars to plot: did the run log any iteration? (log_interval too large?)")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    it = [r["iter"] for r in scalars]
+    a.plot(it, [r["loss"] for r in scalars], ".-")
+    a.set(xlabel="iteration", ylabel="loss", yscale="log", title="loss")
+    b.plot(it, [r.get("lr", float("nan")) for r in scalars], ".-", color="tab:orange")
+    b.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

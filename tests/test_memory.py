@@ -1,0 +1,45 @@
+"""Tests of labsupport.memory: the ZeRO model-state formulas, parameter counts, and the table."""
+import pytest
+
+from labsupport import memory as M
+
+GB = 1024**3
+
+
+@pytest.mark.parametrize("zero,gpus", [(1, 8), (2, 8), (3, 8), (3, 2)])
+def test_model_states_follow_the_zero_paper(zero, gpus):
+    """Fully trainable model (full mode, ViT unfrozen): ZeRO-1 4P+12P/N, ZeRO-2 2P+14P/N, ZeRO-3 16P/N bytes."""
+    e = M.estimate("InternVL2-2B", mode="full", zero=zero, gpus=gpus, freeze_vit=False)
+    p = e.trainable_params_m * 1e6
+    expected = {1: 4 * p + 12 * p / gpus, 2: 2 * p + 14 * p / gpus, 3: 16 * p / gpus}[zero]
+    assert (e.weights + e.gradients + e.optimizer) * GB == pytest.approx(expected, rel=2e-3)
+
+
+@pytest.mark.parametrize("name,published_b", [("InternVL2-1B", 0.9), ("InternVL2-2B", 2.2), ("InternVL2-4B", 4.2), ("InternVL2-8B", 8.1)])
+def test_parameter_counts_match_the_published_sizes(name, published_b):
+    assert M.estimate(name).total_params_b == pytest.approx(published_b, rel=0.1)
+
+
+def test_memory_moves_the_right_way():
+    base = M.estimate("InternVL2-4B", mode="lora", seq=4096)
+    assert M.estimate("InternVL2-4B", mode="qlora", seq=4096).weights < base.weights
+    assert M.estimate("InternVL2-4B", mode="lora", seq=4096, checkpointing=False).activations > base.activations
+    assert M.estimate("InternVL2-4B", mode="lora", seq=8192).activations > base.activations
+    assert M.estimate("InternVL2-8B", mode="full", zero=3, gpus=8).total < M.estimate("InternVL2-8B", mode="full", zero=3, gpus=2).total
+    assert base.trainable_params_m < M.estimate("InternVL2-4B", mode="full").trainable_params_m
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="mode"):
+        M.estimate("InternVL2-2B", mode="prefix")
+    with pytest.raises(ValueError, match="ZeRO|stage"):
+        M.estimate("InternVL2-2B", zero=4)
+
+
+def test_table_has_a_row_per_estimate_and_the_totals():
+    es = [M.estimate(n) for n in M.MODELS]
+    text = M.table(es)
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(es)
+    for e, line in zip(es, lines[2:]):
+        assert line.split()[0] == e.model and line.split()[-1] == str(round(e.total, 1))

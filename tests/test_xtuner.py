@@ -1,0 +1,190 @@
+"""Tests of labsupport.xtuner: generated configs, the launcher's honesty, resume, conversion (course env).
+
+The training tests run XTuner's own train.py on the tiny model for a handful of iterations; they
+take about a minute each on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from labsupport import xtuner as X
+
+pytest.importorskip("xtuner")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from labsupport.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "internvl2-tiny")
+
+
+@pytest.fixture(scope="module")
+def plates(tmp_path_factory) -> dict:
+    from labsupport.datasets import build_course_task
+
+    return build_course_task(tmp_path_factory.mktemp("data") / "plates", n_train=24, n_heldout=8,
+                             kinds=("colour",), progress=False)
+
+
+def fake_settings(name: str, tmp_path: Path) -> X.TrainSettings:
+    s = X.preset(name, data=[X.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"), 2)])
+    return replace(s, model_path=str(tmp_path / "model")) if name == "tiny-cpu" else s
+
+
+@pytest.mark.parametrize("name", list(X.PRESETS))
+def test_every_preset_writes_a_config_that_mmengine_loads(name, tmp_path):
+    s = fake_settings(name, tmp_path)
+    path = tmp_path / f"{name}.py"
+    path.write_text(X.render_config(s))
+    cfg = X.load_config(path)
+    assert cfg.train_dataloader.batch_size == s.batch_size
+    assert cfg.optim_wrapper.accumulative_counts == s.accumulative_counts
+    assert cfg.optim_wrapper.optimizer.lr == s.lr
+    assert cfg.llava_dataset.repeat_times == [2]
+    assert cfg.model.freeze_llm == (s.mode != "full")
+    assert (cfg.model.get("llm_lora") is not None) == (s.mode in ("lora", "qlora"))
+    assert cfg.model.get("quantization_llm", False) == (s.mode == "qlora")
+
+
+def test_cpu_config_makes_the_cpu_choices(tmp_path):
+    path = tmp_path / "cpu.py"
+    path.write_text(X.render_config(fake_settings("tiny-cpu", tmp_path)))
+    cfg = X.load_config(path)
+    assert cfg.model.type.__name__ == "CPUInternVL" and cfg.model.dtype == "float32"
+    assert cfg.optim_wrapper.type.__name__ == "OptimWrapper"
+    assert cfg.env_cfg.dist_cfg.backend == "gloo"
+    assert cfg.llava_dataset.max_dynamic_patch == 1
+    assert cfg.warmup_iters >= 2
+    assert cfg.train_cfg.max_iters == cfg.max_iters
+
+
+def test_gpu_only_choices_are_refused_on_cpu_and_dropped_with_reasons(tmp_path):
+    s = replace(fake_settings("InternVL2-2B-qlora", tmp_path), device="cpu")
+    with pytest.raises(ValueError, match="cpu_compatible"):
+        X.render_config(s)
+    fixed, reasons = X.cpu_compatible(fake_settings("InternVL2-8B-qlora", tmp_path))
+    assert (fixed.mode, fixed.deepspeed, fixed.nproc, fixed.device) == ("lora", 0, 1, "cpu")
+    assert any("QLoRA" in r for r in reasons) and any("DeepSpeed" in r for r in reasons)
+
+
+@pytest.mark.parametrize("max_iters,ratio", [(10, 0.0), (20, 0.05), (200, 0.1)])
+def test_generated_schedule_reaches_the_full_learning_rate(max_iters, ratio, tmp_path):
+    """Build the config's schedulers with mmengine on a dummy optimizer: after warmup the lr must be the configured one."""
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    s = replace(fake_settings("tiny-cpu", tmp_path), max_iters=max_iters, warmup_ratio=ratio, lr=1e-3)
+    path = tmp_path / "sched.py"
+    path.write_text(X.render_config(s))
+    cfg = X.load_config(path)
+    opt = OptimWrapper(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr))
+    scheds = [PARAM_SCHEDULERS.build(dict(c, optimizer=opt)) for c in cfg.param_scheduler]
+    lrs = []
+    for _ in range(max_iters):
+        lrs.append(opt.optimizer.param_groups[0]["lr"])
+        for sch in scheds:
+            sch.step()
+    assert lrs[0] < 1e-6
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_parse_log_line_reads_mmengine_lines():
+    line = ("11/21 23:27:26 - mmengine - INFO - Iter(train) [ 5/20]  lr: 9.3974e-04  eta: 0:00:33  "
+            "time: 2.2251  data_time: 0.2013  grad_norm: 9.3404  loss: 7.2782")
+    row = X.parse_log_line(line)
+    assert row["iter"] == 5 and row["max_iters"] == 20
+    assert row["lr"] == pytest.approx(9.3974e-4) and row["loss"] == pytest.approx(7.2782)
+    assert X.parse_log_line("11/21 23:27:15 - mmengine - INFO - Checkpoints will be saved to /x.") is None
+
+
+def test_latest_checkpoint_prefers_mmengines_marker(tmp_path):
+    assert X.latest_checkpoint(tmp_path) is None
+    for n in (2, 10, 4):
+        (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
+    assert X.latest_checkpoint(tmp_path).name == "iter_10.pth"
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_4.pth"))
+    assert X.latest_checkpoint(tmp_path).name == "iter_4.pth"
+
+
+def test_train_command_uses_this_python_and_torchrun_for_several_processes(tmp_path):
+    one = X.train_command(tmp_path / "c.py", tmp_path / "wd")
+    assert one[0] == sys.executable and one[1].endswith("xtuner/tools/train.py") and "--launcher" not in one
+    many = X.train_command(tmp_path / "c.py", tmp_path / "wd", nproc=8, deepspeed=2, resume_from=tmp_path / "iter_4.pth")
+    assert many[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node=8" in many
+    assert many[many.index("--deepspeed") + 1] == "deepspeed_zero2" and "--resume" in many
+    assert X.multi_gpu_command("c.py", gpus=8, zero=3).startswith("NPROC_PER_NODE=8 xtuner train c.py")
+
+
+def test_launch_fails_loudly_on_a_broken_config(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("model = dict(type=\n")  # a syntax error
+    with pytest.raises(X.TrainingFailed, match="SyntaxError|invalid syntax|was never closed"):
+        X.launch(bad, tmp_path / "wd", live=False, show="none")
+
+
+def test_launch_fails_loudly_on_a_missing_dataset(tiny, tmp_path):
+    s = X.preset("tiny-cpu", model_path=str(tiny), max_iters=2,
+                 data=[X.DataSpec(str(tmp_path / "nowhere" / "train.json"), str(tmp_path))])
+    cfg = X.write_config(s, tmp_path / "cfg.py")
+    with pytest.raises(X.TrainingFailed) as err:
+        X.launch(cfg, tmp_path / "wd", live=False, show="none")
+    assert "nowhere/train.json" in str(err.value) and "FileNotFoundError" in str(err.value)
+    assert X.latest_checkpoint(tmp_path / "wd") is None
+
+
+def test_lora_trains_through_xtuner_and_the_converted_model_chats(tiny, plates, tmp_path):
+    from labsupport.evaluate import load_model, simple_load_image
+
+    s = X.preset("tiny-cpu", model_path=str(tiny), mode="lora", max_iters=10, save_steps=10, log_interval=1,
+                 batch_size=2, data=[X.DataSpec(str(plates["train"]), str(plates["root"]))])
+    cfg = X.write_config(s, tmp_path / "lora.py")
+    run = X.launch(cfg, tmp_path / "wd", live=False, show="none")
+    assert run.checkpoint.name == "iter_10.pth"
+    assert [r["iter"] for r in run.scalars] == list(range(1, 11))
+    saved = json.loads((tmp_path / "wd" / "scalars.json").read_text())
+    assert saved[-1]["iter"] == 10 and "loss" in saved[-1]
+    state = torch.load(run.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert any("lora_A" in k for k in state) and any("mlp1" in k for k in state)
+    out = X.convert_to_official(cfg, run.checkpoint, tmp_path / "hf")
+    assert (out / "modeling_internvl_chat.py").exists() and (out / "config.json").exists()
+    model, tok = load_model(out)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    reply = model.chat(tok, simple_load_image(plates["images"] / sorted(p.name for p in plates["images"].iterdir())[0]),
+                       "<image>\nWhat colour are the objects on the plate?", dict(max_new_tokens=4, do_sample=False))
+    assert isinstance(reply, str)
+
+
+def test_killed_run_resumes_from_its_checkpoint_and_completes(tiny, plates, tmp_path):
+    s = X.preset("tiny-cpu", model_path=str(tiny), max_iters=8, save_steps=3, log_interval=1, batch_size=2,
+                 data=[X.DataSpec(str(plates["train"]), str(plates["root"]))])
+    cfg = X.write_config(s, tmp_path / "full.py")
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    proc = subprocess.Popen(X.train_command(cfg, wd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=X._env(1), cwd=str(wd))
+    try:
+        deadline = time.time() + 300
+        while X.latest_checkpoint(wd) is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    first = X.latest_checkpoint(wd)
+    assert first is not None, "the first run saved no checkpoint before it was killed"
+    done = int(first.stem.split("_")[1])
+    assert done < 8, "the run finished before it could be killed"
+    run = X.launch(cfg, wd, resume=True, live=False, show="none")
+    resumed_iters = [r["iter"] for r in run.scalars if r["iter"] > done]
+    assert resumed_iters[0] == done + 1 and resumed_iters[-1] == 8
+    assert run.checkpoint.name == "iter_8.pth"
+    meta = torch.load(run.checkpoint, map_location="cpu", weights_only=False)["meta"]
+    assert meta["iter"] == 8
