@@ -35,7 +35,7 @@ LMDEPLOY = ["lmdeploy==0.18.0", "mmengine-lite==0.10.7", "pybase64", "pyzmq", "x
             "shortuuid", "addict", "yapf", "termcolor", "platformdirs", "pydantic==2.12.5", "pydantic-core==2.41.5",
             "annotated-types", "typing-inspection", "partial-json-parser", "fire",
             # api_server
-            "openai", "jiter", "distro", "sniffio", "fastapi", "starlette", "uvicorn"]
+            "openai==2.45.0", "jiter", "distro", "sniffio", "fastapi==0.120.0", "starlette==0.48.0", "annotated-doc", "uvicorn"]
 XTUNER = ["xtuner==0.2.0", "transformers==4.48.0", "tokenizers==0.21.4", "huggingface-hub==0.36.2", "mmengine==0.10.6",
           "addict", "yapf", "platformdirs", "termcolor", "datasets==5.0.1", "dill", "multiprocess", "loguru",
           "openpyxl", "et-xmlfile", "hjson", "py-cpuinfo", "pydantic==2.12.5", "pydantic-core==2.41.5",
