@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 # ---- where the notebooks meet (ONE place: the lead adjusts these at merge) ---------------------------------
-TRAIN_WORK_DIR = "xtuner/work_dirs/04_finetune"    # notebook 04's XTuner work dir, relative to ARTIFACTS
+TRAIN_WORK_DIR = "xtuner/tiny-cpu"                 # notebook 04's XTuner work dir (ARTIFACTS/xtuner/<PRESET>), relative to ARTIFACTS
 FINETUNED_TINY = "models/internvl2-tiny-finetuned"  # the converted model notebooks 06 and 07 read
 BEFORE_AFTER = "results/before_after.json"          # before/after numbers notebook 07's model card reads
-HELDOUT = "data/plates/heldout.json"                 # the held-out split of the course task (images beside it)
+HELDOUT_NAME = "heldout.json"                        # the held-out split lies beside the training json the config names
 
 
 class TrainingRunMissing(FileNotFoundError):
@@ -55,6 +55,13 @@ class TrainingRun:
     base_model: Path
     mode: str  # lora | qlora | full
     vit_trained: bool = False  # whether the InternViT was unfrozen
+    train_json: Path | None = None  # the (first) training json the config names
+    max_num: int = 6  # tiles per image in training (max_dynamic_patch): evaluate with the same
+
+    @property
+    def heldout(self) -> Path | None:
+        """The held-out split beside the training json (the course task writes train.json and heldout.json together)."""
+        return self.train_json.parent / HELDOUT_NAME if self.train_json else None
 
 
 def training_mode(config: str | os.PathLike) -> str:
@@ -73,6 +80,9 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
 
     work_dir = Path(artifacts) / (work_dir or TRAIN_WORK_DIR)  # an absolute WORK_DIR replaces ARTIFACTS
     fix = "run notebooks/04_finetune_xtuner.ipynb first (it trains the model this notebook converts)"
+    others = sorted(str(p.parent) for p in (Path(artifacts) / "xtuner").glob("*/last_checkpoint") if p.parent != work_dir)
+    if others:
+        fix += f", or set WORK_DIR to one of the runs found: {', '.join(others)}"
     if not work_dir.is_dir():
         raise TrainingRunMissing(f"no training run: {work_dir} does not exist. {fix}.")
     ckpt = latest_checkpoint(work_dir)
@@ -82,11 +92,14 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
     if not configs:
         raise TrainingRunMissing(f"{work_dir} holds a checkpoint but not the config that produced it (*.py). {fix}.")
     config = configs[-1]
-    model = load_config(config).model
+    cfg = load_config(config)
+    model = cfg.model
     base = Path(model.model_path)
     if not (base / "config.json").exists():
         raise TrainingRunMissing(f"the base model {base} named in {config.name} is gone: rebuild it (notebook 04 builds 'tiny'), then {fix}.")
-    return TrainingRun(work_dir, config, ckpt, base, training_mode(config), not model.get("freeze_visual_encoder", False))
+    data = cfg.get("data_paths") or []
+    return TrainingRun(work_dir, config, ckpt, base, training_mode(config), not model.get("freeze_visual_encoder", False),
+                       Path(data[0]) if data else None, int(cfg.get("max_dynamic_patch") or 6))
 
 
 def finetuned_dir(artifacts: str | os.PathLike, model_path: str = "tiny") -> Path:

@@ -89,6 +89,10 @@ def test_no_work_dir_tells_the_learner_to_run_notebook_04(tmp_path):
     (tmp_path / "mine").mkdir()
     with pytest.raises(C.TrainingRunMissing, match=f"{tmp_path / 'mine'} holds no checkpoint"):
         C.find_training_run(tmp_path, "mine")  # a relative WORK_DIR lives under ARTIFACTS
+    (tmp_path / "xtuner" / "InternVL2-2B-lora").mkdir(parents=True)
+    (tmp_path / "xtuner" / "InternVL2-2B-lora" / "last_checkpoint").write_text("iter_5.pth")
+    with pytest.raises(C.TrainingRunMissing, match="set WORK_DIR to one of the runs found: .*InternVL2-2B-lora"):
+        C.find_training_run(tmp_path)
 
 
 # ---- the tensor-change table ---------------------------------------------------------------------
@@ -220,7 +224,7 @@ def _fake_run(tiny: Path, work_dir: Path, mode: str) -> "C.TrainingRun":
     from labsupport import xtuner as xt
 
     xt.write_config(xt.preset("tiny-cpu", model_path=str(tiny), mode=mode, freeze_vit=True, freeze_llm=mode != "full",
-                              lora_r=4, lora_alpha=8, data=[xt.DataSpec("unused.json", "unused")],
+                              lora_r=4, lora_alpha=8, data=[xt.DataSpec(str(work_dir / "task" / "train.json"), "unused")],
                               device="cuda" if mode == "qlora" else "cpu"), work_dir / "run.py")
     model = C.load_model(tiny)
     gen = torch.Generator().manual_seed(1)
@@ -249,7 +253,8 @@ def test_conversion_gives_a_complete_loadable_folder(lora_run):
     from transformers import AutoModel, AutoTokenizer
 
     run, out = lora_run
-    assert run.mode == "lora" and not run.vit_trained
+    assert run.mode == "lora" and not run.vit_trained and run.max_num == 1
+    assert run.heldout == run.work_dir / "task" / "heldout.json"
     assert C.training_summary(run)["lora_r"] == 4 and C.training_summary(run)["checkpoint"].endswith("iter_1.pth")
     assert C.check_model_folder(out) == []
     model = AutoModel.from_pretrained(str(out), trust_remote_code=True)
