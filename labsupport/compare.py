@@ -491,6 +491,17 @@ def before_after(base: dict, tuned: dict, settings: dict | None = None, **extra)
     return out
 
 
+def constant_answer_baseline(records: Sequence[dict]) -> float:
+    """Accuracy of the best lazy model: the same answer to every question of a kind (its most frequent class)."""
+    from collections import Counter
+
+    by_kind: dict[str, Counter] = {}
+    for r in records:
+        meta = r["meta"]
+        by_kind.setdefault(meta["kind"], Counter())[str(meta.get("value", meta["answer"]))] += 1
+    return round(sum(c.most_common(1)[0][1] for c in by_kind.values()) / max(1, len(records)), 4)
+
+
 def accuracy_table(base: dict, tuned: dict):
     """A pandas table of accuracy per kind and per class, before (base) and after (fine-tuned), with the gain."""
     import pandas as pd

@@ -202,6 +202,12 @@ def test_before_after_and_accuracy_table():
     assert table.loc[("overall", "all"), "gain"] == 0.5 and table.loc[("class", "shape/star"), "before"] == 0.0
 
 
+def test_constant_answer_baseline_is_the_majority_share_per_kind():
+    recs = [{"meta": {"kind": k, "value": v, "answer": v}} for k, v in
+            [("colour", "red"), ("colour", "red"), ("colour", "blue"), ("count", "1"), ("count", "2"), ("count", "3")]]
+    assert C.constant_answer_baseline(recs) == round((2 + 1) / 6, 4)
+
+
 def test_pick_examples_spreads_over_kinds():
     recs = [{"meta": {"kind": k}} for k in "aaabbc"]
     assert C.pick_examples(recs, 4) == [0, 3, 5, 1]
