@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the course runs on a lent GPU machine (no network; Python 3.12, torch 2.11, transformers 5.x).
 # Prepare here first:  python3 scripts/device/prepare_wheels.py   (writes .whl/, carried with the tree)
-# Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, notebook06
+# Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, convert, notebook06
 # Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
@@ -24,6 +24,9 @@ for step in "$@"; do
     xtuner)
       install xtuner || exit 1
       PYTHONPATH=/tmp/site-xtuner:$REPO python3 scripts/device/xtuner_gpu.py "$OUT" 2>&1 | tee "$OUT/xtuner.log" | tail -60 ;;
+    convert)
+      install xtuner || exit 1
+      PYTHONPATH=/tmp/site-xtuner:$REPO python3 scripts/device/convert_gpu.py "$OUT" 2>&1 | tee "$OUT/convert.log" | tail -60 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step took $(( $(date +%s) - start )) s"
