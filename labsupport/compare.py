@@ -119,7 +119,7 @@ def convert(run: TrainingRun, save_dir: str | os.PathLike) -> Path:
     copied = fill_from_base(out, run.base_model)
     if copied:
         print(f"[convert] copied from the base model what the script did not write: {', '.join(copied)}")
-    require_complete(out)
+    require_complete(out, run.base_model)
     return out
 
 
