@@ -27,6 +27,14 @@ for step in "$@"; do
     convert)
       install xtuner || exit 1
       PYTHONPATH=/tmp/site-xtuner:$REPO python3 scripts/device/convert_gpu.py "$OUT" 2>&1 | tee "$OUT/convert.log" | tail -60 ;;
+    notebook06)
+      # notebook 06 itself, through the course runner, with LMDeploy's engine; carry artifacts/models
+      # (the tiny and the fine-tuned model from notebooks 04-05) to compare them as a learner would
+      install lmdeploy && install jupyter || exit 1
+      export PYTHONPATH=/tmp/site-jupyter:/tmp/site-lmdeploy:$REPO JUPYTER_PATH=/tmp/kern/share/jupyter MPLBACKEND=Agg
+      python3 -m ipykernel install --prefix /tmp/kern --name internvl-deploy --display-name "Python (internvl-deploy)" >/dev/null
+      python3 -m labsupport.course run --only 06 -p BACKEND lmdeploy 2>&1 | tee "$OUT/notebook06.log" | grep -v "Warming\|Loading weights" | tail -40
+      cp artifacts/executed/06_deploy_lmdeploy.ipynb artifacts/course-report.md "$OUT/" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step took $(( $(date +%s) - start )) s"
