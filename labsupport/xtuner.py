@@ -439,6 +439,9 @@ def _env(threads: int | None = None) -> dict:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(repo_root())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"
+    # torch >= 2.6 loads with weights_only=True by default, which refuses mmengine's own checkpoints
+    # (they pickle its HistoryBuffer and numpy scalars): a resume fails. These are the run's own files.
+    env.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
@@ -540,11 +543,12 @@ def _tail(path: Path, n: int = 30) -> str:
 
 
 def _show_line(line: str, state: dict) -> bool:
-    """Whether LINE is worth printing in 'progress' mode (iterations, warnings, errors and what follows a traceback)."""
+    """Whether LINE is worth printing in 'progress' mode (iterations, checkpoints, errors and what follows a traceback)."""
     if "Traceback" in line or state.get("error"):
         state["error"] = True
         return True
-    keys = ("Iter(train)", "Error", "error:", "WARNING", "Saving checkpoint", "Resum", "resum", "dynamic ViT", "Start to load")
+    keys = ("Iter(train)", "Error", "Saving checkpoint", "Auto resumed", "resumed from", "Load checkpoint",
+            "Num train samples", "Start to load")
     return any(k in line for k in keys)
 
 
