@@ -11,9 +11,10 @@ export PYTHONUNBUFFERED = 1
 env: system-deps        ## create or update both environments and their Jupyter kernels
 	$(PY) -m labsupport.envs
 
-# Debian packages the course uses outside Python: git-lfs (notebook 07's upload route) and
-# chromium + its driver (the browser test of notebook 06's demo). Installed only when missing.
-SYSTEM_PACKAGES = git-lfs chromium chromium-driver
+# Debian packages the course uses outside Python: git-lfs (notebook 07's upload route),
+# chromium + its driver (the browser test of notebook 06's demo) and a CJK font (Chinese
+# questions in figures and screenshots). Installed only when missing.
+SYSTEM_PACKAGES = git-lfs chromium chromium-driver fonts-noto-cjk
 system-deps:            ## install git-lfs and chromium from Debian when they are missing
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

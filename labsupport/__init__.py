@@ -10,5 +10,7 @@ Flat modules, each named after what it does:
   tiling       InternVL's dynamic high-resolution tiling
   tinymodel    build the embedded miniature InternVL2 checkpoint
   params       analytic parameter counts of the InternVL2 family
+  vision       pixel shuffle explained: merge map, shape arithmetic, stage-by-stage shapes
+  plots        the architecture figures (tiling grids, pixel-shuffle merge, budgets)
 """
 __version__ = "0.1.0"

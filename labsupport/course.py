@@ -66,6 +66,15 @@ def known_kernels() -> set[str]:
     return set(KernelSpecManager().find_kernel_specs())
 
 
+def source_cell_index(executed: Path, index: int) -> int:
+    """The index in the committed notebook of cell INDEX of its executed copy (papermill inserts a parameters cell)."""
+    import nbformat
+
+    cells = nbformat.read(executed, as_version=4).cells
+    injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in cells[:index])
+    return index - injected
+
+
 def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, out_dir: Path | None = None,
                  progress: bool = True) -> NotebookResult:
     """Execute one notebook with papermill; never raises for a failing notebook, the result says what failed."""
@@ -89,8 +98,9 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         result.status = PASS
     except pm.PapermillExecutionError as exc:
         result.status = FAIL
-        result.failed_cell = exc.cell_index
-        result.error = f"cell {exc.cell_index} (execution {exc.exec_count}): {exc.ename}: {exc.evalue}"
+        result.failed_cell = source_cell_index(out, exc.cell_index)
+        first_line = next((line for line in exc.source.splitlines() if line.strip()), "")
+        result.error = (f"cell {result.failed_cell} (`{first_line[:60]}`): {exc.ename}: {exc.evalue}")
     except Exception as exc:  # kernel died, timeout, bad notebook: still a failed notebook, with the reason
         result.status = FAIL
         result.error = f"{type(exc).__name__}: {exc}"

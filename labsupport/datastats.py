@@ -135,14 +135,11 @@ def show_samples(source: str | os.PathLike | list, image_root: str | os.PathLike
     return fig
 
 
-def load_tokenizer(model_path: str = "tiny") -> Any:
-    """The tokenizer of MODEL_PATH for length checks; for "tiny", an ApproxTokenizer until the tiny model's is wired in."""
-    if model_path == "tiny":
-        # TODO(lead): return the embedded tiny model's tokenizer (labsupport.tinymodel, H1) once it is in main.
-        print("note: lengths use an approximate tokenizer (1 token per word, digit, symbol or CJK character)")
-        return ApproxTokenizer()
+def load_tokenizer(model_path: str = "tiny", artifacts: str | Path | None = None) -> Any:
+    """The tokenizer of MODEL_PATH ("tiny" = the embedded model's, built if needed) for length checks."""
     from transformers import AutoTokenizer
 
-    if not Path(model_path).is_dir():
-        raise FileNotFoundError(f"MODEL_PATH {model_path!r} is not a folder: give the folder of a real InternVL2 checkpoint, or 'tiny'")
+    from labsupport.tinymodel import resolve_model
+
+    model_path = resolve_model(model_path, artifacts)
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)

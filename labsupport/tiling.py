@@ -105,7 +105,7 @@ def tile_plan(width: int, height: int, min_num: int = 1, max_num: int = 12, imag
 
 def count_tiles(width: int, height: int, min_num: int = 1, max_num: int = 12, use_thumbnail: bool = True,
                 image_size: int = IMAGE_SIZE) -> int:
-    """How many tiles (thumbnail included) a WIDTH x HEIGHT image becomes."""
+    """How many tiles a WIDTH x HEIGHT image becomes (thumbnail on by default, as InternVL2 chat and training use)."""
     return tile_plan(width, height, min_num, max_num, image_size, use_thumbnail).num_tiles
 
 

@@ -18,10 +18,15 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoints import write_json_atomic
 from .paths import artifacts_dir
 from .remote_code import REMOTE_CODE_DIR, REMOTE_CODE_FILES
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
 
 TINY_NAME = "internvl2-tiny"
 CORPUS = Path(__file__).resolve().parent / "data" / "tokenizer_corpus.txt"
@@ -78,7 +83,7 @@ def _stamp(seed: int) -> str:
     return h.hexdigest()
 
 
-def train_tokenizer(corpus: Path = CORPUS, vocab_size: int = TINY_SETTINGS["tokenizer_vocab_size"]):
+def train_tokenizer(corpus: Path = CORPUS, vocab_size: int = TINY_SETTINGS["tokenizer_vocab_size"]) -> "Tokenizer":
     """Train the byte-level BPE tokenizer (a tokenizers.Tokenizer) on the course corpus; deterministic."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -96,7 +101,7 @@ def train_tokenizer(corpus: Path = CORPUS, vocab_size: int = TINY_SETTINGS["toke
     return tok
 
 
-def _write_tokenizer(tok, out: Path) -> int:
+def _write_tokenizer(tok: "Tokenizer", out: Path) -> int:
     """Write tokenizer.json and tokenizer_config.json (a PreTrainedTokenizerFast); return the vocab size."""
     (out / "tokenizer.json").write_text(tok.to_str(pretty=True), encoding="utf-8")
     config = {
@@ -208,6 +213,9 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, fo
             return out
     except (FileNotFoundError, KeyError, ValueError):
         pass  # no stamp or an unreadable one: build
+    if out.is_dir() and any(out.iterdir()) and not (out / STAMP_FILE).exists():
+        raise FileExistsError(f"{out} exists and was not written by build_tiny_model (no {STAMP_FILE}); "
+                              "refusing to overwrite it. Choose another out_dir or delete that folder yourself.")
     started = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -275,7 +283,7 @@ def _check_remote_code_name(path: Path) -> None:
             "Rename the folder (e.g. replace '.' with '_') and set MODEL_PATH to the new name.")
 
 
-def parameter_counts(model) -> dict:
+def parameter_counts(model: "torch.nn.Module") -> dict[str, int]:
     """Number of parameters of an InternVLChatModel by part: vision_model, mlp1, language_model, total."""
     parts = {name: sum(p.numel() for p in getattr(model, name).parameters())
              for name in ("vision_model", "mlp1", "language_model")}

@@ -150,6 +150,8 @@ def _strings(obj: Any):
 
 def count_text_tokens(tokenizer: Any, text: str) -> int:
     """Tokens of TEXT with an HF tokenizer (transformers) or a `tokenizers.Tokenizer`."""
+    # Lone surrogates (reported as non_utf8_text) would make a fast tokenizer raise: count them as "?".
+    text = text.encode("utf-8", "replace").decode("utf-8")
     if hasattr(tokenizer, "encode") and not callable(getattr(tokenizer, "__call__", None)):
         return len(tokenizer.encode(text).ids)
     try:

@@ -29,7 +29,8 @@ def test_failing_cell_is_named(tmp_path, need_kernel):
     result = course.run_notebook(nb, tmp_path / "art", progress=False)
     assert result.status == "fail"
     assert "injected failure" in result.error and "ValueError" in result.error
-    assert result.failed_cell is not None and "cell" in result.error
+    assert result.failed_cell == 3, "cell 3 of the committed notebook is the one that raised"
+    assert "cell 3" in result.error and "raise ValueError" in result.error
     assert (tmp_path / "art" / "executed" / "98_broken.ipynb").exists()
 
 

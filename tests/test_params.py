@@ -113,3 +113,17 @@ def test_main_prints_the_table(capsys):
     out = capsys.readouterr().out
     for name in ("InternVL2-1B", "InternVL2-2B", "InternVL2-4B", "InternVL2-8B"):
         assert name in out
+
+
+def test_tiny_model_count_matches_its_architecture():
+    from labsupport import tinymodel
+    from labsupport.remote_code.configuration_internvl_chat import InternVLChatConfig
+    from labsupport.remote_code.modeling_internvl_chat import InternVLChatModel
+
+    cfg = tinymodel.tiny_config(vocab_size=1000)
+    counts = params.count_parameters(cfg)
+    with torch.device("meta"):
+        model = InternVLChatModel(InternVLChatConfig(**cfg))
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["vit"] == sum(p.numel() for p in model.vision_model.parameters())
+    assert counts["projector"] == sum(p.numel() for p in model.mlp1.parameters())

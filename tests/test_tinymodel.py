@@ -85,6 +85,11 @@ def test_build_is_deterministic_and_stamped(tiny, tmp_path):
     before = (again / "model.safetensors").stat().st_mtime_ns
     assert build_tiny_model(tmp_path / "same", seed=0) == tmp_path / "same"
     assert (again / "model.safetensors").stat().st_mtime_ns == before, "an up-to-date build must be skipped"
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("a learner's file")
+    with pytest.raises(FileExistsError, match="refusing"):
+        build_tiny_model(tmp_path / "precious")
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "a learner's file"
 
 
 def test_resolve_model(tiny, tmp_path):

@@ -169,3 +169,14 @@ def test_template_tokens_are_added_to_lengths(tmp_path, root):
     plain = run(tmp_path, root, good(1), tokenizer=ApproxTokenizer())
     more = run(tmp_path, root, good(1), tokenizer=ApproxTokenizer(), template_tokens=30, max_length=plain.lengths[0] + 10)
     assert more.lengths[0] == plain.lengths[0] + 30 and [p.kind for p in more.problems] == ["too_long", "too_long"]
+
+
+def test_lone_surrogates_are_counted_with_a_real_fast_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "?": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert V.count_text_tokens(fast, "a \ud800 a") == 3

@@ -7,6 +7,7 @@ transformers: LMDeploy uses the machine's transformers 5.x; XTuner needs transfo
 
 * lmdeploy: the official 0.18.0 wheel minus its 350 MB TurboMind library (the PyTorch engine is
   pure Python), plus the small packages the machine lacks, and what `api_server` needs.
+* jupyter: papermill and ipykernel, so notebook 06 itself runs there with BACKEND="lmdeploy".
 * xtuner: xtuner 0.2.0 and the transformers 4.48 stack, deepspeed 0.16.2 (a wheel built here with
   DS_BUILD_OPS=0, it is an sdist on PyPI), and bitsandbytes 0.50.2 (the first with a CUDA 13
   library) trimmed to its CPU and cuda130 libraries.
@@ -35,11 +36,17 @@ LMDEPLOY = ["lmdeploy==0.18.0", "mmengine-lite==0.10.7", "pybase64", "pyzmq", "x
             "shortuuid", "addict", "yapf", "termcolor", "platformdirs", "pydantic==2.12.5", "pydantic-core==2.41.5",
             "annotated-types", "typing-inspection", "partial-json-parser", "fire",
             # api_server
-            "openai", "jiter", "distro", "sniffio", "fastapi", "starlette", "uvicorn"]
+            "openai==2.45.0", "jiter", "distro", "sniffio", "fastapi==0.120.0", "starlette==0.48.0", "annotated-doc", "uvicorn"]
 XTUNER = ["xtuner==0.2.0", "transformers==4.48.0", "tokenizers==0.21.4", "huggingface-hub==0.36.2", "mmengine==0.10.6",
           "addict", "yapf", "platformdirs", "termcolor", "datasets==5.0.1", "dill", "multiprocess", "loguru",
           "openpyxl", "et-xmlfile", "hjson", "py-cpuinfo", "pydantic==2.12.5", "pydantic-core==2.41.5",
           "annotated-types", "typing-inspection", "peft==0.14.0", "bitsandbytes==0.50.2", "xxhash"]
+# papermill and a Jupyter kernel, to run notebook 06 itself on the machine (BACKEND="lmdeploy")
+JUPYTER = ["papermill", "nbclient", "nbformat", "jupyter-client", "jupyter-core", "ipykernel", "traitlets", "tornado", "comm",
+           "debugpy", "ipython", "ipython-pygments-lexers", "jedi", "parso", "prompt-toolkit", "wcwidth", "pexpect",
+           "ptyprocess", "stack-data", "executing", "asttokens", "pure-eval", "decorator", "matplotlib-inline",
+           "nest-asyncio2", "fastjsonschema", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py",
+           "entrypoints", "tenacity", "platformdirs", "pyzmq"]
 SDISTS = {"xtuner": ["deepspeed==0.16.2", "transformers-stream-generator==0.0.5"]}
 
 
@@ -83,7 +90,7 @@ def drop_from_wheel(whl: Path, keep) -> None:
 
 
 def main() -> int:
-    for group, names in (("lmdeploy", LMDEPLOY), ("xtuner", XTUNER)):
+    for group, names in (("lmdeploy", LMDEPLOY), ("xtuner", XTUNER), ("jupyter", JUPYTER)):
         dest = OUT / group
         dest.mkdir(parents=True, exist_ok=True)
         download(names, dest)
@@ -94,7 +101,7 @@ def main() -> int:
     for whl in (OUT / "xtuner").glob("bitsandbytes-*.whl"):
         drop_from_wheel(whl, lambda n: not n.endswith(".so") or "cpu" in n or "cuda130" in n)
     total = 0
-    for group in ("lmdeploy", "xtuner"):
+    for group in ("lmdeploy", "xtuner", "jupyter"):
         size = sum(f.stat().st_size for f in (OUT / group).glob("*.whl"))
         total += size
         print(f"{group}: {len(list((OUT / group).glob('*.whl')))} wheels, {size / 2**20:.1f} MiB")

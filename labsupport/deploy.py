@@ -1,0 +1,615 @@
+"""Deploy an InternVL2 checkpoint: one small chat interface shaped like LMDeploy's pipeline API.
+
+    pipe = deploy.pipeline(model_dir, backend="auto")        # LMDeploy on a CUDA GPU, else transformers
+    pipe(("What colour are the objects?", "plate.jpg")).text  # one query with an image
+    pipe([("Colour?", img1), ("Shape?", img2)])               # a batch -> list of replies
+    sess = pipe.chat(("What colour?", img))                   # a multi-turn session ...
+    sess = pipe.chat("And how many are there?", session=sess) # ... that remembers the image and the answers
+    sess.response.text, sess.history
+
+Backends:
+- "lmdeploy": `lmdeploy.pipeline` (PyTorch engine by default; TurboMind when asked and built). It needs CUDA.
+- "transformers": the checkpoint's own remote-code `chat()` / `batch_chat()`; runs on a CPU.
+- "auto": LMDeploy when CUDA and lmdeploy are there, else transformers; `pipe.reason` says why.
+
+The chat template always comes from the checkpoint's tokenizer and is handed to LMDeploy explicitly
+(`ChatTemplateConfig(model_name="hf", model_path=...)`), so it is never guessed from the folder name
+(the cause of fine-tuned models that never stop, lmdeploy#2150, #1495, #2120).
+
+Scripts that start a pipeline need an `if __name__ == "__main__":` guard (LMDeploy may spawn processes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+BACKENDS = ("auto", "lmdeploy", "transformers")
+ENGINES = ("pytorch", "turbomind", "auto")
+# What LMDeploy writes where an image goes before applying the chat template; it then repeats
+# <IMG_CONTEXT> once per image token (256 per tile). The model's own chat() does the same with "<image>\n".
+IMAGE_PLACEHOLDER = "<img><IMG_CONTEXT></img>\n"
+
+# ---- the artifacts this notebook reads: the ONE place to change their paths ------------------------
+FINETUNED_MODEL = "models/internvl2-tiny-finetuned"  # under ARTIFACTS, written by notebook 05 for MODEL_PATH "tiny"
+# (for real weights notebook 05 writes models/<base folder name>-finetuned: the rule of labsupport.compare.finetuned_dir)
+COURSE_TASK = "data/plates"                           # under ARTIFACTS, built by labsupport.datasets
+
+
+def base_model_dir(model_path: str = "tiny", artifacts: str | os.PathLike | None = None) -> Path:
+    """The base model folder for MODEL_PATH ("tiny" builds the miniature model under ARTIFACTS; else a checkpoint folder)."""
+    from labsupport.tinymodel import resolve_model
+
+    return Path(resolve_model(model_path, artifacts))
+
+
+def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike,
+                        model_path: str = "tiny") -> tuple[Path, str]:
+    """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing, with a sentence saying which and why."""
+    name = FINETUNED_MODEL if str(model_path).strip().lower() == "tiny" else f"models/{Path(model_path).name}-finetuned"
+    candidate = Path(artifacts) / name
+    if (candidate / "config.json").is_file():
+        return candidate.resolve(), f"fine-tuned model from notebook 05: {candidate}"
+    return Path(base), (f"no fine-tuned model at {candidate} (run notebook 05 first); "
+                        f"using the base model {base} in its place, so both columns will agree")
+
+
+# ---- generation settings -------------------------------------------------------------------------
+@dataclass
+class GenSettings:
+    """Generation settings shared by both backends (temperature 0 = greedy, the same answer every time)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature={self.temperature} is outside [0, 2]: 0 is greedy, 0.7 is usual for chat")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]: 1.0 keeps every token, 0.9 the likeliest 90 %")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+
+    @property
+    def sampling(self) -> bool:
+        """True when tokens are sampled (temperature > 0) instead of picked greedily."""
+        return self.temperature > 0
+
+    def to_transformers(self) -> dict:
+        """The `generation_config` dict the model's chat()/batch_chat() pass to `generate`."""
+        cfg: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sampling,
+                               "repetition_penalty": self.repetition_penalty}
+        if self.sampling:
+            cfg.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:  # transformers warns when sampling knobs are set for greedy decoding
+            cfg.update(temperature=None, top_p=None, top_k=None)
+        return cfg
+
+    def to_lmdeploy(self) -> "lmdeploy.GenerationConfig":
+        """The same settings as an `lmdeploy.GenerationConfig`."""
+        from lmdeploy import GenerationConfig
+
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.sampling,
+                                temperature=self.temperature if self.sampling else 1.0, top_p=self.top_p,
+                                top_k=self.top_k, repetition_penalty=self.repetition_penalty,
+                                random_seed=self.seed)
+
+
+@dataclass
+class Reply:
+    """One answer: its text, how long it took, and which backend produced it (`.text` as in LMDeploy's Response)."""
+
+    text: str
+    seconds: float
+    backend: str
+
+
+# ---- choosing a backend --------------------------------------------------------------------------
+def cuda_available() -> bool:
+    """True when torch sees a CUDA GPU."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def lmdeploy_version() -> str | None:
+    """The installed lmdeploy version, or None (found without importing it: the import takes seconds)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("lmdeploy")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def choose_backend(backend: str = "auto") -> tuple[str, str]:
+    """Resolve BACKEND to "lmdeploy" or "transformers" and say why; raises when "lmdeploy" cannot run here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"BACKEND={backend!r}: choose one of {BACKENDS}")
+    version, cuda = lmdeploy_version(), cuda_available()
+    if backend == "transformers":
+        return "transformers", "BACKEND='transformers' asked for the model's own chat() through transformers"
+    if version and cuda:
+        return "lmdeploy", f"lmdeploy {version} is installed and a CUDA GPU is visible"
+    missing = "no CUDA GPU is visible" if not cuda else "lmdeploy is not installed in this environment"
+    if backend == "lmdeploy":
+        raise RuntimeError(f"BACKEND='lmdeploy' cannot run here: {missing}. LMDeploy's engines need an NVIDIA GPU; "
+                           "use BACKEND='auto' or 'transformers' on this machine (the kernel internvl-deploy "
+                           "has lmdeploy 0.18 installed).")
+    return "transformers", f"{missing}, and LMDeploy's engines need one: falling back to the model's own chat()"
+
+
+# ---- the chat template ---------------------------------------------------------------------------
+def read_chat_template(model_dir: str | os.PathLike) -> str:
+    """The Jinja chat template the checkpoint's tokenizer ships (raises, with the fix, when there is none)."""
+    model_dir = Path(model_dir)
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg_file = model_dir / "tokenizer_config.json"
+    template = None
+    if cfg_file.is_file():
+        template = json.loads(cfg_file.read_text(encoding="utf-8")).get("chat_template")
+    if not template:
+        raise ValueError(
+            f"{model_dir} has no chat template (neither chat_template.jinja nor a 'chat_template' key in "
+            "tokenizer_config.json). LMDeploy 0.18 would silently fall back to a bare template and the model would "
+            "not know where its turn ends. Copy tokenizer_config.json (with chat_template) from the base model "
+            "into this folder.")
+    return template if isinstance(template, str) else template[0]["template"]
+
+
+def render_prompt(tokenizer, question: str, history: Sequence[tuple[str, str]] = (), image: bool = True) -> str:
+    """The text prompt the chat template makes of HISTORY + QUESTION (image placeholder on the first user turn)."""
+    messages = []
+    for i, (old_q, old_a) in enumerate(history):
+        prefix = IMAGE_PLACEHOLDER if image and i == 0 else ""
+        messages += [{"role": "user", "content": prefix + old_q}, {"role": "assistant", "content": old_a}]
+    prefix = IMAGE_PLACEHOLDER if image and not history else ""
+    messages.append({"role": "user", "content": prefix + question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def model_prompt(model_dir: str | os.PathLike, question: str, history: Sequence[tuple[str, str]] = (),
+                 image: bool = True) -> str:
+    """The prompt the checkpoint's own chat() builds (its conversation.py template named in config.json)."""
+    import importlib.util
+    import sys
+
+    model_dir = Path(model_dir)
+    source = model_dir / "conversation.py"
+    if not source.is_file():
+        raise FileNotFoundError(f"{model_dir} has no conversation.py: it is not in the official InternVL2 remote-code "
+                                "format (notebook 05's converter copies it next to the weights)")
+    spec = importlib.util.spec_from_file_location(f"_labsupport_conv_{abs(hash(str(model_dir)))}", source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    conv = module.get_conv_template(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["template"])
+    for i, (old_q, old_a) in enumerate(history):
+        conv.append_message(conv.roles[0], (IMAGE_PLACEHOLDER if image and i == 0 else "") + old_q)
+        conv.append_message(conv.roles[1], old_a)
+    conv.append_message(conv.roles[0], (IMAGE_PLACEHOLDER if image and not history else "") + question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def chat_template_config(model_dir: str | os.PathLike) -> "lmdeploy.ChatTemplateConfig":
+    """LMDeploy's ChatTemplateConfig that uses the checkpoint's own tokenizer template ("hf"), never a name guess."""
+    from lmdeploy import ChatTemplateConfig
+
+    read_chat_template(model_dir)  # fail early, with the fix, when the tokenizer has no template
+    return ChatTemplateConfig(model_name="hf", model_path=str(model_dir))
+
+
+def engine_config(model_dir: str | os.PathLike, engine: str = "pytorch", cache_max_entry_count: float = 0.4,
+                  session_len: int | None = None) -> "lmdeploy.PytorchEngineConfig | lmdeploy.TurbomindEngineConfig":
+    """LMDeploy's engine config: PytorchEngineConfig, or TurbomindEngineConfig ("auto": TurboMind when it supports the model)."""
+    from lmdeploy import PytorchEngineConfig, TurbomindEngineConfig
+
+    if engine not in ENGINES:
+        raise ValueError(f"ENGINE={engine!r}: choose one of {ENGINES}")
+    if engine == "auto":
+        from lmdeploy.archs import autoget_backend
+
+        engine = autoget_backend(str(model_dir), trust_remote_code=True)
+    cls = TurbomindEngineConfig if engine == "turbomind" else PytorchEngineConfig
+    return cls(tp=1, session_len=session_len, cache_max_entry_count=cache_max_entry_count)
+
+
+# ---- images --------------------------------------------------------------------------------------
+def as_image(image) -> "PIL.Image.Image":
+    """A PIL RGB image from a PIL image or a path (raises a learner-readable error for non-images)."""
+    from labsupport.tiling import open_image
+
+    return open_image(image)
+
+
+def _split(query) -> tuple[str, Any]:
+    """(question, image or None) from a str or a (question, image) / (image, question) pair."""
+    if isinstance(query, str):
+        return query, None
+    if isinstance(query, tuple) and len(query) == 2:
+        a, b = query
+        return (a, b) if isinstance(a, str) and not _looks_like_image_path(a) else (b, a)
+    raise TypeError(f"a query is a str or a (question, image) pair, not {type(query).__name__}: {query!r:.80}")
+
+
+def _same_image(a, b) -> bool:
+    """True when A and B are the same object or the same file path."""
+    if a is b:
+        return True
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        return Path(a).resolve() == Path(b).resolve()
+    return False
+
+
+def _looks_like_image_path(text: str) -> bool:
+    """True when TEXT is the path of an existing file with an image suffix."""
+    return Path(text).suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"} and Path(text).exists()
+
+
+# ---- backends ------------------------------------------------------------------------------------
+class _Transformers:
+    """The checkpoint's remote-code chat()/batch_chat() through transformers."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, device: str, max_tiles: int):
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        self.device = device
+        self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+        dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in 5.0
+        self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
+        self.model = self.model.eval().to(device)
+        self.max_tiles = max_tiles
+
+    def pixels(self, image) -> "torch.Tensor":
+        """IMAGE tiled and normalised as InternVL2's chat does, on the model's device and dtype."""
+        from labsupport.tiling import load_image
+
+        return load_image(as_image(image), max_num=self.max_tiles).to(self.device, self.dtype)
+
+    def _seed(self, gen: GenSettings) -> None:
+        if gen.seed is not None:
+            import torch
+
+            torch.manual_seed(gen.seed)
+
+    def one(self, question: str, image, gen: GenSettings) -> str:
+        """One answer through the model's chat()."""
+        self._seed(gen)
+        pv = self.pixels(image) if image is not None else None
+        return self.model.chat(self.tokenizer, pv, question, gen.to_transformers())
+
+    def many(self, queries: list[tuple[str, Any]], gen: GenSettings) -> list[str]:
+        """Answers through batch_chat() when every query has an image, else one chat() each."""
+        if not queries or any(img is None for _, img in queries):  # batch_chat expects an image per question
+            return [self.one(q, img, gen) for q, img in queries]
+        import torch
+
+        self._seed(gen)
+        pvs = [self.pixels(img) for _, img in queries]
+        return self.model.batch_chat(self.tokenizer, torch.cat(pvs), [q for q, _ in queries], gen.to_transformers(),
+                                     num_patches_list=[len(p) for p in pvs])
+
+    def turn(self, state: dict, question: str, image, gen: GenSettings) -> str:
+        """One chat turn; STATE keeps the model-side history and the image's pixels."""
+        self._seed(gen)
+        if image is not None:
+            state["pixels"] = self.pixels(image)
+            if state.get("history"):  # an image arriving after text-only turns: say where it goes
+                question = "<image>\n" + question
+        answer, state["history"] = self.model.chat(self.tokenizer, state.get("pixels"), question,
+                                                   gen.to_transformers(), history=state.get("history") or None,
+                                                   return_history=True)
+        return answer
+
+    def close(self) -> None:
+        """Drop the model."""
+        self.model = None
+
+
+class _LMDeploy:
+    """LMDeploy's pipeline with the checkpoint's chat template passed explicitly."""
+
+    name = "lmdeploy"
+
+    def __init__(self, model_dir: Path, engine: str, cache_max_entry_count: float, session_len: int | None,
+                 max_tiles: int):
+        from lmdeploy import pipeline
+
+        self.max_tiles = max_tiles
+        self.backend_config = engine_config(model_dir, engine, cache_max_entry_count, session_len)
+        self.template = chat_template_config(model_dir)
+        self.pipe = pipeline(str(model_dir), backend_config=self.backend_config,
+                             chat_template_config=self.template, trust_remote_code=True, log_level="ERROR")
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+
+    def message(self, question: str, image) -> list[dict]:
+        """An OpenAI-style user message, image FIRST so the prompt reads like the training data ("<img>...</img>\\nQ")."""
+        if image is None:
+            return [{"role": "user", "content": question}]
+        picture = {"data": as_image(image), "max_dynamic_patch": self.max_tiles}  # LMDeploy's InternVL reads this
+        return [{"role": "user", "content": [{"type": "image_data", "image_data": picture},
+                                             {"type": "text", "text": question}]}]
+
+    def one(self, question: str, image, gen: GenSettings) -> str:
+        """One answer through the pipeline."""
+        return self.pipe(self.message(question, image), gen_config=gen.to_lmdeploy()).text
+
+    def many(self, queries: list[tuple[str, Any]], gen: GenSettings) -> list[str]:
+        """Answers to a batch in one pipeline call (LMDeploy schedules them together)."""
+        replies = self.pipe([self.message(q, img) for q, img in queries], gen_config=gen.to_lmdeploy())
+        return [r.text for r in replies]
+
+    def turn(self, state: dict, question: str, image, gen: GenSettings) -> str:
+        """One chat turn through pipe.chat; STATE keeps LMDeploy's Session."""
+        prompt = self.message(question, image) if image is not None else question
+        state["session"] = self.pipe.chat(prompt, session=state.get("session"), gen_config=gen.to_lmdeploy())
+        return state["session"].response.text
+
+    def close(self) -> None:
+        """Stop the engine and its event-loop thread."""
+        self.pipe.close()
+
+
+# ---- the public interface ------------------------------------------------------------------------
+@dataclass
+class Session:
+    """A multi-turn conversation about (at most) one image; `history` holds (question, answer) pairs."""
+
+    pipe: "ChatPipeline"
+    image: Any = None
+    history: list[tuple[str, str]] = field(default_factory=list)
+    response: Reply | None = None
+    _state: dict = field(default_factory=dict, repr=False)
+
+    def ask(self, question: str, image=None, gen: GenSettings | None = None) -> str:
+        """Ask QUESTION (with IMAGE on the turn that introduces it); returns the answer and remembers both."""
+        if image is not None and self.image is not None and not _same_image(image, self.image):
+            raise ValueError("this session already has an image; InternVL2's chat keeps one image per conversation: "
+                             "start a new one with pipe.session() (the demo does so when you upload a new image)")
+        new_image = image if image is not None and self.image is None else None
+        start = time.time()
+        text = self.pipe._backend.turn(self._state, question, new_image, gen or self.pipe.gen)
+        if new_image is not None:
+            self.image = new_image
+        self.history.append((question, text))
+        self.response = Reply(text, round(time.time() - start, 3), self.pipe.backend)
+        return text
+
+    def context_turns(self) -> int:
+        """How many turns the backend itself holds for this conversation (what the next answer is conditioned on)."""
+        if "session" in self._state:  # LMDeploy's Session keeps (prompt, answer) pairs
+            return len(self._state["session"].history)
+        return len(self._state.get("history") or [])
+
+    def context_has_image(self) -> bool:
+        """True when the backend's copy of the conversation carries the image (pixels or an image message)."""
+        if "session" in self._state:
+            return any(isinstance(p, list) and "image_data" in json.dumps(p, default=str)
+                       for p, _ in self._state["session"].history)
+        return self._state.get("pixels") is not None and any("<image>" in q for q, _ in self._state.get("history") or [])
+
+
+class ChatPipeline:
+    """A chat interface to one checkpoint with the shape of LMDeploy's pipeline (see the module docstring)."""
+
+    def __init__(self, model_dir: str | os.PathLike, backend: str = "auto", gen: GenSettings | None = None,
+                 device: str = "auto", engine: str = "pytorch", name: str = "", max_tiles: int | None = None,
+                 cache_max_entry_count: float = 0.4, session_len: int | None = None):
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{self.model_dir} has no config.json: point it at a checkpoint folder in the "
+                                    "official InternVL2 format (the one notebook 05 writes, or a downloaded model)")
+        self.name = name or self.model_dir.name
+        self.backend, self.reason = choose_backend(backend)
+        self.gen = gen or GenSettings()
+        config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        self.max_tiles = max_tiles or int(config.get("max_dynamic_patch", 12))  # what LMDeploy uses too
+        start = time.time()
+        if self.backend == "lmdeploy":
+            self._backend: Any = _LMDeploy(self.model_dir, engine, cache_max_entry_count, session_len, self.max_tiles)
+        else:
+            from labsupport.paths import pick_device
+
+            self._backend = _Transformers(self.model_dir, pick_device(device), self.max_tiles)
+        self.load_seconds = round(time.time() - start, 2)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer (its chat template is the one every backend uses)."""
+        return self._backend.tokenizer
+
+    def __call__(self, prompts, gen: GenSettings | None = None):
+        """Like `lmdeploy.pipeline(...)(prompts)`: a str or (question, image) -> Reply; a list of them -> list of Reply."""
+        gen = gen or self.gen
+        start = time.time()
+        if isinstance(prompts, list):
+            queries = [_split(p) for p in prompts]
+            texts = self._backend.many(queries, gen) if queries else []
+            each = round((time.time() - start) / max(len(texts), 1), 3)
+            return [Reply(t, each, self.backend) for t in texts]
+        question, image = _split(prompts)
+        text = self._backend.one(question, image, gen)
+        return Reply(text, round(time.time() - start, 3), self.backend)
+
+    def ask(self, question: str, image=None, gen: GenSettings | None = None) -> str:
+        """One question (about IMAGE, a path or PIL image, if given) -> the answer text."""
+        return self((question, image) if image is not None else question, gen).text
+
+    def batch(self, queries: Sequence, gen: GenSettings | None = None) -> list[str]:
+        """Answers to a list of str / (question, image) queries, in one batched call where the backend can."""
+        return [r.text for r in self(list(queries), gen)]
+
+    def session(self) -> Session:
+        """A new, empty multi-turn session."""
+        return Session(self)
+
+    def chat(self, prompt, session: Session | None = None, gen: GenSettings | None = None) -> Session:
+        """Like `lmdeploy` `pipe.chat`: one turn (a str or (question, image)) in SESSION (a new one if None); returns it."""
+        session = session or self.session()
+        question, image = _split(prompt)
+        session.ask(question, image, gen)
+        return session
+
+    def prompt_for(self, question: str, history: Sequence[tuple[str, str]] = (), image: bool = True) -> str:
+        """The prompt the checkpoint's chat template renders (what LMDeploy feeds its engine, before image tokens)."""
+        return render_prompt(self.tokenizer, question, history, image)
+
+    def describe(self) -> str:
+        """One line: model, backend and why."""
+        return f"{self.name}: backend {self.backend} ({self.reason}); loaded in {self.load_seconds:.1f} s"
+
+    def close(self) -> None:
+        """Free the model (LMDeploy: stop its engine and event-loop thread)."""
+        self._backend.close()
+
+    def __enter__(self) -> "ChatPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def pipeline(model_dir: str | os.PathLike, backend: str = "auto", **kwargs) -> ChatPipeline:
+    """Open MODEL_DIR for chat with BACKEND ("auto" | "lmdeploy" | "transformers"); see ChatPipeline for options."""
+    return ChatPipeline(model_dir, backend=backend, **kwargs)
+
+
+def guessed_template(model_dir: str | os.PathLike) -> str:
+    """The chat template name LMDeploy would pick for MODEL_DIR WITHOUT a ChatTemplateConfig (matched on the path)."""
+    from lmdeploy.model import MODELS
+
+    for name, template in MODELS.module_dict.items():
+        if template.match(str(model_dir), trust_remote_code=True):
+            return name
+    return "base"
+
+
+# ---- OpenAI-compatible serving -------------------------------------------------------------------
+def image_data_url(image, fmt: str = "JPEG") -> str:
+    """IMAGE (path or PIL) as a base64 data: URL, the way OpenAI-style clients send a local picture."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    as_image(image).save(buf, format=fmt)
+    mime = "jpeg" if fmt.upper() == "JPEG" else fmt.lower()
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def openai_messages(question: str, image=None) -> list[dict]:
+    """A one-turn chat-completions `messages` list: the image (as a data URL) first, then the question."""
+    if image is None:
+        return [{"role": "user", "content": question}]
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                                         {"type": "text", "text": question}]}]
+
+
+def api_server_command(model_dir: str | os.PathLike, port: int, host: str = "127.0.0.1", model_name: str = "",
+                       engine: str = "pytorch", cache_max_entry_count: float = 0.4,
+                       session_len: int | None = None) -> list[str]:
+    """The `lmdeploy serve api_server` command line (this Python's lmdeploy; the chat template named explicitly)."""
+    import sys
+
+    if engine == "auto":
+        from lmdeploy.archs import autoget_backend
+
+        engine = autoget_backend(str(model_dir), trust_remote_code=True)
+    read_chat_template(model_dir)
+    cmd = [sys.executable, "-m", "lmdeploy", "serve", "api_server", str(model_dir),
+           "--server-name", host, "--server-port", str(port), "--backend", engine, "--tp", "1",
+           "--trust-remote-code", "--chat-template", "hf",  # "hf" = the tokenizer's own template, never a guess
+           "--cache-max-entry-count", str(cache_max_entry_count), "--log-level", "ERROR"]
+    if model_name:
+        cmd += ["--model-name", model_name]
+    if session_len:
+        cmd += ["--session-len", str(session_len)]
+    return cmd
+
+
+def start_server(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None) -> "subprocess.Popen":
+    """Start a server command as a child process in its own process group, output to LOG_PATH (ENV: its environment)."""
+    import subprocess
+
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")
+    try:
+        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    finally:
+        log.close()  # the child keeps its own handle
+
+
+def wait_until_healthy(base_url: str, proc, timeout: float = 600, log_path: str | os.PathLike | None = None,
+                       path: str = "/health") -> float:
+    """Poll BASE_URL+PATH until it answers 200; returns the seconds waited (raises with the log's tail if it dies)."""
+    import urllib.error
+    import urllib.request
+
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it became healthy. "
+                               f"Last lines of its log ({log_path}):\n{tail}")
+        try:
+            with urllib.request.urlopen(base_url.rstrip("/") + path, timeout=5) as resp:
+                if resp.status == 200:
+                    return round(time.time() - start, 1)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{base_url}{path} did not answer within {timeout:.0f} s; see {log_path}")
+
+
+def stop_server(proc, timeout: float = 30) -> int:
+    """Stop a server started by start_server: Ctrl-C first (clean shutdown), then terminate, then kill; returns its exit code."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=timeout)
+        except Exception:  # subprocess.TimeoutExpired: escalate to the next signal
+            continue
+    return proc.wait()
+
+
+def cpu_server_support(model_dir: str | os.PathLike) -> tuple[bool, str]:
+    """Whether `transformers serve` (the OpenAI-compatible server transformers ships) can load MODEL_DIR, and why."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    multimodal = getattr(modeling_auto, "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES", {})  # transformers 5.x
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    arch, model_type = (config.get("architectures") or ["?"])[0], config.get("model_type", "?")
+    if model_type in multimodal or hasattr(transformers, arch):
+        return True, f"transformers {transformers.__version__} knows {arch} ({model_type})"
+    return False, (f"`transformers serve` ({transformers.__version__}) loads a model as transformers.{arch} or through "
+                   f"a model type it knows; {arch} (model_type {model_type!r}) is remote code, so it stops with "
+                   f"\"AttributeError: module transformers has no attribute {arch}\" (tried here with 5.23). "
+                   "No library here offers an OpenAI-compatible server for this model on a CPU.")

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# What the course runs on a lent GPU machine (no network; Python 3.12, torch 2.11, transformers 5.x).
+# Prepare here first:  python3 scripts/device/prepare_wheels.py   (writes .whl/, carried with the tree)
+# Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, notebook06
+# Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+REPO=$PWD
+install() {  # install one wheel group into its own folder: the groups need different transformers
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "/tmp/site-$1" .whl/$1/*.whl
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
+for step in "$@"; do
+  echo "=== $step"; start=$(date +%s)
+  case $step in
+    lmdeploy)
+      install lmdeploy || exit 1
+      # build the tiny model with the machine's transformers 5.x (same builder as on a laptop)
+      PYTHONPATH=/tmp/site-lmdeploy:$REPO python3 -c 'from labsupport.tinymodel import build_tiny_model; print(build_tiny_model())' || exit 1
+      PYTHONPATH=/tmp/site-lmdeploy:$REPO python3 scripts/device/lmdeploy_smoke.py artifacts/models/internvl2-tiny "$OUT/lmdeploy.json" 2>&1 | tee "$OUT/lmdeploy.log" | grep -v Warning ;;
+    xtuner)
+      install xtuner || exit 1
+      PYTHONPATH=/tmp/site-xtuner:$REPO python3 scripts/device/xtuner_gpu.py "$OUT" 2>&1 | tee "$OUT/xtuner.log" | tail -60 ;;
+    notebook06)
+      # notebook 06 itself, through the course runner, with LMDeploy's engine; carry artifacts/models
+      # (the tiny and the fine-tuned model from notebooks 04-05) to compare them as a learner would
+      install lmdeploy && install jupyter || exit 1
+      export PYTHONPATH=/tmp/site-jupyter:/tmp/site-lmdeploy:$REPO JUPYTER_PATH=/tmp/kern/share/jupyter MPLBACKEND=Agg
+      python3 -m ipykernel install --prefix /tmp/kern --name internvl-deploy --display-name "Python (internvl-deploy)" >/dev/null
+      python3 -m labsupport.course run --only 06 -p BACKEND lmdeploy 2>&1 | tee "$OUT/notebook06.log" | grep -v "Warming\|Loading weights" | tail -40
+      cp artifacts/executed/06_deploy_lmdeploy.ipynb artifacts/course-report.md "$OUT/" ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+  echo "=== $step took $(( $(date +%s) - start )) s"
+done

@@ -1,0 +1,255 @@
+"""Tests of labsupport.deploy and the demo's request handling (course env; LMDeploy's side in the deploy env)."""
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from labsupport import demo_app, deploy
+from labsupport.datasets import draw_plate
+from labsupport.paths import repo_root
+from labsupport.tinymodel import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "internvl2-tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    return deploy.pipeline(tiny, backend="transformers", gen=deploy.GenSettings(max_new_tokens=4), max_tiles=1)
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "plate.jpg"
+    draw_plate("red", "circle", 3, size=(512, 384), seed=1).save(path)
+    return path
+
+
+# ---- generation settings and backend choice -------------------------------------------------------
+def test_gen_settings_greedy_and_sampling():
+    greedy = deploy.GenSettings(max_new_tokens=5).to_transformers()
+    assert greedy["do_sample"] is False and greedy["max_new_tokens"] == 5 and greedy["temperature"] is None
+    sampled = deploy.GenSettings(temperature=0.7, top_p=0.9, top_k=20).to_transformers()
+    assert sampled["do_sample"] is True and (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 20)
+
+
+@pytest.mark.parametrize("kwargs, word", [({"temperature": 2.5}, "temperature"), ({"top_p": 0.0}, "top_p"),
+                                          ({"max_new_tokens": 0}, "max_new_tokens")])
+def test_gen_settings_reject_bad_values(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        deploy.GenSettings(**kwargs)
+
+
+def test_choose_backend(monkeypatch):
+    monkeypatch.setattr(deploy, "cuda_available", lambda: False)
+    monkeypatch.setattr(deploy, "lmdeploy_version", lambda: "0.18.0")
+    assert deploy.choose_backend("auto")[0] == "transformers"
+    assert "no CUDA GPU" in deploy.choose_backend("auto")[1]
+    with pytest.raises(RuntimeError, match="BACKEND='lmdeploy' cannot run here: no CUDA GPU"):
+        deploy.choose_backend("lmdeploy")
+    monkeypatch.setattr(deploy, "cuda_available", lambda: True)
+    assert deploy.choose_backend("auto")[0] == "lmdeploy"
+    assert deploy.choose_backend("transformers")[0] == "transformers"
+    monkeypatch.setattr(deploy, "lmdeploy_version", lambda: None)
+    assert "not installed" in deploy.choose_backend("auto")[1]
+    with pytest.raises(ValueError, match="choose one of"):
+        deploy.choose_backend("vllm")
+
+
+# ---- chat template and prompts ---------------------------------------------------------------------
+def test_read_chat_template(tiny, tmp_path):
+    assert "<|assistant|>" in deploy.read_chat_template(tiny)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    with pytest.raises(ValueError, match="no chat template"):
+        deploy.read_chat_template(bare)
+    (bare / "chat_template.jinja").write_text("{{ messages }}")
+    assert deploy.read_chat_template(bare) == "{{ messages }}"
+
+
+def test_tokenizer_template_matches_the_models_own_template(pipe, tiny):
+    history = [("What colour are the objects on the plate?", "red")]
+    for hist in ([], history):
+        jinja = deploy.render_prompt(pipe.tokenizer, "How many?", hist)
+        assert jinja == deploy.model_prompt(tiny, "How many?", hist)
+        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|assistant|>\n")
+    assert deploy.IMAGE_PLACEHOLDER not in deploy.render_prompt(pipe.tokenizer, "hi", image=False)
+
+
+def test_split_accepts_both_orders(plate):
+    img = Image.open(plate)
+    assert deploy._split("hi") == ("hi", None)
+    assert deploy._split(("q?", img)) == ("q?", img)
+    assert deploy._split((img, "q?")) == ("q?", img)
+    assert deploy._split((str(plate), "q?")) == ("q?", str(plate))
+    with pytest.raises(TypeError):
+        deploy._split(42)
+
+
+# ---- the transformers backend ----------------------------------------------------------------------
+def test_single_batch_and_greedy_determinism(pipe, plate):
+    reply = pipe(("What colour?", str(plate)))
+    assert isinstance(reply, deploy.Reply) and reply.backend == "transformers" and reply.text.strip()
+    assert pipe.ask("What colour?", plate) == reply.text  # greedy: same question, same answer
+    replies = pipe([("What colour?", str(plate)), ("What shape?", Image.open(plate)), "Hello"])
+    assert len(replies) == 3 and all(isinstance(r.text, str) for r in replies)
+    assert len(pipe.batch([("a?", plate), ("b?", plate)])) == 2
+
+
+def test_session_keeps_context_and_one_image(pipe, plate, tmp_path):
+    sess = pipe.chat(("What colour?", str(plate)))
+    sess = pipe.chat("How many?", session=sess)
+    assert [q for q, _ in sess.history] == ["What colour?", "How many?"]
+    assert sess.context_turns() == 2 and sess.context_has_image()
+    assert sess.response.text == sess.history[-1][1]
+    sess.ask("And the shape?", image=str(plate))  # the same image again is fine
+    other = tmp_path / "other.png"
+    Image.new("RGB", (64, 64), "white").save(other)
+    with pytest.raises(ValueError, match="one image per conversation"):
+        sess.ask("And this one?", image=str(other))
+    text_only = pipe.session()
+    text_only.ask("Hello")
+    assert text_only.context_turns() == 1 and not text_only.context_has_image()
+
+
+def test_pipeline_refuses_a_folder_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        deploy.pipeline(tmp_path, backend="transformers")
+
+
+def test_finetuned_model_dir_falls_back_with_a_reason(tmp_path, tiny):
+    path, why = deploy.finetuned_model_dir(tmp_path, tiny)
+    assert path == Path(tiny) and "run notebook 05" in why
+    target = tmp_path / deploy.FINETUNED_MODEL
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    assert deploy.finetuned_model_dir(tmp_path, tiny)[0] == target.resolve()
+    real = tmp_path / "models" / "InternVL2-2B-finetuned"
+    real.mkdir(parents=True)
+    (real / "config.json").write_text("{}")
+    assert deploy.finetuned_model_dir(tmp_path, tiny, "/data/InternVL2-2B")[0] == real.resolve()
+
+
+# ---- serving helpers -------------------------------------------------------------------------------
+def test_openai_messages_put_the_image_first_as_a_data_url(plate):
+    (msg,) = deploy.openai_messages("What colour?", plate)
+    image_part, text_part = msg["content"]
+    assert text_part == {"type": "text", "text": "What colour?"}
+    header, data = image_part["image_url"]["url"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(data))).size == (512, 384)
+    assert deploy.openai_messages("hi") == [{"role": "user", "content": "hi"}]
+
+
+def test_api_server_command_is_local_and_names_the_template(tiny, tmp_path):
+    cmd = deploy.api_server_command(tiny, 23999, model_name="m")
+    assert cmd[1:5] == ["-m", "lmdeploy", "serve", "api_server"]
+    for flag, value in (("--server-name", "127.0.0.1"), ("--server-port", "23999"), ("--chat-template", "hf"),
+                        ("--backend", "pytorch"), ("--model-name", "m")):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "--trust-remote-code" in cmd
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="no chat template"):
+        deploy.api_server_command(tmp_path, 23999)
+
+
+def test_server_start_health_stop(tmp_path):
+    port = demo_app.free_port()
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    proc = deploy.start_server(cmd, tmp_path / "server.log")
+    try:
+        waited = deploy.wait_until_healthy(f"http://127.0.0.1:{port}", proc, timeout=60, path="/")
+        assert 0 <= waited < 60
+    finally:
+        deploy.stop_server(proc, timeout=10)
+    assert proc.poll() is not None
+    dying = deploy.start_server([sys.executable, "-c", "print('boom', flush=True); raise SystemExit(3)"],
+                                tmp_path / "dying.log")
+    with pytest.raises(RuntimeError, match="(?s)exited with code 3.*boom"):
+        deploy.wait_until_healthy("http://127.0.0.1:9", dying, timeout=60, log_path=tmp_path / "dying.log")
+
+
+def test_cpu_server_support(tiny, tmp_path):
+    ok, reason = deploy.cpu_server_support(tiny)
+    assert not ok and "InternVLChatModel" in reason
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    assert deploy.cpu_server_support(tmp_path)[0]
+
+
+# ---- the demo's request handling (no gradio needed) -----------------------------------------------
+def test_check_image(plate, tmp_path):
+    assert demo_app.check_image(plate) is None
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    message = demo_app.check_image(notes)
+    assert "notes.txt" in message and "not an image" in message and "JPG" in message
+
+
+def test_respond_flow(pipe, plate, tmp_path):
+    models = demo_app.DemoModels({"base": pipe, "fine-tuned": pipe})
+    gen = deploy.GenSettings(max_new_tokens=3)
+    notes = tmp_path / "notes.pdf"
+    notes.write_bytes(b"%PDF-1.4 not an image")
+    history, state = demo_app.respond({"text": "what is this?", "files": [str(notes)]}, [], "base", {}, models, gen)
+    assert "not an image" in history[-1]["content"] and "session" not in state
+    history, state = demo_app.respond({"text": "What colour?", "files": [str(plate)]}, history, "base", state,
+                                      models, gen)
+    assert history[-3]["content"] == {"path": str(plate)} and history[-2]["content"] == "What colour?"
+    assert history[-1]["role"] == "assistant" and state["session"].context_turns() == 1
+    history, state = demo_app.respond({"text": "How many?", "files": []}, history, "base", state, models, gen)
+    assert state["session"].context_turns() == 2
+    history, state = demo_app.respond({"text": "How many?", "files": []}, history, "fine-tuned", state, models, gen)
+    assert any("switched to the fine-tuned model" in str(m["content"]) for m in history)
+    assert state["session"].context_turns() == 1 and state["session"].context_has_image()
+
+
+def test_course_examples_come_from_the_heldout_split(artifacts):
+    examples = demo_app.course_examples(artifacts, n=4)
+    assert len(examples) == 4 and len({q for _, q in examples}) == 4
+    assert all(Path(img).is_file() and "heldout" in Path(img).name for img, _ in examples)
+
+
+# ---- LMDeploy's side, in the deploy environment ---------------------------------------------------
+DEPLOY_SCRIPT = r"""
+import sys
+from labsupport import deploy
+from transformers import AutoTokenizer
+model = sys.argv[1]
+tok = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+template = deploy.chat_template_config(model).chat_template(trust_remote_code=True)
+assert type(template).__name__ == "HFChatTemplate", type(template)
+messages = [{"role": "user", "content": deploy.IMAGE_PLACEHOLDER + "What colour?"},
+            {"role": "assistant", "content": "red"}, {"role": "user", "content": "How many?"}]
+assert template.messages2prompt(messages) == deploy.render_prompt(tok, "How many?", [("What colour?", "red")])
+assert deploy.guessed_template("work_dirs/llava-v1.5-7b-finetune") != "hf"
+g = deploy.GenSettings(max_new_tokens=7, temperature=0.5, top_p=0.8, seed=3).to_lmdeploy()
+assert (g.max_new_tokens, g.do_sample, g.temperature, g.top_p, g.random_seed) == (7, True, 0.5, 0.8, 3)
+assert deploy.GenSettings().to_lmdeploy().do_sample is False
+assert type(deploy.engine_config(model)).__name__ == "PytorchEngineConfig"
+assert type(deploy.engine_config(model, "turbomind")).__name__ == "TurbomindEngineConfig"
+assert not deploy.cpu_server_support(model)[0]
+pipe = deploy.pipeline(model, backend="auto", gen=deploy.GenSettings(max_new_tokens=3), max_tiles=1)
+assert pipe.backend == "transformers", pipe.reason  # no CUDA on the test machines
+assert isinstance(pipe.ask("What colour?", deploy.as_image(sys.argv[2])), str)
+print("DEPLOY-OK")
+"""
+
+
+@pytest.mark.deploy
+def test_lmdeploy_side_in_deploy_env(tiny, plate):
+    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
+    if not python.exists():
+        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    env = dict(os.environ, PYTHONPATH=str(repo_root()))
+    proc = subprocess.run([str(python), "-c", DEPLOY_SCRIPT, str(tiny), str(plate)], capture_output=True, text=True,
+                          timeout=400, env=env)
+    assert proc.returncode == 0 and "DEPLOY-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

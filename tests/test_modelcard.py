@@ -1,0 +1,101 @@
+"""labsupport.modelcard: the card's facts come from the results files, and the checker catches a card that disagrees."""
+import json
+
+import pytest
+import yaml
+
+from labsupport import modelcard
+
+CONFIG = """from xtuner.utils import PROMPT_TEMPLATE
+path = '/home/someone/artifacts/models/internvl2-tiny'
+data_paths = ['/home/someone/artifacts/data/plates/train.json']
+prompt_template = PROMPT_TEMPLATE.phi3_chat  # chat markers
+max_length = 2048
+freeze_llm = True
+freeze_visual_encoder = True
+lora_r, lora_alpha, lora_dropout = 16, 32, 0.05
+batch_size = 2
+max_iters = 120
+lr = 0.0001
+model = dict(type=object, model_path=path)   # not a literal: ignored
+"""
+SCALARS = [{"iter": 10, "loss": 3.25, "lr": 1e-4}, {"iter": 20, "loss": 2.0}, {"iter": 120, "loss": 0.5, "lr": 0.0}]
+RESULTS = {"before": {"accuracy": 0.25, "n": 40, "per_kind": {"colour": 0.5, "count": 0.0}},
+           "after": {"accuracy": 0.875, "n": 40, "per_kind": {"colour": 1.0, "count": 0.75}}}
+
+
+@pytest.fixture
+def work_dir(tmp_path):
+    wd = tmp_path / "work_dirs" / "04_finetune"
+    wd.mkdir(parents=True)
+    (wd / "tiny_lora.py").write_text(CONFIG)
+    (wd / "scalars.json").write_text(json.dumps(SCALARS))
+    return wd
+
+
+@pytest.fixture
+def results(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(RESULTS))
+    return path
+
+
+def test_read_config_settings_takes_literals_and_template_names(work_dir):
+    s = modelcard.read_config_settings(work_dir / "tiny_lora.py")
+    assert s["lora_r"] == 16 and s["lora_alpha"] == 32 and s["lora_dropout"] == 0.05
+    assert s["prompt_template"] == "phi3_chat" and s["max_iters"] == 120 and s["freeze_llm"] is True
+    assert "model" not in s
+
+
+def test_read_training_summarises_the_run_without_local_paths(work_dir):
+    t = modelcard.read_training(work_dir)
+    assert (t["mode"], t["iters"], t["loss_first"], t["loss_last"]) == ("LoRA", 120, 3.25, 0.5)
+    assert t["settings"]["path"] == "internvl2-tiny"
+    assert t["settings"]["data_paths"] == ["plates/train.json"]
+    assert "someone" not in json.dumps(t["settings"])
+    assert modelcard.read_training(work_dir.parent / "missing") is None
+
+
+def test_read_evaluation_checks_the_shape(results, tmp_path):
+    assert modelcard.read_evaluation(results)["after"]["accuracy"] == 0.875
+    assert modelcard.read_evaluation(tmp_path / "nothing.json") is None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"before": 0.2, "after": 0.9}))
+    with pytest.raises(ValueError, match="bad.json"):
+        modelcard.read_evaluation(bad)
+
+
+def test_card_carries_the_results_and_parses_as_the_hub_reads_it(work_dir, results):
+    training, evaluation = modelcard.read_training(work_dir), modelcard.read_evaluation(results)
+    card = modelcard.build_card("alice/InternVL2-tiny-plates", training, evaluation, base_model="OpenGVLab/InternVL2-2B")
+    text = str(card)
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["base_model"] == "OpenGVLab/InternVL2-2B" and front["license"] == "mit"
+    assert {"internvl", "xtuner", "lmdeploy", "lora"} <= set(front["tags"])
+    assert front["datasets"] == ["plates"]
+    assert front["model-index"][0]["name"] == "InternVL2-tiny-plates"
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.875
+    assert "| before fine-tuning | 25.0 % | 40 |" in text and "| after fine-tuning | 87.5 % | 40 |" in text
+    assert "| colour | 50.0 % | 100.0 % |" in text and "| count | 0.0 % | 75.0 % |" in text
+    assert "from [OpenGVLab/InternVL2-2B](https://huggingface.co/OpenGVLab/InternVL2-2B)" in text
+    assert "120 iterations" in text and "loss 3.250 → 0.500" in text
+    assert "AutoModel.from_pretrained" in text and 'pipeline("alice/InternVL2-tiny-plates"' in text
+    assert modelcard.check_card(card, training, evaluation) == []
+
+
+def test_check_card_catches_numbers_that_are_not_the_results(work_dir, results):
+    training, evaluation = modelcard.read_training(work_dir), modelcard.read_evaluation(results)
+    card = modelcard.build_card("alice/InternVL2-tiny-plates", training, evaluation)
+    from huggingface_hub import ModelCard
+
+    typed_in = ModelCard(str(card).replace("87.5 %", "95.0 %").replace("value: 0.875", "value: 0.95"))
+    problems = modelcard.check_card(typed_in, training, evaluation)
+    assert any("after accuracy 87.5 %" in p for p in problems)
+    assert any("model-index" in p for p in problems)
+
+
+def test_card_without_results_says_so_and_stays_valid():
+    card = modelcard.build_card("alice/InternVL2-tiny", None, None)
+    assert "notebook 05 has not run" in str(card) and "notebook 04 has not run" in str(card)
+    assert modelcard.check_card(card, None, None) == []
+    assert modelcard.check_card(modelcard.build_card("alice/tiny", None, None), None, None) == ["model name 'tiny' lacks 'InternVL'"]
