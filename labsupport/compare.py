@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 # ---- where the notebooks meet (ONE place: the lead adjusts these at merge) ---------------------------------
-TRAIN_WORK_DIR = "xtuner/tiny-cpu"                 # notebook 04's XTuner work dir (ARTIFACTS/xtuner/<PRESET>), relative to ARTIFACTS
+TRAIN_WORK_DIR = "xtuner/work_dirs/04_finetune"    # notebook 04's XTuner work dir, relative to ARTIFACTS
 FINETUNED_TINY = "models/internvl2-tiny-finetuned"  # the converted model notebooks 06 and 07 read
 BEFORE_AFTER = "results/before_after.json"          # before/after numbers notebook 07's model card reads
 HELDOUT_NAME = "heldout.json"                        # the held-out split lies beside the training json the config names
@@ -80,7 +80,8 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
 
     work_dir = Path(artifacts) / (work_dir or TRAIN_WORK_DIR)  # an absolute WORK_DIR replaces ARTIFACTS
     fix = "run notebooks/04_finetune_xtuner.ipynb first (it trains the model this notebook converts)"
-    others = sorted(str(p.parent) for p in (Path(artifacts) / "xtuner").glob("*/last_checkpoint") if p.parent != work_dir)
+    found = [*(Path(artifacts) / "xtuner").glob("*/last_checkpoint"), *(Path(artifacts) / "xtuner").glob("work_dirs/*/last_checkpoint")]
+    others = sorted(str(p.parent) for p in found if p.parent != work_dir)
     if others:
         fix += f", or set WORK_DIR to one of the runs found: {', '.join(others)}"
     if not work_dir.is_dir():

@@ -89,9 +89,10 @@ def test_no_work_dir_tells_the_learner_to_run_notebook_04(tmp_path):
     (tmp_path / "mine").mkdir()
     with pytest.raises(C.TrainingRunMissing, match=f"{tmp_path / 'mine'} holds no checkpoint"):
         C.find_training_run(tmp_path, "mine")  # a relative WORK_DIR lives under ARTIFACTS
-    (tmp_path / "xtuner" / "InternVL2-2B-lora").mkdir(parents=True)
-    (tmp_path / "xtuner" / "InternVL2-2B-lora" / "last_checkpoint").write_text("iter_5.pth")
-    with pytest.raises(C.TrainingRunMissing, match="set WORK_DIR to one of the runs found: .*InternVL2-2B-lora"):
+    shutil.rmtree(tmp_path / C.TRAIN_WORK_DIR)
+    (tmp_path / "xtuner" / "work_dirs" / "InternVL2-2B-lora").mkdir(parents=True)
+    (tmp_path / "xtuner" / "work_dirs" / "InternVL2-2B-lora" / "last_checkpoint").write_text("iter_5.pth")
+    with pytest.raises(C.TrainingRunMissing, match="does not exist.*set WORK_DIR to one of the runs found: .*InternVL2-2B-lora"):
         C.find_training_run(tmp_path)
 
 
