@@ -12,5 +12,9 @@ Flat modules, each named after what it does:
   params       analytic parameter counts of the InternVL2 family
   vision       pixel shuffle explained: merge map, shape arithmetic, stage-by-stage shapes
   plots        the architecture figures (tiling grids, pixel-shuffle merge, budgets)
+  xtuner       XTuner configs from readable settings, the training launcher, resume, convert_to_official
+  xtuner_shims what XTuner 0.2.0 needs on a CPU, imported by the generated configs
+  memory       GPU memory estimator for fine-tuning (weights, gradients, optimizer, activations)
+  evaluate     held-out accuracy of a model on the course task through its chat API
 """
 __version__ = "0.1.0"

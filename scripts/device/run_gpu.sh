@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the course runs on a lent GPU machine (no network; Python 3.12, torch 2.11, transformers 5.x).
 # Prepare here first:  python3 scripts/device/prepare_wheels.py   (writes .whl/, carried with the tree)
-# Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, notebook06,
+# Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, convert, notebook06,
 #   bench-serve, bench-train (docs/benchmarks.md; run each bench step in its own call: ~7 min each)
 # Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
 set -uo pipefail
@@ -25,6 +25,9 @@ for step in "$@"; do
     xtuner)
       install xtuner || exit 1
       PYTHONPATH=/tmp/site-xtuner:$REPO python3 scripts/device/xtuner_gpu.py "$OUT" 2>&1 | tee "$OUT/xtuner.log" | tail -60 ;;
+    convert)
+      install xtuner || exit 1
+      PYTHONPATH=/tmp/site-xtuner:$REPO python3 scripts/device/convert_gpu.py "$OUT" 2>&1 | tee "$OUT/convert.log" | tail -60 ;;
     notebook06)
       # notebook 06 itself, through the course runner, with LMDeploy's engine; carry artifacts/models
       # (the tiny and the fine-tuned model from notebooks 04-05) to compare them as a learner would
