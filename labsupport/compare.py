@@ -89,7 +89,8 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
     ckpt = latest_checkpoint(work_dir)
     if ckpt is None:
         raise TrainingRunMissing(f"{work_dir} holds no checkpoint (iter_*.pth): training did not finish. {fix}.")
-    configs = sorted(work_dir.glob("*.py"), key=lambda p: p.stat().st_mtime)  # mmengine copies the config it ran here
+    # mmengine copies the config it ran here; DeepSpeed adds its own zero_to_fp32.py script beside it
+    configs = sorted((p for p in work_dir.glob("*.py") if p.name != "zero_to_fp32.py"), key=lambda p: p.stat().st_mtime)
     if not configs:
         raise TrainingRunMissing(f"{work_dir} holds a checkpoint but not the config that produced it (*.py). {fix}.")
     config = configs[-1]
