@@ -187,6 +187,9 @@ def render_config(s: TrainSettings) -> str:
     a = L.append
     a("# XTuner config written by labsupport.xtuner.write_config — run it with XTuner's tools/train.py.")
     a(f"# Device: {'CPU (float32, one process, no AMP)' if cpu else 'CUDA GPUs'}; mode: {s.mode}.")
+    if "1B" in str(s.model_path):
+        a("# NOTE: XTuner 0.2.0's InternVL dataset accepts only Phi-3 and InternLM2 LLMs; InternVL2-1B's Qwen2")
+        a("# stops it with NotImplementedError (xtuner/dataset/internvl_dataset.py). Use 2B/4B/8B with this XTuner.")
     a("from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook")
     a(f"from mmengine.optim import {'OptimWrapper' if cpu or not s.deepspeed else 'AmpOptimWrapper'}, CosineAnnealingLR, LinearLR")
     if lora:
