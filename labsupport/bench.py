@@ -79,15 +79,8 @@ def internvl2_4b_config() -> dict:
 def vlm_shape(config: dict, name: str = "model") -> "memory.VLMShape":
     """The memory estimator's view (labsupport.memory.VLMShape) of an InternVL config dict."""
     from . import memory
-    from .params import count_parameters
 
-    llm, vit = config["llm_config"], config["vision_config"]
-    counts = count_parameters(config)
-    return memory.VLMShape(name, counts["vit"], vit["num_hidden_layers"], vit["hidden_size"],
-                           memory.LLMShape(name + "-llm", llm["num_hidden_layers"], llm["hidden_size"],
-                                           llm["intermediate_size"], llm["num_attention_heads"],
-                                           llm.get("num_key_value_heads") or llm["num_attention_heads"],
-                                           llm["vocab_size"], bool(llm.get("tie_word_embeddings", False))))
+    return memory.shape_of(config, name)
 
 
 # ---- build ----------------------------------------------------------------------------------------

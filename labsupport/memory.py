@@ -69,17 +69,26 @@ class VLMShape:
         return 2 * c4 + c4 * d + d + d * d + d
 
 
-# Public configs of the InternVL2 family (all with InternViT-300M-448px: 24 layers, width 1024).
-MODELS: dict[str, VLMShape] = {
-    "InternVL2-1B": VLMShape("InternVL2-1B", 304_000_000, 24, 1024,
-                             LLMShape("Qwen2-0.5B-Instruct", 24, 896, 4864, 14, 2, 151_655)),
-    "InternVL2-2B": VLMShape("InternVL2-2B", 304_000_000, 24, 1024,
-                             LLMShape("internlm2-chat-1.8b", 24, 2048, 8192, 16, 8, 92_553)),
-    "InternVL2-4B": VLMShape("InternVL2-4B", 304_000_000, 24, 1024,
-                             LLMShape("Phi-3-mini-128k-instruct", 32, 3072, 8192, 32, 32, 32_020)),
-    "InternVL2-8B": VLMShape("InternVL2-8B", 304_000_000, 24, 1024,
-                             LLMShape("internlm2_5-7b-chat", 32, 4096, 14336, 32, 8, 92_553)),
-}
+def shape_of(config: dict, name: str = "model") -> VLMShape:
+    """The estimator's view of an InternVL config (a dict with vision_config and llm_config, e.g. a config.json)."""
+    from .params import count_parameters
+
+    llm, vit = config["llm_config"], config["vision_config"]
+    return VLMShape(name, count_parameters(config)["vit"], vit["num_hidden_layers"], vit["hidden_size"],
+                    LLMShape(config.get("llm_name", name + "-llm"), llm["num_hidden_layers"], llm["hidden_size"],
+                             llm["intermediate_size"], llm["num_attention_heads"],
+                             llm.get("num_key_value_heads") or llm["num_attention_heads"],
+                             llm["vocab_size"], bool(llm.get("tie_word_embeddings", False))))
+
+
+def _family_shapes() -> dict[str, VLMShape]:
+    from .params import family
+
+    return {name: shape_of(cfg, name) for name, cfg in family().items()}
+
+
+# The InternVL2 family, read from labsupport/data/internvl2_family.json (the published configs).
+MODELS: dict[str, VLMShape] = _family_shapes()
 
 
 @dataclass

@@ -25,14 +25,7 @@ from labsupport.tinymodel import resolve_model
 
 def tiny_shape(model_dir: Path) -> memory.VLMShape:
     """The estimator's view of the tiny model, read from its config.json."""
-    cfg = json.loads((model_dir / "config.json").read_text())
-    llm, vit = cfg["llm_config"], cfg["vision_config"]
-    from labsupport.params import count_parameters
-
-    counts = count_parameters(cfg)
-    return memory.VLMShape("tiny", counts["vit"], vit["num_hidden_layers"], vit["hidden_size"],
-                           memory.LLMShape("tiny-phi3", llm["num_hidden_layers"], llm["hidden_size"], llm["intermediate_size"],
-                                           llm["num_attention_heads"], llm["num_key_value_heads"], llm["vocab_size"]))
+    return memory.shape_of(json.loads((model_dir / "config.json").read_text()), "tiny")
 
 
 def run(mode: str, model_dir: Path, plates: dict, out: Path, iters: int = 40) -> dict:
