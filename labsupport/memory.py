@@ -4,17 +4,25 @@ The formula (bytes per GPU; P = parameters, T = trainable parameters, N = GPUs, 
 
 * weights      2·P (bf16), the quantised LLM of QLoRA at ~0.55 B/param; ZeRO-3 shards them: /N
 * gradients    2·T (bf16); ZeRO-2 and ZeRO-3 shard them: /N
-* optimizer    AdamW: with DeepSpeed an fp32 master copy + two fp32 moments = 12·T, without it two
-               moments in the weights' dtype = 4·T; ZeRO-1/2/3 shard them: /N
-* activations  per LLM layer s·b·h·(34 + 5·a·s/h) bytes (Korthikanti et al. 2022, bf16, no flash
-               attention); with gradient checkpointing only each layer's input (2·s·b·h) is kept plus
-               one layer's worth during recomputation; plus the logits (b·s·V·6: bf16 + fp32 loss)
-               and, when the ViT trains, its own activations for the image tiles
+* optimizer    AdamW with DeepSpeed: an fp32 master copy + two fp32 moments (12·T, the ZeRO paper's K)
+               plus the fp32 copy of the gradients that DeepSpeed's optimizer step reads (4·T): 16·T;
+               ZeRO-1/2/3 shard them: /N. Without DeepSpeed: two moments in the weights' dtype, 4·T
+* activations  per LLM layer s·b·h·34 bytes with flash/SDPA attention (Korthikanti et al. 2022, bf16;
+               eager attention adds 5·a·s/h for the stored attention matrix); with gradient checkpointing
+               only each layer's input (2·s·b·h) is kept plus one layer's worth during recomputation; plus
+               the logits (b·s·V·6: bf16 + fp32 loss) and, when the ViT trains, its activations
 * overhead     a fixed 1.5 GB for the CUDA context, allocator fragmentation and communication buffers
 
-Where it may be off: flash attention removes the 5·a·s/h term (smaller); real sequences are shorter
-than max_length (smaller); fragmentation and DeepSpeed's bucket sizes vary (±1–3 GB); LoRA's
-dropout and the frozen parts' temporaries are ignored; PyTorch may keep cached blocks.
+LoRA adapts every linear layer of the LLM, as XTuner does (target_modules=None): Phi-3 has fused
+qkv and gate/up projections, InternLM2 a fused wqkv, Qwen2 none; the adapter count follows.
+
+Measured (InternVL2-4B shape, H200, ZeRO-2, batch 4, 1,847 tokens; docs/benchmarks.md): LoRA peak
+15.6 GiB against 16.7 estimated (+7 %), full 79.4 against 77.1 (−3 %). Before the fp32-gradient term,
+SDPA and fused projections were counted the estimate was 18.5 and 64.8 (+18 %, −18 %).
+
+Where it may still be off: real sequences are shorter than max_length (smaller); fragmentation
+and DeepSpeed's bucket sizes vary (±1–3 GB); LoRA's dropout and the frozen parts' temporaries are
+ignored; PyTorch may keep cached blocks.
 """
 from __future__ import annotations
 
@@ -35,6 +43,8 @@ class LLMShape:
     kv_heads: int
     vocab: int
     tied_embeddings: bool = False
+    fused_qkv: bool = False           # one qkv projection (Phi-3, InternLM2): one LoRA adapter, not three
+    fused_gate_up: bool = False       # one gate/up projection (Phi-3)
 
     def params(self) -> int:
         """Number of parameters (embeddings, attention, gated MLP, norms, output head)."""
@@ -48,7 +58,10 @@ class LLMShape:
         """Parameters LoRA of rank R adds on every linear layer of the decoder (A: r×in, B: out×r)."""
         h, head_dim = self.hidden, self.hidden // self.heads
         kv = self.kv_heads * head_dim
-        shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, self.intermediate), (h, self.intermediate), (self.intermediate, h)]
+        qkv = [(h, h + 2 * kv)] if self.fused_qkv else [(h, h), (h, kv), (h, kv)]
+        i = self.intermediate
+        gate_up = [(h, 2 * i)] if self.fused_gate_up else [(h, i), (h, i)]
+        shapes = qkv + [(h, h)] + gate_up + [(i, h)]
         return self.layers * sum(r * (i + o) for i, o in shapes)
 
 
@@ -74,11 +87,13 @@ def shape_of(config: dict, name: str = "model") -> VLMShape:
     from .params import count_parameters
 
     llm, vit = config["llm_config"], config["vision_config"]
+    arch = (llm.get("architectures") or [""])[0]
     return VLMShape(name, count_parameters(config)["vit"], vit["num_hidden_layers"], vit["hidden_size"],
                     LLMShape(config.get("llm_name", name + "-llm"), llm["num_hidden_layers"], llm["hidden_size"],
                              llm["intermediate_size"], llm["num_attention_heads"],
                              llm.get("num_key_value_heads") or llm["num_attention_heads"],
-                             llm["vocab_size"], bool(llm.get("tie_word_embeddings", False))))
+                             llm["vocab_size"], bool(llm.get("tie_word_embeddings", False)),
+                             fused_qkv=arch.startswith(("Phi3", "InternLM2")), fused_gate_up=arch.startswith("Phi3")))
 
 
 def _family_shapes() -> dict[str, VLMShape]:
@@ -124,13 +139,16 @@ class Estimate:
 
 def estimate(model: str | VLMShape, mode: str = "lora", zero: int = 0, gpus: int = 1, batch: int = 1,
              seq: int = 4096, checkpointing: bool = True, lora_r: int = 128, freeze_vit: bool = True,
-             tiles: int = 7, overhead_gb: float = 1.5) -> Estimate:
-    """GB per GPU to fine-tune MODEL in MODE (lora | qlora | full) with ZeRO stage ZERO (0 = no DeepSpeed) on GPUS GPUs."""
+             tiles: int = 7, overhead_gb: float = 1.5, attention: str = "sdpa") -> Estimate:
+    """GB per GPU to fine-tune MODEL in MODE (lora | qlora | full) with ZeRO stage ZERO (0 = no DeepSpeed) on GPUS GPUs;
+    ATTENTION "sdpa" (flash or memory-efficient kernels, what XTuner runs) or "eager" (stores the attention matrix)."""
     m = MODELS[model] if isinstance(model, str) else model
     if mode not in ("lora", "qlora", "full"):
         raise ValueError(f"mode must be 'lora', 'qlora' or 'full', not {mode!r}")
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"zero (DeepSpeed stage) must be 0, 1, 2 or 3, not {zero!r}")
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"attention must be 'sdpa' or 'eager', not {attention!r}")
     if gpus < 1 or batch < 1 or seq < 1:
         raise ValueError("gpus, batch and seq must be at least 1")
     llm_p, proj_p = m.llm.params(), m.projector_params()
@@ -146,14 +164,15 @@ def estimate(model: str | VLMShape, mode: str = "lora", zero: int = 0, gpus: int
     if zero == 3:
         weights /= n
     grads = 2.0 * trainable / (n if zero >= 2 else 1)
-    optim = (12.0 if zero else 4.0) * trainable / (n if zero >= 1 else 1)
+    optim = (16.0 if zero else 4.0) * trainable / (n if zero >= 1 else 1)
     h, a, L = m.llm.hidden, m.llm.heads, m.llm.layers
-    per_layer = seq * batch * h * (34 + 5 * a * seq / h)
+    per_layer = seq * batch * h * (34 + (5 * a * seq / h if attention == "eager" else 0))
     acts = (2 * seq * batch * h * L + per_layer) if checkpointing else per_layer * L
     acts += batch * seq * m.llm.vocab * 6
     if not freeze_vit:
         vit_seq = 1025
-        acts += tiles * batch * vit_seq * m.vit_hidden * (34 + 5 * 16 * vit_seq / m.vit_hidden) * m.vit_layers
+        vit_attn = 5 * 16 * vit_seq / m.vit_hidden if attention == "eager" else 0
+        acts += tiles * batch * vit_seq * m.vit_hidden * (34 + vit_attn) * m.vit_layers
     return Estimate(m.name, mode, zero, gpus, batch, seq, checkpointing, round(total_p / 1e9, 2),
                     round(trainable / 1e6, 1), weights / GB, grads / GB, optim / GB, acts / GB, overhead_gb)
 

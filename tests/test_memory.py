@@ -7,11 +7,13 @@ GB = 1024**3
 
 
 @pytest.mark.parametrize("zero,gpus", [(1, 8), (2, 8), (3, 8), (3, 2)])
-def test_model_states_follow_the_zero_paper(zero, gpus):
-    """Fully trainable model (full mode, ViT unfrozen): ZeRO-1 4P+12P/N, ZeRO-2 2P+14P/N, ZeRO-3 16P/N bytes."""
+def test_model_states_follow_the_zero_paper_plus_deepspeeds_fp32_gradients(zero, gpus):
+    """Fully trainable model (full mode, ViT unfrozen): the ZeRO paper's 2P + 2P + 12P, sharded by stage, plus the
+    4P of fp32 gradients DeepSpeed's optimizer step holds (sharded like the optimizer): ZeRO-1 4P+16P/N,
+    ZeRO-2 2P+18P/N, ZeRO-3 20P/N bytes."""
     e = M.estimate("InternVL2-2B", mode="full", zero=zero, gpus=gpus, freeze_vit=False)
     p = e.trainable_params_m * 1e6
-    expected = {1: 4 * p + 12 * p / gpus, 2: 2 * p + 14 * p / gpus, 3: 16 * p / gpus}[zero]
+    expected = {1: 4 * p + 16 * p / gpus, 2: 2 * p + 18 * p / gpus, 3: 20 * p / gpus}[zero]
     assert (e.weights + e.gradients + e.optimizer) * GB == pytest.approx(expected, rel=2e-3)
 
 
@@ -43,3 +45,22 @@ def test_table_has_a_row_per_estimate_and_the_totals():
     assert len(lines) == 2 + len(es)
     for e, line in zip(es, lines[2:]):
         assert line.split()[0] == e.model and line.split()[-1] == str(round(e.total, 1))
+
+
+def test_lora_counts_the_fused_projections_each_llm_has():
+    """XTuner puts LoRA on every linear layer: Phi-3 fuses qkv and gate/up, InternLM2 fuses wqkv, Qwen2 fuses none."""
+    r = 8
+    phi3, internlm2, qwen2 = (M.MODELS[n].llm for n in ("InternVL2-4B", "InternVL2-2B", "InternVL2-1B"))
+    assert phi3.fused_qkv and phi3.fused_gate_up and internlm2.fused_qkv and not internlm2.fused_gate_up
+    assert not (qwen2.fused_qkv or qwen2.fused_gate_up)
+    h, i, kv = phi3.hidden, phi3.intermediate, phi3.kv_heads * phi3.hidden // phi3.heads
+    per_layer = r * ((h + h + 2 * kv) + (h + h) + (h + 2 * i) + (i + h))
+    assert phi3.lora_params(r) == phi3.layers * per_layer
+
+
+def test_eager_attention_stores_the_attention_matrix():
+    sdpa = M.estimate("InternVL2-4B", mode="lora", seq=4096)
+    eager = M.estimate("InternVL2-4B", mode="lora", seq=4096, attention="eager")
+    assert eager.activations > 2 * sdpa.activations
+    with pytest.raises(ValueError, match="attention"):
+        M.estimate("InternVL2-4B", attention="flash")
