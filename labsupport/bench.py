@@ -310,6 +310,11 @@ SERVE_ROWS = {  # name -> how that row runs
     "lmdeploy": {"backend": "lmdeploy", "eager_mode": False, "prefix_caching": False},
     "lmdeploy-eager": {"backend": "lmdeploy", "eager_mode": True, "prefix_caching": False},
     "lmdeploy-prefix-cache": {"backend": "lmdeploy", "eager_mode": False, "prefix_caching": True},
+    # the engine's per-step bookkeeping off (metrics), then also the engine in its own process (no shared GIL)
+    "lmdeploy-no-metrics": {"backend": "lmdeploy", "eager_mode": False, "prefix_caching": True,
+                            "engine": {"enable_metrics": False}},
+    "lmdeploy-mp-engine": {"backend": "lmdeploy", "eager_mode": False, "prefix_caching": True,
+                           "engine": {"enable_metrics": False, "enable_mp_engine": True}},
     "transformers": {"backend": "transformers"},
 }
 DEFAULT_SERVE_ROWS = ("lmdeploy", "transformers", "lmdeploy-eager", "lmdeploy-prefix-cache")
@@ -338,7 +343,7 @@ def _decode_rate(new_tokens: int, t_full: float, t_first: float) -> float | None
 
 
 def serve_lmdeploy(model_dir: str, eager_mode: bool, prefix_caching: bool, new_tokens: int = 256,
-                   concurrency: int = 64, session_len: int = 4096) -> dict:
+                   concurrency: int = 64, session_len: int = 4096, engine_options: dict | None = None) -> dict:
     """One LMDeploy (PyTorch engine) row: load time, TTFT, batch-1 decode tokens/s, CONCURRENCY-request throughput."""
     need_cuda("LMDeploy's PyTorch engine")
     from lmdeploy import ChatTemplateConfig, GenerationConfig, PytorchEngineConfig, pipeline
@@ -347,11 +352,13 @@ def serve_lmdeploy(model_dir: str, eager_mode: bool, prefix_caching: bool, new_t
     request = (QUESTION, image)
     t_load = time.perf_counter()
     engine = PytorchEngineConfig(tp=1, session_len=session_len, eager_mode=eager_mode,
-                                 enable_prefix_caching=prefix_caching, max_batch_size=max(concurrency, 1))
+                                 enable_prefix_caching=prefix_caching, max_batch_size=max(concurrency, 1),
+                                 **(engine_options or {}))
     pipe = pipeline(model_dir, backend_config=engine, trust_remote_code=True, log_level="ERROR",
                     chat_template_config=ChatTemplateConfig(model_name="hf", model_path=model_dir))
     load_s = time.perf_counter() - t_load
-    print(f"[lmdeploy] loaded in {load_s:.1f} s (eager_mode={eager_mode}, prefix_caching={prefix_caching})", flush=True)
+    print(f"[lmdeploy] loaded in {load_s:.1f} s (eager_mode={eager_mode}, prefix_caching={prefix_caching}, "
+          f"{engine_options or {}})", flush=True)
     one = GenerationConfig(max_new_tokens=1, ignore_eos=True, do_sample=False)
     full = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True, do_sample=False)
     pipe(request, gen_config=GenerationConfig(max_new_tokens=8, ignore_eos=True, do_sample=False))  # warm-up
@@ -466,7 +473,8 @@ def serve_row(name: str, model_dir: str, new_tokens: int, concurrency: int, hf_b
         print(f"[bandwidth] {bw['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s on {gpu}", flush=True)
         return {**bw, "gpu": gpu, "versions": _versions()}
     if spec["backend"] == "lmdeploy":
-        return serve_lmdeploy(model_dir, spec["eager_mode"], spec["prefix_caching"], new_tokens, concurrency)
+        return serve_lmdeploy(model_dir, spec["eager_mode"], spec["prefix_caching"], new_tokens, concurrency,
+                              engine_options=spec.get("engine"))
     return serve_transformers(model_dir, new_tokens, concurrency, hf_batch, hf_budget_s, device)
 
 
@@ -621,13 +629,25 @@ def dataset_stats(config_path: str | os.PathLike, samples: int = 128) -> dict:
 
 
 def summarize_scalars(scalars: list[dict], warmup: int) -> dict:
-    """Medians of mmengine's per-iteration time and data_time after WARMUP iterations, and the peak memory (GiB)."""
+    """Seconds per iteration after WARMUP iterations, median data_time, and the peak memory (GiB).
+
+    s_per_iter is wall-clock time between the log lines of iteration WARMUP and the last one (launch
+    stamps each line with `seconds`) divided by the iterations between them; mmengine's own `time` is a
+    moving average over 10 iterations, so its median still carries the slow first iterations. Without
+    `seconds` (or that line) it falls back to the median of `time` (kept as mmengine_s_per_iter).
+    """
     timed = [r for r in scalars if "time" in r and r["iter"] > warmup]
     if not timed:
         raise ValueError(f"no logged iteration after the {warmup} warm-up iterations: was log_interval > 1 "
                          "or did training stop early?")
     mem = [r["memory"] for r in scalars if "memory" in r]
-    return {"measured_iters": len(timed), "s_per_iter": statistics.median(r["time"] for r in timed),
+    smoothed = statistics.median(r["time"] for r in timed)
+    start = next((r for r in scalars if r["iter"] == warmup and "seconds" in r), None)
+    end = timed[-1]
+    wall = ((end["seconds"] - start["seconds"]) / (end["iter"] - warmup)
+            if start is not None and "seconds" in end and end["seconds"] > start["seconds"] else None)
+    return {"measured_iters": len(timed), "s_per_iter": wall or smoothed, "mmengine_s_per_iter": smoothed,
+            "clock": "wall" if wall else "mmengine",
             "data_s_per_iter": statistics.median(r.get("data_time", 0.0) for r in timed),
             "peak_memory_gib": max(mem) / 1024 if mem else None,
             "loss_first_last": [scalars[0].get("loss"), scalars[-1].get("loss")] if scalars else None}
@@ -651,7 +671,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
     from . import memory, xtuner
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    work = bench_dir() / "train" / mode
+    work = bench_dir() / "train" / (mode if (zero, nproc) == (2, 1) else f"{mode}-zero{zero}-{nproc}gpu")
     if work.exists():
         shutil.rmtree(work)
     total = warmup + iters
@@ -739,9 +759,130 @@ def train_table(results: dict) -> str:
             + format_table(rows, cols, digits=2))
 
 
+# ---- measured results (docs/gpu) -------------------------------------------------------------------
+def measured_dir() -> Path:
+    """Where the GPU results the course quotes are kept: docs/gpu/ in the repository."""
+    from .paths import repo_root
+
+    return repo_root() / "docs" / "gpu"
+
+
+def _machine(path: Path) -> str:
+    """The machine a results file came from, by its name's last part (bench-train-...-h200x2.json -> h200x2)."""
+    return path.stem.rsplit("-", 1)[-1]
+
+
+def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
+    """Every training run in FOLDER's bench-train-*.json (default docs/gpu), with the estimator re-run and scaling.
+
+    Each row: mode, zero, gpus, s/iter, tok/s/GPU, MFU, peak GiB, the current estimator's GiB and its error,
+    and for several GPUs the scaling efficiency against the one-GPU ZeRO-2 run of the same mode on the same
+    machine (tok/s/GPU on N GPUs / tok/s on one; above 1 when sharding also shrinks the work per GPU).
+    """
+    from . import memory
+
+    folder = Path(folder) if folder else measured_dir()
+    shape = memory.shape_of(internvl2_4b_config(), "InternVL2-4B")
+    rows = []
+    for path in sorted(folder.glob("bench-train-*.json")):
+        data = json.loads(path.read_text())
+        for run in data.get("runs", []):
+            if run.get("error") or not run.get("s_per_iter"):
+                continue
+            ds = run["dataset"]
+            est = memory.estimate(shape, mode=run["mode"], zero=run["zero"], gpus=run["gpus"], batch=run["batch_per_gpu"],
+                                  seq=ds["max_tokens"], lora_r=run.get("lora_r") or 128,
+                                  tiles=max(1, round(ds["mean_tiles"])))
+            rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "mode": run["mode"],
+                         "zero": run["zero"], "gpus": run["gpus"], "batch_per_gpu": run["batch_per_gpu"],
+                         "s_per_iter": run["s_per_iter"], "data_pct": 100 * run["data_fraction"],
+                         "tokens_per_s_per_gpu": run["tokens_per_s_per_gpu"], "mfu_pct": 100 * run["mfu"],
+                         "peak_memory_gib": run["peak_memory_gib"], "estimate_gib": est.total,
+                         "estimate_error_pct": 100 * (est.total / run["peak_memory_gib"] - 1),
+                         "versions": data.get("versions")})
+    for r in rows:
+        if r["gpus"] > 1:
+            base = [b for b in rows if b["machine"] == r["machine"] and b["mode"] == r["mode"] and b["gpus"] == 1
+                    and b["zero"] == 2]
+            if base:
+                r["scaling_efficiency"] = r["tokens_per_s_per_gpu"] / base[0]["tokens_per_s_per_gpu"]
+    return rows
+
+
+def serving_results(folder: str | os.PathLike | None = None) -> list[dict]:
+    """Every serve row in FOLDER's bench-serve-*.json (default docs/gpu), with LMDeploy/transformers in the same run."""
+    folder = Path(folder) if folder else measured_dir()
+    out = []
+    for path in sorted(folder.glob("bench-serve-*.json")):
+        data = json.loads(path.read_text())
+        rows = [r for r in data.get("rows", []) if r.get("decode_tokens_per_s")]
+        hf = next((r["decode_tokens_per_s"] for r in rows if r["backend"] == "transformers"), None)
+        for r in rows:
+            out.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "row": r["row"],
+                        "ttft_ms": 1000 * r["ttft_s"], "decode_tokens_per_s": r["decode_tokens_per_s"],
+                        "bound_tokens_per_s": r.get("decode_bound_tokens_per_s"),
+                        "pct_of_bound": 100 * r["fraction_of_bound"] if r.get("fraction_of_bound") else None,
+                        "batch_tokens_per_s": r.get("throughput_tokens_per_s"),
+                        "x_transformers": r["decode_tokens_per_s"] / hf if hf and r["backend"] == "lmdeploy" else None,
+                        "versions": (data.get("bandwidth") or {}).get("versions")})
+    return out
+
+
+def plot_measured(folder: str | os.PathLike | None = None):
+    """One figure of the measured GPU results: batch-1 decode against the bound, and training tok/s per GPU."""
+    import matplotlib.pyplot as plt
+
+    serve_rows, train_rows = serving_results(folder), training_results(folder)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
+    labels = [f"{r['row']}\n({r['machine']})" for r in serve_rows]
+    a.barh(labels, [r["decode_tokens_per_s"] for r in serve_rows],
+           color=["tab:orange" if r["row"] == "transformers" else "tab:blue" for r in serve_rows])
+    bound = max((r["bound_tokens_per_s"] or 0) for r in serve_rows) if serve_rows else 0
+    if bound:
+        a.axvline(bound, color="k", ls="--", lw=1, label=f"decode bound {bound:.0f} (bandwidth / bytes per token)")
+        a.axvline(0.8 * bound, color="grey", ls=":", lw=1, label="80 % of the bound")
+        a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    for i, r in enumerate(serve_rows):
+        a.text(r["decode_tokens_per_s"], i, f" {r['decode_tokens_per_s']:.0f}", va="center", fontsize=8)
+    a.set(xlabel="decode tokens/s at batch 1 (256 new tokens, one image)", title="Serving InternVL2-4B's shape",
+          xlim=(0, 1.1 * max([bound] + [r["decode_tokens_per_s"] for r in serve_rows])))
+    a.tick_params(axis="y", labelsize=7)
+    tl = [f"{r['mode']} ZeRO-{r['zero']}, {r['gpus']} GPU ({r['machine']})" for r in train_rows]
+    b.barh(tl, [r["tokens_per_s_per_gpu"] for r in train_rows],
+           color=["tab:green" if r["mode"] == "lora" else "tab:purple" for r in train_rows])
+    for i, r in enumerate(train_rows):
+        note = f" {r['tokens_per_s_per_gpu']:,.0f}"
+        if r.get("scaling_efficiency"):
+            note += f" ({100 * r['scaling_efficiency']:.0f} % scaling)"
+        b.text(r["tokens_per_s_per_gpu"], i, note, va="center", fontsize=8)
+    b.set(xlabel="training tokens/s per GPU (batch 4 per GPU)", title="XTuner fine-tuning, DeepSpeed")
+    b.tick_params(axis="y", labelsize=7)
+    b.margins(x=0.35)
+    fig.tight_layout()
+    return fig
+
+
+def measured_tables(folder: str | os.PathLike | None = None, parts: Sequence[str] = ("serve", "train")) -> str:
+    """The measured serving and/or training results (PARTS) as text tables: what notebooks 04 and 06 quote."""
+    serve_cols = [("row", "row"), ("machine", "machine"), ("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"),
+                  ("bound_tokens_per_s", "bound"), ("pct_of_bound", "% bound"), ("x_transformers", "x transformers"),
+                  ("batch_tokens_per_s", "batch-64 tok/s")]
+    train_cols = [("mode", "mode"), ("zero", "ZeRO"), ("gpus", "GPUs"), ("machine", "machine"), ("s_per_iter", "s/iter"),
+                  ("tokens_per_s_per_gpu", "tok/s/GPU"), ("mfu_pct", "MFU %"), ("scaling_efficiency", "scaling"),
+                  ("peak_memory_gib", "peak GiB"), ("estimate_gib", "estimate GiB"), ("estimate_error_pct", "error %")]
+    tables = {"serve": lambda: "Serving InternVL2-4B's shape (docs/gpu/bench-serve-*.json)\n"
+                               + format_table(serving_results(folder), serve_cols, digits=1),
+              "train": lambda: "Fine-tuning InternVL2-4B's shape with XTuner, batch 4 per GPU (docs/gpu/bench-train-*.json)\n"
+                               + format_table(training_results(folder), train_cols, digits=2)}
+    unknown = [x for x in parts if x not in tables]
+    if unknown:
+        raise ValueError(f"parts must be 'serve' and/or 'train', not {unknown}")
+    return "\n\n".join(tables[x]() for x in parts)
+
+
 # ---- command line ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: build-4b, serve, train (and serve-row, which `serve` runs in a fresh process per row)."""
+    """Command line: build-4b, serve, train, report (and serve-row, which `serve` runs in a fresh process per row)."""
     p = argparse.ArgumentParser(prog="python -m labsupport.bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build-4b", help="random-weight checkpoint of InternVL2-4B's shape (GPU: < 1 min)")
@@ -786,7 +927,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--timeout-s", type=float, default=190.0, help="per mode")
     t.add_argument("--device", default="cuda", help="cpu: functional check without DeepSpeed")
     t.add_argument("--out", default=None, help="json path (default artifacts/bench/train.json)")
+    m = sub.add_parser("report", help="tables and one figure of the measured results kept in docs/gpu")
+    m.add_argument("--from", dest="folder", default=None, help="folder of bench-*.json (default docs/gpu)")
+    m.add_argument("--plot", default=None, help="write the figure here (e.g. docs/benchmarks.png)")
     a = p.parse_args(argv)
+
+    if a.cmd == "report":
+        print(measured_tables(a.folder))
+        if a.plot:
+            import matplotlib
+            matplotlib.use("Agg")
+            fig = plot_measured(a.folder)
+            tmp = Path(a.plot).with_name(Path(a.plot).stem + ".tmp.png")
+            fig.savefig(tmp, dpi=110)
+            os.replace(tmp, a.plot)
+            print(f"[report] wrote {a.plot}")
+        return 0
 
     if a.cmd == "build-4b":
         out = a.out_dir or artifacts_dir() / "models" / MODEL_4B

@@ -213,6 +213,14 @@ def test_summarize_scalars_skips_warmup_and_reports_peak_memory():
         bench.summarize_scalars(rows, warmup=4)
 
 
+def test_summarize_scalars_prefers_the_wall_clock_between_log_lines():
+    """mmengine's `time` is a moving average; the launch's own timestamps give the true mean after warm-up."""
+    rows = [{"iter": i, "loss": 1.0, "time": 5.0, "data_time": 0.1, "seconds": sec}
+            for i, sec in [(1, 10.0), (2, 20.0), (3, 21.0), (4, 22.5), (5, 24.0)]]
+    s = bench.summarize_scalars(rows, warmup=2)
+    assert s["clock"] == "wall" and s["s_per_iter"] == pytest.approx(4.0 / 3) and s["mmengine_s_per_iter"] == 5.0
+
+
 def test_checkpoint_without_optimizer_edits_the_generated_config(tmp_path):
     from labsupport import xtuner
 
@@ -314,3 +322,62 @@ def test_serve_lmdeploy_logic_with_a_stand_in_pipeline(monkeypatch):
     assert full and all(g.min_new_tokens == 32 for g in full)  # exactly NEW_TOKENS per request
     assert sum(1 for p, g in calls if g.max_new_tokens == 1) == 3  # TTFT: median of three
     assert any(isinstance(p, list) and len(p) == 8 for p, _ in calls)  # one call with all concurrent requests
+
+
+# ---- measured results (docs/gpu) ------------------------------------------------------------------
+def _train_file(folder, name, runs):
+    import json
+    (folder / name).write_text(json.dumps({"gpu": "NVIDIA H200", "versions": {}, "runs": runs}))
+
+
+def _run(mode, zero, gpus, tok_s, peak=20.0):
+    return {"mode": mode, "zero": zero, "gpus": gpus, "batch_per_gpu": 4, "s_per_iter": 1.0, "data_fraction": 0.01,
+            "tokens_per_s_per_gpu": tok_s, "mfu": 0.1, "peak_memory_gib": peak, "lora_r": 128 if mode == "lora" else None,
+            "dataset": {"max_tokens": 1847, "mean_tiles": 4.4}}
+
+
+def test_training_results_scale_against_one_gpu_of_the_same_machine(tmp_path):
+    _train_file(tmp_path, "bench-train-full-a-h200.json", [_run("full", 2, 1, 9999.0)])
+    _train_file(tmp_path, "bench-train-full-b-h200x2.json", [_run("full", 2, 1, 4000.0), _run("full", 3, 2, 3000.0),
+                                                            {"mode": "lora", "zero": 2, "error": "OOM"}])
+    rows = bench.training_results(tmp_path)
+    assert len(rows) == 3  # the failed run is left out
+    z3 = next(r for r in rows if r["zero"] == 3)
+    assert z3["machine"] == "h200x2" and z3["scaling_efficiency"] == pytest.approx(0.75)  # not against the h200 file
+    assert all("scaling_efficiency" not in r for r in rows if r["gpus"] == 1)
+    assert z3["estimate_error_pct"] == pytest.approx(100 * (z3["estimate_gib"] / 20.0 - 1))
+
+
+def test_serving_results_compare_backends_within_one_run(tmp_path):
+    import json
+    rows = [{"row": "lmdeploy", "backend": "lmdeploy", "ttft_s": 0.05, "decode_tokens_per_s": 300.0,
+             "decode_bound_tokens_per_s": 600.0, "fraction_of_bound": 0.5, "throughput_tokens_per_s": 3000.0},
+            {"row": "transformers", "backend": "transformers", "ttft_s": 0.05, "decode_tokens_per_s": 20.0,
+             "decode_bound_tokens_per_s": 600.0, "fraction_of_bound": 20 / 600},
+            {"row": "lmdeploy-eager", "backend": "lmdeploy", "error": "timed out"}]
+    (tmp_path / "bench-serve-x-h200.json").write_text(json.dumps({"gpu": "H200", "rows": rows}))
+    out = bench.serving_results(tmp_path)
+    assert [r["row"] for r in out] == ["lmdeploy", "transformers"]
+    assert out[0]["x_transformers"] == pytest.approx(15.0) and out[1]["x_transformers"] is None
+    assert out[0]["pct_of_bound"] == pytest.approx(50.0)
+
+
+def test_the_estimator_is_within_15_percent_of_every_peak_measured_on_a_gpu():
+    """The course's memory estimator, re-run now for the settings of each run kept in docs/gpu/."""
+    rows = bench.training_results()
+    assert rows, "docs/gpu/ holds no bench-train-*.json"
+    assert {(r["mode"], r["gpus"]) for r in rows} >= {("lora", 1), ("full", 1), ("full", 2)}
+    off = [(r["file"], r["mode"], round(r["estimate_error_pct"], 1)) for r in rows if abs(r["estimate_error_pct"]) > 15]
+    assert not off, f"estimate more than 15 % from the measured peak: {off}"
+
+
+def test_report_prints_both_tables_and_draws_the_figure(tmp_path, capsys):
+    import matplotlib
+    matplotlib.use("Agg")
+    png = tmp_path / "bench.png"
+    assert bench.main(["report", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "Serving" in out and "Fine-tuning" in out and "lmdeploy" in out and "scaling" in out
+    assert png.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="parts"):
+        bench.measured_tables(parts=["speed"])

@@ -2,7 +2,9 @@
 # What the course runs on a lent GPU machine (no network; Python 3.12, torch 2.11, transformers 5.x).
 # Prepare here first:  python3 scripts/device/prepare_wheels.py   (writes .whl/, carried with the tree)
 # Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, convert, notebook06,
-#   bench-serve, bench-train (docs/benchmarks.md; run each bench step in its own call: ~7 min each)
+#   bench-serve, bench-train (docs/benchmarks.md; run each bench step in its own call: ~7 min each),
+#   train:MODE:ZERO:GPUS (one training benchmark row, e.g. train:full:3:2 = full fine-tune, ZeRO-3, 2 GPUs;
+#   writes train-MODE-zeroZERO-GPUSgpu.json), serve:ROW,ROW (chosen serve rows, e.g. serve:lmdeploy,transformers)
 # Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
@@ -52,6 +54,22 @@ for step in "$@"; do
         | tee "$OUT/bench-train.log" | grep -v "Warning\|warn("
       cp artifacts/bench/train.json "$OUT/"
       (cd artifacts/bench && tar czf "$OUT/bench-train-logs.tgz" --exclude='*.pth' train) ;;
+    train:*:*:*)
+      IFS=: read -r _ mode zero gpus <<<"$step"
+      install xtuner || exit 1
+      PYTHONPATH=$REPO python3 -m labsupport.bench build-4b 2>&1 | tee -a "$OUT/bench-build.log" | grep -v Warning || exit 1
+      tag="train-$mode-zero$zero-${gpus}gpu"
+      PYTHONPATH=/tmp/site-xtuner:$REPO python3 -m labsupport.bench train artifacts/models/internvl2-4b-random \
+        --modes "$mode" --zero "$zero" --nproc "$gpus" --iters "${TRAIN_ITERS:-20}" --out "artifacts/bench/$tag.json" 2>&1 \
+        | tee "$OUT/$tag.log" | grep -v "Warning\|warn(" | tail -25
+      cp "artifacts/bench/$tag.json" "$OUT/" ;;
+    serve:*)
+      install lmdeploy || exit 1
+      PYTHONPATH=$REPO python3 -m labsupport.bench build-4b 2>&1 | tee -a "$OUT/bench-build.log" | grep -v Warning || exit 1
+      CUDA_VISIBLE_DEVICES=${SERVE_GPU:-0} PYTHONPATH=/tmp/site-lmdeploy:$REPO python3 -m labsupport.bench serve \
+        artifacts/models/internvl2-4b-random --rows "${step#serve:}" --budget-s "${SERVE_BUDGET_S:-420}" \
+        --out artifacts/bench/serve-rows.json 2>&1 | tee "$OUT/bench-serve-rows.log" | grep -v "Warning\|Loading weights" | tail -30
+      cp artifacts/bench/serve-rows.json "$OUT/" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step took $(( $(date +%s) - start )) s"
