@@ -256,3 +256,17 @@ def test_loads_and_chats_in_deploy_env(tiny):
     proc = subprocess.run([str(python), "-c", DEPLOY_SCRIPT, str(tiny)], capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0 and "DEPLOY-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_weights_are_drawn_at_the_scale_of_a_narrow_network(tiny):
+    """std 1/sqrt(fan_in) for projections (not the real model's 0.02), so signals keep their size layer to layer."""
+    from safetensors.torch import load_file
+
+    weights = {k: v.float() for k, v in load_file(str(tiny / "model.safetensors")).items()}
+    q = weights["language_model.model.layers.0.self_attn.qkv_proj.weight"]
+    assert q.std().item() == pytest.approx(q.shape[1] ** -0.5, rel=0.05)
+    patch = weights["vision_model.embeddings.patch_embedding.weight"]
+    assert patch.std().item() == pytest.approx((3 * 14 * 14) ** -0.5, rel=0.05)
+    assert weights["language_model.model.embed_tokens.weight"].std().item() == pytest.approx(1.0, rel=0.05)
+    assert weights["vision_model.embeddings.position_embedding"].std().item() == pytest.approx(0.02, rel=0.05)
+    assert bool((weights["language_model.model.norm.weight"] == 1).all())
