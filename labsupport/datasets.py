@@ -31,7 +31,7 @@ from labsupport.paths import artifacts_dir
 # ----------------------------------------------------------------------------------------------
 # The course task: "plates"
 # ----------------------------------------------------------------------------------------------
-PLATES_VERSION = 1  # bump when the drawing or the questions change: it invalidates built copies
+PLATES_VERSION = 2  # bump when the drawing or the questions change: it invalidates built copies (2: bigger objects)
 
 COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色"}
 SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形"}
@@ -51,6 +51,15 @@ QUESTIONS = {
 IMAGE_SIZES = ((448, 448), (512, 384), (384, 512), (640, 360))  # (width, height): varied so tiling shows something
 
 _RGB = {"red": (214, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 210), "yellow": (240, 200, 20)}
+# How far an object reaches from its centre, as a fraction of the plate's inner radius (min, max), and where
+# the four quadrant centres sit. Large enough that one object covers ~25 of a tile's 256 image tokens: with
+# reaches of 0.24-0.36 the tiny model mixed up red and yellow for hundreds of iterations more (measured:
+# the loss fell at iteration ~240 with these sizes, not within 500 with 0.36-0.40). Centres >= 0.92 apart
+# and reaches <= 0.46 keep four objects from touching whatever their shape (_REACH: a shape's farthest
+# point per unit of its size).
+OBJECT_SIZE = (0.40, 0.46)
+OBJECT_OFFSET, OBJECT_JITTER = 0.48, 0.02  # quadrant centre from the plate's centre (per axis), random shift
+_REACH = {"circle": 1.0, "square": 1.05, "triangle": 1.30, "star": 1.2}
 _TABLES = ((150, 111, 80), (120, 90, 70), (170, 150, 120), (110, 110, 115), (90, 75, 60), (185, 170, 150))
 
 
@@ -125,9 +134,9 @@ def draw_plate(colour: str, shape: str, count: int, size: tuple[int, int] = (448
     slots = rng.sample([(-1, -1), (1, -1), (-1, 1), (1, 1)], int(count))
     base = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in _RGB[colour])
     for sx, sy in slots:
-        r = inner * rng.uniform(0.24, 0.30)
-        ox = cx + sx * inner * 0.42 + rng.uniform(-1, 1) * inner * 0.05
-        oy = cy + sy * inner * 0.42 + rng.uniform(-1, 1) * inner * 0.05
+        r = inner * rng.uniform(*OBJECT_SIZE) / _REACH[shape]
+        ox = cx + sx * inner * OBJECT_OFFSET + rng.uniform(-1, 1) * inner * OBJECT_JITTER
+        oy = cy + sy * inner * OBJECT_OFFSET + rng.uniform(-1, 1) * inner * OBJECT_JITTER
         angle = rng.uniform(-0.4, 0.4)
         edge = tuple(max(0, c - 60) for c in base)
         if shape == "circle":
@@ -175,7 +184,11 @@ def plates_records(n: int, split: str, kinds: Sequence[str] = KINDS, seed: int =
 
 
 def _stamp(**params: Any) -> str:
-    text = json.dumps({"version": PLATES_VERSION, **params}, sort_keys=True)
+    """Hash of what a built copy depends on: PARAMS, PLATES_VERSION and the drawing code with its sizes."""
+    import inspect
+
+    drawing = inspect.getsource(draw_plate) + repr((OBJECT_SIZE, OBJECT_OFFSET, OBJECT_JITTER, _REACH, _RGB, _TABLES))
+    text = json.dumps({"version": PLATES_VERSION, "drawing": drawing, **params}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -80,6 +80,26 @@ def test_plates_stamp_skips_rebuild_and_rebuilds_on_change(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".p.")]  # no temporary folders left behind
 
 
+def test_plates_rebuild_when_the_drawing_changes(tmp_path, monkeypatch):
+    """A copy drawn with other object sizes is stale even though the parameters match."""
+    out = tmp_path / "p"
+    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)
+    mtime = (out / "train.json").stat().st_mtime_ns
+    monkeypatch.setattr(D, "OBJECT_SIZE", (0.2, 0.25))
+    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)
+    assert (out / "train.json").stat().st_mtime_ns != mtime
+
+
+def test_objects_cover_a_visible_share_of_the_plate():
+    """One object (the smallest case) must cover enough image tokens for the tiny model to find its colour."""
+    import numpy as np
+
+    for shape in D.SHAPES:
+        img = np.asarray(D.draw_plate("blue", shape, 1, (448, 448), seed=3)).astype(int)
+        blue = (img[..., 2] > 150) & (img[..., 0] < 110) & (img[..., 1] < 150)
+        assert blue.mean() > 0.02, f"one {shape} covers only {blue.mean():.1%} of the image"
+
+
 def test_answer_matches_both_languages():
     meta = {"kind": "colour", "value": "red"}
     assert D.answer_matches("Red.", meta) and D.answer_matches("红色", meta) and D.answer_matches("红", meta)
