@@ -59,3 +59,23 @@ def test_notebook_opens_a_checkpoint_book_and_finishes_it(path):
     assert f'Checkpoints("{path.stem}"' in code, f"{path.name}: no checkpoints.Checkpoints({path.stem!r}, …)"
     last = [c for c in load(path)["cells"] if c["cell_type"] == "code"][-1]
     assert "book.finish()" in "".join(last["source"]), f"{path.name}: the last code cell should call book.finish()"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_cell_has_a_unique_id(path):
+    """nbformat 4.5 cells carry ids; a cell added without one makes nbformat warn now and fail later."""
+    ids = [c.get("id") for c in load(path)["cells"]]
+    assert all(ids), f"{path.name}: cells {[i for i, x in enumerate(ids) if not x]} have no id"
+    assert len(set(ids)) == len(ids), f"{path.name}: duplicate cell ids"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter(path):
+    """papermill infers the parameters from the cell's text; a '=' in a comment hides that line from it
+    (it then warns 'Passed unknown parameter' for knobs that do exist)."""
+    import papermill
+
+    cell = next(c for c in load(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = set(re.findall(r"^(\w+)\s*=", "".join(cell["source"]), re.M))
+    missed = names - set(papermill.inspect_notebook(str(path)))
+    assert not missed, f"{path.name}: papermill cannot read {sorted(missed)} (no '=' in their comments)"
