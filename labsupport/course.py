@@ -21,6 +21,11 @@ from pathlib import Path
 from .checkpoints import FAIL, PASS, SKIP, load_results, write_json_atomic
 from .paths import artifacts_dir, repo_root
 
+# Jupyter's own matplotlib backend: a figure a cell shows becomes a PNG in the executed notebook. The
+# runner's environment may say Agg (headless scripts and tests), which a kernel would inherit and then
+# leave only "<Figure size ...>" text where the plot belongs.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
 
 @dataclass
 class NotebookResult:
@@ -92,6 +97,8 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         return result
     params = {"ARTIFACTS": str(artifacts), **(parameters or {})}
     start = time.time()
+    backend = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures land in the executed copy
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
                             progress_bar=progress, request_save_on_cell_execute=True)
@@ -104,6 +111,11 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
     except Exception as exc:  # kernel died, timeout, bad notebook: still a failed notebook, with the reason
         result.status = FAIL
         result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if backend is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = backend
     result.seconds = round(time.time() - start, 1)
     saved = load_results(path.stem, artifacts)
     result.checkpoints = saved["checkpoints"] if saved else []

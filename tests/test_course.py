@@ -52,6 +52,24 @@ def test_passing_notebook_records_its_checkpoints_and_reports(tmp_path, need_ker
     assert "97_fine" in (art / "course-report.md").read_text() and "<table>" in (art / "course-report.html").read_text()
 
 
+def test_figures_land_in_the_executed_copy_even_when_the_runner_says_agg(tmp_path, need_kernel, monkeypatch):
+    """A headless runner (MPLBACKEND=Agg) must not turn a notebook's plots into '<Figure size ...>' text."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    code = nbformat.v4.new_code_cell
+    nb = make_notebook(tmp_path / "95_plot.ipynb", [
+        code("ARTIFACTS = ''"),
+        code("import matplotlib.pyplot as plt\nfrom IPython.display import display\n"
+             "fig, ax = plt.subplots()\nax.plot([1, 2, 3])\ndisplay(fig)\nplt.close(fig)"),
+        code("plt.plot([3, 2, 1])\nplt.show()"),
+    ])
+    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    assert result.status == "pass", result.error
+    executed = nbformat.read(tmp_path / "art" / "executed" / "95_plot.ipynb", as_version=4)
+    pngs = [o for c in executed.cells[2:] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(pngs) == 2
+    assert __import__("os").environ["MPLBACKEND"] == "Agg"  # the runner's own setting is given back
+
+
 def test_unknown_kernel_fails_with_the_fix(tmp_path):
     nb = make_notebook(tmp_path / "96_kernel.ipynb", [nbformat.v4.new_code_cell("ARTIFACTS = ''")])
     data = json.loads(nb.read_text())
