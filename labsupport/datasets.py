@@ -52,8 +52,8 @@ IMAGE_SIZES = ((448, 448), (512, 384), (384, 512), (640, 360))  # (width, height
 
 _RGB = {"red": (214, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 210), "yellow": (240, 200, 20)}
 # How far an object reaches from its centre, as a fraction of the plate's inner radius (min, max), and where
-# the four quadrant centres sit. Large enough that one object covers ~25 of a tile's 256 image tokens: with
-# reaches of 0.24-0.36 the tiny model mixed up red and yellow for hundreds of iterations more (measured:
+# the four quadrant centres sit. One circle covers ~18 of a tile's 256 image tokens (a star ~8; the old
+# circle ~7): with reaches of 0.24-0.36 the tiny model mixed up red and yellow for hundreds of iterations more (measured:
 # the loss fell at iteration ~240 with these sizes, not within 500 with 0.36-0.40). Centres >= 0.92 apart
 # and reaches <= 0.46 keep four objects from touching whatever their shape (_REACH: a shape's farthest
 # point per unit of its size).
