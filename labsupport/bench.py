@@ -664,11 +664,20 @@ def _no_optimizer_in_checkpoint(config_path: Path) -> None:
     os.replace(tmp, config_path)
 
 
+def estimate_for_run(shape: "memory.VLMShape", mode: str, zero: int, gpus: int, batch: int, stats: dict,
+                     lora_r: int, **options) -> "memory.Estimate":
+    """The memory estimator for a training run whose data has STATS (dataset_stats): its longest sample, its mean tiles."""
+    from . import memory
+
+    return memory.estimate(shape, mode=mode, zero=zero, gpus=gpus, batch=batch, seq=stats["max_tokens"],
+                           lora_r=lora_r, tiles=max(1, round(stats["mean_tiles"])), **options)
+
+
 def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 20, warmup: int = 5, batch: int = 4,
                zero: int = 2, nproc: int = 1, peak_flops: float = DEFAULT_PEAK_FLOPS, max_dynamic_patch: int = 6,
                lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, keep_checkpoint: bool = False) -> dict:
     """Fine-tune MODEL_DIR with XTuner in MODE for WARMUP + ITERS iterations; tokens/s/GPU, MFU, data vs compute, memory."""
-    from . import memory, xtuner
+    from . import xtuner
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
     work = bench_dir() / "train" / (mode if (zero, nproc) == (2, 1) else f"{mode}-zero{zero}-{nproc}gpu")
@@ -695,9 +704,8 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
     tokens_per_iter = stats["mean_tokens"] * s.batch_size
     flops_per_iter = s.batch_size * statistics.mean(
         train_flops_per_sample(config, mode, n, k, s.freeze_vit) for n, k in zip(stats["tokens"], stats["tiles"]))
-    est = memory.estimate(vlm_shape(config, Path(model_dir).name), mode=mode, zero=s.deepspeed, gpus=s.nproc,
-                          batch=s.batch_size, seq=stats["max_tokens"], checkpointing=s.gradient_checkpointing,
-                          lora_r=s.lora_r, freeze_vit=s.freeze_vit, tiles=max(1, round(stats["mean_tiles"])))
+    est = estimate_for_run(vlm_shape(config, Path(model_dir).name), mode, s.deepspeed, s.nproc, s.batch_size, stats,
+                           s.lora_r, checkpointing=s.gradient_checkpointing, freeze_vit=s.freeze_vit)
     if not keep_checkpoint:
         for ckpt in work.glob("iter_*.pth"):
             shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
@@ -789,10 +797,8 @@ def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
         for run in data.get("runs", []):
             if run.get("error") or not run.get("s_per_iter"):
                 continue
-            ds = run["dataset"]
-            est = memory.estimate(shape, mode=run["mode"], zero=run["zero"], gpus=run["gpus"], batch=run["batch_per_gpu"],
-                                  seq=ds["max_tokens"], lora_r=run.get("lora_r") or 128,
-                                  tiles=max(1, round(ds["mean_tiles"])))
+            est = estimate_for_run(shape, run["mode"], run["zero"], run["gpus"], run["batch_per_gpu"], run["dataset"],
+                                   run.get("lora_r") or 128)
             rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "mode": run["mode"],
                          "zero": run["zero"], "gpus": run["gpus"], "batch_per_gpu": run["batch_per_gpu"],
                          "s_per_iter": run["s_per_iter"], "data_pct": 100 * run["data_fraction"],
