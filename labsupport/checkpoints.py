@@ -27,14 +27,44 @@ class CheckpointsFailed(AssertionError):
     """Raised by Checkpoints.finish() when at least one checkpoint failed."""
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write DATA as pretty JSON to PATH through a temporary file, so readers never see half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
+    """Write DATA to PATH through a temporary file in the same folder, so readers never see half a file.
+
+    The result gets the permissions an ordinary open() would give (0o666 minus the umask; mkstemp's 0600 is
+    for the temporary file only), or MODE. A failed write removes its temporary file and leaves PATH as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, ensure_ascii=False, default=str)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, errors: str = "strict", mode: int | None = None) -> Path:
+    """Write TEXT as UTF-8 to PATH atomically (see write_bytes_atomic); ERRORS as in str.encode."""
+    return write_bytes_atomic(path, text.encode("utf-8", errors=errors), mode=mode)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write DATA as pretty JSON to PATH through a temporary file, so readers never see half a file."""
+    # serialised first: an object json cannot encode fails before any file is touched
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, default=str))
 
 
 def checkpoints_file(notebook: str, artifacts: str | os.PathLike) -> Path:

@@ -19,13 +19,14 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from labsupport import tiling
-from labsupport.checkpoints import write_json_atomic
+from labsupport.checkpoints import write_json_atomic, write_text_atomic
 from labsupport.paths import artifacts_dir
 
 # ----------------------------------------------------------------------------------------------
@@ -267,21 +268,39 @@ def image_tokens(width: int, height: int, max_num: int = 6,
 # ----------------------------------------------------------------------------------------------
 # Reading and writing records
 # ----------------------------------------------------------------------------------------------
+# JSONL lines end at \n (or \r\n / \r, as Python's universal newlines, which XTuner's reader uses), never at the
+# other characters str.splitlines() treats as line breaks (U+2028, U+2029, U+0085, \x0b, \x0c, \x1c-\x1e): json
+# text may hold those raw inside a string, and ensure_ascii=False writes them raw.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text, split only at \n, \r\n or \r (a final line break adds no empty line)."""
+    lines = _LINE_END.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def load_records(path: str | os.PathLike) -> list:
     """Read a json list or a jsonl file of records (raises with the file and line for a learner to fix)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         out = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(jsonl_lines(text), start=1):
             if line.strip():
                 try:
                     out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}, line {lineno}: not valid json ({exc.msg}); "
-                                     f"run labsupport.validate.validate() for a full report") from exc
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                    raise ValueError(f"{path}, line {lineno}: not valid json ({msg}); "
+                                     f"run labsupport.validate.validate() for a full report") from None
         return out
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path}: the json is nested too deeply to read; run labsupport.validate.validate()") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a json list of records, found a {type(data).__name__}")
     return data
@@ -293,13 +312,9 @@ def save_records(path: str | os.PathLike, records: list) -> Path:
     if path.suffix != ".jsonl":
         write_json_atomic(path, records)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    # serialised before anything is written: a record json cannot encode leaves no file behind
+    text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    return write_text_atomic(path, text)
 
 
 def as_records(source: str | os.PathLike | list) -> list:
