@@ -419,11 +419,14 @@ def check_record(rec: Any, add: Callable[[str, str], None], seen_ids: dict[str, 
 def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokenizer: Any = None,
              max_length: int | None = None, max_num: int = 6, count_tiles_fn: Callable[[int, int, int], int] | None = None,
              max_aspect: float = 12.0, check_images: bool = True, progress: bool = True,
-             clean_to: str | os.PathLike | None = None, template_tokens: int = 0, turn_tokens: int = 0) -> Report:
+             clean_to: str | os.PathLike | None = None, template_tokens: int = 0, turn_tokens: int = 0,
+             length_fn: Callable[[dict, tuple[int, int] | None], int] | None = None) -> Report:
     """Check every record of an InternVL/XTuner json or jsonl file and its images; never modifies the input.
 
     A sample's length = its text tokens + 256 per tile (+2 for <img></img>) per image + TEMPLATE_TOKENS, the tokens
     the chat template adds once (system prompt), + TURN_TOKENS per human/gpt pair (role markers, end-of-turn suffix).
+    LENGTH_FN(record, (width, height) or None), when given, measures it instead: labsupport.runs.xtuner_length
+    counts with XTuner's own template code, so too_long means exactly "XTuner would cut it".
     """
     path = str(json_path)
     root = Path(image_root).resolve()
@@ -464,7 +467,12 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
             if list(wh0) != list(sizes[0]):
                 add("image_wh_mismatch", f"image_wh is {wh0}, the image is {list(sizes[0])}")
         # length in tokens
-        if tokenizer is not None and usable:
+        if length_fn is not None and usable:
+            n = length_fn(rec, sizes[0] if sizes else None)
+            report.lengths[index] = n
+            if max_length is not None and n > max_length:
+                add("too_long", f"{n} tokens as XTuner's template builds the sample > max_length {max_length}")
+        elif tokenizer is not None and usable:
             n = template_tokens + turn_tokens * ((len(texts) + 1) // 2)
             n += sum(count_text_tokens(tokenizer, t) for t in texts)
             n += sum(TOKENS_PER_TILE * tiles_of(w, h, max_num) + 2 for w, h in sizes)  # +2: <img> and </img>

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from labsupport.checkpoints import write_json_atomic
+from labsupport.runs import latest_intact_checkpoint, safe_training
 from labsupport.paths import repo_root
 
 MODES = ("lora", "qlora", "full")
@@ -482,16 +483,8 @@ def multi_gpu_command(config: str | os.PathLike, gpus: int = 8, zero: int = 2, w
 
 
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint in WORK_DIR (mmengine's last_checkpoint file, else the highest iter_N.pth), or None."""
-    work_dir = Path(work_dir)
-    marker = work_dir / "last_checkpoint"
-    if marker.exists():
-        p = Path(marker.read_text().strip())
-        p = p if p.is_absolute() else work_dir / p
-        if p.exists():
-            return p
-    found = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    return found[-1] if found else None
+    """The newest intact checkpoint in WORK_DIR (mmengine's last_checkpoint file first; a save cut short is skipped), or None."""
+    return latest_intact_checkpoint(work_dir)
 
 
 _ITER = re.compile(r"Iter\(train\)\s*\[\s*(\d+)\s*/\s*(\d+)\]")
@@ -560,6 +553,7 @@ def _show_line(line: str, state: dict) -> bool:
     return any(k in line for k in keys)
 
 
+@safe_training  # checks the data with XTuner's own code first; a fresh run keeps the last good one until it succeeds
 def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool = False, nproc: int = 1,
            deepspeed: int = 0, live: bool = True, show: str = "progress", timeout: float | None = None,
            threads: int | str | None = "auto") -> TrainRun:

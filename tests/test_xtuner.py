@@ -109,7 +109,7 @@ def test_parse_log_line_reads_mmengine_lines():
 def test_latest_checkpoint_prefers_mmengines_marker(tmp_path):
     assert X.latest_checkpoint(tmp_path) is None
     for n in (2, 10, 4):
-        (tmp_path / f"iter_{n}.pth").write_bytes(b"x")
+        torch.save({"meta": {"iter": n}}, tmp_path / f"iter_{n}.pth")  # only complete checkpoints count
     assert X.latest_checkpoint(tmp_path).name == "iter_10.pth"
     (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_4.pth"))
     assert X.latest_checkpoint(tmp_path).name == "iter_4.pth"
