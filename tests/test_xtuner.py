@@ -135,7 +135,9 @@ def test_launch_fails_loudly_on_a_missing_dataset(tiny, tmp_path):
     s = X.preset("tiny-cpu", model_path=str(tiny), max_iters=2,
                  data=[X.DataSpec(str(tmp_path / "nowhere" / "train.json"), str(tmp_path))])
     cfg = X.write_config(s, tmp_path / "cfg.py")
-    with pytest.raises(X.TrainingFailed) as err:
+    from labsupport.runs import DataInvalid
+
+    with pytest.raises(DataInvalid) as err:  # refused by the data check, before XTuner starts
         X.launch(cfg, tmp_path / "wd", live=False, show="none")
     assert "nowhere/train.json" in str(err.value) and "FileNotFoundError" in str(err.value)
     assert X.latest_checkpoint(tmp_path / "wd") is None
