@@ -85,6 +85,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "image_aspect": (ERROR, "the image is a thin strip: crop or pad it to a sensible aspect ratio"),
     "image_tiny": (WARNING, "the image is smaller than one 14-pixel patch grid would resolve: use a larger one"),
     "image_wh_mismatch": (WARNING, "'image_wh' disagrees with the real size: fix or delete it (XTuner uses it to group lengths)"),
+    "xtuner_error": (ERROR, "XTuner's own dataset code failed on this record (the message says where): fix or drop it"),
     "too_long": (ERROR, "shorten the text, lower max_num (fewer tiles) or raise max_length; XTuner would cut it off"),
 }
 # Problems of the file as a whole (Problem.index is None); every other kind belongs to one record.
@@ -325,6 +326,9 @@ def check_record(rec: Any, add: Callable[[str, str], None], seen_ids: dict[str, 
         sample = "".join(f"<byte 0x{ord(ch) - 0xDC00:02x}>" if "\udc80" <= ch <= "\udcff" else
                          f"<lone \\u{ord(ch):04x}>" if "\ud800" <= ch <= "\udfff" else ch for ch in bad_text[0])[:80]
         add("non_utf8_text", f"{len(bad_text)} string(s) are not valid UTF-8, e.g. {sample!r}")
+        usable = False  # a tokenizer cannot encode it
+    else:
+        usable = True
     if any("\ufffd" in s for s in _strings(rec)):
         add("replacement_char", "a string holds the replacement character U+FFFD")
     # id
@@ -371,7 +375,7 @@ def check_record(rec: Any, add: Callable[[str, str], None], seen_ids: dict[str, 
     if not convs:
         add("empty_turn", "'conversations' is empty")
         return images, texts, False
-    usable = True
+    turns_ok = True
     tags_in: list[int] = []  # human turns holding <image>
     n_tags = 0
     for t_i, turn in enumerate(convs):
@@ -380,16 +384,16 @@ def check_record(rec: Any, add: Callable[[str, str], None], seen_ids: dict[str, 
             add("missing_key", f"turn {t_i} has no '{key}'")
         role, value = turn.get("from"), turn.get("value")
         if missing:
-            usable = False
+            turns_ok = False
             continue
         if not isinstance(role, str) or not isinstance(value, str):
             add("non_string", f"turn {t_i}: 'from' and 'value' must be strings, got "
                               f"{'null' if role is None else type(role).__name__}, {'null' if value is None else type(value).__name__}")
-            usable = False
+            turns_ok = False
             continue
         if role not in ROLES:
             add("unknown_role", f"turn {t_i} is from {role!r}")
-            usable = False
+            turns_ok = False
         if not value.strip() or value.replace("<image>", "").strip() == "" and role == "gpt":
             add("empty_turn", f"turn {t_i} ({role}) is empty")
         n = value.count("<image>")
@@ -407,13 +411,13 @@ def check_record(rec: Any, add: Callable[[str, str], None], seen_ids: dict[str, 
             add("template_marker", f"turn {t_i} holds {', '.join(markers)}")
         texts.append(value.replace("<image>", ""))
     roles = [t.get("from") for t in convs]
-    if usable and (any(r != ROLES[i % 2] for i, r in enumerate(roles)) or len(roles) % 2):
+    if turns_ok and (any(r != ROLES[i % 2] for i, r in enumerate(roles)) or len(roles) % 2):
         add("role_order", f"the roles are {roles}")
     if n_tags != n_images:  # XTuner puts the image's tokens at every human '<image>': one image, one tag
         add("image_tag_count", f"{n_tags} '<image>' tag(s) for {n_images} image(s)")
     if n_images and tags_in == [0] and isinstance(convs[0].get("value"), str) and not convs[0]["value"].startswith("<image>"):
         add("image_tag_position", "the first human turn does not start with '<image>'")
-    return images, texts, usable
+    return images, texts, usable and turns_ok
 
 
 def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokenizer: Any = None,
@@ -468,7 +472,11 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
                 add("image_wh_mismatch", f"image_wh is {wh0}, the image is {list(sizes[0])}")
         # length in tokens
         if length_fn is not None and usable:
-            n = length_fn(rec, sizes[0] if sizes else None)
+            try:
+                n = length_fn(rec, sizes[0] if sizes else None)
+            except Exception as exc:  # XTuner's own code is the judge: its failure is this record's error
+                add("xtuner_error", f"{type(exc).__name__}: {str(exc)[:160]}")
+                continue
             report.lengths[index] = n
             if max_length is not None and n > max_length:
                 add("too_long", f"{n} tokens as XTuner's template builds the sample > max_length {max_length}")

@@ -281,6 +281,8 @@ CASES: list[Case] = [
     Case("tiny_image", with_record(lambda r: r.update(image="tiny.png")), "image_tiny"),
     Case("too_long", with_record(lambda r: turn(r, 1).update(value="very long answer " * 400)), "too_long",
          kwargs={"max_length": 2048}),
+    Case("xtuner_code_fails", json_file([good(0), good(1)]), "xtuner_error", 0,
+         kwargs={"length_fn": lambda rec, size: (_ for _ in ()).throw(KeyError("conversations"))}),
     # --- tricky but valid: must pass without an error -----------------------------------------------
     Case("image_as_one_item_list", with_record(lambda r: r.update(image=[GOOD_IMAGE])), None),
     Case("image_null_text_only", with_record(lambda r: (r.update(image=None), turn(r, 0).update(value="Hello?"))), None),
