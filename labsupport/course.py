@@ -13,12 +13,14 @@ import argparse
 import html
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .checkpoints import FAIL, PASS, SKIP, load_results, write_json_atomic
+from .checkpoints import FAIL, PASS, SKIP, load_results, write_json_atomic, write_text_atomic
+from .hub import TOKEN_PATTERN, redact
 from .paths import artifacts_dir, repo_root
 
 # Jupyter's own matplotlib backend: a figure a cell shows becomes a PNG in the executed notebook. The
@@ -80,9 +82,52 @@ def source_cell_index(executed: Path, index: int) -> int:
     return index - injected
 
 
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL", re.IGNORECASE)
+
+
+def is_secret(name: str, value: object) -> bool:
+    """Whether a -p NAME VALUE is a secret: a token-like name, or a value shaped like a Hugging Face token."""
+    return bool(SECRET_NAME.search(name)) or bool(TOKEN_PATTERN.search(str(value)))
+
+
+def split_parameters(path: Path, parameters: dict) -> tuple[dict, dict, list[str]]:
+    """(what papermill may inject into PATH, secrets for the kernel's environment, names PATH does not take).
+
+    papermill writes every parameter into the executed notebook and its metadata, so a secret never goes that way:
+    it reaches the kernel as an environment variable (where labsupport.hub.find_token reads HF_TOKEN)."""
+    import papermill as pm
+
+    declared = set(pm.inspect_notebook(str(path)))
+    inject, secrets, unknown = {}, {}, []
+    for name, value in parameters.items():
+        if is_secret(name, value):
+            secrets[name] = str(value)
+        elif name in declared:
+            inject[name] = value
+        else:
+            unknown.append(name)
+    return inject, secrets, unknown
+
+
+def redact_file(path: Path, secrets: list[str]) -> bool:
+    """Mask SECRETS and Hugging Face-shaped tokens in the text file PATH (atomically); True when something was masked."""
+    if not path.exists():
+        return False
+    text = path.read_text(encoding="utf-8")
+    clean = redact(text, secrets)
+    if clean == text:
+        return False
+    write_text_atomic(path, clean)
+    return True
+
+
 def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, out_dir: Path | None = None,
                  progress: bool = True) -> NotebookResult:
-    """Execute one notebook with papermill; never raises for a failing notebook, the result says what failed."""
+    """Execute one notebook with papermill; never raises for a failing notebook, the result says what failed.
+
+    Only the parameters the notebook declares are injected; secrets (HF_TOKEN, ...) go to the kernel's
+    environment instead, and the executed copy is scrubbed of them afterwards.
+    """
     import papermill as pm
 
     path = Path(path)
@@ -95,10 +140,16 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         result.error = (f"kernel {result.kernel!r} is not registered with this Jupyter "
                         f"(known: {', '.join(sorted(known_kernels()))}); run `make env` first")
         return result
-    params = {"ARTIFACTS": str(artifacts), **(parameters or {})}
+    params, secrets, unknown = split_parameters(path, {"ARTIFACTS": str(artifacts), **(parameters or {})})
+    if unknown:
+        print(f"  {path.name} takes no parameter {', '.join(unknown)}: not passed to it", flush=True)
+    for name in secrets:
+        print(f"  {name} reaches {path.name} as an environment variable, not as a parameter "
+              "(papermill would write it into the executed notebook)", flush=True)
     start = time.time()
-    backend = os.environ.get("MPLBACKEND")
+    saved_env = {k: os.environ.get(k) for k in ["MPLBACKEND", *secrets]}
     os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures land in the executed copy
+    os.environ.update(secrets)
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
                             progress_bar=progress, request_save_on_cell_execute=True)
@@ -112,10 +163,14 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         result.status = FAIL
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        if backend is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = backend
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if redact_file(out, list(secrets.values())):  # a cell printed it: the copy keeps no trace
+            print(f"  secrets were masked in {out}", flush=True)
+        result.error = redact(result.error, list(secrets.values()))
     result.seconds = round(time.time() - start, 1)
     saved = load_results(path.stem, artifacts)
     result.checkpoints = saved["checkpoints"] if saved else []
@@ -132,9 +187,7 @@ def write_reports(results: list[NotebookResult], artifacts: Path) -> dict:
     }
     write_json_atomic(artifacts / "course-report.json", report)
     for name, text in (("course-report.md", render_markdown(report)), ("course-report.html", render_html(report))):
-        tmp = artifacts / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(artifacts / name)
+        write_text_atomic(artifacts / name, text)
     return report
 
 
@@ -239,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", nargs="*", help="notebook numbers or names, e.g. 01 02")
     run.add_argument("--artifacts", default=None, help="artifacts folder (default: artifacts/)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
-                     help="override a parameter in every notebook, e.g. -p MODEL_PATH /models/InternVL2-2B")
+                     help="override a parameter in the notebooks that declare it, e.g. -p MODEL_PATH /models/InternVL2-2B; "
+                          "a secret (HF_TOKEN ...) goes to the kernels' environment, never into a notebook")
     rep = sub.add_parser("report", help="print the report card")
     rep.add_argument("--artifacts", default=None)
     args = parser.parse_args(argv)

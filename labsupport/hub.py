@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,11 +163,10 @@ def write_gitattributes(folder: str | os.PathLike, extra_large: int | None = Non
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write TEXT to PATH atomically (temporary file + os.replace)."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Write TEXT to PATH atomically (temporary file + os.replace), with ordinary permissions."""
+    from labsupport.checkpoints import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def stray_files(folder: str | os.PathLike) -> dict[str, list[str]]:
@@ -184,17 +182,56 @@ def stray_files(folder: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
-def scan_for_secrets(root: str | os.PathLike, tokens: list | tuple = (), max_bytes: int = 50 * 1024 * 1024) -> list[str]:
-    """Files under ROOT (any file, .git included, up to MAX_BYTES each) that contain one of TOKENS or a Hugging Face-shaped token."""
+def _secret_patterns(tokens: list | tuple) -> tuple[list[bytes], re.Pattern]:
     values = [(t.reveal() if isinstance(t, Token) else t).encode() for t in tokens if t]
-    pattern = re.compile(rb"hf_[A-Za-z0-9]{20,}")
+    return values, re.compile(rb"hf_[A-Za-z0-9]{20,}")
+
+
+def _git_dirs(root: Path) -> list[Path]:
+    """Git repositories under ROOT: every .git folder and every bare repository (HEAD + objects/)."""
+    found = []
+    for head in sorted(root.rglob("HEAD")):
+        d = head.parent
+        if (d / "objects").is_dir() and (d / "refs").exists():
+            found.append(d)
+    return found
+
+
+def scan_git_objects(git_dir: str | os.PathLike, tokens: list | tuple = ()) -> list[str]:
+    """Objects of the repository GIT_DIR (a .git folder or a bare repo) that hold a token, read decompressed
+    (`git cat-file --batch-all-objects --batch`: loose and packed, reachable or not)."""
+    values, pattern = _secret_patterns(tokens)
+    proc = subprocess.run(["git", "--git-dir", str(git_dir), "cat-file", "--batch-all-objects", "--batch"],
+                          capture_output=True)
+    if proc.returncode != 0:
+        return []
+    hits, data, pos = [], proc.stdout, 0
+    while pos < len(data):  # "<sha> <type> <size>\n<content>\n" per object
+        end = data.index(b"\n", pos)
+        header = data[pos:end].split()
+        size = int(header[2]) if len(header) == 3 else 0
+        body = data[end + 1:end + 1 + size]
+        if any(v in body for v in values) or pattern.search(body):
+            hits.append(f"{git_dir} (git {header[1].decode()} {header[0].decode()[:12]})")
+        pos = end + 1 + size + 1
+    return hits
+
+
+def scan_for_secrets(root: str | os.PathLike, tokens: list | tuple = (), max_bytes: int = 50 * 1024 * 1024) -> list[str]:
+    """Files under ROOT (any file, .git included, up to MAX_BYTES each) and git objects (decompressed) holding one of
+    TOKENS or a Hugging Face-shaped token."""
+    values, pattern = _secret_patterns(tokens)
+    root = Path(root)
     hits = []
-    for p in sorted(Path(root).rglob("*")):
+    for p in sorted(root.rglob("*")) if root.is_dir() else [root]:
         if not p.is_file() or p.is_symlink() or p.stat().st_size > max_bytes:
             continue
         data = p.read_bytes()
         if any(v in data for v in values) or pattern.search(data):
             hits.append(str(p))
+    if root.is_dir():
+        for git_dir in _git_dirs(root):
+            hits += scan_git_objects(git_dir, tokens)
     return hits
 
 
@@ -291,6 +328,8 @@ class Preflight:
     """The result of preflight(): one (name, ok, message) per check, and the folder's files."""
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)
+    folder: str = ""          # the folder checked
+    fingerprint: str = ""     # its files, sizes and times then: a later change makes the report stale
 
     @property
     def ok(self) -> bool:
@@ -308,14 +347,26 @@ class Preflight:
         return "\n".join(lines)
 
 
-def preflight(folder: str | os.PathLike, repo_id: str, lfs_threshold: int = HUB_LFS_LIMIT, tokens: list | tuple = (),
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """A hash of FOLDER's file names, sizes and modification times (.git excluded)."""
+    h = hashlib.sha256()
+    folder = Path(folder)
+    for rel, size in list_files(folder).items():
+        h.update(f"{rel}\0{size}\0{(folder / rel).stat().st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def preflight(folder: str | os.PathLike, repo_id: str | None, lfs_threshold: int = HUB_LFS_LIMIT, tokens: list | tuple = (),
               load: bool = True) -> Preflight:
-    """Check FOLDER is ready to publish as REPO_ID: name, completeness and loading, LFS coverage, no secrets or leftovers."""
+    """Check FOLDER is ready to publish as REPO_ID: name, completeness and loading, LFS coverage, no secrets or leftovers.
+
+    REPO_ID None skips the name check (a push to a git remote names no hub repository)."""
     folder = Path(folder)
     files = list_files(folder)
-    rep = Preflight(files=files)
-    problem = check_repo_id(repo_id)
-    rep.checks.append(("repository name", not problem, problem or f"{repo_id} (contains {REPO_KEYWORD!r})"))
+    rep = Preflight(files=files, folder=str(folder.resolve()), fingerprint=folder_fingerprint(folder))
+    if repo_id is not None:
+        problem = check_repo_id(repo_id)
+        rep.checks.append(("repository name", not problem, problem or f"{repo_id} (contains {REPO_KEYWORD!r})"))
     missing = [f for f in REQUIRED_FILES if f not in files]
     rep.checks.append(("card and .gitattributes present", not missing,
                        f"missing {missing}: build the folder with stage_folder()" if missing else ""))
@@ -334,6 +385,59 @@ def preflight(folder: str | os.PathLike, repo_id: str, lfs_threshold: int = HUB_
                        f"remove {sorted(set(bad))} from {folder} (tokens, .env, optimizer states and work dirs must not be published)"
                        if bad else ""))
     return rep
+
+
+# ------------------------------------------------------------------------------- the publish gate
+class PublishRefused(RuntimeError):
+    """A publish route refused the folder: its pre-flight failed, is stale, or a secret was found."""
+
+
+def known_tokens() -> list[Token]:
+    """Every token this machine holds for the hubs (environment variables, huggingface_hub's login cache)."""
+    found = []
+    for hub in TOKEN_ENV:
+        try:
+            t = find_token(hub)
+        except Exception:  # a broken login cache must not stop the search for the other tokens
+            t = None
+        if t is not None:
+            found.append(t)
+    return found
+
+
+def require_cleared(folder: str | os.PathLike, report: Preflight | None = None, tokens: list | tuple = (),
+                    repo_id: str | None = None) -> Preflight:
+    """Raise PublishRefused unless FOLDER may be published: REPORT (from preflight) passed for this very folder and
+    nothing changed since; without a REPORT a files-only pre-flight is run here. Secrets (TOKENS and every token
+    known_tokens() finds) are always searched anew."""
+    folder = Path(folder)
+    tokens = [*tokens, *known_tokens()]
+    if report is not None:
+        if not report.ok:
+            raise PublishRefused(f"the pre-flight of {folder} failed, so nothing was published:\n{report}")
+        if report.folder and report.folder != str(folder.resolve()):
+            raise PublishRefused(f"the pre-flight report is for {report.folder}, not {folder}: run preflight() on this folder")
+        if report.fingerprint and report.fingerprint != folder_fingerprint(folder):
+            raise PublishRefused(f"{folder} changed after its pre-flight: run preflight() again before publishing")
+    else:
+        report = preflight(folder, repo_id, tokens=tokens, load=False)
+        if not report.ok:
+            raise PublishRefused(f"the pre-flight of {folder} failed, so nothing was published:\n{redact(str(report), tokens)}")
+    strays = stray_files(folder)["secret"]
+    leaks = [str(Path(h).relative_to(folder)) if h.startswith(str(folder)) else h for h in scan_for_secrets(folder, tokens)]
+    if strays or leaks:
+        raise PublishRefused(f"{folder} holds secrets ({sorted(set(strays + leaks))}): remove them (and revoke a token "
+                             "that was written to a file) before publishing")
+    return report
+
+
+def _refuse_secrets_in(workdir: Path, tokens: list | tuple) -> None:
+    """Before a commit: refuse when the files about to be committed, or the repository's objects, hold a secret."""
+    names = [rel for rel in list_files(workdir) if _matches(rel, SECRET_NAMES)]
+    hits = scan_for_secrets(workdir, [*tokens, *known_tokens()])  # the work tree, .git's files, and git's objects decompressed
+    if names or hits:
+        raise PublishRefused(f"refusing to commit in {workdir}: secrets in {sorted(set(names + hits))}; "
+                             "nothing was pushed. Remove them (and revoke a token that was written anywhere)")
 
 
 def upload_plan(folder: str | os.PathLike, lfs_threshold: int = HUB_LFS_LIMIT) -> str:
@@ -445,13 +549,17 @@ def make_local_remote(path: str | os.PathLike, size_limit: int | None = None) ->
 
 def git_push(folder: str | os.PathLike, remote: str | os.PathLike, workdir: str | os.PathLike, use_lfs: bool = True,
              message: str = "Upload fine-tuned InternVL model", token: Token | None = None, user: str = "",
-             branch: str = "main") -> dict:
+             branch: str = "main", report: Preflight | None = None) -> dict:
     """Clone REMOTE into WORKDIR, copy FOLDER in, commit and push (git-lfs for .gitattributes patterns when USE_LFS).
 
     The seed's manual steps, scripted. Without USE_LFS the .gitattributes is left out, as in the seed's first
     attempt, and a remote with a size limit answers GitPushRejected. Returns the commit and the LFS files.
+    FOLDER must pass its pre-flight (REPORT, or a files-only one run here) and the copy is searched for secrets
+    before the commit and in git's objects before the push: PublishRefused otherwise, and nothing is pushed.
     """
     folder, workdir = Path(folder), Path(workdir)
+    tokens = [token] if token else []
+    require_cleared(folder, report, tokens)
     if use_lfs and git_lfs_version() is None:
         raise RuntimeError("git-lfs is not installed: on Debian/Ubuntu `apt-get install git-lfs` (the course's Makefile does it)")
     if workdir.exists():
@@ -465,8 +573,14 @@ def git_push(folder: str | os.PathLike, remote: str | os.PathLike, workdir: str 
         dst = workdir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(folder / rel, dst)
-    _git(["add", "--all"], cwd=workdir, lfs=use_lfs)
-    _git(["commit", "--quiet", "-m", message], cwd=workdir, lfs=use_lfs)
+    try:
+        _refuse_secrets_in(workdir, tokens)
+        _git(["add", "--all"], cwd=workdir, lfs=use_lfs)
+        _git(["commit", "--quiet", "-m", message], cwd=workdir, lfs=use_lfs)
+        _refuse_secrets_in(workdir, tokens)
+    except PublishRefused:
+        shutil.rmtree(workdir, ignore_errors=True)  # the clone holds the secret: it must not stay around either
+        raise
     proc = _git(["push", "origin", f"HEAD:{branch}"], cwd=workdir, token=token, user=user, lfs=use_lfs, check=False)
     if proc.returncode != 0:
         raise GitPushRejected(f"the remote refused the push (exit {proc.returncode}):\n{proc.stderr.strip()}")
@@ -503,10 +617,13 @@ def hub_user(token: Token) -> str:
 
 
 def upload_huggingface(folder: str | os.PathLike, repo_id: str, token: Token, private: bool = True,
-                       message: str = "Upload fine-tuned InternVL model") -> str:
-    """Route (a): create REPO_ID on the Hugging Face Hub (if needed) and upload FOLDER; return the commit URL."""
+                       message: str = "Upload fine-tuned InternVL model", report: Preflight | None = None) -> str:
+    """Route (a): create REPO_ID on the Hugging Face Hub (if needed) and upload FOLDER; return the commit URL.
+
+    FOLDER must pass its pre-flight (REPORT, or one run here without loading the model): PublishRefused otherwise."""
     from huggingface_hub import HfApi
 
+    require_cleared(folder, report, [token], repo_id=repo_id)
     api = HfApi()
     try:
         api.create_repo(repo_id, token=token.reveal(), private=private, exist_ok=True)
@@ -517,11 +634,13 @@ def upload_huggingface(folder: str | os.PathLike, repo_id: str, token: Token, pr
 
 
 def upload_modelscope(folder: str | os.PathLike, repo_id: str, token: Token, private: bool = True,
-                      message: str = "Upload fine-tuned InternVL model") -> str:
+                      message: str = "Upload fine-tuned InternVL model", report: Preflight | None = None) -> str:
     """Route (b): create REPO_ID on ModelScope and upload FOLDER with its SDK (pip install modelscope); return the model URL.
 
+    FOLDER must pass its pre-flight (REPORT, or one run here): PublishRefused otherwise.
     Note: ModelScope's SDK keeps its own login cookie under ~/.modelscope after login().
     """
+    require_cleared(folder, report, [token], repo_id=repo_id)
     try:
         from modelscope.hub.api import HubApi
     except ImportError:
