@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labsupport.checkpoints import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV_FILES = ("environment.yml", "environment-deploy.yml")
 VENVS = ROOT / ".venvs"
@@ -140,9 +142,7 @@ def _read_stamp(prefix: Path) -> dict:
 
 def _write_stamp(prefix: Path, spec: EnvSpec, route: str) -> None:
     data = {"digest": spec.digest(), "route": route, "file": spec.file.name, "built": time.strftime("%Y-%m-%d %H:%M:%S")}
-    tmp = prefix / (STAMP + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(prefix / STAMP)
+    write_text_atomic(prefix / STAMP, json.dumps(data, indent=1))
 
 
 def _pip_install(python: Path, spec: EnvSpec) -> None:

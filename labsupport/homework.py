@@ -26,6 +26,7 @@ from pathlib import Path
 import nbformat
 
 from .paths import artifacts_dir, repo_root
+from .checkpoints import write_text_atomic
 
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
@@ -92,9 +93,7 @@ def learner_edition(notebook: str | Path, out_dir: str | Path) -> Path:
     nb.metadata["labsupport"] = {"edition": "learner", "solutions_removed": blocks}
     out = Path(out_dir) / notebook.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    nbformat.write(nb, tmp)
-    tmp.replace(out)
+    write_text_atomic(out, nbformat.writes(nb))  # no half notebook, no temp file left on a failure
     return out
 
 

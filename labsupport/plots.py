@@ -5,6 +5,7 @@ save it, or close it.
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Mapping, Sequence
 
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from . import tiling
+from .checkpoints import write_bytes_atomic
 
 GAP = 24  # pixels of white between tiles in a mosaic
 PREVIEW_PX = 224  # tiles are drawn at this size: the figure shows the layout, not every pixel
@@ -272,9 +274,9 @@ def save_figure(fig, folder: "str | os.PathLike", name: str, dpi: int = 80) -> "
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    tmp = folder / f".{name}.png.tmp"
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, bbox_inches="tight", format="png")
+    write_bytes_atomic(path, buf.getvalue())
     return path
 
 

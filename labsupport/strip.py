@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from labsupport.checkpoints import write_text_atomic
+
 
 def strip_notebook(path: str | Path) -> bool:
     """Clear outputs, execution counts and run metadata of PATH in place; return True when it changed."""
@@ -25,9 +27,7 @@ def strip_notebook(path: str | Path) -> bool:
     new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
     if new == text:
         return False
-    tmp = path.with_suffix(".ipynb.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, new)
     return True
 
 

@@ -51,3 +51,31 @@ def test_write_json_atomic_leaves_no_temp_file(tmp_path):
     write_json_atomic(tmp_path / "a" / "b.json", {"x": 1})
     assert json.loads((tmp_path / "a" / "b.json").read_text()) == {"x": 1}
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
+
+
+def test_atomic_writes_get_ordinary_permissions_and_leave_no_temp_file_on_failure(tmp_path):
+    import os
+    import stat
+
+    from labsupport.checkpoints import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "shared.txt", "hello")
+        write_json_atomic(tmp_path / "shared.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("shared.txt", "shared.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, "outputs meant to be shared must not be 0600"
+    write_bytes_atomic(tmp_path / "private.bin", b"x", mode=0o600)
+    assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600
+
+    (tmp_path / "keep.json").write_text('{"old": true}')
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="Circular"):
+        write_json_atomic(tmp_path / "keep.json", loop)
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(tmp_path / "keep.json", "lone \ud800 surrogate")
+    assert (tmp_path / "keep.json").read_text() == '{"old": true}', "a failed write must leave the old file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.json", "private.bin", "shared.json", "shared.txt"]

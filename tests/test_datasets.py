@@ -213,3 +213,16 @@ def test_load_records_names_the_bad_line(tmp_path):
     p.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(ValueError, match="line 2"):
         D.load_records(p)
+
+
+def test_jsonl_splits_records_only_at_line_ends(tmp_path):
+    odd = ["a\u2028b", "c\u2029d", "e\u0085f", "g\x0bh", "i\x0cj", "k\x1cl", "m\x1dn", "o\x1ep"]
+    records = [{"id": str(i), "conversations": [{"from": "human", "value": v}, {"from": "gpt", "value": v}]}
+               for i, v in enumerate(odd)]
+    path = D.save_records(tmp_path / "odd.jsonl", records)
+    assert len(path.read_bytes().split(b"\n")) == len(records) + 1, "one line per record"
+    assert D.load_records(path) == records
+    crlf = tmp_path / "crlf.jsonl"
+    crlf.write_bytes(b'{"id": "a"}\r\n{"id": "b"}\r{"id": "c"}')
+    assert [r["id"] for r in D.load_records(crlf)] == ["a", "b", "c"]
+    assert D.jsonl_lines("x\u2028y\nz\n") == ["x\u2028y", "z"]

@@ -145,3 +145,10 @@ def test_split_parameters_keeps_secrets_and_unknown_names_out(tmp_path):
                                                               "MODELSCOPE_API_TOKEN": "z", "STEPS": 3})
     assert inject == {"MODEL_PATH": "/m"} and unknown == ["STEPS"]
     assert secrets == {"HF_TOKEN": "abc", "REPO_NAME": TOKEN, "MODELSCOPE_API_TOKEN": "z"}
+
+
+def test_committed_gpu_results_name_no_machine_paths():
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted((root / "docs" / "gpu").glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        assert '"/work/' not in text and '"/tmp/' not in text and '"/root/' not in text and '"/home/' not in text, path.name
