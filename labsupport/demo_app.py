@@ -4,7 +4,8 @@
     python -m labsupport.demo_app --base ./InternVL2-2B --finetuned ./my-finetune --port 7860
 
 It listens on 127.0.0.1 only (pass --host 0.0.0.0 to share it on your network, knowingly), limits
-uploads to --max-file-size, answers a non-image upload with a message instead of an error, and
+uploads to --max-file-size, answers a non-image upload, a decompression bomb, an image over MAX_PIXELS
+or a question over MAX_PROMPT_CHARS with a message instead of an error, downscales large images, and
 offers quick-pick examples from the course task. The model answers through labsupport.deploy
 (LMDeploy on a CUDA GPU, else the model's own chat()).
 """
@@ -20,6 +21,9 @@ from labsupport import deploy
 
 MODEL_CHOICES = ("base", "fine-tuned")
 IMAGE_HELP = "Please upload a picture (JPG, PNG or WebP)."
+MAX_PIXELS = 40_000_000   # larger uploads are refused before decoding (a 150 MP PNG would take ~0.5 GB to decode)
+MAX_SIDE = 2048           # larger images are downscaled first: 6 tiles of 448 px never need more
+MAX_PROMPT_CHARS = 2000   # a longer question is refused: it would hold the single queue for everyone
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,18 +33,56 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def check_image(path: str | os.PathLike) -> str | None:
-    """None when PATH is an image Pillow can read, else a sentence for the user saying what is wrong."""
-    from PIL import Image, UnidentifiedImageError
+def prepare_image(path: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> tuple[str | None, str | None]:
+    """(path the model should read, None) for a usable upload, or (None, a sentence for the user saying what is wrong).
+
+    Never decodes more than MAX_PIXELS: a decompression bomb or a huge scan is refused from its header. An image
+    with a side above MAX_SIDE is downscaled (upright, per its EXIF orientation) into OUT_DIR (a temporary folder).
+    """
+    import tempfile
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = Path(path).name
+    kind = Path(path).suffix.lstrip(".").upper() or "this"
     try:
-        with Image.open(path) as img:
-            img.verify()
-        return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    return None, (f"\u201c{name}\u201d is {w}\u00d7{h} pixels ({w * h / 1e6:.0f} megapixels); this demo takes "
+                                  f"images up to {MAX_PIXELS / 1e6:.0f} megapixels. Please upload a smaller copy.")
+                if max(w, h) <= MAX_SIDE:
+                    img.verify()
+                    return str(path), None
+                img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced size right away
+                small = ImageOps.exif_transpose(img).convert("RGB")
+                small.thumbnail((MAX_SIDE, MAX_SIDE))
+    except Image.DecompressionBombError:
+        return None, (f"\u201c{name}\u201d claims more pixels than is safe to decode (a decompression bomb?). "
+                      f"{IMAGE_HELP}")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        kind = Path(path).suffix.lstrip(".").upper() or "this"
-        return (f"\u201c{name}\u201d is not an image I can read ({kind} file: {type(exc).__name__}). {IMAGE_HELP}")
+        return None, f"\u201c{name}\u201d is not an image I can read ({kind} file: {type(exc).__name__}). {IMAGE_HELP}"
+    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="internvl-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / (Path(path).stem + "-small.png")
+    small.save(out)
+    return str(out), None
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """None when PATH is an image the demo can use, else a sentence for the user saying what is wrong."""
+    return prepare_image(path)[1]
+
+
+def check_prompt(text: str) -> str | None:
+    """None when TEXT is a question the demo takes, else a sentence saying why not."""
+    if len(text) > MAX_PROMPT_CHARS:
+        return (f"Your message is {len(text):,} characters long; this demo answers questions up to "
+                f"{MAX_PROMPT_CHARS:,} characters. Please shorten it.")
+    return None
 
 
 def course_examples(artifacts: str | os.PathLike | None = None, n: int = 4) -> list[tuple[str, str]]:
@@ -93,12 +135,12 @@ def respond(message: dict, history: list, model_name: str, state: dict, models: 
     new_image = None
     for f in files:
         path = f if isinstance(f, str) else (f.get("path") or f.get("name"))
-        problem = check_image(path)
+        usable, problem = prepare_image(path)
         if problem:
             history += [{"role": "user", "content": f"Attached file: {Path(path).name}"},
                         {"role": "assistant", "content": problem}]
             return history, state
-        new_image = path
+        new_image = usable
     if new_image:
         state.update(image=new_image, session=None)  # a new image starts a new conversation
         history.append({"role": "user", "content": {"path": new_image}})
@@ -110,6 +152,10 @@ def respond(message: dict, history: list, model_name: str, state: dict, models: 
     if not text:
         if new_image:
             history.append({"role": "assistant", "content": "Got the image. Ask me something about it."})
+        return history, state
+    too_long = check_prompt(text)
+    if too_long:
+        history += [{"role": "user", "content": text[:200] + "\u2026"}, {"role": "assistant", "content": too_long}]
         return history, state
     history.append({"role": "user", "content": text})
     try:
