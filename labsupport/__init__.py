@@ -14,6 +14,8 @@ Flat modules, each named after what it does:
   plots        the architecture figures (tiling grids, pixel-shuffle merge, budgets)
   xtuner       XTuner configs from readable settings, the training launcher, resume, convert_to_official
   xtuner_shims what XTuner 0.2.0 needs on a CPU, imported by the generated configs
+  validate     check a training json/jsonl and its images against what XTuner's dataset accepts
+  runs         safe training runs: data checked first, the last good run kept, resume from an intact checkpoint
   memory       GPU memory estimator for fine-tuning (weights, gradients, optimizer, activations)
   evaluate     held-out accuracy of a model on the course task through its chat API
 """

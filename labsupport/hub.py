@@ -101,6 +101,18 @@ def find_token(hub: str = "huggingface") -> Token | None:
     return None
 
 
+def ask_token(hub: str = "huggingface") -> Token | None:
+    """Ask for HUB's token at a hidden prompt (Jupyter's password box; the answer is never recorded), or None when
+    nobody can answer (a headless run) or the answer is empty."""
+    import getpass
+
+    try:
+        value = getpass.getpass(f"{hub} token (hidden; press Enter to skip): ").strip()
+    except Exception:  # papermill and other headless kernels allow no input: no token, the plan is printed instead
+        return None
+    return Token(value, "typed at a hidden prompt") if value else None
+
+
 # ------------------------------------------------------------------------------------- the folder
 def human_size(n: int) -> str:
     """Bytes as a short human-readable size (1.9 MiB)."""

@@ -152,3 +152,19 @@ def test_committed_gpu_results_name_no_machine_paths():
     for path in sorted((root / "docs" / "gpu").glob("*.json")):
         text = path.read_text(encoding="utf-8")
         assert '"/work/' not in text and '"/tmp/' not in text and '"/root/' not in text and '"/home/' not in text, path.name
+
+
+def test_ask_token_uses_a_hidden_prompt_and_copes_without_stdin(monkeypatch):
+    import getpass
+
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: f"  {TOKEN} ")
+    token = hub.ask_token()
+    assert token.reveal() == TOKEN and TOKEN not in repr(token)
+
+    def headless(prompt):
+        raise RuntimeError("stdin is not allowed")
+
+    monkeypatch.setattr(getpass, "getpass", headless)
+    assert hub.ask_token() is None
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: "")
+    assert hub.ask_token() is None
