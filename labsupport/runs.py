@@ -87,11 +87,13 @@ def _aside(work_dir: Path, what: str) -> Path:
 
 
 @contextlib.contextmanager
-def keep_last_good_run(work_dir: str | os.PathLike, say: Callable[[str], None] | None = print) -> Iterator[Path]:
+def keep_last_good_run(work_dir: str | os.PathLike, say: Callable[[str], None] | None = print,
+                       carry: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
     """Move WORK_DIR's previous run aside, give an empty WORK_DIR to the block, and on failure put the previous run back.
 
     The failed attempt is kept next to it as .<name>.failed (its log explains the failure); on success the
     previous run is deleted. The block never sees the old checkpoints, so a new run cannot pick them up.
+    Files in CARRY that lie inside WORK_DIR (e.g. the config the new run reads) are copied into the fresh WORK_DIR.
     """
     work_dir = Path(work_dir)
     previous = _aside(work_dir, "previous")
@@ -107,6 +109,13 @@ def keep_last_good_run(work_dir: str | os.PathLike, say: Callable[[str], None] |
         if say:
             say(f"[run] the previous run in {work_dir} is kept at {previous} until this one succeeds")
     work_dir.mkdir(parents=True, exist_ok=True)
+    for item in carry if moved else ():
+        try:
+            rel = Path(item).resolve().relative_to(work_dir.resolve())
+        except ValueError:
+            continue  # outside WORK_DIR: untouched by the move
+        (work_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(previous / rel, work_dir / rel)
     try:
         yield work_dir
     except BaseException:
@@ -240,7 +249,7 @@ def safe_training(launch: Callable[..., Any]) -> Callable[..., Any]:
                 print(f"[data] checked with XTuner's tokenizer and template in {time.time() - started:.1f} s")
         if bound.arguments.get("resume"):
             return launch(*bound.args, **bound.kwargs)  # a resume continues the same run in place
-        with keep_last_good_run(work_dir):
+        with keep_last_good_run(work_dir, carry=(config,)):
             return launch(*bound.args, **bound.kwargs)
 
     return wrapper

@@ -67,6 +67,15 @@ def test_keep_last_good_run_restores_it_when_the_new_run_fails(tmp_path):
     assert sorted(p.name for p in wd.iterdir()) == ["iter_1.pth"] and not (tmp_path / ".wd.previous").exists()
 
 
+def test_a_config_inside_the_work_dir_travels_into_the_new_run(tmp_path):
+    wd = tmp_path / "wd"
+    fake_checkpoints(wd)
+    (wd / "config.py").write_text("max_iters = 6\n")  # labsupport.bench writes its config there
+    with runs.keep_last_good_run(wd, say=None, carry=(wd / "config.py", tmp_path / "elsewhere.py")):
+        assert sorted(p.name for p in wd.iterdir()) == ["config.py"]
+        assert (wd / "config.py").read_text() == "max_iters = 6\n"
+
+
 def test_an_interrupted_set_aside_is_recovered_on_the_next_run(tmp_path):
     wd = tmp_path / "wd"
     fake_checkpoints(tmp_path / ".wd.previous")  # the process died after moving the good run aside
