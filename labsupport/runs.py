@@ -232,12 +232,13 @@ def safe_training(launch: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a launcher launch(config, work_dir, resume=False, ...): check the data first, and for a fresh run keep the
     last good run until the new one has succeeded (check_data=False skips the data check)."""
     sig = inspect.signature(launch)
+    first, second = list(sig.parameters)[:2]  # the config and the work dir, whatever the launcher calls them
 
     @functools.wraps(launch)
     def wrapper(*args: Any, check_data: bool = True, **kwargs: Any) -> Any:
         bound = sig.bind(*args, **kwargs)
         bound.apply_defaults()
-        config, work_dir = Path(bound.arguments["config"]), Path(bound.arguments["work_dir"])
+        config, work_dir = Path(bound.arguments[first]), Path(bound.arguments[second])
         if check_data and config.exists():
             started = time.time()
             try:
