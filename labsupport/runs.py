@@ -118,12 +118,14 @@ def keep_last_good_run(work_dir: str | os.PathLike, say: Callable[[str], None] |
         shutil.copy2(previous / rel, work_dir / rel)
     try:
         yield work_dir
-    except BaseException:
+    except BaseException as exc:
         if moved:
             failed = _aside(work_dir, "failed")
             shutil.rmtree(failed, ignore_errors=True)
             os.replace(work_dir, failed)
             os.replace(previous, work_dir)
+            exc.add_note(f"(the failed attempt's files, its log included, are now in {failed}; "
+                         f"{work_dir} holds the previous run again)")
             if say:
                 say(f"[run] this run failed: the previous run is back in {work_dir}; the failed attempt is in {failed}")
         raise
