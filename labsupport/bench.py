@@ -173,7 +173,7 @@ def write_random_weights(config: dict, out: str | os.PathLike, device: str = "cu
                 t.fill_(1.0)
             else:
                 t.normal_(0.0, std, generator=gen)
-            if tokenizer_vocab is not None and name.endswith("lm_head.weight"):
+            if tokenizer_vocab is not None and name.endswith(("lm_head.weight", "language_model.output.weight")):
                 t[tokenizer_vocab:].zero_()
             tensors[name] = t.cpu()
             weight_map[name] = fname
@@ -980,16 +980,21 @@ def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
     from . import memory
 
     folder = Path(folder) if folder else measured_dir()
-    shape = memory.shape_of(internvl2_4b_config(), "InternVL2-4B")
+    shapes = {"InternVL2-4B": memory.shape_of(internvl2_4b_config(), "InternVL2-4B"),
+              "InternVL2-2B": memory.shape_of(internvl2_2b_config(), "InternVL2-2B")}
     rows = []
-    for path in sorted(folder.glob("bench-train-*.json")):
+    for path in sorted([*folder.glob("bench-train-*.json"), *folder.glob("bench-levers-*.json")]):
         data = json.loads(path.read_text())
         for run in data.get("runs", []):
             if run.get("error") or not run.get("s_per_iter"):
                 continue
-            est = estimate_for_run(shape, run["mode"], run["zero"], run["gpus"], run["batch_per_gpu"], run["dataset"],
-                                   run.get("lora_r") or 128)
-            rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "mode": run["mode"],
+            name = run.get("shape") or ("InternVL2-2B" if "-2b-" in path.name else "InternVL2-4B")
+            est = estimate_for_run(shapes[name], run["mode"], run["zero"], run["gpus"], run["batch_per_gpu"],
+                                   run["dataset"], run.get("lora_r") or 128, checkpointing=run.get("checkpointing", True),
+                                   attention=run.get("attention") or "sdpa")
+            rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "shape": name,
+                         "row": run.get("row"), "lever": run.get("lever"), "mode": run["mode"],
+                         "checkpointing": run.get("checkpointing", True), "attention": run.get("attention") or "sdpa",
                          "zero": run["zero"], "gpus": run["gpus"], "batch_per_gpu": run["batch_per_gpu"],
                          "s_per_iter": run["s_per_iter"], "data_pct": 100 * run["data_fraction"],
                          "tokens_per_s_per_gpu": run["tokens_per_s_per_gpu"], "mfu_pct": 100 * run["mfu"],
@@ -999,7 +1004,7 @@ def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
     for r in rows:
         if r["gpus"] > 1:
             base = [b for b in rows if b["machine"] == r["machine"] and b["mode"] == r["mode"] and b["gpus"] == 1
-                    and b["zero"] == 2]
+                    and b["zero"] == 2 and b["shape"] == r["shape"] and b["batch_per_gpu"] == r["batch_per_gpu"]]
             if base:
                 r["scaling_efficiency"] = r["tokens_per_s_per_gpu"] / base[0]["tokens_per_s_per_gpu"]
     return rows
