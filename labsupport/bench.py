@@ -991,7 +991,7 @@ def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
             name = run.get("shape") or ("InternVL2-2B" if "-2b-" in path.name else "InternVL2-4B")
             est = estimate_for_run(shapes[name], run["mode"], run["zero"], run["gpus"], run["batch_per_gpu"],
                                    run["dataset"], run.get("lora_r") or 128, checkpointing=run.get("checkpointing", True),
-                                   attention=run.get("attention") or "sdpa")
+                                   attention="eager" if run.get("attention") == "eager" else "sdpa")
             rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "shape": name,
                          "row": run.get("row"), "lever": run.get("lever"), "mode": run["mode"],
                          "checkpointing": run.get("checkpointing", True), "attention": run.get("attention") or "sdpa",
@@ -1020,6 +1020,7 @@ def serving_results(folder: str | os.PathLike | None = None) -> list[dict]:
         hf = next((r["decode_tokens_per_s"] for r in rows if r["backend"] == "transformers"), None)
         for r in rows:
             out.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "row": r["row"],
+                        "shape": "InternVL2-2B" if "-2b-" in path.name else "InternVL2-4B",
                         "ttft_ms": 1000 * r["ttft_s"], "decode_tokens_per_s": r["decode_tokens_per_s"],
                         "bound_tokens_per_s": r.get("decode_bound_tokens_per_s"),
                         "pct_of_bound": 100 * r["fraction_of_bound"] if r.get("fraction_of_bound") else None,
@@ -1033,9 +1034,9 @@ def plot_measured(folder: str | os.PathLike | None = None):
     """One figure of the measured GPU results: batch-1 decode against the bound, and training tok/s per GPU."""
     import matplotlib.pyplot as plt
 
-    serve_rows, train_rows = serving_results(folder), training_results(folder)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
-    labels = [f"{r['row']}\n({r['machine']})" for r in serve_rows]
+    serve_rows, train_rows = serving_results(folder), latest_training_rows(folder)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 7))
+    labels = [f"{r['shape'][-2:]} {r['row']} ({r['machine']})" for r in serve_rows]
     a.barh(labels, [r["decode_tokens_per_s"] for r in serve_rows],
            color=["tab:orange" if r["row"] == "transformers" else "tab:blue" for r in serve_rows])
     bound = max((r["bound_tokens_per_s"] or 0) for r in serve_rows) if serve_rows else 0
@@ -1045,10 +1046,11 @@ def plot_measured(folder: str | os.PathLike | None = None):
         a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     for i, r in enumerate(serve_rows):
         a.text(r["decode_tokens_per_s"], i, f" {r['decode_tokens_per_s']:.0f}", va="center", fontsize=8)
-    a.set(xlabel="decode tokens/s at batch 1 (256 new tokens, one image)", title="Serving InternVL2-4B's shape",
+    a.set(xlabel="decode tokens/s at batch 1 (256 new tokens, one image)", title="Serving InternVL2-2B's and -4B's shapes",
           xlim=(0, 1.1 * max([bound] + [r["decode_tokens_per_s"] for r in serve_rows])))
     a.tick_params(axis="y", labelsize=7)
-    tl = [f"{r['mode']} ZeRO-{r['zero']}, {r['gpus']} GPU ({r['machine']})" for r in train_rows]
+    tl = [f"{r['shape'][-2:]} {r.get('row') or r['mode'] + ' b' + str(r['batch_per_gpu'])}, ZeRO-{r['zero']}, "
+          f"{r['gpus']} GPU ({r['machine']})" for r in train_rows]  # unique: one bar per label
     b.barh(tl, [r["tokens_per_s_per_gpu"] for r in train_rows],
            color=["tab:green" if r["mode"] == "lora" else "tab:purple" for r in train_rows])
     for i, r in enumerate(train_rows):
@@ -1056,28 +1058,67 @@ def plot_measured(folder: str | os.PathLike | None = None):
         if r.get("scaling_efficiency"):
             note += f" ({100 * r['scaling_efficiency']:.0f} % scaling)"
         b.text(r["tokens_per_s_per_gpu"], i, note, va="center", fontsize=8)
-    b.set(xlabel="training tokens/s per GPU (batch 4 per GPU)", title="XTuner fine-tuning, DeepSpeed")
+    b.set(xlabel="training tokens/s per GPU", title="XTuner fine-tuning, DeepSpeed")
     b.tick_params(axis="y", labelsize=7)
     b.margins(x=0.35)
     fig.tight_layout()
     return fig
 
 
+def latest_training_rows(folder: str | os.PathLike | None = None) -> list[dict]:
+    """training_results without repeats: the last run of each setting, and no run of the superseded masked SDPA."""
+    keep: dict[tuple, dict] = {}
+    for r in training_results(folder):
+        if r["attention"] == "sdpa-mask":
+            continue
+        key = (r["shape"], r["machine"], r["mode"], r["zero"], r["gpus"], r["batch_per_gpu"], r["checkpointing"],
+               r["attention"], r.get("lever"))
+        keep[key] = r
+    return list(keep.values())
+
+
+def lever_rows(folder: str | os.PathLike | None = None) -> list[dict]:
+    """Every lever run kept in FOLDER's bench-levers-*.json (default docs/gpu), with tok/s against the row it changes."""
+    folder = Path(folder) if folder else measured_dir()
+    out = []
+    for path in sorted(folder.glob("bench-levers-*.json")):
+        data = json.loads(path.read_text())
+        for r in data.get("runs", []):
+            if str(r.get("error", "")).startswith("skipped"):
+                continue
+            out.append({**r, "file": path.name, "mfu_pct": 100 * r["mfu"] if r.get("mfu") else None,
+                        "note": (r.get("error") or "").split("\n")[0][:48]})
+    latest = {r["row"]: r for r in out if r.get("tokens_per_s_per_gpu") and r.get("attention") != "sdpa-mask"}
+    for r in out:
+        same_file = next((b for b in out if b["row"] == r.get("base") and b["file"] == r["file"]), None)
+        base = same_file or (latest.get(r.get("base")) if r.get("attention") != "sdpa-mask" else None)
+        if base and r.get("tokens_per_s_per_gpu"):
+            r["x_base"] = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
+    return out
+
+
 def measured_tables(folder: str | os.PathLike | None = None, parts: Sequence[str] = ("serve", "train")) -> str:
-    """The measured serving and/or training results (PARTS) as text tables: what notebooks 04 and 06 quote."""
-    serve_cols = [("row", "row"), ("machine", "machine"), ("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"),
+    """The measured serving, training and lever results (PARTS: serve, train, levers) as text tables."""
+    serve_cols = [("shape", "shape"), ("row", "row"), ("machine", "machine"), ("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"),
                   ("bound_tokens_per_s", "bound"), ("pct_of_bound", "% bound"), ("x_transformers", "x transformers"),
                   ("batch_tokens_per_s", "batch-64 tok/s")]
-    train_cols = [("mode", "mode"), ("zero", "ZeRO"), ("gpus", "GPUs"), ("machine", "machine"), ("s_per_iter", "s/iter"),
+    train_cols = [("shape", "shape"), ("row", "lever row"), ("mode", "mode"), ("batch_per_gpu", "batch"), ("checkpointing", "ckpt"),
+                  ("attention", "attention"), ("zero", "ZeRO"), ("gpus", "GPUs"), ("machine", "machine"), ("s_per_iter", "s/iter"),
                   ("tokens_per_s_per_gpu", "tok/s/GPU"), ("mfu_pct", "MFU %"), ("scaling_efficiency", "scaling"),
                   ("peak_memory_gib", "peak GiB"), ("estimate_gib", "estimate GiB"), ("estimate_error_pct", "error %")]
-    tables = {"serve": lambda: "Serving InternVL2-4B's shape (docs/gpu/bench-serve-*.json)\n"
+    lever_cols = [("row", "row"), ("lever", "lever"), ("attention", "attention"), ("batch_per_gpu", "batch"),
+                  ("tokens_per_s_per_gpu", "tok/s/GPU"), ("x_base", "x base"), ("mfu_pct", "MFU %"),
+                  ("data_fraction", "data share"), ("peak_memory_gib", "peak GiB"), ("note", "note")]
+    tables = {"serve": lambda: "Serving InternVL2-2B's and -4B's shapes (docs/gpu/bench-serve-*.json)\n"
                                + format_table(serving_results(folder), serve_cols, digits=1),
-              "train": lambda: "Fine-tuning InternVL2-4B's shape with XTuner, batch 4 per GPU (docs/gpu/bench-train-*.json)\n"
-                               + format_table(training_results(folder), train_cols, digits=2)}
+              "train": lambda: "Fine-tuning with XTuner (docs/gpu/bench-train-*.json, bench-levers-*.json; the last run "
+                               "of each setting)\n" + format_table(latest_training_rows(folder), train_cols, digits=2),
+              "levers": lambda: "Speed levers, InternVL2-2B's shape, one H200, ZeRO-2 (docs/gpu/bench-levers-*.json; "
+                                "x base: tok/s over the row it changes; sdpa-mask: the first run's masked SDPA)\n"
+                                + format_table(lever_rows(folder), lever_cols, digits=2)}
     unknown = [x for x in parts if x not in tables]
     if unknown:
-        raise ValueError(f"parts must be 'serve' and/or 'train', not {unknown}")
+        raise ValueError(f"parts must be among 'serve', 'train', 'levers', not {unknown}")
     return "\n\n".join(tables[x]() for x in parts)
 
 
@@ -1145,7 +1186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     if a.cmd == "report":
-        print(measured_tables(a.folder))
+        print(measured_tables(a.folder, ("serve", "train", "levers")))
         if a.plot:
             import matplotlib
             matplotlib.use("Agg")
