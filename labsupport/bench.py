@@ -1124,7 +1124,7 @@ def measured_tables(folder: str | os.PathLike | None = None, parts: Sequence[str
 
 # ---- command line ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: build-4b, serve, train, report (and serve-row, which `serve` runs in a fresh process per row)."""
+    """Command line: build-2b, build-4b, serve, train, levers, report (and serve-row, which `serve` runs in a fresh process per row)."""
     p = argparse.ArgumentParser(prog="python -m labsupport.bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd, (folder, _, name) in BUILDS.items():
