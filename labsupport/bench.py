@@ -1,8 +1,14 @@
-"""Benchmarks of InternVL2-4B's shape on a GPU: build a random-weight checkpoint, serve it, fine-tune it.
+"""Benchmarks of InternVL2-2B's and -4B's shapes on a GPU: build a random-weight checkpoint, serve it, fine-tune it.
 
+    python -m labsupport.bench build-2b artifacts/models/internvl2-2b-random      # < 1 min on a GPU
     python -m labsupport.bench build-4b artifacts/models/internvl2-4b-random      # < 1 min on a GPU
     python -m labsupport.bench serve artifacts/models/internvl2-4b-random         # LMDeploy vs transformers
     python -m labsupport.bench train artifacts/models/internvl2-4b-random         # XTuner LoRA and full + ZeRO-2
+    python -m labsupport.bench levers artifacts/models/internvl2-2b-random        # one training run per speed lever
+
+serve, train and levers accept any official-format InternVL2 folder (a downloaded InternVL2-2B too).
+InternVL2-2B's shape (InternViT-300M-448px + MLP projector + internlm2-chat-1_8b, 92,553-token
+vocabulary) runs the course's own InternLM2 code (labsupport/remote_code/modeling_internlm2.py).
 
 Each command prints a table and writes its numbers to artifacts/bench/<command>.json. Speed does not
 depend on the values of the weights, so a checkpoint with random weights of the published shape
@@ -37,6 +43,7 @@ from .paths import artifacts_dir
 GIB = 1024**3
 DEFAULT_PEAK_FLOPS = 989e12  # H100 SXM, dense bf16 (the spec sheet's 1979 TFLOPS is with 2:4 sparsity)
 MODEL_4B = "internvl2-4b-random"
+MODEL_2B = "internvl2-2b-random"
 BUILD_STAMP = ".labsupport-bench-build.json"
 QUESTION = "What colour are the objects on the plate? Describe the plate in detail."
 
@@ -74,6 +81,36 @@ def internvl2_4b_config() -> dict:
                               "intermediate_size")}
     lm["max_position_embeddings"] = 4096  # Phi-3-mini-4k; the 128k model adds long-rope scaling on top
     return internvl_config(vision, lm, llm["vocab_size"])
+
+
+def internvl2_2b_config() -> dict:
+    """config.json of InternVL2-2B's published shape (labsupport/data/internvl2_family.json) with the course's InternLM2 LLM."""
+    from .params import load_family_file
+    from .tinymodel import internvl_config
+
+    fam = load_family_file()
+    v, llm = fam["vision"], fam["models"]["InternVL2-2B"]["llm_config"]
+    vision = {k: v[k] for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+                                "image_size", "patch_size")}
+    lm = {k: llm[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+                              "intermediate_size")}
+    lm["max_position_embeddings"] = 32768  # internlm2-chat-1_8b's published value
+    return internvl_config(vision, lm, llm["vocab_size"], llm_arch="InternLM2ForCausalLM")
+
+
+BUILDS = {"build-2b": (MODEL_2B, internvl2_2b_config, "InternVL2-2B"),
+          "build-4b": (MODEL_4B, internvl2_4b_config, "InternVL2-4B")}
+
+
+def shape_name(config: dict) -> str:
+    """Which published InternVL2 shape CONFIG has ("InternVL2-2B", "InternVL2-4B", ...), or "custom"."""
+    from .params import family
+
+    def key(c: dict) -> tuple:
+        l = c["llm_config"]
+        return (l["hidden_size"], l["num_hidden_layers"], l["intermediate_size"], l["vocab_size"])
+
+    return next((name for name, cfg in family().items() if key(cfg) == key(config)), "custom")
 
 
 def vlm_shape(config: dict, name: str = "model") -> "memory.VLMShape":
@@ -136,7 +173,7 @@ def write_random_weights(config: dict, out: str | os.PathLike, device: str = "cu
                 t.fill_(1.0)
             else:
                 t.normal_(0.0, std, generator=gen)
-            if tokenizer_vocab is not None and name.endswith("lm_head.weight"):
+            if tokenizer_vocab is not None and name.endswith(("lm_head.weight", "language_model.output.weight")):
                 t[tokenizer_vocab:].zero_()
             tensors[name] = t.cpu()
             weight_map[name] = fname
@@ -406,7 +443,7 @@ def serve_transformers(model_dir: str, new_tokens: int = 256, concurrency: int =
         "<IMG_CONTEXT>", "<IMG_CONTEXT>" * (model.num_image_token * pixels.shape[0]), 1)
     ids = tok(prompt, return_tensors="pt")["input_ids"].to(device)
     model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
-    eos = tok.convert_tokens_to_ids("<|end|>")
+    eos = tok.convert_tokens_to_ids("<|im_end|>" if "<|im_end|>" in tok.get_vocab() else "<|end|>")  # InternLM2 / Phi-3
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
 
     class Deadline(StoppingCriteria):
@@ -664,6 +701,42 @@ def _no_optimizer_in_checkpoint(config_path: Path) -> None:
     os.replace(tmp, config_path)
 
 
+_SAMPLER_LINE = ("    sampler=dict(type=LengthGroupedSampler, length_property='modality_length',\n"
+                 "                 per_device_batch_size=batch_size * accumulative_counts),\n")
+
+
+def apply_levers(config_path: Path, checkpointing: bool = True, attention: str | None = None,
+                 group_by_length: bool = True) -> list[str]:
+    """Edit a generated GPU config for the speed levers XTuner's own config cannot set; return what changed.
+
+    CHECKPOINTING False or ATTENTION ("sdpa"/"eager") swap XTuner's InternVL_V1_5 for
+    labsupport.xtuner_shims.LeverInternVL; GROUP_BY_LENGTH False swaps XTuner's LengthGroupedSampler
+    (batches of similar length, XTuner's default) for mmengine's DefaultSampler (random order).
+    """
+    text = config_path.read_text(encoding="utf-8")
+    changed = []
+    if not checkpointing or attention:
+        head = "model = dict(\n    type=InternVL_V1_5,\n"
+        if text.count(head) != 1:
+            raise RuntimeError(f"{config_path}: expected one 'model = dict(type=InternVL_V1_5' block (GPU config?)")
+        text = text.replace(head, "model = dict(\n    type=LeverInternVL,  # XTuner's InternVL_V1_5 + two levers\n"
+                            f"    gradient_checkpointing={checkpointing!r},\n    llm_attn={attention!r},\n")
+        text = text.replace("from xtuner.model import InternVL_V1_5\n",
+                            "from xtuner.model import InternVL_V1_5\nfrom labsupport.xtuner_shims import LeverInternVL\n")
+        changed.append(f"model=LeverInternVL(gradient_checkpointing={checkpointing}, llm_attn={attention})")
+    if not group_by_length:
+        if text.count(_SAMPLER_LINE) != 1:
+            raise RuntimeError(f"{config_path}: expected one LengthGroupedSampler line (render_config changed?)")
+        text = text.replace(_SAMPLER_LINE, "    sampler=dict(type=DefaultSampler, shuffle=True),  # random order\n")
+        text = text.replace("from xtuner.dataset.samplers import LengthGroupedSampler\n",
+                            "from mmengine.dataset import DefaultSampler\nfrom xtuner.dataset.samplers import LengthGroupedSampler\n")
+        changed.append("sampler=DefaultSampler")
+    tmp = config_path.with_name(config_path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, config_path)
+    return changed
+
+
 def estimate_for_run(shape: "memory.VLMShape", mode: str, zero: int, gpus: int, batch: int, stats: dict,
                      lora_r: int, **options) -> "memory.Estimate":
     """The memory estimator for a training run whose data has STATS (dataset_stats): its longest sample, its mean tiles."""
@@ -675,12 +748,18 @@ def estimate_for_run(shape: "memory.VLMShape", mode: str, zero: int, gpus: int, 
 
 def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 20, warmup: int = 5, batch: int = 4,
                zero: int = 2, nproc: int = 1, peak_flops: float = DEFAULT_PEAK_FLOPS, max_dynamic_patch: int = 6,
-               lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, keep_checkpoint: bool = False) -> dict:
-    """Fine-tune MODEL_DIR with XTuner in MODE for WARMUP + ITERS iterations; tokens/s/GPU, MFU, data vs compute, memory."""
+               lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, keep_checkpoint: bool = False,
+               checkpointing: bool = True, attention: str | None = None, group_by_length: bool = True,
+               num_workers: int = 4, tag: str | None = None) -> dict:
+    """Fine-tune MODEL_DIR with XTuner in MODE for WARMUP + ITERS iterations; tokens/s/GPU, MFU, data vs compute, memory.
+
+    The levers: CHECKPOINTING (gradient checkpointing), ATTENTION (the LLM's kernel, None: what XTuner asks
+    for), GROUP_BY_LENGTH (XTuner's LengthGroupedSampler), NUM_WORKERS (data-loader processes).
+    """
     from . import xtuner
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    work = bench_dir() / "train" / (mode if (zero, nproc) == (2, 1) else f"{mode}-zero{zero}-{nproc}gpu")
+    work = bench_dir() / "train" / (tag or (mode if (zero, nproc) == (2, 1) else f"{mode}-zero{zero}-{nproc}gpu"))
     if work.exists():
         shutil.rmtree(work)
     total = warmup + iters
@@ -688,13 +767,16 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
                       deepspeed=zero, nproc=nproc, batch_size=batch, accumulative_counts=1, max_iters=total,
                       save_steps=total, save_total_limit=1, log_interval=1, max_dynamic_patch=max_dynamic_patch,
                       freeze_vit=True, freeze_llm=None, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05,
-                      lr=2e-5, weight_decay=0.05, max_length=8192, num_workers=4, gradient_checkpointing=True)
+                      lr=2e-5, weight_decay=0.05, max_length=8192, num_workers=num_workers,
+                      gradient_checkpointing=checkpointing)
     notes = []
     if device == "cpu":
         s, notes = xtuner.cpu_compatible(s)
         s = dataclasses.replace(s, num_workers=0)
     cfg_path = xtuner.write_config(s, work / "config.py")
     _no_optimizer_in_checkpoint(cfg_path)
+    if device != "cpu":
+        notes += apply_levers(cfg_path, checkpointing, attention, group_by_length)
     stats = dataset_stats(cfg_path)
     print(f"[train:{mode}] data: {stats['mean_tokens']:.0f} tokens and {stats['mean_tiles']:.2f} tiles per sample "
           f"(max {stats['max_tokens']})", flush=True)
@@ -704,8 +786,9 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
     tokens_per_iter = stats["mean_tokens"] * s.batch_size
     flops_per_iter = s.batch_size * statistics.mean(
         train_flops_per_sample(config, mode, n, k, s.freeze_vit) for n, k in zip(stats["tokens"], stats["tiles"]))
+    attn = attention or _llm_attention(config)
     est = estimate_for_run(vlm_shape(config, Path(model_dir).name), mode, s.deepspeed, s.nproc, s.batch_size, stats,
-                           s.lora_r, checkpointing=s.gradient_checkpointing, freeze_vit=s.freeze_vit)
+                           s.lora_r, checkpointing=s.gradient_checkpointing, freeze_vit=s.freeze_vit, attention=attn)
     if not keep_checkpoint:
         for ckpt in work.glob("iter_*.pth"):
             shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
@@ -715,7 +798,16 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
             "flops_per_iter_per_gpu": flops_per_iter, "peak_flops": peak_flops,
             "mfu": flops_per_iter / summary["s_per_iter"] / peak_flops, "dataset": stats,
             "estimate_gib": est.total, "estimate_parts": est.row(), "lora_r": s.lora_r if mode != "full" else None,
+            "checkpointing": checkpointing, "attention": attn, "group_by_length": group_by_length,
+            "num_workers": s.num_workers, "shape": shape_name(config),
             "notes": notes, "config": str(cfg_path), "log": str(run.log)}
+
+
+def _llm_attention(config: dict) -> str:
+    """The LLM attention the estimator should assume without the attention lever: XTuner asks for
+    flash_attention_2, which the course's InternLM2 code (without flash_attn: SDPA) and transformers'
+    Phi-3 run without storing the attention matrix -- "sdpa" in labsupport.memory's terms."""
+    return "sdpa"
 
 
 def train(model_dir: str, modes: Sequence[str] = ("lora", "full"), iters: int = 20, warmup: int = 5, batch: int = 4,
@@ -749,6 +841,104 @@ def train(model_dir: str, modes: Sequence[str] = ("lora", "full"), iters: int = 
     print(train_table(results))
     print(f"[train] wrote {path} in {results['seconds']:.0f} s")
     return results
+
+
+# ---- levers: one training run per speed lever ----------------------------------------------------------
+# name -> (what changes, train_mode keywords). Each row differs from the row named in "base" by one lever,
+# so the table reads as "what this lever gives"; the "best" rows combine the winners.
+LEVER_ROWS: dict[str, dict] = {
+    "full-b4": {"base": None, "lever": "baseline: batch 4, checkpointing, SDPA, grouped, 4 workers",
+                "mode": "full", "batch": 4},
+    "full-b4-eager": {"base": "full-b4", "lever": "attention eager (the official code's fallback)",
+                      "mode": "full", "batch": 4, "attention": "eager"},
+    "full-b16": {"base": "full-b4", "lever": "batch 16", "mode": "full", "batch": 16},
+    "full-b16-nockpt": {"base": "full-b16", "lever": "checkpointing off", "mode": "full", "batch": 16,
+                        "checkpointing": False},
+    "full-b8-nockpt": {"base": "full-b16", "lever": "batch 8, checkpointing off (16 without it runs out of memory)",
+                       "mode": "full", "batch": 8, "checkpointing": False},
+    "full-b16-random": {"base": "full-b16", "lever": "length grouping off", "mode": "full", "batch": 16,
+                        "group_by_length": False},
+    "full-b16-w8": {"base": "full-b16", "lever": "8 data-loader workers", "mode": "full", "batch": 16, "num_workers": 8},
+    "full-b32": {"base": "full-b16", "lever": "batch 32 (checkpointing)", "mode": "full", "batch": 32},
+    "full-b32-nockpt": {"base": "full-b16-nockpt", "lever": "batch 32 (checkpointing off)", "mode": "full",
+                        "batch": 32, "checkpointing": False},
+    "lora-b4": {"base": None, "lever": "baseline: batch 4, checkpointing, SDPA, grouped, 4 workers",
+                "mode": "lora", "batch": 4},
+    "lora-b4-eager": {"base": "lora-b4", "lever": "attention eager", "mode": "lora", "batch": 4, "attention": "eager"},
+    "lora-b16": {"base": "lora-b4", "lever": "batch 16", "mode": "lora", "batch": 16},
+    "lora-b16-nockpt": {"base": "lora-b16", "lever": "checkpointing off", "mode": "lora", "batch": 16,
+                        "checkpointing": False},
+    "lora-b32-nockpt": {"base": "lora-b16-nockpt", "lever": "batch 32 (checkpointing off)", "mode": "lora",
+                        "batch": 32, "checkpointing": False},
+    "lora-b16-nockpt-w8": {"base": "lora-b16-nockpt", "lever": "8 data-loader workers", "mode": "lora",
+                           "batch": 16, "checkpointing": False, "num_workers": 8},
+}
+_LEVER_KEYS = ("checkpointing", "attention", "group_by_length", "num_workers")
+
+
+def levers(model_dir: str, rows: Sequence[str], iters: int = 8, warmup: int = 4, zero: int = 2,
+           peak_flops: float = DEFAULT_PEAK_FLOPS, max_dynamic_patch: int = 6, lora_r: int = 128,
+           budget_s: float = 540.0, timeout_s: float = 150.0, out: str | os.PathLike | None = None) -> dict:
+    """The lever table: each of ROWS (names in LEVER_ROWS) as one XTuner run on one GPU; rows that would start with
+    less than a minute of BUDGET_S left are skipped (and say so). Partial results are written after every row."""
+    from .datasets import build_course_task
+    from .xtuner import DataSpec
+
+    unknown = [r for r in rows if r not in LEVER_ROWS]
+    if unknown:
+        raise ValueError(f"unknown lever rows {unknown}; choose from {list(LEVER_ROWS)}")
+    need_cuda("the lever benchmark (XTuner with DeepSpeed)")
+    model_dir = str(Path(model_dir).resolve())
+    plates = build_course_task(progress=False)
+    data = DataSpec(str(plates["train"]), str(plates["image_folder"]))
+    started = time.time()
+    results: dict = {"model": Path(model_dir).name, "peak_flops": peak_flops, "device": "cuda", "gpu": gpu_name(),
+                     "versions": _versions(), "iters": iters, "warmup": warmup, "runs": []}
+    path = Path(out) if out else bench_dir() / "levers.json"
+    for name in rows:
+        spec = LEVER_ROWS[name]
+        left = budget_s - (time.time() - started)
+        if left < 60:
+            results["runs"].append({"row": name, "mode": spec["mode"], "zero": zero, "lever": spec["lever"],
+                                    "error": f"skipped: {left:.0f} s left of the {budget_s:.0f} s budget"})
+            continue
+        print(f"[levers] {name}: {spec['lever']} ({time.time() - started:.0f} s elapsed)", flush=True)
+        kw = {k: spec[k] for k in _LEVER_KEYS if k in spec}
+        try:
+            row = train_mode(model_dir, spec["mode"], data, iters, warmup, spec["batch"], zero, 1, peak_flops,
+                             max_dynamic_patch, lora_r, "cuda", min(timeout_s, left), tag=f"lever-{name}", **kw)
+        except Exception as exc:  # an out-of-memory row is a result too
+            row = {"mode": spec["mode"], "zero": zero, "batch_per_gpu": spec["batch"],
+                   "error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
+        row.update({"row": name, "lever": spec["lever"], "base": spec["base"]})
+        row.pop("config", None), row.pop("log", None)  # machine paths
+        results["runs"].append(row)
+        write_json_atomic(path, results)
+        print(levers_table(results), flush=True)
+    results["seconds"] = round(time.time() - started, 1)
+    write_json_atomic(path, results)
+    print(f"[levers] wrote {path} in {results['seconds']:.0f} s")
+    return results
+
+
+def levers_table(results: dict) -> str:
+    """The lever results as a text table: one row per lever, with tok/s against the row it changes."""
+    by_name = {r.get("row"): r for r in results["runs"]}
+    rows = []
+    for r in results["runs"]:
+        row = dict(r)
+        row["mfu_pct"] = 100 * r["mfu"] if r.get("mfu") is not None else None
+        row["data_pct"] = 100 * r["data_fraction"] if r.get("data_fraction") is not None else None
+        base = by_name.get(r.get("base"))
+        if base and base.get("tokens_per_s_per_gpu") and r.get("tokens_per_s_per_gpu"):
+            row["x_base"] = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
+        row["note"] = r["error"].splitlines()[0][:60] if r.get("error") else ""
+        rows.append(row)
+    cols = [("row", "row"), ("lever", "lever"), ("batch_per_gpu", "batch"), ("s_per_iter", "s/iter"),
+            ("data_pct", "data %"), ("tokens_per_s_per_gpu", "tok/s/GPU"), ("x_base", "x base"), ("mfu_pct", "MFU %"),
+            ("peak_memory_gib", "peak GiB"), ("estimate_gib", "estimate GiB"), ("note", "note")]
+    return (f"MFU against {results['peak_flops'] / 1e12:.0f} TFLOPS; one GPU, ZeRO-2; x base = tok/s / the row it changes\n"
+            + format_table(rows, cols, digits=2))
 
 
 def train_table(results: dict) -> str:
@@ -790,16 +980,21 @@ def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
     from . import memory
 
     folder = Path(folder) if folder else measured_dir()
-    shape = memory.shape_of(internvl2_4b_config(), "InternVL2-4B")
+    shapes = {"InternVL2-4B": memory.shape_of(internvl2_4b_config(), "InternVL2-4B"),
+              "InternVL2-2B": memory.shape_of(internvl2_2b_config(), "InternVL2-2B")}
     rows = []
-    for path in sorted(folder.glob("bench-train-*.json")):
+    for path in sorted([*folder.glob("bench-train-*.json"), *folder.glob("bench-levers-*.json")]):
         data = json.loads(path.read_text())
         for run in data.get("runs", []):
             if run.get("error") or not run.get("s_per_iter"):
                 continue
-            est = estimate_for_run(shape, run["mode"], run["zero"], run["gpus"], run["batch_per_gpu"], run["dataset"],
-                                   run.get("lora_r") or 128)
-            rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "mode": run["mode"],
+            name = run.get("shape") or ("InternVL2-2B" if "-2b-" in path.name else "InternVL2-4B")
+            est = estimate_for_run(shapes[name], run["mode"], run["zero"], run["gpus"], run["batch_per_gpu"],
+                                   run["dataset"], run.get("lora_r") or 128, checkpointing=run.get("checkpointing", True),
+                                   attention="eager" if run.get("attention") == "eager" else "sdpa")
+            rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "shape": name,
+                         "row": run.get("row"), "lever": run.get("lever"), "mode": run["mode"],
+                         "checkpointing": run.get("checkpointing", True), "attention": run.get("attention") or "sdpa",
                          "zero": run["zero"], "gpus": run["gpus"], "batch_per_gpu": run["batch_per_gpu"],
                          "s_per_iter": run["s_per_iter"], "data_pct": 100 * run["data_fraction"],
                          "tokens_per_s_per_gpu": run["tokens_per_s_per_gpu"], "mfu_pct": 100 * run["mfu"],
@@ -809,7 +1004,7 @@ def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
     for r in rows:
         if r["gpus"] > 1:
             base = [b for b in rows if b["machine"] == r["machine"] and b["mode"] == r["mode"] and b["gpus"] == 1
-                    and b["zero"] == 2]
+                    and b["zero"] == 2 and b["shape"] == r["shape"] and b["batch_per_gpu"] == r["batch_per_gpu"]]
             if base:
                 r["scaling_efficiency"] = r["tokens_per_s_per_gpu"] / base[0]["tokens_per_s_per_gpu"]
     return rows
@@ -825,6 +1020,7 @@ def serving_results(folder: str | os.PathLike | None = None) -> list[dict]:
         hf = next((r["decode_tokens_per_s"] for r in rows if r["backend"] == "transformers"), None)
         for r in rows:
             out.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "row": r["row"],
+                        "shape": "InternVL2-2B" if "-2b-" in path.name else "InternVL2-4B",
                         "ttft_ms": 1000 * r["ttft_s"], "decode_tokens_per_s": r["decode_tokens_per_s"],
                         "bound_tokens_per_s": r.get("decode_bound_tokens_per_s"),
                         "pct_of_bound": 100 * r["fraction_of_bound"] if r.get("fraction_of_bound") else None,
@@ -838,9 +1034,9 @@ def plot_measured(folder: str | os.PathLike | None = None):
     """One figure of the measured GPU results: batch-1 decode against the bound, and training tok/s per GPU."""
     import matplotlib.pyplot as plt
 
-    serve_rows, train_rows = serving_results(folder), training_results(folder)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
-    labels = [f"{r['row']}\n({r['machine']})" for r in serve_rows]
+    serve_rows, train_rows = serving_results(folder), latest_training_rows(folder)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 7))
+    labels = [f"{r['shape'][-2:]} {r['row']} ({r['machine']})" for r in serve_rows]
     a.barh(labels, [r["decode_tokens_per_s"] for r in serve_rows],
            color=["tab:orange" if r["row"] == "transformers" else "tab:blue" for r in serve_rows])
     bound = max((r["bound_tokens_per_s"] or 0) for r in serve_rows) if serve_rows else 0
@@ -850,10 +1046,11 @@ def plot_measured(folder: str | os.PathLike | None = None):
         a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     for i, r in enumerate(serve_rows):
         a.text(r["decode_tokens_per_s"], i, f" {r['decode_tokens_per_s']:.0f}", va="center", fontsize=8)
-    a.set(xlabel="decode tokens/s at batch 1 (256 new tokens, one image)", title="Serving InternVL2-4B's shape",
+    a.set(xlabel="decode tokens/s at batch 1 (256 new tokens, one image)", title="Serving InternVL2-2B's and -4B's shapes",
           xlim=(0, 1.1 * max([bound] + [r["decode_tokens_per_s"] for r in serve_rows])))
     a.tick_params(axis="y", labelsize=7)
-    tl = [f"{r['mode']} ZeRO-{r['zero']}, {r['gpus']} GPU ({r['machine']})" for r in train_rows]
+    tl = [f"{r['shape'][-2:]} {r.get('row') or r['mode'] + ' b' + str(r['batch_per_gpu'])}, ZeRO-{r['zero']}, "
+          f"{r['gpus']} GPU ({r['machine']})" for r in train_rows]  # unique: one bar per label
     b.barh(tl, [r["tokens_per_s_per_gpu"] for r in train_rows],
            color=["tab:green" if r["mode"] == "lora" else "tab:purple" for r in train_rows])
     for i, r in enumerate(train_rows):
@@ -861,41 +1058,81 @@ def plot_measured(folder: str | os.PathLike | None = None):
         if r.get("scaling_efficiency"):
             note += f" ({100 * r['scaling_efficiency']:.0f} % scaling)"
         b.text(r["tokens_per_s_per_gpu"], i, note, va="center", fontsize=8)
-    b.set(xlabel="training tokens/s per GPU (batch 4 per GPU)", title="XTuner fine-tuning, DeepSpeed")
+    b.set(xlabel="training tokens/s per GPU", title="XTuner fine-tuning, DeepSpeed")
     b.tick_params(axis="y", labelsize=7)
     b.margins(x=0.35)
     fig.tight_layout()
     return fig
 
 
+def latest_training_rows(folder: str | os.PathLike | None = None) -> list[dict]:
+    """training_results without repeats: the last run of each setting, and no run of the superseded masked SDPA."""
+    keep: dict[tuple, dict] = {}
+    for r in training_results(folder):
+        if r["attention"] == "sdpa-mask":
+            continue
+        key = (r["shape"], r["machine"], r["mode"], r["zero"], r["gpus"], r["batch_per_gpu"], r["checkpointing"],
+               r["attention"], r.get("lever"))
+        keep[key] = r
+    return list(keep.values())
+
+
+def lever_rows(folder: str | os.PathLike | None = None) -> list[dict]:
+    """Every lever run kept in FOLDER's bench-levers-*.json (default docs/gpu), with tok/s against the row it changes."""
+    folder = Path(folder) if folder else measured_dir()
+    out = []
+    for path in sorted(folder.glob("bench-levers-*.json")):
+        data = json.loads(path.read_text())
+        for r in data.get("runs", []):
+            if str(r.get("error", "")).startswith("skipped"):
+                continue
+            out.append({**r, "file": path.name, "mfu_pct": 100 * r["mfu"] if r.get("mfu") else None,
+                        "note": (r.get("error") or "").split("\n")[0][:48]})
+    latest = {r["row"]: r for r in out if r.get("tokens_per_s_per_gpu") and r.get("attention") != "sdpa-mask"}
+    for r in out:
+        same_file = next((b for b in out if b["row"] == r.get("base") and b["file"] == r["file"]), None)
+        base = same_file or (latest.get(r.get("base")) if r.get("attention") != "sdpa-mask" else None)
+        if base and r.get("tokens_per_s_per_gpu"):
+            r["x_base"] = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
+    return out
+
+
 def measured_tables(folder: str | os.PathLike | None = None, parts: Sequence[str] = ("serve", "train")) -> str:
-    """The measured serving and/or training results (PARTS) as text tables: what notebooks 04 and 06 quote."""
-    serve_cols = [("row", "row"), ("machine", "machine"), ("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"),
+    """The measured serving, training and lever results (PARTS: serve, train, levers) as text tables."""
+    serve_cols = [("shape", "shape"), ("row", "row"), ("machine", "machine"), ("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"),
                   ("bound_tokens_per_s", "bound"), ("pct_of_bound", "% bound"), ("x_transformers", "x transformers"),
                   ("batch_tokens_per_s", "batch-64 tok/s")]
-    train_cols = [("mode", "mode"), ("zero", "ZeRO"), ("gpus", "GPUs"), ("machine", "machine"), ("s_per_iter", "s/iter"),
+    train_cols = [("shape", "shape"), ("row", "lever row"), ("mode", "mode"), ("batch_per_gpu", "batch"), ("checkpointing", "ckpt"),
+                  ("attention", "attention"), ("zero", "ZeRO"), ("gpus", "GPUs"), ("machine", "machine"), ("s_per_iter", "s/iter"),
                   ("tokens_per_s_per_gpu", "tok/s/GPU"), ("mfu_pct", "MFU %"), ("scaling_efficiency", "scaling"),
                   ("peak_memory_gib", "peak GiB"), ("estimate_gib", "estimate GiB"), ("estimate_error_pct", "error %")]
-    tables = {"serve": lambda: "Serving InternVL2-4B's shape (docs/gpu/bench-serve-*.json)\n"
+    lever_cols = [("row", "row"), ("lever", "lever"), ("attention", "attention"), ("batch_per_gpu", "batch"),
+                  ("tokens_per_s_per_gpu", "tok/s/GPU"), ("x_base", "x base"), ("mfu_pct", "MFU %"),
+                  ("data_fraction", "data share"), ("peak_memory_gib", "peak GiB"), ("note", "note")]
+    tables = {"serve": lambda: "Serving InternVL2-2B's and -4B's shapes (docs/gpu/bench-serve-*.json)\n"
                                + format_table(serving_results(folder), serve_cols, digits=1),
-              "train": lambda: "Fine-tuning InternVL2-4B's shape with XTuner, batch 4 per GPU (docs/gpu/bench-train-*.json)\n"
-                               + format_table(training_results(folder), train_cols, digits=2)}
+              "train": lambda: "Fine-tuning with XTuner (docs/gpu/bench-train-*.json, bench-levers-*.json; the last run "
+                               "of each setting)\n" + format_table(latest_training_rows(folder), train_cols, digits=2),
+              "levers": lambda: "Speed levers, InternVL2-2B's shape, one H200, ZeRO-2 (docs/gpu/bench-levers-*.json; "
+                                "x base: tok/s over the row it changes; sdpa-mask: the first run's masked SDPA)\n"
+                                + format_table(lever_rows(folder), lever_cols, digits=2)}
     unknown = [x for x in parts if x not in tables]
     if unknown:
-        raise ValueError(f"parts must be 'serve' and/or 'train', not {unknown}")
+        raise ValueError(f"parts must be among 'serve', 'train', 'levers', not {unknown}")
     return "\n\n".join(tables[x]() for x in parts)
 
 
 # ---- command line ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: build-4b, serve, train, report (and serve-row, which `serve` runs in a fresh process per row)."""
+    """Command line: build-2b, build-4b, serve, train, levers, report (and serve-row, which `serve` runs in a fresh process per row)."""
     p = argparse.ArgumentParser(prog="python -m labsupport.bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build-4b", help="random-weight checkpoint of InternVL2-4B's shape (GPU: < 1 min)")
-    b.add_argument("out_dir", nargs="?", default=None, help=f"default artifacts/models/{MODEL_4B}")
-    b.add_argument("--device", default="cuda", help="where weights are generated (cpu works, slowly)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--force", action="store_true", help="rebuild even when the folder is current")
+    for cmd, (folder, _, name) in BUILDS.items():
+        b = sub.add_parser(cmd, help=f"random-weight checkpoint of {name}'s shape (GPU: < 1 min)")
+        b.add_argument("out_dir", nargs="?", default=None, help=f"default artifacts/models/{folder}")
+        b.add_argument("--device", default="cuda", help="where weights are generated (cpu works, slowly)")
+        b.add_argument("--seed", type=int, default=0)
+        b.add_argument("--force", action="store_true", help="rebuild even when the folder is current")
     s = sub.add_parser("serve", help="LMDeploy (PyTorch engine) vs transformers generate")
     s.add_argument("model_dir")
     s.add_argument("--rows", default=",".join(DEFAULT_SERVE_ROWS),
@@ -933,13 +1170,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--timeout-s", type=float, default=190.0, help="per mode")
     t.add_argument("--device", default="cuda", help="cpu: functional check without DeepSpeed")
     t.add_argument("--out", default=None, help="json path (default artifacts/bench/train.json)")
+    lv = sub.add_parser("levers", help="one XTuner run per speed lever (batch, checkpointing, attention, sampler, workers)")
+    lv.add_argument("model_dir")
+    lv.add_argument("--rows", default="full-b4,full-b16,full-b16-nockpt,lora-b4,lora-b16,lora-b16-nockpt",
+                    help=f"comma-separated, from {list(LEVER_ROWS)}")
+    lv.add_argument("--iters", type=int, default=8, help="measured iterations (after --warmup)")
+    lv.add_argument("--warmup", type=int, default=4)
+    lv.add_argument("--budget-s", type=float, default=540.0, help="whole run; rows that would start late are skipped")
+    lv.add_argument("--timeout-s", type=float, default=150.0, help="per row")
+    lv.add_argument("--peak-flops", type=float, default=DEFAULT_PEAK_FLOPS)
+    lv.add_argument("--out", default=None, help="json path (default artifacts/bench/levers.json)")
     m = sub.add_parser("report", help="tables and one figure of the measured results kept in docs/gpu")
     m.add_argument("--from", dest="folder", default=None, help="folder of bench-*.json (default docs/gpu)")
     m.add_argument("--plot", default=None, help="write the figure here (e.g. docs/benchmarks.png)")
     a = p.parse_args(argv)
 
     if a.cmd == "report":
-        print(measured_tables(a.folder))
+        print(measured_tables(a.folder, ("serve", "train", "levers")))
         if a.plot:
             import matplotlib
             matplotlib.use("Agg")
@@ -950,16 +1197,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[report] wrote {a.plot}")
         return 0
 
-    if a.cmd == "build-4b":
-        out = a.out_dir or artifacts_dir() / "models" / MODEL_4B
-        print(f"[build-4b] InternVL2-4B shape (Phi-3-mini-4k rope), random bf16 weights on {a.device} -> {out}", flush=True)
-        summary = build_model(out, internvl2_4b_config(), device=a.device, seed=a.seed, force=a.force)
+    if a.cmd in BUILDS:
+        folder, make_config, name = BUILDS[a.cmd]
+        out = a.out_dir or artifacts_dir() / "models" / folder
+        print(f"[{a.cmd}] {name} shape, course remote code, random bf16 weights on {a.device} -> {out}", flush=True)
+        summary = build_model(out, make_config(), device=a.device, seed=a.seed, force=a.force)
         rows = [{"part": k, "parameters": v} for k, v in summary["counted"].items()]
         print(format_table(rows, [("part", "part"), ("parameters", "parameters")]))
         print(f"written {summary['parameters']:,} parameters, {summary['bytes'] / GIB:.2f} GiB in {summary['shards']} "
               f"shard(s), {summary['seconds']} s{' (already current: skipped)' if summary['skipped'] else ''}")
-        save_results("build-4b", summary)
+        save_results(a.cmd, {**summary, "shape": name, "path": Path(summary["path"]).name})
         return 0
+    if a.cmd == "levers":
+        res = levers(a.model_dir, [x for x in a.rows.split(",") if x], a.iters, a.warmup, peak_flops=a.peak_flops,
+                     budget_s=a.budget_s, timeout_s=a.timeout_s, out=a.out)
+        return 0 if all("error" not in r for r in res["runs"]) else 1
     if a.cmd == "serve-row":
         result = serve_row(a.row, a.model_dir, a.new_tokens, a.concurrency, a.hf_batch, a.hf_budget_s, a.device,
                            a.bandwidth_gib)

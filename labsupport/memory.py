@@ -7,18 +7,28 @@ The formula (bytes per GPU; P = parameters, T = trainable parameters, N = GPUs, 
 * optimizer    AdamW with DeepSpeed: an fp32 master copy + two fp32 moments (12·T, the ZeRO paper's K)
                plus the fp32 copy of the gradients that DeepSpeed's optimizer step reads (4·T): 16·T;
                ZeRO-1/2/3 shard them: /N. Without DeepSpeed: two moments in the weights' dtype, 4·T
-* activations  per LLM layer s·b·h·34 bytes with flash/SDPA attention (Korthikanti et al. 2022, bf16;
-               eager attention adds 5·a·s/h for the stored attention matrix); with gradient checkpointing
-               only each layer's input (2·s·b·h) is kept plus one layer's worth during recomputation; plus
-               the logits (b·s·V·6: bf16 + fp32 loss) and, when the ViT trains, its activations
+* activations  per LLM layer and token, counted from what autograd keeps in bf16 (flash/SDPA attention):
+               attention block 20·h bytes (norm input and output, q, k and v repeated to all heads,
+               attention output, wo input), gated MLP 8·i (w1 and w3 outputs, the activation, their
+               product) -- 52·h for InternLM2 (i = 4h), where Korthikanti et al.'s 34·h assumes a GeLU MLP.
+               LoRA: frozen projections keep no input (−6h − 2i), each adapter keeps its dropout output
+               and mask (3 bytes per input element). Eager attention adds 5·a·s for the stored matrix.
+               With gradient checkpointing only each layer's input (2·s·b·h) is kept plus one layer's
+               worth during recomputation. Plus the logits, b·s·V·8 (bf16 logits + the loss's fp32
+               copy + its gradient in flight), and b·s·V·4 more when LoRA adapts the output head (XTuner
+               does so for InternLM2's `output`: its target selection skips only `lm_head`), and, when
+               the ViT trains, its activations
 * overhead     a fixed 1.5 GB for the CUDA context, allocator fragmentation and communication buffers
 
 LoRA adapts every linear layer of the LLM, as XTuner does (target_modules=None): Phi-3 has fused
 qkv and gate/up projections, InternLM2 a fused wqkv, Qwen2 none; the adapter count follows.
 
-Measured (InternVL2-4B shape, H200, ZeRO-2, batch 4, 1,847 tokens; docs/benchmarks.md): LoRA peak
-15.6 GiB against 16.7 estimated (+7 %), full 79.4 against 77.1 (−3 %). Before the fp32-gradient term,
-SDPA and fused projections were counted the estimate was 18.5 and 64.8 (+18 %, −18 %).
+Measured (H200, ZeRO-2, docs/gpu, re-checked by tests/test_bench.py): every kept row within ±14 %,
+e.g. InternVL2-2B full batch 16 62.2 GiB (estimate 63.7), LoRA batch 16 43.0 (45.5), LoRA batch 16
+without checkpointing 128.5 (123.8), full batch 32 97.1 (89.9); InternVL2-4B LoRA batch 4 15.6 (17.5),
+full 79.4 (77.6). Before the output-head
+adapter, the logits' gradient and the gated MLP were counted, the 2B LoRA estimate was 34 % low at
+batch 16 and 46 % low without checkpointing.
 
 Where it may still be off: real sequences are shorter than max_length (smaller); fragmentation
 and DeepSpeed's bucket sizes vary (±1–3 GB); LoRA's dropout and the frozen parts' temporaries are
@@ -45,6 +55,7 @@ class LLMShape:
     tied_embeddings: bool = False
     fused_qkv: bool = False           # one qkv projection (Phi-3, InternLM2): one LoRA adapter, not three
     fused_gate_up: bool = False       # one gate/up projection (Phi-3)
+    lora_on_head: bool = False        # XTuner's LoRA adapts the output head too (InternLM2's `output`)
 
     def params(self) -> int:
         """Number of parameters (embeddings, attention, gated MLP, norms, output head)."""
@@ -62,7 +73,17 @@ class LLMShape:
         i = self.intermediate
         gate_up = [(h, 2 * i)] if self.fused_gate_up else [(h, i), (h, i)]
         shapes = qkv + [(h, h)] + gate_up + [(i, h)]
-        return self.layers * sum(r * (i + o) for i, o in shapes)
+        head = r * (h + self.vocab) if self.lora_on_head else 0
+        return self.layers * sum(r * (i + o) for i, o in shapes) + head
+
+    def layer_bytes_per_token(self, mode: str = "full") -> int:
+        """Bytes autograd keeps per token in one decoder layer (bf16, flash/SDPA attention), for MODE lora or full."""
+        h, i = self.hidden, self.intermediate
+        kept = 20 * h + 8 * i
+        if mode in ("lora", "qlora"):
+            inputs = (h if self.fused_qkv else 3 * h) + h + (h if self.fused_gate_up else 2 * h) + i
+            kept += 3 * inputs - (6 * h + 2 * i)
+        return kept
 
 
 @dataclass(frozen=True)
@@ -93,7 +114,8 @@ def shape_of(config: dict, name: str = "model") -> VLMShape:
                              llm["intermediate_size"], llm["num_attention_heads"],
                              llm.get("num_key_value_heads") or llm["num_attention_heads"],
                              llm["vocab_size"], bool(llm.get("tie_word_embeddings", False)),
-                             fused_qkv=arch.startswith(("Phi3", "InternLM2")), fused_gate_up=arch.startswith("Phi3")))
+                             fused_qkv=arch.startswith(("Phi3", "InternLM2")), fused_gate_up=arch.startswith("Phi3"),
+                             lora_on_head=arch.startswith("InternLM2")))
 
 
 def _family_shapes() -> dict[str, VLMShape]:
@@ -166,9 +188,10 @@ def estimate(model: str | VLMShape, mode: str = "lora", zero: int = 0, gpus: int
     grads = 2.0 * trainable / (n if zero >= 2 else 1)
     optim = (16.0 if zero else 4.0) * trainable / (n if zero >= 1 else 1)
     h, a, L = m.llm.hidden, m.llm.heads, m.llm.layers
-    per_layer = seq * batch * h * (34 + (5 * a * seq / h if attention == "eager" else 0))
+    per_layer = seq * batch * (m.llm.layer_bytes_per_token(mode) + (5 * a * seq if attention == "eager" else 0))
     acts = (2 * seq * batch * h * L + per_layer) if checkpointing else per_layer * L
-    acts += batch * seq * m.llm.vocab * 6
+    head_lora = mode in ("lora", "qlora") and m.llm.lora_on_head
+    acts += batch * seq * m.llm.vocab * (8 + (4 if head_lora else 0))
     if not freeze_vit:
         vit_seq = 1025
         vit_attn = 5 * 16 * vit_seq / m.vit_hidden if attention == "eager" else 0

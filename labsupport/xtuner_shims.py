@@ -10,6 +10,10 @@ It also defines the two classes a CPU config names instead of XTuner's own:
   first, because XTuner calls ``torch.distributed.get_rank()`` in every forward even without a
   launcher, (2) trains in float32, since XTuner loads the model in bfloat16 and a CPU has no fast
   bf16 nor an AMP optimiser, and (3) can switch gradient checkpointing off (pointless for a tiny model).
+* ``LeverInternVL``: XTuner's ``InternVL_V1_5`` on a GPU with the two speed levers XTuner fixes as
+  parameters: ``gradient_checkpointing`` (XTuner always switches it on) and ``llm_attn``, the LLM's
+  attention kernel ("sdpa" or "eager"; XTuner asks for flash_attention_2, which the course's InternLM2
+  code runs as SDPA when flash_attn is missing). labsupport.bench measures each lever with it.
 * ``CourseInternVLDataset``: XTuner's ``InternVL_V1_5_Dataset`` with ``max_dynamic_patch`` as a
   parameter (XTuner reads it from the model's config.json only).
 """
@@ -46,6 +50,28 @@ class CPUInternVL(InternVL_V1_5):
             self.model.float()
         if not gradient_checkpointing:
             self.gradient_checkpointing_disable()
+
+
+def set_llm_attention(language_model, kind: str) -> None:
+    """Make LANGUAGE_MODEL (a PEFT wrapper too) attend with KIND ("sdpa" or "eager") from its next forward on."""
+    if kind not in ("sdpa", "eager"):
+        raise ValueError(f"llm_attn must be 'sdpa' or 'eager', not {kind!r}")
+    config = language_model.config
+    if getattr(config, "model_type", None) == "internlm2":  # the course's InternLM2 reads this field every forward
+        config.attn_implementation = kind
+    else:  # transformers' own LLMs (Phi-3) read the private field
+        config._attn_implementation = kind
+
+
+class LeverInternVL(InternVL_V1_5):
+    """XTuner's InternVL_V1_5 (GPU) with gradient checkpointing and the LLM's attention kernel as parameters."""
+
+    def __init__(self, *args, gradient_checkpointing: bool = True, llm_attn: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not gradient_checkpointing:
+            self.gradient_checkpointing_disable()
+        if llm_attn:
+            set_llm_attention(self.model.language_model, llm_attn)
 
 
 class CourseInternVLDataset(InternVL_V1_5_Dataset):

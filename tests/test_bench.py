@@ -120,9 +120,10 @@ def test_build_model_values_follow_the_init_rule(tiny_built):
     w = load_file(str(out / "model.safetensors"))
     assert float(w["vision_model.encoder.layers.0.ls1"].float().min()) == 1.0  # layer scale: ones
     assert float(w["vision_model.encoder.layers.0.attn.qkv.bias"].float().abs().max()) == 0.0  # biases: zeros
-    emb = w["language_model.model.embed_tokens.weight"].float()
-    assert emb.std().item() == pytest.approx(config["llm_config"]["initializer_range"], rel=0.1)
-    head = w["language_model.lm_head.weight"].float()
+    internlm2 = config["llm_config"]["architectures"][0] == "InternLM2ForCausalLM"  # the tiny shape is 2B's layout
+    emb = w["language_model.model.tok_embeddings.weight" if internlm2 else "language_model.model.embed_tokens.weight"]
+    assert emb.float().std().item() == pytest.approx(config["llm_config"]["initializer_range"], rel=0.1)
+    head = w["language_model.output.weight" if internlm2 else "language_model.lm_head.weight"].float()
     known = json.loads((out / bench.BUILD_STAMP).read_text())["tokenizer_vocab"]
     assert known < head.shape[0]  # the tiny tokenizer is smaller than the padded vocabulary
     assert head[known:].abs().max().item() == 0.0 and head[:known].std().item() > 0.01  # unknown ids never win
@@ -381,3 +382,51 @@ def test_report_prints_both_tables_and_draws_the_figure(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     with pytest.raises(ValueError, match="parts"):
         bench.measured_tables(parts=["speed"])
+
+
+# ---- InternVL2-2B's shape and the lever runs --------------------------------------------------------------
+def test_2b_config_has_the_published_shape_with_the_course_internlm2():
+    from labsupport.tinymodel import parameter_shapes
+
+    cfg = bench.internvl2_2b_config()
+    llm = cfg["llm_config"]
+    assert llm["architectures"] == ["InternLM2ForCausalLM"] and cfg["template"] == "internlm2-chat"
+    assert (llm["num_hidden_layers"], llm["hidden_size"], llm["num_attention_heads"], llm["num_key_value_heads"],
+            llm["intermediate_size"], llm["vocab_size"]) == (24, 2048, 16, 8, 8192, 92553)
+    shapes = parameter_shapes(cfg)  # the course's modeling code on the meta device: no memory
+    assert "language_model.model.tok_embeddings.weight" in shapes and "language_model.output.weight" in shapes
+    assert sum(math.prod(s) for s in shapes.values()) == count_parameters(cfg)["total"]
+    assert count_parameters(cfg)["total"] == pytest.approx(family()["InternVL2-2B"]["hub_params"], rel=0.005)
+    assert bench.shape_name(cfg) == "InternVL2-2B" and bench.shape_name(bench.internvl2_4b_config()) == "InternVL2-4B"
+
+
+def test_apply_levers_edits_only_what_it_names(tmp_path):
+    from labsupport import xtuner
+
+    s = xtuner.preset("InternVL2-2B-full", model_path=str(tmp_path), max_iters=10, nproc=1, max_dynamic_patch=6)
+    path = tmp_path / "config.py"
+    path.write_text(xtuner.render_config(s))
+    before = path.read_text()
+    assert bench.apply_levers(path) == [] and path.read_text() == before  # defaults: XTuner's own config
+    changed = bench.apply_levers(path, checkpointing=False, attention="eager", group_by_length=False)
+    assert len(changed) == 2
+    cfg = xtuner.load_config(path)
+    assert cfg.model.type.__name__ == "LeverInternVL" and cfg.model.gradient_checkpointing is False
+    assert cfg.model.llm_attn == "eager" and cfg.train_dataloader.sampler.type.__name__ == "DefaultSampler"
+    with pytest.raises(RuntimeError, match="LengthGroupedSampler"):
+        bench.apply_levers(path, group_by_length=False)  # nothing left to change: say so
+
+
+def test_levers_table_compares_each_row_with_its_base():
+    runs = [{"row": "a", "lever": "baseline", "base": None, "batch_per_gpu": 4, "s_per_iter": 1.0, "data_fraction": 0.01,
+             "tokens_per_s_per_gpu": 100.0, "mfu": 0.1, "peak_memory_gib": 10.0, "estimate_gib": 11.0},
+            {"row": "b", "lever": "batch 16", "base": "a", "batch_per_gpu": 16, "s_per_iter": 2.0, "data_fraction": 0.01,
+             "tokens_per_s_per_gpu": 250.0, "mfu": 0.25, "peak_memory_gib": 30.0, "estimate_gib": 31.0},
+            {"row": "c", "lever": "checkpointing off", "base": "b", "error": "TrainingFailed: CUDA out of memory"}]
+    text = bench.levers_table({"peak_flops": 989e12, "runs": runs})
+    assert "2.50" in text and "25.00" in text and "CUDA out of memory" in text
+
+
+def test_levers_refuses_unknown_rows():
+    with pytest.raises(ValueError, match="unknown lever rows"):
+        bench.levers("x", ["full-b4", "fastest"])

@@ -64,3 +64,30 @@ def test_eager_attention_stores_the_attention_matrix():
     assert eager.activations > 2 * sdpa.activations
     with pytest.raises(ValueError, match="attention"):
         M.estimate("InternVL2-4B", attention="flash")
+
+
+def test_internlm2_lora_adapts_the_output_head_and_keeps_its_logits():
+    """XTuner's target selection skips only lm_head/output_layer: InternLM2's `output` gets an adapter too."""
+    r = 8
+    internlm2, phi3 = M.MODELS["InternVL2-2B"].llm, M.MODELS["InternVL2-4B"].llm
+    assert internlm2.lora_on_head and not phi3.lora_on_head
+    without = M.LLMShape(**{**internlm2.__dict__, "lora_on_head": False})
+    assert internlm2.lora_params(r) - without.lora_params(r) == r * (internlm2.hidden + internlm2.vocab)
+    b, s = 4, 1000
+    with_head = M.estimate("InternVL2-2B", mode="lora", batch=b, seq=s)
+    full = M.estimate("InternVL2-2B", mode="full", batch=b, seq=s)
+    logits_gb = b * s * internlm2.vocab / M.GB
+    # LoRA keeps 4 more bytes per logit than full; its layers keep their own amounts (checkpointing: one layer)
+    layer_diff = s * b * (internlm2.layer_bytes_per_token("lora") - internlm2.layer_bytes_per_token("full")) / M.GB
+    assert with_head.activations - full.activations == pytest.approx(4 * logits_gb + layer_diff)
+
+
+def test_layer_bytes_count_the_gated_mlp_and_the_lora_inputs():
+    llm = M.MODELS["InternVL2-2B"].llm
+    h, i = llm.hidden, llm.intermediate
+    assert llm.layer_bytes_per_token("full") == 20 * h + 8 * i == 52 * h  # InternLM2: i = 4h
+    # LoRA: frozen projections keep no input; 5 adapters keep dropout output + mask (wqkv, wo, w1, w3, w2)
+    assert llm.layer_bytes_per_token("lora") == 52 * h - (6 * h + 2 * i) + 3 * (4 * h + i)
+    no_ckpt = M.estimate("InternVL2-2B", mode="full", batch=2, seq=512, checkpointing=False)
+    ckpt = M.estimate("InternVL2-2B", mode="full", batch=2, seq=512)
+    assert no_ckpt.activations > 5 * (ckpt.activations - 2 * 512 * llm.vocab * 8 / M.GB)

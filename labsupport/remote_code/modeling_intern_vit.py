@@ -12,6 +12,7 @@ import torch
 import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
@@ -122,7 +123,12 @@ class InternAttention(nn.Module):
                 attn = self.attn_drop(attn.softmax(dim=-1))
                 out = attn @ v
             else:
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+                drop = self.attn_drop.p if self.training else 0.0
+                if q.is_cuda:  # not torch's cuDNN kernel: it compiles a plan per new shape (tiles per batch vary)
+                    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+                else:
+                    out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             out = out.transpose(1, 2)
         out = self.proj(out.reshape(B, N, C))
         return self.proj_drop(out)

@@ -4,7 +4,9 @@
 # Then on the machine: bash scripts/device/run_gpu.sh STEP... with STEP in lmdeploy, xtuner, convert, notebook06,
 #   bench-serve, bench-train (docs/benchmarks.md; run each bench step in its own call: ~7 min each),
 #   train:MODE:ZERO:GPUS (one training benchmark row, e.g. train:full:3:2 = full fine-tune, ZeRO-3, 2 GPUs;
-#   writes train-MODE-zeroZERO-GPUSgpu.json), serve:ROW,ROW (chosen serve rows, e.g. serve:lmdeploy,transformers)
+#   writes train-MODE-zeroZERO-GPUSgpu.json), serve:ROW,ROW (chosen serve rows, e.g. serve:lmdeploy,transformers),
+#   InternVL2-2B's shape: levers2b:ROW,ROW (labsupport.bench LEVER_ROWS, one XTuner run each; LEVERS_BUDGET_S,
+#   default 480) and serve2b:ROW,ROW (SERVE_BUDGET_S, default 300)
 # Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
@@ -70,6 +72,23 @@ for step in "$@"; do
         artifacts/models/internvl2-4b-random --rows "${step#serve:}" --budget-s "${SERVE_BUDGET_S:-420}" \
         --out artifacts/bench/serve-rows.json 2>&1 | tee "$OUT/bench-serve-rows.log" | grep -v "Warning\|Loading weights" | tail -30
       cp artifacts/bench/serve-rows.json "$OUT/" ;;
+    levers2b:*)
+      install xtuner || exit 1
+      PYTHONPATH=$REPO python3 -m labsupport.bench build-2b 2>&1 | tee -a "$OUT/bench-build-2b.log" | grep -v Warning || exit 1
+      cp artifacts/bench/build-2b.json "$OUT/"
+      PYTHONPATH=/tmp/site-xtuner:$REPO python3 -m labsupport.bench levers artifacts/models/internvl2-2b-random \
+        --rows "${step#levers2b:}" --budget-s "${LEVERS_BUDGET_S:-480}" --out artifacts/bench/levers-2b.json 2>&1 \
+        | tee "$OUT/levers-2b.log" | grep -v "Warning\|warn(\|Iter(train)" | tail -40
+      cp artifacts/bench/levers-2b.json "$OUT/"
+      (cd artifacts/bench && tar czf "$OUT/levers-2b-logs.tgz" --exclude='*.pth' --exclude='*.safetensors' train) ;;
+    serve2b:*)
+      install lmdeploy || exit 1
+      PYTHONPATH=$REPO python3 -m labsupport.bench build-2b 2>&1 | tee -a "$OUT/bench-build-2b.log" | grep -v Warning || exit 1
+      cp artifacts/bench/build-2b.json "$OUT/"
+      CUDA_VISIBLE_DEVICES=${SERVE_GPU:-0} PYTHONPATH=/tmp/site-lmdeploy:$REPO python3 -m labsupport.bench serve \
+        artifacts/models/internvl2-2b-random --rows "${step#serve2b:}" --budget-s "${SERVE_BUDGET_S:-300}" \
+        --out artifacts/bench/serve-2b.json 2>&1 | tee "$OUT/serve-2b.log" | grep -v "Warning\|Loading weights" | tail -12
+      cp artifacts/bench/serve-2b.json "$OUT/" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step took $(( $(date +%s) - start )) s"
