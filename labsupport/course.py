@@ -81,8 +81,11 @@ def source_cell_index(executed: Path, index: int) -> int:
 
 
 def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, out_dir: Path | None = None,
-                 progress: bool = True) -> NotebookResult:
-    """Execute one notebook with papermill; never raises for a failing notebook, the result says what failed."""
+                 progress: bool = False) -> NotebookResult:
+    """Execute one notebook with papermill; never raises for a failing notebook, the result says what failed.
+
+    PROGRESS shows papermill's own per-cell bar on the terminal (off by default: a failing cell leaves it
+    frozen mid-way, and the runner prints one line per notebook anyway)."""
     import papermill as pm
 
     path = Path(path)
@@ -186,7 +189,8 @@ def render_html(report: dict) -> str:
             + "".join(rows) + "</table>")
 
 
-def run_course(only: list[str] | None = None, artifacts: str | None = None, parameters: dict | None = None) -> int:
+def run_course(only: list[str] | None = None, artifacts: str | None = None, parameters: dict | None = None,
+               progress: bool = False) -> int:
     """Run the notebooks in order, print progress, write the reports; return 0 when all passed."""
     artifacts_path = artifacts_dir(artifacts)
     notebooks = [p for p in course_notebooks() if not only or p.name[:2] in only or p.stem in only]
@@ -196,7 +200,7 @@ def run_course(only: list[str] | None = None, artifacts: str | None = None, para
     results = []
     for i, path in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {path.name} (kernel {notebook_kernel(path)}) ...", flush=True)
-        result = run_notebook(path, artifacts_path, parameters)
+        result = run_notebook(path, artifacts_path, parameters, progress=progress)
         results.append(result)
         mark = ICON[result.status]
         print(f"[{i}/{len(notebooks)}] {mark} {path.name}: {result.status} in {result.seconds:.1f} s"
@@ -240,12 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--artifacts", default=None, help="artifacts folder (default: artifacts/)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                      help="override a parameter in every notebook, e.g. -p MODEL_PATH /models/InternVL2-2B")
+    run.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
     rep = sub.add_parser("report", help="print the report card")
     rep.add_argument("--artifacts", default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     if args.command == "run":
-        return run_course(args.only, args.artifacts, {k: parse_value(v) for k, v in args.parameter})
+        return run_course(args.only, args.artifacts, {k: parse_value(v) for k, v in args.parameter}, args.progress)
     return print_report(args.artifacts)
 
 

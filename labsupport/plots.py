@@ -1,7 +1,8 @@
-"""Figures for the architecture notebook: tiling grids, tiles + thumbnail, the pixel-shuffle merge, budgets.
+"""Figures for the course: tiling grids, tiles + thumbnail, the pixel-shuffle merge, budgets; the CJK font.
 
 Each function returns a matplotlib Figure (and never calls plt.show()), so a notebook can display it,
-save it, or close it.
+save it, or close it. `use_cjk_font()` makes matplotlib draw Chinese (the course's questions and answers)
+with the CJK font `make system-deps` installs (Debian's fonts-noto-cjk); every figure helper calls it.
 """
 from __future__ import annotations
 
@@ -17,10 +18,49 @@ GAP = 24  # pixels of white between tiles in a mosaic
 PREVIEW_PX = 224  # tiles are drawn at this size: the figure shows the layout, not every pixel
 
 
-def _plt():
+# CJK families, most wanted first: Debian/Ubuntu's fonts-noto-cjk, then fonts common elsewhere.
+CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Source Han Sans SC", "Source Han Sans CN",
+                "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Microsoft YaHei", "SimHei", "PingFang SC",
+                "Noto Serif CJK SC")
+CJK_INSTALL_HINT = "sudo apt-get install fonts-noto-cjk (or `make system-deps`), then restart the kernel"
+
+
+def cjk_font() -> str | None:
+    """The name of an installed CJK font family matplotlib can use, or None."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FAMILIES if name in installed), None)
+
+
+def use_cjk_font() -> str | None:
+    """Make matplotlib fall back to the CJK font for Chinese glyphs (Latin stays DejaVu Sans); return its name.
+
+    Idempotent. Without a CJK font it returns None and changes nothing: figures then show empty boxes for
+    Chinese text and matplotlib warns "Glyph ... missing" (CJK_INSTALL_HINT says what to install).
+    """
+    import matplotlib
+
+    name = cjk_font()
+    if name is None:
+        return None
+    family = matplotlib.rcParams["font.family"]
+    family = [family] if isinstance(family, str) else list(family)
+    if name not in family:
+        base = [f for f in family if f != "sans-serif"] or ["DejaVu Sans"]
+        matplotlib.rcParams["font.family"] = base + [name]
+    return name
+
+
+def pyplot():
+    """matplotlib.pyplot, with the CJK font configured (use_cjk_font)."""
     import matplotlib.pyplot as plt
 
+    use_cjk_font()
     return plt
+
+
+_plt = pyplot
 
 
 def tile_mosaic(tiles: Sequence[Image.Image], grid: tuple[int, int], gap: int = GAP,

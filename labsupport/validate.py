@@ -154,8 +154,8 @@ def count_text_tokens(tokenizer: Any, text: str) -> int:
     text = text.encode("utf-8", "replace").decode("utf-8")
     if hasattr(tokenizer, "encode") and not callable(getattr(tokenizer, "__call__", None)):
         return len(tokenizer.encode(text).ids)
-    try:
-        out = tokenizer(text, add_special_tokens=False)
+    try:  # verbose=False: measuring a too-long text is the point, transformers' "longer than" warning is not
+        out = tokenizer(text, add_special_tokens=False, verbose=False)
         return len(out["input_ids"])
     except TypeError:
         enc = tokenizer.encode(text)

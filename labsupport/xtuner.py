@@ -519,7 +519,8 @@ class LivePlot:
     """A matplotlib figure of loss and learning rate that updates in place in a notebook."""
 
     def __init__(self, title: str = "training"):
-        import matplotlib.pyplot as plt
+        from labsupport.plots import pyplot
+        plt = pyplot()  # with the CJK font
         from IPython.display import display
 
         self.fig, (self.ax_loss, self.ax_lr) = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -661,7 +662,8 @@ def settings_dict(s: TrainSettings) -> dict:
 
 def plot_scalars(scalars: list[dict], title: str = "training"):
     """Loss and learning rate against iteration from a run's scalars (a finished run's TrainRun.scalars or scalars.json)."""
-    import matplotlib.pyplot as plt
+    from labsupport.plots import pyplot
+    plt = pyplot()  # with the CJK font
 
     if not scalars:
         raise ValueError("no scalars to plot: did the run log any iteration? (log_interval too large?)")
