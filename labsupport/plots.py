@@ -245,26 +245,46 @@ def _cell_lines(ax, rows: int, cols: int, block: int, lw: float = 0.4) -> None:
 
 
 def plot_param_breakdown(rows: Sequence[Mapping]):
-    """Stacked horizontal bars of ViT / projector / LLM parameters per model (rows from params.family_table())."""
+    """Parameters per model (rows from params.family_table()): stacked totals, and each part on a log scale.
+
+    Left: ViT / projector / LLM stacked, the axis ending just past the largest model. Right: the three parts
+    side by side on a logarithmic axis, so that the projector (well under 1 %) is a visible bar too.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(11, 3.8))
+    fig, (ax, logax) = plt.subplots(1, 2, figsize=(13, 3.9), gridspec_kw={"width_ratios": [1.25, 1]})
     names = [r["model"] for r in rows]
+    parts = (("vit", "tab:blue", "InternViT-300M"), ("projector", "tab:orange", "MLP projector"), ("llm", "tab:green", "LLM"))
     left = np.zeros(len(rows))
-    for part, color in (("vit", "tab:blue"), ("projector", "tab:orange"), ("llm", "tab:green")):
+    for part, color, label in parts:
         values = np.array([r[part] for r in rows]) / 1e9
-        ax.barh(names, values, left=left, color=color, label={"vit": "InternViT-300M", "projector": "MLP projector (<1 %, a sliver)",
-                                                               "llm": "LLM"}[part])
+        ax.barh(names, values, left=left, color=color, label=label)
         left += values
     for y, r in enumerate(rows):
-        ax.text(r["total"] / 1e9 + 0.08, y, f"{r['total'] / 1e9:.2f}B  ({r['llm_name']}; "
-                f"ViT {100 * r['vit'] / r['total']:.0f}%)", va="center", fontsize=10)
+        ax.text(r["total"] / 1e9 + 0.08, y, f"{r['total'] / 1e9:.2f}B", va="center", fontsize=10)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(left) * 1.55)
+    ax.set_xlim(0, max(left) * 1.12)
     ax.set_xlabel("parameters (billions)")
-    ax.set_title("InternVL2: the same 0.3B vision encoder, a growing LLM")
-    ax.legend(loc="upper right")
+    ax.set_title("Totals: the same 0.3B vision encoder, a growing LLM")
+    ax.legend(loc="upper right", fontsize=9)
+    y = np.arange(len(rows))
+    height = 0.26
+    for k, (part, color, label) in enumerate(parts):
+        values = np.array([r[part] for r in rows], dtype=float)
+        bars = logax.barh(y + (k - 1) * height, values, height, color=color, label=label)
+        logax.bar_label(bars, labels=[_short_count(v) for v in values], fontsize=8, padding=2)
+    logax.set_yticks(y, names)
+    logax.invert_yaxis()
+    logax.set_xscale("log")
+    logax.set_xlim(1e6, max(r["llm"] for r in rows) * 8)
+    logax.set_xlabel("parameters (log scale)")
+    logax.set_title("Each part on a log scale: the projector is under 1 %")
     fig.tight_layout()
     return fig
+
+
+def _short_count(n: float) -> str:
+    """1.23B, 12.6M: a bar label."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def plot_token_budget(sizes: Mapping[str, tuple[int, int]], max_nums: Sequence[int] = (6, 12),
