@@ -43,8 +43,8 @@ class NotebookResult:
 
 
 def course_notebooks(folder: Path | None = None) -> list[Path]:
-    """The course notebooks (NN_name.ipynb), in order."""
-    return sorted((folder or repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    """The course notebooks (NN_name.ipynb, and NNb_name.ipynb for a split chapter such as 03b), in order."""
+    return sorted((folder or repo_root() / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 
 
 def notebook_title(path: Path) -> str:
@@ -193,7 +193,8 @@ def run_course(only: list[str] | None = None, artifacts: str | None = None, para
                progress: bool = False) -> int:
     """Run the notebooks in order, print progress, write the reports; return 0 when all passed."""
     artifacts_path = artifacts_dir(artifacts)
-    notebooks = [p for p in course_notebooks() if not only or p.name[:2] in only or p.stem in only]
+    notebooks = [p for p in course_notebooks() if not only or p.name.split('_')[0] in only or p.name[:2] in only
+                 or p.stem in only]
     if not notebooks:
         print(f"no notebook matches {only}", file=sys.stderr)
         return 2
