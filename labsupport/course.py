@@ -25,6 +25,10 @@ from .paths import artifacts_dir, repo_root
 # runner's environment may say Agg (headless scripts and tests), which a kernel would inherit and then
 # leave only "<Figure size ...>" text where the plot belongs.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# Arguments for every kernel the runner starts: ipykernel 7 warns on each start that its local TCP sockets are not
+# encrypted (a kernel on 127.0.0.1 that the runner owns), a line per notebook a learner can do nothing about.
+# Only the kernel application's own log is raised to ERROR; warnings raised by a notebook's code still show.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 @dataclass
@@ -104,7 +108,8 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
     os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures land in the executed copy
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
-                            progress_bar=progress, request_save_on_cell_execute=True)
+                            progress_bar=progress, request_save_on_cell_execute=True,
+                            extra_arguments=KERNEL_ARGUMENTS)
         result.status = PASS
     except pm.PapermillExecutionError as exc:
         result.status = FAIL
