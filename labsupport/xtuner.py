@@ -552,6 +552,9 @@ def _tail(path: Path, n: int = 30) -> str:
     return "\n".join(lines[-n:])
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # mmengine colours its log levels; a saved notebook would show the codes
+
+
 def _show_line(line: str, state: dict) -> bool:
     """Whether LINE is worth printing in 'progress' mode (iterations, checkpoints, errors and what follows a traceback)."""
     if "Traceback" in line or state.get("error"):
@@ -591,6 +594,7 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
                                 env=_env(threads), cwd=str(work_dir))
         try:
             for line in proc.stdout:
+                line = ANSI_ESCAPE.sub("", line)
                 log.write(line)
                 log.flush()
                 row = parse_log_line(line)
