@@ -167,7 +167,7 @@ def _pip_install(python: Path, spec: EnvSpec) -> None:
 def build_commands(spec: EnvSpec, route: str = "venv") -> list[str]:
     """The shell commands `make env` runs for SPEC on ROUTE ("venv" or "conda"), for reading and for copying by hand."""
     if route == "conda":
-        py = f"$(conda run -n {spec.name} which python)"
+        py = f"conda run -n {spec.name} python"
         cmds = [f"conda env create -f {spec.file.name}    # or: conda env update -f {spec.file.name} --prune"]
     elif route == "venv":
         prefix = f".venvs/{spec.name}"
