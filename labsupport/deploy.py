@@ -34,8 +34,7 @@ ENGINES = ("pytorch", "turbomind", "auto")
 IMAGE_PLACEHOLDER = "<img><IMG_CONTEXT></img>\n"
 
 # ---- the artifacts this notebook reads: the ONE place to change their paths ------------------------
-FINETUNED_MODEL = "models/internvl2-tiny-finetuned"  # under ARTIFACTS, written by notebook 05 for MODEL_PATH "tiny"
-# (for real weights notebook 05 writes models/<base folder name>-finetuned: the rule of labsupport.compare.finetuned_dir)
+# the fine-tuned model: ARTIFACTS/models/<model name>-finetuned, written by notebook 05 (labsupport.paths.finetuned_dir)
 COURSE_TASK = "data/plates"                           # under ARTIFACTS, built by labsupport.datasets
 
 
@@ -49,8 +48,9 @@ def base_model_dir(model_path: str = "tiny", artifacts: str | os.PathLike | None
 def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike,
                         model_path: str = "tiny") -> tuple[Path, str]:
     """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing, with a sentence saying which and why."""
-    name = FINETUNED_MODEL if str(model_path).strip().lower() == "tiny" else f"models/{Path(model_path).name}-finetuned"
-    candidate = Path(artifacts) / name
+    from .paths import finetuned_dir
+
+    candidate = finetuned_dir(artifacts, model_path)
     if (candidate / "config.json").is_file():
         return candidate.resolve(), f"fine-tuned model from notebook 05: {candidate}"
     return Path(base), (f"no fine-tuned model at {candidate} (run notebook 05 first); "

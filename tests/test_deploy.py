@@ -129,7 +129,7 @@ def test_pipeline_refuses_a_folder_without_config(tmp_path):
 def test_finetuned_model_dir_falls_back_with_a_reason(tmp_path, tiny):
     path, why = deploy.finetuned_model_dir(tmp_path, tiny)
     assert path == Path(tiny) and "run notebook 05" in why
-    target = tmp_path / deploy.FINETUNED_MODEL
+    target = tmp_path / "models" / "internvl2-tiny-finetuned"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     assert deploy.finetuned_model_dir(tmp_path, tiny)[0] == target.resolve()
