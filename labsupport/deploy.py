@@ -634,3 +634,35 @@ def cpu_server_support(model_dir: str | os.PathLike) -> tuple[bool, str]:
                    f"a model type it knows; {arch} (model_type {model_type!r}) is remote code, so it stops with "
                    f"\"AttributeError: module transformers has no attribute {arch}\" (tried here with 5.23). "
                    "No library here offers an OpenAI-compatible server for this model on a CPU.")
+
+
+def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str | None = None) -> tuple[bool, str]:
+    """Whether the checkpoint's remote-code LLM can generate() under TRANSFORMERS_VERSION (default: this env's), and why.
+
+    transformers >= 4.50 gives generate() only to classes that inherit GenerationMixin; the published InternLM2 and
+    Phi-3 files of InternVL2-2B/4B/8B inherit PreTrainedModel alone, so their chat() fails there ("object has no
+    attribute 'generate'"), while transformers 4.48 (the course env) still runs them. LLMs built into transformers
+    (InternVL2-1B's Qwen2) and the course's own InternLM2 generate everywhere.
+    """
+    import re
+
+    from packaging.version import Version
+
+    if transformers_version is None:
+        import transformers
+
+        transformers_version = transformers.__version__
+    model_dir = Path(model_dir)
+    llm = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("llm_config", {})
+    arch = (llm.get("architectures") or ["?"])[0]
+    module = {"InternLM2ForCausalLM": "modeling_internlm2.py", "Phi3ForCausalLM": "modeling_phi3.py"}.get(arch)
+    source = model_dir / module if module else None
+    if source is None or not source.is_file():
+        return True, f"{arch} comes from transformers itself (or the course's own code): generate() works"
+    match = re.search(rf"^class {arch}\(([^)]*)\)", source.read_text(encoding="utf-8"), flags=re.M)
+    bases = match.group(1) if match else ""
+    if "GenerationMixin" in bases or Version(transformers_version) < Version("4.50"):
+        return True, f"{source.name}'s {arch}({bases}) can generate() under transformers {transformers_version}"
+    return False, (f"{source.name}'s {arch}({bases}) does not inherit GenerationMixin, which transformers >= 4.50 needs "
+                   f"for generate() (this env has {transformers_version}): run chat() in the course env "
+                   "(transformers 4.48), or serve with LMDeploy on a GPU")
