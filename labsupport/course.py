@@ -29,6 +29,10 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # encrypted (a kernel on 127.0.0.1 that the runner owns), a line per notebook a learner can do nothing about.
 # Only the kernel application's own log is raised to ERROR; warnings raised by a notebook's code still show.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# Environment for the kernels of a headless run. A progress bar drawn by a library in a headless kernel is saved as
+# it was first drawn ("Loading weights: 0%|"): transformers and huggingface_hub skip their bars under this switch
+# (labsupport's own loops print one summary line instead, see labsupport.progress). JupyterLab keeps its bars.
+HEADLESS_ENV = {"MPLBACKEND": INLINE_BACKEND, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @dataclass
@@ -104,8 +108,8 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         return result
     params = {"ARTIFACTS": str(artifacts), **(parameters or {})}
     start = time.time()
-    backend = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures land in the executed copy
+    saved_env = {key: os.environ.get(key) for key in HEADLESS_ENV}
+    os.environ.update(HEADLESS_ENV)  # the kernel inherits it: figures land in the executed copy, no frozen bars
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
                             progress_bar=progress, request_save_on_cell_execute=True,
@@ -120,10 +124,11 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         result.status = FAIL
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        if backend is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = backend
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     result.seconds = round(time.time() - start, 1)
     saved = load_results(path.stem, artifacts)
     result.checkpoints = saved["checkpoints"] if saved else []
