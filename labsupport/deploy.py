@@ -666,3 +666,40 @@ def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str
     return False, (f"{source.name}'s {arch}({bases}) does not inherit GenerationMixin, which transformers >= 4.50 needs "
                    f"for generate() (this env has {transformers_version}): run chat() in the course env "
                    "(transformers 4.48), or serve with LMDeploy on a GPU")
+
+
+_ANSWER_SCRIPT = """
+import json, sys
+job = json.load(sys.stdin)
+from labsupport.deploy import pipeline, GenSettings
+pipe = pipeline(job["model_dir"], backend="transformers", max_tiles=job["max_tiles"])
+gen = GenSettings(**job["gen"])
+answers = [pipe((q, img) if img else q, gen).text for q, img in job["items"]]
+print("ANSWERS" + json.dumps(answers))
+"""
+
+
+def course_env_python() -> Path | None:
+    """The course environment's python (transformers 4.48, which runs the published InternVL2 remote code), or None."""
+    from .paths import repo_root
+
+    python = repo_root() / ".venvs" / "internvl-course" / "bin" / "python"
+    return python if python.exists() else None
+
+
+def answer_in_env(python: str | os.PathLike, model_dir: str | os.PathLike, items: Sequence[tuple[str, str | None]],
+                  gen: "GenSettings | None" = None, max_tiles: int = 6, timeout: float = 1800) -> list[str]:
+    """Answer ITEMS [(question, image path or None)] with MODEL_DIR's own chat() in another environment's PYTHON (e.g.
+    course_env_python() when remote_llm_generates says this env cannot); one answer per item."""
+    import dataclasses
+    import subprocess
+
+    job = {"model_dir": str(model_dir), "max_tiles": max_tiles, "items": [[q, str(i) if i else None] for q, i in items],
+           "gen": dataclasses.asdict(gen or GenSettings())}
+    done = subprocess.run([str(python), "-c", _ANSWER_SCRIPT], input=json.dumps(job), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    marker = [ln for ln in done.stdout.splitlines() if ln.startswith("ANSWERS")]
+    if done.returncode or not marker:
+        raise RuntimeError(f"{python} could not answer with {model_dir} (exit {done.returncode}):\n"
+                           + (done.stderr or done.stdout).strip()[-1500:])
+    return json.loads(marker[-1][len("ANSWERS"):])

@@ -196,3 +196,13 @@ def test_mmengine_colour_codes_are_stripped_and_the_line_still_parses():
     clean = X.ANSI_ESCAPE.sub("", line)
     assert "\x1b" not in clean and "- INFO - Iter(train)" in clean
     assert X.parse_log_line(clean)["loss"] == 7.0063
+
+
+def test_supports_model_names_the_llm_xtuner_refuses(tmp_path):
+    assert X.supports_model("tiny")[0] and X.supports_model("tiny-4b")[0]
+    for arch, ok in (("InternLM2ForCausalLM", True), ("Phi3ForCausalLM", True), ("Qwen2ForCausalLM", False)):
+        folder = tmp_path / arch
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"llm_config": {"architectures": [arch]}}))
+        good, why = X.supports_model(folder)
+        assert good == ok and (ok or ("Qwen2" in why and "config.json" in why))
