@@ -18,5 +18,9 @@ Flat modules, each named after what it does:
   runs         safe training runs: data checked first, the last good run kept, resume from an intact checkpoint
   memory       GPU memory estimator for fine-tuning (weights, gradients, optimizer, activations)
   evaluate     held-out accuracy of a model on the course task through its chat API
+  sources      FoodieQA and CLoT: download commands, the gated-repo error, the Oogiri-GO converter
+  exercises    planted problems for the notebooks' find-the-bug exercises
+  progress     progress display that suits where it runs (live bar, or one line in a saved notebook)
+  hygiene      count the noise in executed notebooks (missing glyphs, ANSI codes, frozen bars, stderr)
 """
 __version__ = "0.1.0"

@@ -1032,7 +1032,8 @@ def serving_results(folder: str | os.PathLike | None = None) -> list[dict]:
 
 def plot_measured(folder: str | os.PathLike | None = None):
     """One figure of the measured GPU results: batch-1 decode against the bound, and training tok/s per GPU."""
-    import matplotlib.pyplot as plt
+    from labsupport.plots import pyplot
+    plt = pyplot()  # with the CJK font
 
     serve_rows, train_rows = serving_results(folder), latest_training_rows(folder)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 7))

@@ -27,6 +27,14 @@ from .paths import artifacts_dir, repo_root
 # runner's environment may say Agg (headless scripts and tests), which a kernel would inherit and then
 # leave only "<Figure size ...>" text where the plot belongs.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# Arguments for every kernel the runner starts: ipykernel 7 warns on each start that its local TCP sockets are not
+# encrypted (a kernel on 127.0.0.1 that the runner owns), a line per notebook a learner can do nothing about.
+# Only the kernel application's own log is raised to ERROR; warnings raised by a notebook's code still show.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# Environment for the kernels of a headless run. A progress bar drawn by a library in a headless kernel is saved as
+# it was first drawn ("Loading weights: 0%|"): transformers and huggingface_hub skip their bars under this switch
+# (labsupport's own loops print one summary line instead, see labsupport.progress). JupyterLab keeps its bars.
+HEADLESS_ENV = {"MPLBACKEND": INLINE_BACKEND, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 @dataclass
@@ -45,8 +53,8 @@ class NotebookResult:
 
 
 def course_notebooks(folder: Path | None = None) -> list[Path]:
-    """The course notebooks (NN_name.ipynb), in order."""
-    return sorted((folder or repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    """The course notebooks (NN_name.ipynb, and NNb_name.ipynb for a split chapter such as 03b), in order."""
+    return sorted((folder or repo_root() / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 
 
 def notebook_title(path: Path) -> str:
@@ -122,11 +130,12 @@ def redact_file(path: Path, secrets: list[str]) -> bool:
 
 
 def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, out_dir: Path | None = None,
-                 progress: bool = True) -> NotebookResult:
+                 progress: bool = False) -> NotebookResult:
     """Execute one notebook with papermill; never raises for a failing notebook, the result says what failed.
 
     Only the parameters the notebook declares are injected; secrets (HF_TOKEN, ...) go to the kernel's
-    environment instead, and the executed copy is scrubbed of them afterwards.
+    environment instead, and the executed copy is scrubbed of them afterwards. PROGRESS shows papermill's
+    per-cell bar on the terminal (off by default: a failing cell leaves it frozen mid-way).
     """
     import papermill as pm
 
@@ -147,12 +156,13 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         print(f"  {name} reaches {path.name} as an environment variable, not as a parameter "
               "(papermill would write it into the executed notebook)", flush=True)
     start = time.time()
-    saved_env = {k: os.environ.get(k) for k in ["MPLBACKEND", *secrets]}
-    os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures land in the executed copy
+    saved_env = {key: os.environ.get(key) for key in [*HEADLESS_ENV, *secrets]}
+    os.environ.update(HEADLESS_ENV)  # the kernel inherits it: figures land in the executed copy, no frozen bars
     os.environ.update(secrets)
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
-                            progress_bar=progress, request_save_on_cell_execute=True)
+                            progress_bar=progress, request_save_on_cell_execute=True,
+                            extra_arguments=KERNEL_ARGUMENTS)
         result.status = PASS
     except pm.PapermillExecutionError as exc:
         result.status = FAIL
@@ -163,11 +173,11 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         result.status = FAIL
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
             else:
-                os.environ[k] = v
+                os.environ[key] = value
         if redact_file(out, list(secrets.values())):  # a cell printed it: the copy keeps no trace
             print(f"  secrets were masked in {out}", flush=True)
         result.error = redact(result.error, list(secrets.values()))
@@ -239,17 +249,19 @@ def render_html(report: dict) -> str:
             + "".join(rows) + "</table>")
 
 
-def run_course(only: list[str] | None = None, artifacts: str | None = None, parameters: dict | None = None) -> int:
+def run_course(only: list[str] | None = None, artifacts: str | None = None, parameters: dict | None = None,
+               progress: bool = False) -> int:
     """Run the notebooks in order, print progress, write the reports; return 0 when all passed."""
     artifacts_path = artifacts_dir(artifacts)
-    notebooks = [p for p in course_notebooks() if not only or p.name[:2] in only or p.stem in only]
+    notebooks = [p for p in course_notebooks() if not only or p.name.split('_')[0] in only or p.name[:2] in only
+                 or p.stem in only]
     if not notebooks:
         print(f"no notebook matches {only}", file=sys.stderr)
         return 2
     results = []
     for i, path in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {path.name} (kernel {notebook_kernel(path)}) ...", flush=True)
-        result = run_notebook(path, artifacts_path, parameters)
+        result = run_notebook(path, artifacts_path, parameters, progress=progress)
         results.append(result)
         mark = ICON[result.status]
         print(f"[{i}/{len(notebooks)}] {mark} {path.name}: {result.status} in {result.seconds:.1f} s"
@@ -294,12 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                      help="override a parameter in the notebooks that declare it, e.g. -p MODEL_PATH /models/InternVL2-2B; "
                           "a secret (HF_TOKEN ...) goes to the kernels' environment, never into a notebook")
+    run.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
     rep = sub.add_parser("report", help="print the report card")
     rep.add_argument("--artifacts", default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     if args.command == "run":
-        return run_course(args.only, args.artifacts, {k: parse_value(v) for k, v in args.parameter})
+        return run_course(args.only, args.artifacts, {k: parse_value(v) for k, v in args.parameter}, args.progress)
     return print_report(args.artifacts)
 
 

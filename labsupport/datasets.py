@@ -237,12 +237,10 @@ def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 6
 
 
 def progress_bar(items: Iterable, desc: str, enable: bool = True, total: int | None = None) -> Iterable:
-    """Wrap ITEMS in a tqdm progress bar (auto: widget in notebooks, text otherwise) when ENABLE."""
-    if not enable:
-        return items
-    from tqdm.auto import tqdm
+    """Wrap ITEMS in a progress display when ENABLE: a live bar for a person, a summary line in a saved notebook."""
+    from labsupport.progress import bar
 
-    return tqdm(items, desc=desc, total=total, mininterval=0.5)
+    return bar(items, desc, enable=enable, total=total)
 
 
 # ----------------------------------------------------------------------------------------------

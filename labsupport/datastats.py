@@ -75,7 +75,8 @@ def describe(stats: dict, max_length: int | None = None) -> str:
 
 def plot_overview(stats: dict, max_length: int | None = None):
     """Three panels: token-length histogram against MAX_LENGTH, tiles per image, image sizes; returns the figure."""
-    import matplotlib.pyplot as plt
+    from labsupport.plots import pyplot
+    plt = pyplot()  # with the CJK font
 
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     a.hist(stats["total_tokens"], bins=30, color="tab:blue", alpha=0.8, label="text + image tokens")
@@ -98,9 +99,9 @@ def plot_overview(stats: dict, max_length: int | None = None):
 
 
 def _has_cjk_font() -> bool:
-    from matplotlib import font_manager
+    from labsupport.plots import use_cjk_font
 
-    return any(k in f.name for f in font_manager.fontManager.ttflist for k in ("CJK", "Hei", "Song", "WenQuanYi", "Kai"))
+    return use_cjk_font() is not None
 
 
 def _label(text: str, cjk: bool, width: int = 38) -> str:
@@ -112,7 +113,8 @@ def _label(text: str, cjk: bool, width: int = 38) -> str:
 def show_samples(source: str | os.PathLike | list, image_root: str | os.PathLike, n: int = 8, cols: int = 4,
                  seed: int = 0) -> Any:
     """A grid of N random samples, each image with its question and answer; returns the figure (and prints the texts)."""
-    import matplotlib.pyplot as plt
+    from labsupport.plots import pyplot
+    plt = pyplot()  # with the CJK font
     from PIL import Image
 
     records = [r for r in as_records(source) if r.get("image")]

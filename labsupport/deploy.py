@@ -34,8 +34,7 @@ ENGINES = ("pytorch", "turbomind", "auto")
 IMAGE_PLACEHOLDER = "<img><IMG_CONTEXT></img>\n"
 
 # ---- the artifacts this notebook reads: the ONE place to change their paths ------------------------
-FINETUNED_MODEL = "models/internvl2-tiny-finetuned"  # under ARTIFACTS, written by notebook 05 for MODEL_PATH "tiny"
-# (for real weights notebook 05 writes models/<base folder name>-finetuned: the rule of labsupport.compare.finetuned_dir)
+# the fine-tuned model: ARTIFACTS/models/<model name>-finetuned, written by notebook 05 (labsupport.paths.finetuned_dir)
 COURSE_TASK = "data/plates"                           # under ARTIFACTS, built by labsupport.datasets
 
 
@@ -49,8 +48,9 @@ def base_model_dir(model_path: str = "tiny", artifacts: str | os.PathLike | None
 def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike,
                         model_path: str = "tiny") -> tuple[Path, str]:
     """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing, with a sentence saying which and why."""
-    name = FINETUNED_MODEL if str(model_path).strip().lower() == "tiny" else f"models/{Path(model_path).name}-finetuned"
-    candidate = Path(artifacts) / name
+    from .paths import finetuned_dir
+
+    candidate = finetuned_dir(artifacts, model_path)
     if (candidate / "config.json").is_file():
         return candidate.resolve(), f"fine-tuned model from notebook 05: {candidate}"
     return Path(base), (f"no fine-tuned model at {candidate} (run notebook 05 first); "
@@ -163,9 +163,11 @@ def read_chat_template(model_dir: str | os.PathLike) -> str:
     if not template:
         raise ValueError(
             f"{model_dir} has no chat template (neither chat_template.jinja nor a 'chat_template' key in "
-            "tokenizer_config.json). LMDeploy 0.18 would silently fall back to a bare template and the model would "
-            "not know where its turn ends. Copy tokenizer_config.json (with chat_template) from the base model "
-            "into this folder.")
+            f"{cfg_file}). LMDeploy 0.18 would silently fall back to a bare template and the model would not know "
+            "where its turn ends. Fix: write the template of this model's conversation.py layout into that file, "
+            "e.g. `labsupport.prompts.write_chat_template(MODEL_DIR)` (internlm2-chat or phi3-chat, with the "
+            "system prompt XTuner trained with), or copy tokenizer_config.json from the base checkpoint if that "
+            "one has a 'chat_template'.")
     return template if isinstance(template, str) else template[0]["template"]
 
 
@@ -180,22 +182,41 @@ def render_prompt(tokenizer, question: str, history: Sequence[tuple[str, str]] =
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def model_prompt(model_dir: str | os.PathLike, question: str, history: Sequence[tuple[str, str]] = (),
-                 image: bool = True) -> str:
-    """The prompt the checkpoint's own chat() builds (its conversation.py template named in config.json)."""
+def conversation_template(model_dir: str | os.PathLike):
+    """A fresh copy of the conversation template the checkpoint's own conversation.py registers under config.json's
+    "template" (what its chat() uses)."""
     import importlib.util
     import sys
 
     model_dir = Path(model_dir)
     source = model_dir / "conversation.py"
     if not source.is_file():
-        raise FileNotFoundError(f"{model_dir} has no conversation.py: it is not in the official InternVL2 remote-code "
-                                "format (notebook 05's converter copies it next to the weights)")
+        raise FileNotFoundError(
+            f"{source} is missing: chat() of an InternVL2 checkpoint imports it. It belongs next to config.json with "
+            "the other remote-code files (configuration_*.py, modeling_*.py); copy it from the base checkpoint this "
+            "one was converted from (XTuner's convert_to_official copies only what the model class imports), or "
+            "re-download the repository's *.py files (huggingface-cli download <repo> --include '*.py').")
     spec = importlib.util.spec_from_file_location(f"_labsupport_conv_{abs(hash(str(model_dir)))}", source)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    conv = module.get_conv_template(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["template"])
+    name = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("template")
+    known = sorted(getattr(module, "conv_templates", {}))
+    if name not in known:
+        raise ValueError(
+            f"{model_dir / 'config.json'} names the conversation template {name!r}, which {source.name} does not "
+            f"register (it knows {known}). InternVL2 uses 'internlm2-chat' (2B, 8B), 'phi3-chat' (4B), 'Hermes-2' (1B): "
+            "set \"template\" in config.json to the one of this model's LLM.")
+    return module.get_conv_template(name)
+
+
+def model_prompt(model_dir: str | os.PathLike, question: str, history: Sequence[tuple[str, str]] = (),
+                 image: bool = True, system: str | None = None) -> str:
+    """The prompt the checkpoint's own chat() builds (its conversation.py template named in config.json);
+    SYSTEM replaces the template's system message, as `model.system_message = SYSTEM` does."""
+    conv = conversation_template(model_dir)
+    if system is not None:
+        conv.system_message = system
     for i, (old_q, old_a) in enumerate(history):
         conv.append_message(conv.roles[0], (IMAGE_PLACEHOLDER if image and i == 0 else "") + old_q)
         conv.append_message(conv.roles[1], old_a)
@@ -613,3 +634,72 @@ def cpu_server_support(model_dir: str | os.PathLike) -> tuple[bool, str]:
                    f"a model type it knows; {arch} (model_type {model_type!r}) is remote code, so it stops with "
                    f"\"AttributeError: module transformers has no attribute {arch}\" (tried here with 5.23). "
                    "No library here offers an OpenAI-compatible server for this model on a CPU.")
+
+
+def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str | None = None) -> tuple[bool, str]:
+    """Whether the checkpoint's remote-code LLM can generate() under TRANSFORMERS_VERSION (default: this env's), and why.
+
+    transformers >= 4.50 gives generate() only to classes that inherit GenerationMixin; the published InternLM2 and
+    Phi-3 files of InternVL2-2B/4B/8B inherit PreTrainedModel alone, so their chat() fails there ("object has no
+    attribute 'generate'"), while transformers 4.48 (the course env) still runs them. LLMs built into transformers
+    (InternVL2-1B's Qwen2) and the course's own InternLM2 generate everywhere.
+    """
+    import re
+
+    from packaging.version import Version
+
+    if transformers_version is None:
+        import transformers
+
+        transformers_version = transformers.__version__
+    model_dir = Path(model_dir)
+    llm = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("llm_config", {})
+    arch = (llm.get("architectures") or ["?"])[0]
+    module = {"InternLM2ForCausalLM": "modeling_internlm2.py", "Phi3ForCausalLM": "modeling_phi3.py"}.get(arch)
+    source = model_dir / module if module else None
+    if source is None or not source.is_file():
+        return True, f"{arch} comes from transformers itself (or the course's own code): generate() works"
+    match = re.search(rf"^class {arch}\(([^)]*)\)", source.read_text(encoding="utf-8"), flags=re.M)
+    bases = match.group(1) if match else ""
+    if "GenerationMixin" in bases or Version(transformers_version) < Version("4.50"):
+        return True, f"{source.name}'s {arch}({bases}) can generate() under transformers {transformers_version}"
+    return False, (f"{source.name}'s {arch}({bases}) does not inherit GenerationMixin, which transformers >= 4.50 needs "
+                   f"for generate() (this env has {transformers_version}): run chat() in the course env "
+                   "(transformers 4.48), or serve with LMDeploy on a GPU")
+
+
+_ANSWER_SCRIPT = """
+import json, sys
+job = json.load(sys.stdin)
+from labsupport.deploy import pipeline, GenSettings
+pipe = pipeline(job["model_dir"], backend="transformers", max_tiles=job["max_tiles"])
+gen = GenSettings(**job["gen"])
+answers = [pipe((q, img) if img else q, gen).text for q, img in job["items"]]
+print("ANSWERS" + json.dumps(answers))
+"""
+
+
+def course_env_python() -> Path | None:
+    """The course environment's python (transformers 4.48, which runs the published InternVL2 remote code), or None."""
+    from .paths import repo_root
+
+    python = repo_root() / ".venvs" / "internvl-course" / "bin" / "python"
+    return python if python.exists() else None
+
+
+def answer_in_env(python: str | os.PathLike, model_dir: str | os.PathLike, items: Sequence[tuple[str, str | None]],
+                  gen: "GenSettings | None" = None, max_tiles: int = 6, timeout: float = 1800) -> list[str]:
+    """Answer ITEMS [(question, image path or None)] with MODEL_DIR's own chat() in another environment's PYTHON (e.g.
+    course_env_python() when remote_llm_generates says this env cannot); one answer per item."""
+    import dataclasses
+    import subprocess
+
+    job = {"model_dir": str(model_dir), "max_tiles": max_tiles, "items": [[q, str(i) if i else None] for q, i in items],
+           "gen": dataclasses.asdict(gen or GenSettings())}
+    done = subprocess.run([str(python), "-c", _ANSWER_SCRIPT], input=json.dumps(job), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    marker = [ln for ln in done.stdout.splitlines() if ln.startswith("ANSWERS")]
+    if done.returncode or not marker:
+        raise RuntimeError(f"{python} could not answer with {model_dir} (exit {done.returncode}):\n"
+                           + (done.stderr or done.stdout).strip()[-1500:])
+    return json.loads(marker[-1][len("ANSWERS"):])

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -161,6 +162,28 @@ def _pip_install(python: Path, spec: EnvSpec) -> None:
         os.unlink(req.name)
     if spec.pip_no_deps:
         _run(pip + ["--no-deps"] + spec.pip_no_deps)
+
+
+def build_commands(spec: EnvSpec, route: str = "venv") -> list[str]:
+    """The shell commands `make env` runs for SPEC on ROUTE ("venv" or "conda"), for reading and for copying by hand."""
+    if route == "conda":
+        py = f"conda run -n {spec.name} python"
+        cmds = [f"conda env create -f {spec.file.name}    # or: conda env update -f {spec.file.name} --prune"]
+    elif route == "venv":
+        prefix = f".venvs/{spec.name}"
+        py = f"{prefix}/bin/python"
+        first = [p for p in spec.pip if re.match(r"(torch|torchvision)\b", p)]
+        rest = [p for p in spec.pip if p not in first]
+        cmds = [f"python{spec.python} -m venv {prefix}", f"{py} -m pip install -q --upgrade pip setuptools wheel"]
+        cmds += [f"{py} -m pip install {' '.join(first)}"] if first else []
+        cmds += [f"{py} -m pip install " + " ".join(p if p.startswith("-") else shlex.quote(p) for p in rest)]
+    else:
+        raise ValueError(f"route must be 'venv' or 'conda', not {route!r}")
+    if spec.pip_no_deps:
+        cmds.append(f"{py} -m pip install --no-deps {' '.join(spec.pip_no_deps)}")
+    cmds.append(f"{py} -m ipykernel install --prefix <course env> --name {spec.kernel} "
+                f"--display-name {shlex.quote(spec.kernel_display)}")
+    return cmds
 
 
 def _check_python(spec: EnvSpec) -> None:

@@ -103,8 +103,8 @@ def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], imag
     gen = dict(max_new_tokens=max_new_tokens, do_sample=False)
     batches = [records[i:i + batch_size] for i in range(len(records))[::batch_size]]
     if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, desc="evaluating", unit="batch")
+        from labsupport.progress import bar
+        batches = bar(batches, "evaluating", unit="batch")
     replies: list[str] = []
     with torch.inference_mode():
         for batch in batches:

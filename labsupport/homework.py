@@ -99,11 +99,11 @@ def learner_edition(notebook: str | Path, out_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write learner editions of the course notebooks.")
-    parser.add_argument("notebooks", nargs="*", help="notebooks (default: every notebooks/NN_*.ipynb)")
+    parser.add_argument("notebooks", nargs="*", help="notebooks (default: every notebooks/NN_*.ipynb, NNb_*.ipynb)")
     parser.add_argument("--out", default=None, help="output folder (default: artifacts/learner)")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else artifacts_dir() / "learner"
-    paths = args.notebooks or sorted(str(p) for p in (repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or sorted(str(p) for p in (repo_root() / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
     for path in paths:
         print(f"{path} -> {learner_edition(path, out)}")
     return 0

@@ -214,7 +214,8 @@ def table(estimates: list[Estimate]) -> str:
 
 def plot_zero(model: str = "InternVL2-8B", gpus: int = 8, mode: str = "full", seq: int = 4096):
     """A stacked-bar picture of GB per GPU for ZeRO stages 0-3 (weights, gradients, optimizer, activations)."""
-    import matplotlib.pyplot as plt
+    from labsupport.plots import pyplot
+    plt = pyplot()  # with the CJK font
 
     es = [estimate(model, mode=mode, zero=z, gpus=gpus, seq=seq) for z in range(4)]
     parts = [("weights", "tab:blue"), ("gradients", "tab:orange"), ("optimizer", "tab:green"),

@@ -92,22 +92,48 @@ def dataset_names(training: dict | None) -> list[str]:
     return sorted({Path(p).parent.name or Path(p).stem for p in paths})
 
 
-def _usage(repo_id: str) -> str:
+EXAMPLE_IMAGE = "examples/plate.png"   # the card's example image, published inside the model repository
+EXAMPLE_QUESTION = "What colour are the objects on the plate? Answer with one word."
+
+
+def usage_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6) -> str:
+    """The card's transformers snippet as plain Python: it runs as written on the Hub id or a local copy of the repo."""
+    return f'''import os
+import torch
+from transformers import AutoModel, AutoTokenizer
+from labsupport.tiling import load_image  # the course's copy of InternVL's loader: dynamic tiling + ImageNet normalisation
+
+path = "{repo_id}"  # the Hub id, or the folder you downloaded or cloned it into
+if not os.path.isdir(path):
+    from huggingface_hub import snapshot_download
+    path = snapshot_download(path)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.bfloat16 if device == "cuda" else torch.float32
+model = AutoModel.from_pretrained(path, torch_dtype=dtype, trust_remote_code=True).eval().to(device)
+tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+pixel_values = load_image(os.path.join(path, "{image}"), max_num={max_num}).to(device, dtype)  # [tiles, 3, 448, 448]
+question = "<image>\\n{question}"
+print(model.chat(tokenizer, pixel_values, question, dict(max_new_tokens=8, do_sample=False)))
+'''
+
+
+def python_blocks(card_text: str) -> list[str]:
+    """The ```python fenced blocks of a card, in order."""
+    import re
+
+    return re.findall(r"```python\n(.*?)```", str(card_text), flags=re.S)
+
+
+def _usage(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6) -> str:
     """The usage snippets of the card: transformers and LMDeploy."""
     return f"""## How to use
 
-With transformers (the model ships its own code, hence `trust_remote_code=True`):
+With transformers (the model ships its own code, hence `trust_remote_code=True`). The image is the example
+published with the model (`{image}`), the question one the fine-tuning taught; `load_image` cuts it into
+448-px tiles exactly as training did (at most {max_num}), it comes with the course's `labsupport` package:
 
 ```python
-import torch
-from transformers import AutoModel, AutoTokenizer
-
-path = "{repo_id}"
-model = AutoModel.from_pretrained(path, torch_dtype=torch.bfloat16, trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-# pixel_values: [tiles, 3, 448, 448], the image cut into 448-px tiles by InternVL's dynamic tiling
-reply = model.chat(tokenizer, pixel_values, "<image>\\nWhat dish is this?", dict(max_new_tokens=64, do_sample=False))
-```
+{usage_snippet(repo_id, question, image, max_num)}```
 
 With LMDeploy (GPU):
 
@@ -116,7 +142,7 @@ from lmdeploy import pipeline, PytorchEngineConfig
 from lmdeploy.vl import load_image
 
 pipe = pipeline("{repo_id}", backend_config=PytorchEngineConfig(tp=1))
-print(pipe(("What dish is this?", load_image("dish.jpg"))).text)
+print(pipe(("{question}", load_image("{image}"))).text)
 ```
 
 or as an OpenAI-compatible server: `lmdeploy serve api_server {repo_id} --backend pytorch`.
@@ -124,8 +150,11 @@ or as an OpenAI-compatible server: `lmdeploy serve api_server {repo_id} --backen
 
 
 def build_card(repo_id: str, training: dict | None, evaluation: dict | None, base_model: str | None = None,
-               license: str = "mit", language: list[str] | None = None, model_note: str = ""):
-    """A huggingface_hub ModelCard for REPO_ID: metadata (base model, licence, datasets, tags, eval results) and text from the results."""
+               license: str = "mit", language: list[str] | None = None, model_note: str = "",
+               question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6):
+    """A huggingface_hub ModelCard for REPO_ID: metadata (base model, licence, datasets, tags, eval results) and text from the results.
+
+    QUESTION, IMAGE (a path inside the repository) and MAX_NUM make the usage snippet ask what the model was tuned for."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     name = repo_id.split("/")[-1]
@@ -165,7 +194,7 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
         body += [f"| `{k}` | `{v!r}` |" for k, v in training["settings"].items()]
     else:
         body.append("No training record was found (notebook 04 has not run): these are the base weights.")
-    body += ["", _usage(repo_id), "## Licence", "",
+    body += ["", _usage(repo_id, question, image, max_num), "## Licence", "",
              f"{license.upper() if license == 'mit' else license}, like the InternVL2 code; the language model inside keeps its own licence."]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
     return ModelCard(content)

@@ -138,6 +138,12 @@ def family() -> dict[str, dict]:
     return out
 
 
+def internvit_6b() -> dict:
+    """InternViT-6B-448px-V1.5 (InternVL2-26B's encoder): vision_config, layers before pruning, published size."""
+    text = resources.files("labsupport").joinpath("data/internvit_6b.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
 def family_table() -> list[dict]:
     """One row per InternVL2 model: its parts, the counted total, the published sizes and the difference (%)."""
     rows = []

@@ -1,7 +1,8 @@
-"""Figures for the architecture notebook: tiling grids, tiles + thumbnail, the pixel-shuffle merge, budgets.
+"""Figures for the course: tiling grids, tiles + thumbnail, the pixel-shuffle merge, budgets; the CJK font.
 
 Each function returns a matplotlib Figure (and never calls plt.show()), so a notebook can display it,
-save it, or close it.
+save it, or close it. `use_cjk_font()` makes matplotlib draw Chinese (the course's questions and answers)
+with the CJK font `make system-deps` installs (Debian's fonts-noto-cjk); every figure helper calls it.
 """
 from __future__ import annotations
 
@@ -19,10 +20,49 @@ GAP = 24  # pixels of white between tiles in a mosaic
 PREVIEW_PX = 224  # tiles are drawn at this size: the figure shows the layout, not every pixel
 
 
-def _plt():
+# CJK families, most wanted first: Debian/Ubuntu's fonts-noto-cjk, then fonts common elsewhere.
+CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Source Han Sans SC", "Source Han Sans CN",
+                "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Microsoft YaHei", "SimHei", "PingFang SC",
+                "Noto Serif CJK SC")
+CJK_INSTALL_HINT = "sudo apt-get install fonts-noto-cjk (or `make system-deps`), then restart the kernel"
+
+
+def cjk_font() -> str | None:
+    """The name of an installed CJK font family matplotlib can use, or None."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FAMILIES if name in installed), None)
+
+
+def use_cjk_font() -> str | None:
+    """Make matplotlib fall back to the CJK font for Chinese glyphs (Latin stays DejaVu Sans); return its name.
+
+    Idempotent. Without a CJK font it returns None and changes nothing: figures then show empty boxes for
+    Chinese text and matplotlib warns "Glyph ... missing" (CJK_INSTALL_HINT says what to install).
+    """
+    import matplotlib
+
+    name = cjk_font()
+    if name is None:
+        return None
+    family = matplotlib.rcParams["font.family"]
+    family = [family] if isinstance(family, str) else list(family)
+    if name not in family:
+        base = [f for f in family if f != "sans-serif"] or ["DejaVu Sans"]
+        matplotlib.rcParams["font.family"] = base + [name]
+    return name
+
+
+def pyplot():
+    """matplotlib.pyplot, with the CJK font configured (use_cjk_font)."""
     import matplotlib.pyplot as plt
 
+    use_cjk_font()
     return plt
+
+
+_plt = pyplot
 
 
 def tile_mosaic(tiles: Sequence[Image.Image], grid: tuple[int, int], gap: int = GAP,
@@ -207,26 +247,46 @@ def _cell_lines(ax, rows: int, cols: int, block: int, lw: float = 0.4) -> None:
 
 
 def plot_param_breakdown(rows: Sequence[Mapping]):
-    """Stacked horizontal bars of ViT / projector / LLM parameters per model (rows from params.family_table())."""
+    """Parameters per model (rows from params.family_table()): stacked totals, and each part on a log scale.
+
+    Left: ViT / projector / LLM stacked, the axis ending just past the largest model. Right: the three parts
+    side by side on a logarithmic axis, so that the projector (well under 1 %) is a visible bar too.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(11, 3.8))
+    fig, (ax, logax) = plt.subplots(1, 2, figsize=(13, 3.9), gridspec_kw={"width_ratios": [1.25, 1]})
     names = [r["model"] for r in rows]
+    parts = (("vit", "tab:blue", "InternViT-300M"), ("projector", "tab:orange", "MLP projector"), ("llm", "tab:green", "LLM"))
     left = np.zeros(len(rows))
-    for part, color in (("vit", "tab:blue"), ("projector", "tab:orange"), ("llm", "tab:green")):
+    for part, color, label in parts:
         values = np.array([r[part] for r in rows]) / 1e9
-        ax.barh(names, values, left=left, color=color, label={"vit": "InternViT-300M", "projector": "MLP projector (<1 %, a sliver)",
-                                                               "llm": "LLM"}[part])
+        ax.barh(names, values, left=left, color=color, label=label)
         left += values
     for y, r in enumerate(rows):
-        ax.text(r["total"] / 1e9 + 0.08, y, f"{r['total'] / 1e9:.2f}B  ({r['llm_name']}; "
-                f"ViT {100 * r['vit'] / r['total']:.0f}%)", va="center", fontsize=10)
+        ax.text(r["total"] / 1e9 + 0.08, y, f"{r['total'] / 1e9:.2f}B", va="center", fontsize=10)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(left) * 1.55)
+    ax.set_xlim(0, max(left) * 1.12)
     ax.set_xlabel("parameters (billions)")
-    ax.set_title("InternVL2: the same 0.3B vision encoder, a growing LLM")
-    ax.legend(loc="upper right")
+    ax.set_title("Totals: the same 0.3B vision encoder, a growing LLM")
+    ax.legend(loc="upper right", fontsize=9)
+    y = np.arange(len(rows))
+    height = 0.26
+    for k, (part, color, label) in enumerate(parts):
+        values = np.array([r[part] for r in rows], dtype=float)
+        bars = logax.barh(y + (k - 1) * height, values, height, color=color, label=label)
+        logax.bar_label(bars, labels=[_short_count(v) for v in values], fontsize=8, padding=2)
+    logax.set_yticks(y, names)
+    logax.invert_yaxis()
+    logax.set_xscale("log")
+    logax.set_xlim(1e6, max(r["llm"] for r in rows) * 8)
+    logax.set_xlabel("parameters (log scale)")
+    logax.set_title("Each part on a log scale: the projector is under 1 %")
     fig.tight_layout()
     return fig
+
+
+def _short_count(n: float) -> str:
+    """1.23B, 12.6M: a bar label."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def plot_token_budget(sizes: Mapping[str, tuple[int, int]], max_nums: Sequence[int] = (6, 12),

@@ -219,8 +219,11 @@ def count_text_tokens(tokenizer: Any, text: str) -> int:
     text = text.encode("utf-8", "replace").decode("utf-8")
     if hasattr(tokenizer, "encode") and not callable(getattr(tokenizer, "__call__", None)):
         return len(tokenizer.encode(text).ids)
+    # verbose=False (transformers tokenizers): measuring a too-long text is the point; their "Token indices sequence
+    # length is longer than the specified maximum" warning is not
+    quiet = {"verbose": False} if hasattr(tokenizer, "model_max_length") else {}
     try:
-        out = tokenizer(text, add_special_tokens=False)
+        out = tokenizer(text, add_special_tokens=False, **quiet)
         return len(out["input_ids"])
     except TypeError:
         enc = tokenizer.encode(text)

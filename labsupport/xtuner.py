@@ -353,10 +353,12 @@ def render_config(s: TrainSettings) -> str:
 
 
 def write_config(s: TrainSettings, path: str | os.PathLike) -> Path:
-    """Write the XTuner config for SETTINGS to PATH (atomically) and return PATH; a 'tiny' model path is resolved."""
-    if s.model_path == "tiny":
+    """Write the XTuner config for SETTINGS to PATH (atomically) and return PATH; "tiny"/"tiny-4b" are resolved."""
+    from labsupport.paths import is_embedded
+
+    if is_embedded(s.model_path):
         from labsupport.tinymodel import resolve_model
-        s = replace(s, model_path=str(resolve_model("tiny")))
+        s = replace(s, model_path=str(resolve_model(s.model_path)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -513,7 +515,8 @@ class LivePlot:
     """A matplotlib figure of loss and learning rate that updates in place in a notebook."""
 
     def __init__(self, title: str = "training"):
-        import matplotlib.pyplot as plt
+        from labsupport.plots import pyplot
+        plt = pyplot()  # with the CJK font
         from IPython.display import display
 
         self.fig, (self.ax_loss, self.ax_lr) = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -542,6 +545,9 @@ class LivePlot:
 def _tail(path: Path, n: int = 30) -> str:
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return "\n".join(lines[-n:])
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # mmengine colours its log levels; a saved notebook would show the codes
 
 
 def _show_line(line: str, state: dict) -> bool:
@@ -584,6 +590,7 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
                                 env=_env(threads), cwd=str(work_dir))
         try:
             for line in proc.stdout:
+                line = ANSI_ESCAPE.sub("", line)
                 log.write(line)
                 log.flush()
                 row = parse_log_line(line)
@@ -656,7 +663,8 @@ def settings_dict(s: TrainSettings) -> dict:
 
 def plot_scalars(scalars: list[dict], title: str = "training"):
     """Loss and learning rate against iteration from a run's scalars (a finished run's TrainRun.scalars or scalars.json)."""
-    import matplotlib.pyplot as plt
+    from labsupport.plots import pyplot
+    plt = pyplot()  # with the CJK font
 
     if not scalars:
         raise ValueError("no scalars to plot: did the run log any iteration? (log_interval too large?)")
@@ -669,3 +677,22 @@ def plot_scalars(scalars: list[dict], title: str = "training"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+XTUNER_INTERNVL_LLMS = ("Phi3ForCausalLM", "InternLM2ForCausalLM")  # xtuner/dataset/internvl_dataset.py, 0.2.0
+
+
+def supports_model(model_path: str | os.PathLike) -> tuple[bool, str]:
+    """Whether XTuner 0.2.0's InternVL dataset can train MODEL_PATH's LLM, and a sentence saying why (and what to do)."""
+    from labsupport.paths import is_embedded
+
+    if is_embedded(model_path):
+        return True, f"{model_path!r} is built with an LLM XTuner 0.2.0 trains"
+    cfg = Path(model_path) / "config.json"
+    arch = (json.loads(cfg.read_text(encoding="utf-8")).get("llm_config", {}).get("architectures") or ["?"])[0]
+    if arch in XTUNER_INTERNVL_LLMS:
+        return True, f"XTuner 0.2.0's InternVL dataset trains {arch}"
+    return False, (f"XTuner 0.2.0's InternVL dataset trains only {' and '.join(XTUNER_INTERNVL_LLMS)}; {cfg} names "
+                   f"{arch} (InternVL2-1B's Qwen2), for which it raises NotImplementedError "
+                   "(xtuner/dataset/internvl_dataset.py). Fine-tune a 2B/4B/8B checkpoint with XTuner, or this one "
+                   "with InternVL's own scripts (internvl_chat/shell/internvl2.0/2nd_finetune/ in OpenGVLab/InternVL).")

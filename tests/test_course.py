@@ -90,3 +90,17 @@ def test_parse_value_reads_numbers_and_keeps_paths():
     assert course.parse_value("300") == 300 and course.parse_value("0.5") == 0.5
     assert course.parse_value("/models/InternVL2-2B") == "/models/InternVL2-2B"
     assert course.parse_value("True") is True
+
+
+def test_kernel_start_is_quiet_but_notebook_warnings_still_show(tmp_path, need_kernel, capfd):
+    """The runner silences the kernel application's own start-up log, never the warnings a cell raises."""
+    code = nbformat.v4.new_code_cell
+    nb = make_notebook(tmp_path / "96_warns.ipynb", [code("ARTIFACTS = ''"),
+                                                     code("import warnings\nwarnings.warn('a warning from the cell')"),
+                                                     code("import os\nprint('bars off:', os.environ.get('HF_HUB_DISABLE_PROGRESS_BARS'))")])
+    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    assert result.status == "pass", result.error
+    assert "without encryption" not in capfd.readouterr().err
+    executed = (tmp_path / "art" / "executed" / "96_warns.ipynb").read_text()
+    assert "a warning from the cell" in executed
+    assert "bars off: 1" in executed  # libraries' own bars (transformers' "Loading weights") are off in headless runs

@@ -66,7 +66,7 @@ def test_choose_backend(monkeypatch):
 
 # ---- chat template and prompts ---------------------------------------------------------------------
 def test_read_chat_template(tiny, tmp_path):
-    assert "<|assistant|>" in deploy.read_chat_template(tiny)
+    assert "<|im_start|>assistant" in deploy.read_chat_template(tiny)
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
@@ -81,7 +81,7 @@ def test_tokenizer_template_matches_the_models_own_template(pipe, tiny):
     for hist in ([], history):
         jinja = deploy.render_prompt(pipe.tokenizer, "How many?", hist)
         assert jinja == deploy.model_prompt(tiny, "How many?", hist)
-        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|assistant|>\n")
+        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|im_start|>assistant\n")
     assert deploy.IMAGE_PLACEHOLDER not in deploy.render_prompt(pipe.tokenizer, "hi", image=False)
 
 
@@ -129,7 +129,7 @@ def test_pipeline_refuses_a_folder_without_config(tmp_path):
 def test_finetuned_model_dir_falls_back_with_a_reason(tmp_path, tiny):
     path, why = deploy.finetuned_model_dir(tmp_path, tiny)
     assert path == Path(tiny) and "run notebook 05" in why
-    target = tmp_path / deploy.FINETUNED_MODEL
+    target = tmp_path / "models" / "internvl2-tiny-finetuned"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     assert deploy.finetuned_model_dir(tmp_path, tiny)[0] == target.resolve()
@@ -253,3 +253,28 @@ def test_lmdeploy_side_in_deploy_env(tiny, plate):
     proc = subprocess.run([str(python), "-c", DEPLOY_SCRIPT, str(tiny), str(plate)], capture_output=True, text=True,
                           timeout=400, env=env)
     assert proc.returncode == 0 and "DEPLOY-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_remote_llm_generates_reads_the_class_bases(tmp_path, tiny):
+    assert deploy.remote_llm_generates(tiny, "5.23.0")[0]  # the course's own InternLM2 inherits GenerationMixin
+    official = tmp_path / "official"
+    official.mkdir()
+    (official / "config.json").write_text(json.dumps({"llm_config": {"architectures": ["InternLM2ForCausalLM"]}}))
+    (official / "modeling_internlm2.py").write_text("class InternLM2ForCausalLM(InternLM2PreTrainedModel):\n    pass\n")
+    ok, why = deploy.remote_llm_generates(official, "5.23.0")
+    assert not ok and "GenerationMixin" in why and "course env" in why
+    assert deploy.remote_llm_generates(official, "4.48.0")[0]
+    (official / "config.json").write_text(json.dumps({"llm_config": {"architectures": ["Qwen2ForCausalLM"]}}))
+    assert deploy.remote_llm_generates(official, "5.23.0")[0]
+
+
+def test_answer_in_env_runs_chat_in_another_python(tiny, plate):
+    """What notebook 06 does for published InternLM2/Phi-3 files in the deploy env: answer in the course env."""
+    python = deploy.course_env_python()
+    if python is None:
+        pytest.skip("the course env's python (.venvs/internvl-course/bin/python) is not here")
+    answers = deploy.answer_in_env(python, tiny, [("What colour?", str(plate)), ("Hello?", None)],
+                                   deploy.GenSettings(max_new_tokens=3), max_tiles=1)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    with pytest.raises(RuntimeError, match="could not answer"):
+        deploy.answer_in_env(python, Path(tiny).parent / "missing", [("q", None)])

@@ -66,6 +66,40 @@ def test_built_environments_are_stamped_with_their_spec(repo):
             assert stamp["digest"] == spec.digest(), f"{spec.name} is older than {spec.file.name}: run make env"
 
 
+def test_build_commands_are_what_the_venv_builder_runs(tmp_path, monkeypatch):
+    """The commands notebook 02 shows are the ones build_venv runs (its temp requirements file read back)."""
+    import shlex
+    from pathlib import Path
+
+    ran = []
+
+    def record(cmd, **kw):
+        words = [str(c) for c in cmd]
+        if "-r" in words:  # the builder passes the rest of the pip list through a temporary file
+            req = Path(words[words.index("-r") + 1])
+            words = words[:words.index("-r")] + req.read_text().split("\n")[:-1]
+        ran.append(words)
+
+    monkeypatch.setattr(envs, "_run", record)
+    monkeypatch.setattr(envs, "VENVS", tmp_path / ".venvs")
+    monkeypatch.setattr(envs, "ROOT", tmp_path)
+    monkeypatch.setattr(envs, "register_kernel", lambda *a: None)
+    monkeypatch.setattr(envs, "_write_stamp", lambda *a: None)
+    monkeypatch.setattr(envs, "_check_python", lambda spec: None)
+    (tmp_path / ".venvs").mkdir()
+    spec = envs.load_specs()[0]
+    envs.build_venv(spec, None)
+    shown = envs.build_commands(spec, "venv")
+    # python -m venv PREFIX, then each pip call with the same packages in the same order
+    assert ran[0][1:3] == ["-m", "venv"] and shown[0].split()[1:3] == ["-m", "venv"]
+    pip_ran = [[w for w in words[1:] if w not in ("--progress-bar", "off")] for words in ran[1:]]
+    pip_shown = [[w for w in shlex.split(line)[1:]] for line in shown[1:-1]]
+    pip_shown = [[w for w in words if w != "-e"] for words in pip_shown]
+    pip_ran = [[w.removeprefix("-e ") for w in words] for words in pip_ran]
+    assert pip_ran == pip_shown
+    assert shown[-1].startswith(".venvs/internvl-course/bin/python -m ipykernel install")
+
+
 def test_doctor_catches_a_missing_timm(tmp_path):
     """The pins table and the code-path check both flag an environment without timm."""
     import os

@@ -49,5 +49,5 @@ def test_learner_edition_leaves_the_original_untouched(tmp_path):
 
 
 def test_every_course_notebook_has_balanced_markers(repo, tmp_path):
-    for path in sorted((repo / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted((repo / "notebooks").glob("[0-9][0-9]*_*.ipynb")):
         homework.learner_edition(path, tmp_path)

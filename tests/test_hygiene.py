@@ -43,13 +43,16 @@ def test_kernelspec_names_a_course_environment(path):
 
 
 def test_titles_are_numbered_in_order():
+    """NN_name.ipynb has the title '# NN · ...'; a chapter split in two adds a letter (03_…, then 03b_…)."""
     numbers = []
     for path in NOTEBOOKS:
+        prefix = path.name.split("_")[0]
+        assert re.fullmatch(r"\d\d[b-z]?", prefix), f"{path.name}: name it NN_name.ipynb (or NNb_name.ipynb)"
         first = load(path)["cells"][0]
         title = "".join(first["source"]).splitlines()[0]
-        assert first["cell_type"] == "markdown" and title.startswith(f"# {path.name[:2]} · "), \
-            f"{path.name}: first cell should be a '# {path.name[:2]} · Title' heading, got {title!r}"
-        numbers.append(int(path.name[:2]))
+        assert first["cell_type"] == "markdown" and title.startswith(f"# {prefix} · "), \
+            f"{path.name}: first cell should be a '# {prefix} · Title' heading, got {title!r}"
+        numbers.append((int(prefix[:2]), prefix[2:]))
     assert numbers == sorted(set(numbers))
 
 

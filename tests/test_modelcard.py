@@ -99,3 +99,29 @@ def test_card_without_results_says_so_and_stays_valid():
     assert "notebook 05 has not run" in str(card) and "notebook 04 has not run" in str(card)
     assert modelcard.check_card(card, None, None) == []
     assert modelcard.check_card(modelcard.build_card("alice/tiny", None, None), None, None) == ["model name 'tiny' lacks 'InternVL'"]
+
+
+@pytest.mark.notebook
+def test_the_cards_snippet_runs_as_written_against_the_cards_own_model(tmp_path):
+    """The usage snippet, copied from the card (README.md of the published folder), runs in a fresh Python."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from labsupport import datasets, tinymodel
+
+    repo = tmp_path / "InternVL2-tiny-plates"
+    shutil.copytree(tinymodel.resolve_model("tiny"), repo)
+    (repo / "examples").mkdir()
+    datasets.draw_plate("red", "circle", 2, seed=1).save(repo / modelcard.EXAMPLE_IMAGE)
+    card = modelcard.build_card(str(repo), None, None, max_num=1)
+    (repo / "README.md").write_text(str(card), encoding="utf-8")
+    snippet = modelcard.python_blocks((repo / "README.md").read_text(encoding="utf-8"))[0]
+    assert "pixel_values = load_image(" in snippet and "plate" in snippet
+    root = Path(modelcard.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip(), "the snippet printed no reply"

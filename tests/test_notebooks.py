@@ -24,5 +24,5 @@ def test_learner_edition_of_02_fails_its_exercise_with_the_hint(repo, tmp_path):
     assert result.status == "fail" and "CheckpointsFailed" in result.error
     saved = load_results("02_environment", tmp_path / "art")
     failed = [c for c in saved["checkpoints"] if c["status"] == "fail"]
-    assert [c["name"] for c in failed] == ["exercise: transformers version of each environment"]
-    assert "found" in failed[0]["hint"]
+    assert [c["name"] for c in failed] == ["exercise: which environment can chat with which checkpoint"]
+    assert "generate" in failed[0]["hint"]

@@ -127,3 +127,10 @@ def test_tiny_model_count_matches_its_architecture():
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert counts["vit"] == sum(p.numel() for p in model.vision_model.parameters())
     assert counts["projector"] == sum(p.numel() for p in model.mlp1.parameters())
+
+
+def test_internvit_6b_counts_to_its_published_size():
+    big = params.internvit_6b()
+    n = params.count_vit(big["vision_config"])
+    assert abs(n / 1e6 - big["published_params_m"]) / big["published_params_m"] < 0.01
+    assert big["original_layers"] - big["vision_config"]["num_hidden_layers"] == 3

@@ -106,3 +106,15 @@ def test_tiling_table_rows():
     assert len(lines) == 4
     assert lines[2] == "| hd | 1920x1080 | 2x1, 3, **768** | 4x2, 9, **2304** |"
     assert lines[3] == "| icon | 50x50 | 1x1, 1, **256** | 1x1, 1, **256** |"
+
+
+def test_chinese_text_renders_without_missing_glyphs(recwarn):
+    """The course's figures carry Chinese questions: with the CJK font configured no glyph is missing."""
+    name = plots.use_cjk_font()
+    assert name, f"no CJK font found for matplotlib: {plots.CJK_INSTALL_HINT}"
+    fig, ax = plt.subplots()
+    ax.set_title("Q: 盘子里有几个物体? A: 3 · red 红色")
+    fig.canvas.draw()
+    missing = [str(w.message) for w in recwarn if "missing from font" in str(w.message)]
+    assert not missing, missing
+    assert plots.use_cjk_font() == name and list(plt.rcParams["font.family"]).count(name) == 1

@@ -175,3 +175,14 @@ def test_lone_surrogates_are_counted_with_a_real_fast_tokenizer():
 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok)
     assert V.count_text_tokens(fast, "a \ud800 a") == 3
+
+
+def test_counting_a_too_long_text_does_not_warn(capsys, caplog):
+    """The validator measures over-long texts on purpose: transformers' 'longer than' warning is not for the learner."""
+    from labsupport import datastats
+
+    tok = datastats.load_tokenizer("tiny")
+    text = "plate " * (tok.model_max_length + 10)
+    n = V.count_text_tokens(tok, text)
+    assert n > tok.model_max_length
+    assert "longer than the specified maximum" not in capsys.readouterr().err + caplog.text

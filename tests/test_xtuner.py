@@ -190,3 +190,21 @@ def test_killed_run_resumes_from_its_checkpoint_and_completes(tiny, plates, tmp_
     assert run.checkpoint.name == "iter_8.pth"
     meta = torch.load(run.checkpoint, map_location="cpu", weights_only=False)["meta"]
     assert meta["iter"] == 8
+
+
+def test_mmengine_colour_codes_are_stripped_and_the_line_still_parses():
+    line = ("12/01 21:15:21 - mmengine - \x1b[4m\x1b[97mINFO\x1b[0m - Iter(train) [ 10/500]  lr: 1.0000e-03  "
+            "eta: 0:22:53  time: 2.8023  data_time: 0.3510  grad_norm: 9.6174  loss: 7.0063\n")
+    clean = X.ANSI_ESCAPE.sub("", line)
+    assert "\x1b" not in clean and "- INFO - Iter(train)" in clean
+    assert X.parse_log_line(clean)["loss"] == 7.0063
+
+
+def test_supports_model_names_the_llm_xtuner_refuses(tmp_path):
+    assert X.supports_model("tiny")[0] and X.supports_model("tiny-4b")[0]
+    for arch, ok in (("InternLM2ForCausalLM", True), ("Phi3ForCausalLM", True), ("Qwen2ForCausalLM", False)):
+        folder = tmp_path / arch
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"llm_config": {"architectures": [arch]}}))
+        good, why = X.supports_model(folder)
+        assert good == ok and (ok or ("Qwen2" in why and "config.json" in why))
