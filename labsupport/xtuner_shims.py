@@ -4,7 +4,10 @@ The configs that labsupport.xtuner writes import this module; importing it
 
 * gives ``torch.cpu`` the ``is_bf16_supported()`` that XTuner's model code calls and torch 2.14 lacks.
 
-It also defines the two classes a CPU config names instead of XTuner's own:
+It also defines the classes a CPU config names instead of XTuner's own:
+
+* ``CPUSupervisedFinetune``: XTuner's ``SupervisedFinetune`` as it is (mmengine imports a config's
+  modules lazily, so a config must name a class of this module for the patch above to run).
 
 * ``CPUInternVL``: XTuner's ``InternVL_V1_5`` that (1) starts a one-process ``gloo`` process group
   first, because XTuner calls ``torch.distributed.get_rank()`` in every forward even without a
@@ -33,7 +36,11 @@ def ensure_process_group() -> bool:
 
 
 from xtuner.dataset import InternVL_V1_5_Dataset  # noqa: E402  (after the torch patch above)
-from xtuner.model import InternVL_V1_5  # noqa: E402
+from xtuner.model import InternVL_V1_5, LLaVAModel, SupervisedFinetune  # noqa: E402
+
+
+class CPUSupervisedFinetune(SupervisedFinetune):
+    """XTuner's SupervisedFinetune, unchanged: naming it in a config imports this module, whose torch patch XTuner needs on a CPU."""
 
 
 class CPUInternVL(InternVL_V1_5):
