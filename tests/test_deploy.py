@@ -66,7 +66,7 @@ def test_choose_backend(monkeypatch):
 
 # ---- chat template and prompts ---------------------------------------------------------------------
 def test_read_chat_template(tiny, tmp_path):
-    assert "<|assistant|>" in deploy.read_chat_template(tiny)
+    assert "<|im_start|>assistant" in deploy.read_chat_template(tiny)
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
@@ -81,7 +81,7 @@ def test_tokenizer_template_matches_the_models_own_template(pipe, tiny):
     for hist in ([], history):
         jinja = deploy.render_prompt(pipe.tokenizer, "How many?", hist)
         assert jinja == deploy.model_prompt(tiny, "How many?", hist)
-        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|assistant|>\n")
+        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|im_start|>assistant\n")
     assert deploy.IMAGE_PLACEHOLDER not in deploy.render_prompt(pipe.tokenizer, "hi", image=False)
 
 
