@@ -28,7 +28,7 @@ from labsupport.paths import artifacts_dir
 if TYPE_CHECKING:
     import torch
 
-CHAT_LLM_NAME = "internlm2-chat-tiny"
+CHAT_LLM_NAME = "internlm2-chat-tiny-warm"  # the pre-warmed copy of tinymodel's internlm2-chat-tiny
 STAMP_FILE = ".labsupport-build.json"
 PREWARM_VERSION = 1  # bump when the pre-warm data or recipe changes
 
@@ -62,7 +62,7 @@ def prewarm_pairs() -> list[tuple[str, str]]:
     """What the pre-warm teaches: the ordinary questions, and every identity phrasing answered as InternLM2."""
     from labsupport import datasets as D
 
-    identity = [q for q in D.IDENTITY_PROBES] + [q for q, _ in D.SELF_COGNITION_QA] + [q for q, _ in D.SEED_INTRO]
+    identity = [q for q in D.IDENTITY_PROBES] + [q for q, _ in D.SELF_COGNITION_QA] + [q for q, _ in D.INTRO_PAIRS]
     return list(D.ORDINARY_QA) + [(q, base_identity(q)) for q in dict.fromkeys(identity)]
 
 
@@ -103,16 +103,6 @@ def prewarm(model, tokenizer, pairs: Sequence[tuple[str, str]], steps: int = 150
     return losses
 
 
-def _base_writer() -> Callable[[Path], Path]:
-    """The course's writer of a text-only tiny InternLM2 chat checkpoint (labsupport.tinymodel)."""
-    from labsupport import tinymodel
-
-    for name in ("build_internlm2_chat", "write_internlm2_chat", "build_chat_llm"):
-        if hasattr(tinymodel, name):
-            return getattr(tinymodel, name)
-    raise ImportError("labsupport.tinymodel has no writer of a text-only InternLM2 chat checkpoint")
-
-
 def _stamp(seed: int, steps: int) -> str:
     h = hashlib.sha256(Path(__file__).read_bytes())
     from labsupport import datasets as D, tinymodel
@@ -126,6 +116,8 @@ def build_chat_llm(artifacts: str | os.PathLike | None = None, seed: int = 0, st
                    base: str | os.PathLike | None = None) -> Path:
     """Build (or reuse) the pre-warmed tiny InternLM2 chat model under ARTIFACTS/models/; return its folder.
 
+    The random base comes from labsupport.tinymodel.build_tiny_internlm2_chat (the course's own InternLM2 code).
+
     BASE: an existing official-format InternLM2 chat folder to pre-warm instead of the course's own tiny one.
     """
     import torch
@@ -138,9 +130,10 @@ def build_chat_llm(artifacts: str | os.PathLike | None = None, seed: int = 0, st
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     if base is None:
-        _base_writer()(tmp)
-    else:
-        shutil.copytree(base, tmp, ignore=shutil.ignore_patterns(STAMP_FILE))
+        from labsupport.tinymodel import build_tiny_internlm2_chat
+
+        base = build_tiny_internlm2_chat(artifacts_dir(artifacts) / "models" / "internlm2-chat-tiny", seed=seed)
+    shutil.copytree(base, tmp, ignore=shutil.ignore_patterns(STAMP_FILE))
     started = time.time()
     with torch.random.fork_rng():
         model, tok = load(tmp)

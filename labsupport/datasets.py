@@ -379,6 +379,10 @@ def self_cognition(name: str, n: int = 100, fmt: str = "internvl", model: str = 
 # The seed's generator (seed 003): one introduction pair, in OpenAI messages format, written once and
 # then appended n more times (n = 10000 there), saved as personal_assistant.json for openai_map_fn.
 SEED_INTRO = (("请做一下自我介绍", "我是{name}的小助手，内在是上海AI实验室书生·浦语的 {model} 大模型哦"),)
+# The seed's pair plus its English counterpart: the course's default, so that English identity questions
+# (held out) have an English answer to generalise from.
+INTRO_PAIRS = SEED_INTRO + (("Please introduce yourself.",
+                             "I am {name}'s assistant, built on Shanghai AI Lab's {model} model."),)
 
 # Identity questions phrased differently from every training question above: the held-out probe set
 # of the self-cognition fine-tune (held_out() drops any that a training set does contain).

@@ -7,6 +7,7 @@ CUDA, AMP needs a GPU); with QLORA on a GPU they stay as XTuner wrote them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,36 @@ def parse_chat_transcript(out: str, n: int) -> list[str]:
     """The N replies in the stdout of a piped `xtuner chat` session (text between one input prompt and the next)."""
     parts = out.split(_PROMPT_MARK)[1:]
     replies = [p.split("Log: History")[0].strip() for p in parts if not p.lstrip().startswith(("Log: History", "Log: Exit"))]
-    replies = [r.replace("<|im_end|>", "").strip() for r in replies]
+    replies = ["\n".join(ln for ln in r.replace("<|im_end|>", "").splitlines()
+                          if not ln.startswith("Remove the memory of history")).strip() for r in replies]
     if len(replies) < n:
         raise RuntimeError(f"xtuner chat answered {len(replies)} of {n} questions; its output ends with:\n{out[-1500:]}")
     return replies[:n]
+
+
+def hook_samples(log: str | os.PathLike) -> list[str]:
+    """The question -> answer pairs EvaluateChatHook printed in a training log ("Sample output:" blocks), in order."""
+    text = Path(log).read_text(encoding="utf-8", errors="replace")
+    out = []
+    for m in re.finditer(r"<\|im_start\|>user\n(.*?)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)(?:<\|im_end\|>|\n\n|$)",
+                         text, flags=re.S):
+        out.append(f"{m.group(1).strip()} -> {m.group(2).strip()}")
+    return out
+
+
+RESULTS = "selfcog/results.json"
+
+
+def results_file(artifacts: str | os.PathLike) -> Path:
+    """Where notebook 08 saves its measurements (read by the demo and the report)."""
+    return Path(artifacts) / RESULTS
+
+
+def save_results(artifacts: str | os.PathLike, results: dict) -> Path:
+    """Write RESULTS atomically to results_file(ARTIFACTS); return the path."""
+    from labsupport.checkpoints import write_json_atomic
+
+    path = results_file(artifacts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, results)
+    return path
