@@ -118,11 +118,13 @@ def config_edits(s: SelfCogSettings) -> list[Edit]:
 # --- after training: XTuner's converters and its chat CLI ---------------------------------------
 
 def pth_to_hf(config: str | os.PathLike, pth: str | os.PathLike, save_dir: str | os.PathLike) -> Path:
-    """`xtuner convert pth_to_hf CONFIG PTH SAVE_DIR`: the trained LoRA as a PEFT adapter folder; return SAVE_DIR."""
+    """`xtuner convert pth_to_hf CONFIG PTH SAVE_DIR`: the trained weights as Hugging Face folders (a PEFT adapter;
+    for LLaVA llm_adapter/, visual_encoder_adapter/, projector/); return SAVE_DIR."""
     save_dir = Path(save_dir)
     out = xtuner_cli("convert", "pth_to_hf", str(config), str(pth), str(save_dir))
-    if not any(save_dir.glob("adapter_model.*")) and not (save_dir / "config.json").exists():
-        raise RuntimeError(f"xtuner convert pth_to_hf left no adapter or model in {save_dir}:\n" + out[-2000:])
+    made = [p for pattern in ("adapter_model.*", "config.json", "projector/config.json") for p in save_dir.glob(pattern)]
+    if not made:
+        raise RuntimeError(f"xtuner convert pth_to_hf left no adapter, model or projector in {save_dir}:\n" + out[-2000:])
     return save_dir
 
 

@@ -35,8 +35,28 @@ def ensure_process_group() -> bool:
     return True
 
 
-from xtuner.dataset import InternVL_V1_5_Dataset  # noqa: E402  (after the torch patch above)
+from xtuner.dataset import InternVL_V1_5_Dataset, LLaVADataset  # noqa: E402  (after the torch patch above)
 from xtuner.model import InternVL_V1_5, LLaVAModel, SupervisedFinetune  # noqa: E402
+
+
+class CPULLaVAModel(LLaVAModel):
+    """XTuner's LLaVAModel, unchanged: naming it in a config imports this module (and its torch patch)."""
+
+
+class CPULLaVADataset(LLaVADataset):
+    """XTuner's LLaVADataset with datasets.map in MAP_NUM_PROC processes (XTuner hard-codes 32)."""
+
+    def __init__(self, *args, map_num_proc: int = 1, **kwargs):
+        import functools
+
+        import xtuner.dataset.llava as llava_module
+
+        original = llava_module.process_hf_dataset
+        llava_module.process_hf_dataset = functools.partial(original, map_num_proc=map_num_proc)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            llava_module.process_hf_dataset = original
 
 
 class CPUSupervisedFinetune(SupervisedFinetune):
