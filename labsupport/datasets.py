@@ -389,6 +389,65 @@ def self_cognition(name: str, n: int = 100, fmt: str = "internvl", model: str = 
     return out
 
 
+# The seed's generator (seed 003): one introduction pair, in OpenAI messages format, written once and
+# then appended n more times (n = 10000 there), saved as personal_assistant.json for openai_map_fn.
+SEED_INTRO = (("请做一下自我介绍", "我是{name}的小助手，内在是上海AI实验室书生·浦语的 {model} 大模型哦"),)
+# The seed's pair plus its English counterpart: the course's default, so that English identity questions
+# (held out) have an English answer to generalise from.
+INTRO_PAIRS = SEED_INTRO + (("Please introduce yourself.",
+                             "I am {name}'s assistant, built on Shanghai AI Lab's {model} model."),)
+
+# Identity questions phrased differently from every training question above: the held-out probe set
+# of the self-cognition fine-tune (held_out() drops any that a training set does contain).
+IDENTITY_PROBES = (
+    "你是谁？", "Who are you?", "你叫什么名字？", "What is your name?", "介绍一下你自己吧。",
+    "Tell me about yourself.", "你是哪个助手？", "Which assistant are you?", "请问你是？", "Who am I talking to?",
+)
+
+# Ordinary questions with short answers: what the base chat model knows, asked again after the
+# fine-tune to show how much of it survives (forgetting).
+ORDINARY_QA = (
+    ("1+1等于几？", "1+1等于2。"),
+    ("What is 2+3?", "2+3 is 5."),
+    ("中国的首都是哪里？", "中国的首都是北京。"),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("天空是什么颜色的？", "晴天的天空是蓝色的。"),
+    ("What colour is grass?", "Grass is green."),
+    ("Say hello.", "Hello! Nice to meet you."),
+    ("一周有几天？", "一周有七天。"),
+)
+
+
+def personal_assistant(name: str, n: int = 10000, model: str = "InternLM2 1.8B",
+                       pairs: Sequence[tuple[str, str]] = SEED_INTRO) -> list[dict]:
+    """The seed's self-cognition generator: PAIRS with NAME filled in, once and then N more times, in OpenAI messages format."""
+    if n < 0:
+        raise ValueError(f"personal_assistant: n is how many times to repeat the data (>= 0), not {n}")
+    return self_cognition(name, n=(n + 1) * len(pairs), fmt="openai", model=model, pairs=pairs)
+
+
+def user_questions(records: Sequence[dict]) -> set[str]:
+    """Every user/human question in RECORDS (OpenAI messages or InternVL conversations), stripped."""
+    out = set()
+    for rec in records:
+        for m in rec.get("messages", []):
+            if m.get("role") == "user":
+                out.add(str(m["content"]).strip())
+        for t in rec.get("conversations", []):
+            if t.get("from") == "human":
+                out.add(str(t["value"]).replace("<image>", "").strip())
+    return out
+
+
+def held_out(questions: Sequence[str], train_records: Sequence[dict]) -> list[str]:
+    """The QUESTIONS that no record of TRAIN_RECORDS asks (so a score on them measures generalisation, not recall)."""
+    seen = {q.lower().rstrip("?？.。!！ ") for q in user_questions(train_records)}
+    out = [q for q in questions if q.strip().lower().rstrip("?？.。!！ ") not in seen]
+    if not out:
+        raise ValueError("held_out: every probe question also appears in the training data; add new phrasings")
+    return out
+
+
 _ROLE_TO_FROM = {"user": "human", "assistant": "gpt", "human": "human", "gpt": "gpt"}
 
 

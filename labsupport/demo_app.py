@@ -175,15 +175,17 @@ def respond(message: dict, history: list, model_name: str, state: dict, models: 
 
 def build_demo(models: dict[str, Any], backend: str = "auto", examples: list[tuple[str, str]] | None = None,
                gen: deploy.GenSettings | None = None, default_model: str = "fine-tuned",
-               max_tiles: int | None = None) -> "gradio.Blocks":
+               max_tiles: int | None = None, title: str = "InternVL2 course demo",
+               intro: str = "Attach an image with the clip, ask about it, then switch the model to compare the base "
+                            "and the fine-tuned checkpoint.",
+               placeholder: str = "Ask about the image (attach one with the clip)…") -> "gradio.Blocks":
     """The gradio Blocks app: chat with history, image upload, quick-picks, base/fine-tuned switch, sampling knobs."""
     import gradio as gr
 
     store = DemoModels(models, backend, max_tiles)
     gen = gen or deploy.GenSettings()
-    with gr.Blocks(title="InternVL2 course demo") as demo:
-        gr.Markdown("## InternVL2 course demo\nAttach an image with the clip, ask about it, then switch the model "
-                    "to compare the base and the fine-tuned checkpoint.")
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"## {title}\n{intro}")
         with gr.Row():
             model = gr.Radio(list(MODEL_CHOICES), value=default_model, label="Model", elem_id="model-switch")
             temperature = gr.Slider(0.0, 1.5, value=gen.temperature, step=0.05, label="temperature (0 = greedy)")
@@ -191,7 +193,7 @@ def build_demo(models: dict[str, Any], backend: str = "auto", examples: list[tup
             max_new = gr.Slider(1, 512, value=gen.max_new_tokens, step=1, label="max_new_tokens")
         chatbot = gr.Chatbot(label="Chat", height=420, elem_id="chat")
         box = gr.MultimodalTextbox(file_types=None, file_count="single", sources=["upload"], elem_id="ask",
-                                   placeholder="Ask about the image (attach one with the clip)…", show_label=False)
+                                   placeholder=placeholder, show_label=False)
         state = gr.State({})
         clear = gr.Button("New conversation")
         if examples:

@@ -4,7 +4,10 @@ The configs that labsupport.xtuner writes import this module; importing it
 
 * gives ``torch.cpu`` the ``is_bf16_supported()`` that XTuner's model code calls and torch 2.14 lacks.
 
-It also defines the two classes a CPU config names instead of XTuner's own:
+It also defines the classes a CPU config names instead of XTuner's own:
+
+* ``CPUSupervisedFinetune``: XTuner's ``SupervisedFinetune`` as it is (mmengine imports a config's
+  modules lazily, so a config must name a class of this module for the patch above to run).
 
 * ``CPUInternVL``: XTuner's ``InternVL_V1_5`` that (1) starts a one-process ``gloo`` process group
   first, because XTuner calls ``torch.distributed.get_rank()`` in every forward even without a
@@ -36,8 +39,32 @@ def ensure_process_group() -> bool:
     return True
 
 
-from xtuner.dataset import InternVL_V1_5_Dataset  # noqa: E402  (after the torch patch above)
-from xtuner.model import InternVL_V1_5  # noqa: E402
+from xtuner.dataset import InternVL_V1_5_Dataset, LLaVADataset  # noqa: E402  (after the torch patch above)
+from xtuner.model import InternVL_V1_5, LLaVAModel, SupervisedFinetune  # noqa: E402
+
+
+class CPULLaVAModel(LLaVAModel):
+    """XTuner's LLaVAModel, unchanged: naming it in a config imports this module (and its torch patch)."""
+
+
+class CPULLaVADataset(LLaVADataset):
+    """XTuner's LLaVADataset with datasets.map in MAP_NUM_PROC processes (XTuner hard-codes 32)."""
+
+    def __init__(self, *args, map_num_proc: int = 1, **kwargs):
+        import functools
+
+        import xtuner.dataset.llava as llava_module
+
+        original = llava_module.process_hf_dataset
+        llava_module.process_hf_dataset = functools.partial(original, map_num_proc=map_num_proc)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            llava_module.process_hf_dataset = original
+
+
+class CPUSupervisedFinetune(SupervisedFinetune):
+    """XTuner's SupervisedFinetune, unchanged: naming it in a config imports this module, whose torch patch XTuner needs on a CPU."""
 
 
 class CPUInternVL(InternVL_V1_5):
