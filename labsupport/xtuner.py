@@ -490,7 +490,6 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     return latest_intact_checkpoint(work_dir)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ITER = re.compile(r"Iter\(train\)\s*\[\s*(\d+)\s*/\s*(\d+)\]")
 _PAIR = re.compile(r"\b(lr|loss|time|data_time|grad_norm|memory|eta):\s*([-+0-9.eE:]+)")
 
@@ -602,7 +601,7 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
                     if plot:
                         plot.update(scalars)
                 if show == "all" or (show == "progress" and _show_line(line, state)):
-                    print(_ANSI.sub("", line.rstrip()), flush=True)  # mmengine colours its log level
+                    print(line.rstrip(), flush=True)
                 if timeout and time.time() - started > timeout:
                     proc.kill()
                     raise TrainingFailed(f"training ran past timeout={timeout}s and was stopped; log: {log_path}")
