@@ -99,9 +99,14 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
     base = Path(model.model_path)
     if not (base / "config.json").exists():
         raise TrainingRunMissing(f"the base model {base} named in {config.name} is gone: rebuild it (notebook 04 builds 'tiny'), then {fix}.")
-    data = cfg.get("data_paths") or []
+    dataset = cfg.get("llava_dataset") or cfg.train_dataloader.dataset
+    data = dataset.get("data_paths") or cfg.get("data_paths") or []
+    data = [data] if isinstance(data, str) else list(data)
+    # tiles per image: the dataset's own argument (the CPU shim), else what XTuner reads, the model's config.json
+    tiles = dataset.get("max_dynamic_patch") or cfg.get("max_dynamic_patch") \
+        or json.loads((base / "config.json").read_text()).get("max_dynamic_patch") or 6
     return TrainingRun(work_dir, config, ckpt, base, training_mode(config), not model.get("freeze_visual_encoder", False),
-                       Path(data[0]) if data else None, int(cfg.get("max_dynamic_patch") or 6))
+                       Path(data[0]) if data else None, int(tiles))
 
 
 def finetuned_dir(artifacts: str | os.PathLike, model_path: str = "tiny") -> Path:
