@@ -91,6 +91,8 @@ def gen_settings(gen_config) -> "GenSettings":
 
     if gen_config is None:
         return GenSettings()
+    if isinstance(gen_config, GenSettings):
+        return gen_config
     sampling = bool(getattr(gen_config, "do_sample", False)) and gen_config.temperature > 0
     return GenSettings(max_new_tokens=gen_config.max_new_tokens, temperature=gen_config.temperature if sampling else 0.0,
                        top_p=gen_config.top_p, top_k=gen_config.top_k or 50,
@@ -215,11 +217,10 @@ def serve_openai(pipe, port: int, model_name: str = "internvl2") -> "http.server
             if self.path.rstrip("/") != "/v1/chat/completions":
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            from lmdeploy import GenerationConfig
+            from labsupport.deploy import GenSettings
 
-            gen = GenerationConfig(max_new_tokens=int(req.get("max_tokens") or 64),
-                                   temperature=float(req.get("temperature", 0.0)) or 1.0,
-                                   do_sample=float(req.get("temperature", 0.0)) > 0)
+            gen = GenSettings(max_new_tokens=int(req.get("max_tokens") or 64),
+                              temperature=float(req.get("temperature") or 0.0), top_p=float(req.get("top_p") or 1.0))
             with lock:
                 reply = pipe(req["messages"], gen_config=gen)
             self._send(200, {"id": f"chatcmpl-{int(time.time() * 1000)}", "object": "chat.completion",
