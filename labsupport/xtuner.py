@@ -95,6 +95,9 @@ def _gpu_preset(size: str, mode: str) -> TrainSettings:
     )
 
 
+TINY_N_TRAIN = 1200  # notebook 04's default N_TRAIN: one epoch of it at the preset's batch is the CPU run
+
+
 def _tiny_cpu() -> TrainSettings:
     # LoRA on the miniature model, one epoch over the course task (iterations = samples / batch), one tile
     # per image, a frozen ViT (it halves the cost of an iteration). The values were tuned on the 2-core
@@ -532,6 +535,15 @@ class TrainRun:
     def last_iter(self) -> int:
         """The last iteration logged."""
         return self.scalars[-1]["iter"] if self.scalars else 0
+
+    @property
+    def loop_seconds(self) -> float:
+        """Seconds of the training iterations alone (mmengine's per-iteration `time` over each log window), without start-up."""
+        total, prev = 0.0, 0
+        for row in self.scalars:
+            total += row.get("time", 0.0) * (row["iter"] - prev)
+            prev = row["iter"]
+        return total
 
 
 def xtuner_tool(name: str) -> Path:

@@ -122,8 +122,17 @@ def _line(text: str, name: str) -> str | None:
     return m.group(0) if m else None
 
 
-def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch: int | None = None) -> list[Edit]:
-    """The edits that turn the OFFICIAL config text into the one that trains settings S on the data under DATA_ROOT."""
+def warmup_ratio_for(ratio: float, samples: int | None, batch: int, epochs: float = 1) -> float:
+    """RATIO, raised so that warm-up lasts at least 2 iterations of SAMPLES / BATCH x EPOCHS (mmengine refuses 0, and 1 never warms up)."""
+    if not samples:
+        return ratio
+    iters = max(1, -(-int(samples) // int(batch))) * epochs
+    return max(ratio, round(2.0 / iters + 1e-4, 4))
+
+
+def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch: int | None = None,
+              samples: int | None = None) -> list[Edit]:
+    """The edits that turn the OFFICIAL config text into the one that trains settings S on the data under DATA_ROOT (SAMPLES of them)."""
     cpu = s.device == "cpu"
     lora = s.mode in ("lora", "qlora")
     edits: list[Edit] = []
@@ -150,7 +159,8 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
     setting("lr", repr(s.lr), "LoRA on a model that starts from scratch needs a far larger step than 1e-6"
             if cpu else "the official recipes' 4e-5 (XTuner's file keeps 1e-6)")
     setting("weight_decay", repr(s.weight_decay), "the preset's value")
-    setting("warmup_ratio", repr(s.warmup_ratio), "the share of iterations that warm the learning rate up")
+    setting("warmup_ratio", repr(warmup_ratio_for(s.warmup_ratio, samples, s.batch_size, s.max_epochs)),
+            "at least 2 warm-up iterations: fewer and mmengine refuses the schedule or never warms up")
     setting("save_steps", s.save_steps, "a checkpoint every this many iterations (the resume demonstration needs two)")
     setting("save_total_limit", s.save_total_limit, "keep the last two checkpoints, so a run can resume from the one before")
     if lora:
