@@ -728,7 +728,7 @@ def quiet() -> None:
     except ImportError:
         pass  # transformers is optional for the helpers that do not load models
     for pattern in (r".*torch_dtype.*deprecated.*", r".*generation flags are not valid.*", r".*TypedStorage.*",
-                    r".*`do_sample` is set to `False`.*", r".*Setting `pad_token_id`.*"):
+                    r".*`do_sample` is set to `False`.*", r".*Setting `pad_token_id`.*", r".*`rope_scaling` is deprecated.*"):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lmdeploy").setLevel(logging.ERROR)
     print("note: progress bars and warnings from inside the libraries that you cannot act on are hidden")

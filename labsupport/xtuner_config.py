@@ -156,16 +156,16 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
     setting("dataloader_num_workers", s.num_workers,
             "worker processes load images; on a 2-core CPU they only compete with training" if cpu else "the preset's value")
     setting("max_epochs", s.max_epochs, "passes over the data (iterations = samples x epochs / batch)")
-    setting("lr", repr(s.lr), "LoRA on a model that starts from scratch needs a far larger step than 1e-6"
+    setting("lr", repr(s.lr), "a model that starts from random weights needs a far larger step than a pretrained one's 1e-6"
             if cpu else "the official recipes' 4e-5 (XTuner's file keeps 1e-6)")
     setting("weight_decay", repr(s.weight_decay), "the preset's value")
     setting("warmup_ratio", repr(warmup_ratio_for(s.warmup_ratio, samples, s.batch_size, s.max_epochs)),
             "at least 2 warm-up iterations: fewer and mmengine refuses the schedule or never warms up")
-    setting("save_steps", s.save_steps, "a checkpoint every this many iterations (the resume demonstration needs two)")
+    setting("save_steps", s.save_steps, "a checkpoint every this many iterations (the resume demonstration resumes from the one before the last)")
     setting("save_total_limit", s.save_total_limit, "keep the last two checkpoints, so a run can resume from the one before")
     if lora:
-        for key, val, why in (("r", s.lora_r, "LoRA rank: a 128-wide toy LLM needs a small rank"),
-                              ("lora_alpha", s.lora_alpha, "LoRA scale alpha/r kept at XTuner's 2"),
+        for key, val, why in (("r", s.lora_r, "LoRA rank (the LORA_R parameter)"),
+                              ("lora_alpha", s.lora_alpha, "LoRA alpha, 2 x rank: the scale alpha/r stays XTuner's 2"),
                               ("lora_dropout", s.lora_dropout, "no dropout: the short run needs every update")):
             old = next((ln for ln in official.splitlines() if ln.strip().startswith(f"{key}=")), None)
             if old and old.strip() != f"{key}={val},":
