@@ -136,7 +136,7 @@ def write_random_weights(config: dict, out: str | os.PathLike, device: str = "cu
                 t.fill_(1.0)
             else:
                 t.normal_(0.0, std, generator=gen)
-            if tokenizer_vocab is not None and name.endswith("lm_head.weight"):
+            if tokenizer_vocab is not None and name.endswith(("lm_head.weight", "language_model.output.weight")):
                 t[tokenizer_vocab:].zero_()
             tensors[name] = t.cpu()
             weight_map[name] = fname

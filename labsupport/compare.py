@@ -26,7 +26,6 @@ from typing import Iterable, Sequence
 
 # ---- where the notebooks meet (ONE place: the lead adjusts these at merge) ---------------------------------
 TRAIN_WORK_DIR = "xtuner/work_dirs/04_finetune"    # notebook 04's XTuner work dir, relative to ARTIFACTS
-FINETUNED_TINY = "models/internvl2-tiny-finetuned"  # the converted model notebooks 06 and 07 read
 BEFORE_AFTER = "results/before_after.json"          # before/after numbers notebook 07's model card reads
 HELDOUT_NAME = "heldout.json"                        # the held-out split lies beside the training json the config names
 
@@ -110,10 +109,10 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
 
 
 def finetuned_dir(artifacts: str | os.PathLike, model_path: str = "tiny") -> Path:
-    """Where the converted fine-tune of MODEL_PATH goes (artifacts/models/internvl2-tiny-finetuned for 'tiny')."""
-    if model_path == "tiny":
-        return Path(artifacts) / FINETUNED_TINY
-    return Path(artifacts) / "models" / f"{Path(model_path).name}-finetuned"
+    """Where the converted fine-tune of MODEL_PATH goes: ARTIFACTS/models/<model name>-finetuned (labsupport.paths)."""
+    from .paths import finetuned_dir as rule
+
+    return rule(artifacts, model_path)
 
 
 # ---- 2. conversion and a complete folder --------------------------------------------------------------------

@@ -34,8 +34,7 @@ ENGINES = ("pytorch", "turbomind", "auto")
 IMAGE_PLACEHOLDER = "<img><IMG_CONTEXT></img>\n"
 
 # ---- the artifacts this notebook reads: the ONE place to change their paths ------------------------
-FINETUNED_MODEL = "models/internvl2-tiny-finetuned"  # under ARTIFACTS, written by notebook 05 for MODEL_PATH "tiny"
-# (for real weights notebook 05 writes models/<base folder name>-finetuned: the rule of labsupport.compare.finetuned_dir)
+# the fine-tuned model: ARTIFACTS/models/<model name>-finetuned, written by notebook 05 (labsupport.paths.finetuned_dir)
 COURSE_TASK = "data/plates"                           # under ARTIFACTS, built by labsupport.datasets
 
 
@@ -49,8 +48,9 @@ def base_model_dir(model_path: str = "tiny", artifacts: str | os.PathLike | None
 def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike,
                         model_path: str = "tiny") -> tuple[Path, str]:
     """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing, with a sentence saying which and why."""
-    name = FINETUNED_MODEL if str(model_path).strip().lower() == "tiny" else f"models/{Path(model_path).name}-finetuned"
-    candidate = Path(artifacts) / name
+    from .paths import finetuned_dir
+
+    candidate = finetuned_dir(artifacts, model_path)
     if (candidate / "config.json").is_file():
         return candidate.resolve(), f"fine-tuned model from notebook 05: {candidate}"
     return Path(base), (f"no fine-tuned model at {candidate} (run notebook 05 first); "
@@ -182,9 +182,11 @@ def read_chat_template(model_dir: str | os.PathLike) -> str:
     if not template:
         raise ValueError(
             f"{model_dir} has no chat template (neither chat_template.jinja nor a 'chat_template' key in "
-            "tokenizer_config.json). LMDeploy 0.18 would silently fall back to a bare template and the model would "
-            "not know where its turn ends. Copy tokenizer_config.json (with chat_template) from the base model "
-            "into this folder.")
+            f"{cfg_file}). LMDeploy 0.18 would silently fall back to a bare template and the model would not know "
+            "where its turn ends. Fix: write the template of this model's conversation.py layout into that file, "
+            "e.g. `labsupport.prompts.write_chat_template(MODEL_DIR)` (internlm2-chat or phi3-chat, with the "
+            "system prompt XTuner trained with), or copy tokenizer_config.json from the base checkpoint if that "
+            "one has a 'chat_template'.")
     return template if isinstance(template, str) else template[0]["template"]
 
 
@@ -199,22 +201,41 @@ def render_prompt(tokenizer, question: str, history: Sequence[tuple[str, str]] =
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def model_prompt(model_dir: str | os.PathLike, question: str, history: Sequence[tuple[str, str]] = (),
-                 image: bool = True) -> str:
-    """The prompt the checkpoint's own chat() builds (its conversation.py template named in config.json)."""
+def conversation_template(model_dir: str | os.PathLike):
+    """A fresh copy of the conversation template the checkpoint's own conversation.py registers under config.json's
+    "template" (what its chat() uses)."""
     import importlib.util
     import sys
 
     model_dir = Path(model_dir)
     source = model_dir / "conversation.py"
     if not source.is_file():
-        raise FileNotFoundError(f"{model_dir} has no conversation.py: it is not in the official InternVL2 remote-code "
-                                "format (notebook 05's converter copies it next to the weights)")
+        raise FileNotFoundError(
+            f"{source} is missing: chat() of an InternVL2 checkpoint imports it. It belongs next to config.json with "
+            "the other remote-code files (configuration_*.py, modeling_*.py); copy it from the base checkpoint this "
+            "one was converted from (XTuner's convert_to_official copies only what the model class imports), or "
+            "re-download the repository's *.py files (huggingface-cli download <repo> --include '*.py').")
     spec = importlib.util.spec_from_file_location(f"_labsupport_conv_{abs(hash(str(model_dir)))}", source)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    conv = module.get_conv_template(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["template"])
+    name = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("template")
+    known = sorted(getattr(module, "conv_templates", {}))
+    if name not in known:
+        raise ValueError(
+            f"{model_dir / 'config.json'} names the conversation template {name!r}, which {source.name} does not "
+            f"register (it knows {known}). InternVL2 uses 'internlm2-chat' (2B, 8B), 'phi3-chat' (4B), 'Hermes-2' (1B): "
+            "set \"template\" in config.json to the one of this model's LLM.")
+    return module.get_conv_template(name)
+
+
+def model_prompt(model_dir: str | os.PathLike, question: str, history: Sequence[tuple[str, str]] = (),
+                 image: bool = True, system: str | None = None) -> str:
+    """The prompt the checkpoint's own chat() builds (its conversation.py template named in config.json);
+    SYSTEM replaces the template's system message, as `model.system_message = SYSTEM` does."""
+    conv = conversation_template(model_dir)
+    if system is not None:
+        conv.system_message = system
     for i, (old_q, old_a) in enumerate(history):
         conv.append_message(conv.roles[0], (IMAGE_PLACEHOLDER if image and i == 0 else "") + old_q)
         conv.append_message(conv.roles[1], old_a)

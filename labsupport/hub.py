@@ -26,7 +26,7 @@ from pathlib import Path
 
 # ---- what notebooks 04-05 leave under artifacts/ (the one place to change at merge time) ----
 # (the same names as labsupport.compare's constants on the convert branch, H5)
-FINETUNED_MODEL_DIR = "models/internvl2-tiny-finetuned"   # notebook 05: converted, merged fine-tuned model
+# notebook 05's converted, merged fine-tune: ARTIFACTS/models/<model name>-finetuned (labsupport.paths.finetuned_dir)
 EVAL_RESULTS_JSON = "results/before_after.json"           # notebook 05: {"before": {"accuracy", "n"}, "after": {...}}
 TRAIN_WORK_DIR = "xtuner/work_dirs/04_finetune"           # notebook 04: XTuner work dir (config *.py, scalars.json)
 TRAIN_SCALARS_JSON = "scalars.json"                       # inside TRAIN_WORK_DIR: [{"iter", "loss", "lr"}, ...]
@@ -549,10 +549,12 @@ def modelscope_available() -> bool:
 # ------------------------------------------------------------------------ what this notebook publishes
 def model_to_publish(artifacts: str | os.PathLike, model_path: str = "tiny") -> tuple[Path, bool, str]:
     """(folder, fine_tuned, why): notebook 05's fine-tuned model when it exists, else the base MODEL_PATH, with the reason."""
-    finetuned = Path(artifacts) / FINETUNED_MODEL_DIR
+    from .paths import finetuned_dir, is_embedded
+
+    finetuned = finetuned_dir(artifacts, model_path)
     if (finetuned / "config.json").exists():
         return finetuned, True, f"the fine-tuned model written by notebook 05 ({finetuned})"
-    if model_path == "tiny":
+    if is_embedded(model_path):
         from labsupport.tinymodel import resolve_model
 
         base = resolve_model(model_path, artifacts=artifacts)  # built under this notebook's ARTIFACTS

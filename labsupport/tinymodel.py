@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from .checkpoints import write_json_atomic
-from .paths import artifacts_dir
+from .paths import EMBEDDED_MODELS, artifacts_dir
 from .remote_code import REMOTE_CODE_DIR, REMOTE_CODE_FILES
 
 if TYPE_CHECKING:
@@ -131,9 +131,9 @@ class Layout(NamedTuple):
 
 
 LAYOUTS = {
-    "tiny": Layout("internvl2-tiny", "InternLM2ForCausalLM", "internlm2-chat", INTERNLM2_SPECIAL_TOKENS,
+    "tiny": Layout(EMBEDDED_MODELS["tiny"], "InternLM2ForCausalLM", "internlm2-chat", INTERNLM2_SPECIAL_TOKENS,
                    INTERNLM2_VL_CHAT_TEMPLATE, INTERNLM2_SYSTEM),
-    "tiny-4b": Layout("internvl2-tiny-4b", "Phi3ForCausalLM", "phi3-chat", PHI3_SPECIAL_TOKENS,
+    "tiny-4b": Layout(EMBEDDED_MODELS["tiny-4b"], "Phi3ForCausalLM", "phi3-chat", PHI3_SPECIAL_TOKENS,
                       PHI3_CHAT_TEMPLATE, PHI3_SYSTEM),
 }
 TINY_NAME = LAYOUTS["tiny"].name

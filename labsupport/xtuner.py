@@ -477,10 +477,12 @@ def render_config(s: TrainSettings) -> str:
 
 
 def write_config(s: TrainSettings, path: str | os.PathLike) -> Path:
-    """Write the XTuner config for SETTINGS to PATH (atomically) and return PATH; a 'tiny' model path is resolved."""
-    if s.model_path == "tiny":
+    """Write the XTuner config for SETTINGS to PATH (atomically) and return PATH; "tiny"/"tiny-4b" are resolved."""
+    from labsupport.paths import is_embedded
+
+    if is_embedded(s.model_path):
         from labsupport.tinymodel import resolve_model
-        s = replace(s, model_path=str(resolve_model("tiny")))
+        s = replace(s, model_path=str(resolve_model(s.model_path)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -66,7 +66,7 @@ def test_choose_backend(monkeypatch):
 
 # ---- chat template and prompts ---------------------------------------------------------------------
 def test_read_chat_template(tiny, tmp_path):
-    assert "<|assistant|>" in deploy.read_chat_template(tiny)
+    assert "<|im_start|>assistant" in deploy.read_chat_template(tiny)
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
@@ -81,7 +81,7 @@ def test_tokenizer_template_matches_the_models_own_template(pipe, tiny):
     for hist in ([], history):
         jinja = deploy.render_prompt(pipe.tokenizer, "How many?", hist)
         assert jinja == deploy.model_prompt(tiny, "How many?", hist)
-        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|assistant|>\n")
+        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|im_start|>assistant\n")
     assert deploy.IMAGE_PLACEHOLDER not in deploy.render_prompt(pipe.tokenizer, "hi", image=False)
 
 
@@ -129,7 +129,7 @@ def test_pipeline_refuses_a_folder_without_config(tmp_path):
 def test_finetuned_model_dir_falls_back_with_a_reason(tmp_path, tiny):
     path, why = deploy.finetuned_model_dir(tmp_path, tiny)
     assert path == Path(tiny) and "run notebook 05" in why
-    target = tmp_path / deploy.FINETUNED_MODEL
+    target = tmp_path / "models" / "internvl2-tiny-finetuned"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     assert deploy.finetuned_model_dir(tmp_path, tiny)[0] == target.resolve()

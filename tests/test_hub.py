@@ -213,9 +213,14 @@ def test_clone_and_compare_reports_a_difference(staged, tmp_path):
 
 
 def test_model_to_publish_prefers_the_fine_tuned_model(tmp_path):
-    write_model(tmp_path / hub.FINETUNED_MODEL_DIR)
+    write_model(tmp_path / "models" / "internvl2-tiny-finetuned")
     folder, fine_tuned, why = hub.model_to_publish(tmp_path)
-    assert folder == tmp_path / hub.FINETUNED_MODEL_DIR and fine_tuned and "notebook 05" in why
+    assert folder == tmp_path / "models" / "internvl2-tiny-finetuned" and fine_tuned and "notebook 05" in why
+    real = tmp_path / "weights" / "InternVL2-2B"  # a real checkpoint: its fine-tune is found by its own name
+    write_model(real)
+    assert hub.model_to_publish(tmp_path, str(real))[:2] == (real, False)
+    write_model(tmp_path / "models" / "InternVL2-2B-finetuned")
+    assert hub.model_to_publish(tmp_path, str(real))[:2] == (tmp_path / "models" / "InternVL2-2B-finetuned", True)
 
 
 def test_stage_folder_links_only_large_files(model_dir, tmp_path, monkeypatch):

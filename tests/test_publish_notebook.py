@@ -22,7 +22,9 @@ def tiny_model():
 
 def plant_results_of_notebooks_04_05(art, tiny_model):
     """What notebooks 04-05 would leave: a fine-tuned model folder, an XTuner work dir, before/after accuracy."""
-    shutil.copytree(tiny_model, art / hub.FINETUNED_MODEL_DIR)
+    from labsupport.paths import finetuned_dir
+
+    shutil.copytree(tiny_model, finetuned_dir(art, "tiny"))
     work = art / hub.TRAIN_WORK_DIR
     work.mkdir(parents=True)
     (work / "tiny_lora.py").write_text("path = '/x/internvl2-tiny'\ndata_paths = ['/x/data/plates/train.json']\nlora_r, lora_alpha, lora_dropout = 4, 8, 0.0\n"
