@@ -717,23 +717,33 @@ def side_by_side_text(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def show_prompts(model_dir: str | os.PathLike, question: str) -> None:
-    """Print the prompt each tool builds for QUESTION (training template, model.chat's conversation.py, LMDeploy's chat template)."""
-    from transformers import AutoTokenizer
+def show_prompts(model_dir: str | os.PathLike, question: str):
+    """The prompt each tool builds for QUESTION (XTuner's training template, model.chat's conversation.py, LMDeploy's
+    chat template) as labsupport.prompts.prompt_parity's Markdown table; XTuner's column comes from the course env."""
+    import importlib.util
+    import subprocess
+    import sys
 
-    try:  # labsupport.prompts (prompt parity) lays the three side by side when it is there
-        from labsupport import prompts as parity
-    except ImportError:
-        parity = None
-    if parity is not None and hasattr(parity, "show"):
-        parity.show(model_dir, question)
-        return
-    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
-    built = {"model.chat (conversation.py)": model_prompt(model_dir, question),
-             "LMDeploy (tokenizer chat_template)": render_prompt(tok, question)}
-    for name, text in built.items():
-        print(f"--- {name}\n{text}")
-    print("identical:", len(set(built.values())) == 1)
+    from IPython.display import Markdown
+
+    if importlib.util.find_spec("xtuner") is None:  # the deploy env: ask the course env, where XTuner lives
+        from labsupport.envs import venv_python
+        from labsupport.paths import repo_root
+
+        course = venv_python("internvl-course")
+        if course.exists():
+            code = ("import sys; from labsupport.prompts import prompt_parity; "
+                    "print(prompt_parity(sys.argv[1], sys.argv[2]).markdown())")
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
+            proc = subprocess.run([str(course), "-c", code, str(model_dir), question], capture_output=True, text=True,
+                                  env=env, timeout=300)
+            if proc.returncode == 0:
+                return Markdown(proc.stdout)
+            print(f"(the course env could not render XTuner's prompt: {proc.stderr.strip().splitlines()[-1:]})",
+                  file=sys.stderr)
+    from labsupport.prompts import prompt_parity
+
+    return Markdown(prompt_parity(model_dir, question).markdown())
 
 
 def quiet() -> None:

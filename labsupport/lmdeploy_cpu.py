@@ -99,6 +99,127 @@ def gen_settings(gen_config) -> "GenSettings":
                        repetition_penalty=gen_config.repetition_penalty, seed=gen_config.random_seed)
 
 
+def _needs_course_env(model_path: Path) -> str | None:
+    """Why this kernel's transformers cannot chat with the checkpoint's remote code (None when it can).
+
+    The official InternLM2 / Phi-3 remote code of InternVL2 is written for transformers < 4.50: its LLM classes do
+    not inherit GenerationMixin, so `chat()` fails under 4.50+ ('... has no attribute generate'), and 5.x cannot
+    even load the 2B files. The course env (transformers 4.48) runs it.
+    """
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    if (major, minor) < (4, 50):
+        return None
+    llm_file = next((f for f in model_path.glob("modeling_*.py")
+                     if f.name not in ("modeling_internvl_chat.py", "modeling_intern_vit.py")), None)
+    if llm_file is None:
+        return None  # the LLM is built into transformers (Qwen2, Phi-3 via transformers): it has generate()
+    if "GenerationMixin" in llm_file.read_text(encoding="utf-8", errors="replace"):
+        return None  # remote code written for transformers >= 4.50 (the course's own tiny model)
+    return (f"{llm_file.name} is remote code for transformers < 4.50 (its LLM class lacks GenerationMixin) and this "
+            f"kernel has transformers {transformers.__version__}: the course env (4.48) answers, in a subprocess")
+
+
+class _CourseEnvWorker:
+    """The model's chat() run by the course env's Python in a child process (JSON lines over stdin/stdout)."""
+
+    def __init__(self, model_path: Path, device: str, tiles: int):
+        import subprocess
+        import sys
+
+        from labsupport.envs import venv_python
+        from labsupport.paths import repo_root
+
+        python = venv_python("internvl-course")
+        if not python.exists():
+            raise FileNotFoundError(f"{python} is missing: build the course env (make env) to chat with this checkpoint "
+                                    "on a CPU, or use a GPU with LMDeploy")
+        import os
+
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
+        self.proc = subprocess.Popen([str(python), "-m", "labsupport.lmdeploy_cpu", str(model_path), device, str(tiles)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=env)
+        self.max_tiles = tiles
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=True)
+        del sys
+
+    def _ask(self, **request):
+        request["tiles"] = self.max_tiles
+        self.proc.stdin.write(json.dumps(request, default=str) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the course-env worker stopped: run the same question in notebook 05's kernel to see why")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"the course-env worker failed: {reply['error']}")
+        return reply["answers"]
+
+    @staticmethod
+    def _path(image):
+        if image is None or isinstance(image, (str, Path)):
+            return None if image is None else str(image)
+        import tempfile
+
+        tmp = tempfile.NamedTemporaryFile(suffix=".png", delete=False)
+        image.save(tmp.name)
+        return tmp.name
+
+    def one(self, question, image, gen):
+        return self._ask(queries=[[question, self._path(image)]], gen=gen.__dict__)[0]
+
+    def many(self, queries, gen):
+        return self._ask(queries=[[q, self._path(img)] for q, img in queries], gen=gen.__dict__)
+
+    def turn(self, state, question, image, gen):
+        history = state.setdefault("turns", [])
+        if image is not None:
+            state["image"] = self._path(image)
+        answer = self._ask(queries=[[question, state.get("image")]], history=history, gen=gen.__dict__)[0]
+        history.append([question, answer])
+        state["history"] = history
+        return answer
+
+    def close(self):
+        """Stop the worker: end of input, then terminate if it lingers."""
+        import subprocess
+
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def _worker(model_path: str, device: str, tiles: str) -> None:
+    """The course-env side of _CourseEnvWorker: answer JSON-line requests with the model's chat()/batch_chat()."""
+    import sys
+
+    from labsupport.deploy import GenSettings, _Transformers
+
+    model = _Transformers(Path(model_path), device, int(tiles))
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            model.max_tiles = int(req.get("tiles") or tiles)
+            gen = GenSettings(**req.get("gen", {}))
+            queries = [(q, img) for q, img in req["queries"]]
+            if req.get("history"):
+                pixels = model.pixels(queries[0][1]) if queries[0][1] else None
+                hist = [tuple(t) for t in req["history"]]
+                answers = [model.model.chat(model.tokenizer, pixels, queries[0][0], gen.to_transformers(), history=hist)]
+            else:
+                answers = model.many(queries, gen) if len(queries) > 1 else [model.one(*queries[0], gen)]
+            print(json.dumps({"answers": list(answers)}), flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it for the learner
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+
+
 class CPUPipeline:
     """LMDeploy's pipeline call shape on a CPU: __call__ (one prompt or a batch), chat, stream_infer, close."""
 
@@ -111,11 +232,16 @@ class CPUPipeline:
         self.default_tiles = int(max_dynamic_patch or config.get("max_dynamic_patch", 12))
         read_chat_template(self.model_path)  # the template LMDeploy would use must exist (raises with the fix)
         self.backend_config, self.chat_template_config = backend_config, chat_template_config
-        self._model = _Transformers(self.model_path, device, self.default_tiles)
         import transformers
 
-        self.ran = (f"labsupport.lmdeploy_cpu.cpu_pipeline: no CUDA GPU, so the model's own chat() through "
-                    f"transformers {transformers.__version__} on the CPU stood in for lmdeploy.pipeline")
+        why = _needs_course_env(self.model_path)
+        if why:
+            self._model = _CourseEnvWorker(self.model_path, device, self.default_tiles)
+            self.ran = f"labsupport.lmdeploy_cpu.cpu_pipeline: no CUDA GPU; {why}"
+        else:
+            self._model = _Transformers(self.model_path, device, self.default_tiles)
+            self.ran = (f"labsupport.lmdeploy_cpu.cpu_pipeline: no CUDA GPU, so the model's own chat() through "
+                        f"transformers {transformers.__version__} on the CPU stood in for lmdeploy.pipeline")
 
     def _one(self, prompt, gen) -> Response:
         question, image, tiles = parse_prompt(prompt)
@@ -153,6 +279,11 @@ class CPUPipeline:
         """Yield Response pieces as the tokens come (transformers' TextIteratorStreamer behind the model's chat())."""
         from transformers import TextIteratorStreamer
 
+        if isinstance(self._model, _CourseEnvWorker):  # a child process answers whole: one piece, then the end
+            yield Response(self(prompts[0] if isinstance(prompts, list) and prompts and not isinstance(prompts[0], dict)
+                                else prompts, gen_config).text, finish_reason=None)
+            yield Response("", finish_reason="stop")
+            return
         question, image, tiles = parse_prompt(prompts[0] if isinstance(prompts, list) and prompts
                                               and not isinstance(prompts[0], dict) else prompts)
         self._model.max_tiles = int(tiles or self.default_tiles)
@@ -231,3 +362,9 @@ def serve_openai(pipe, port: int, model_name: str = "internvl2") -> "http.server
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+if __name__ == "__main__":  # the course-env worker: python -m labsupport.lmdeploy_cpu MODEL DEVICE TILES
+    import sys as _sys
+
+    _worker(*_sys.argv[1:4])

@@ -104,3 +104,32 @@ def test_trained_task_reads_notebook_05s_record_and_falls_back(tmp_path, tiny):
     (tmp_path / "results" / "before_after.json").write_text(json.dumps(
         {"training": {"heldout": str(heldout), "max_dynamic_patch": 1}}))
     assert deploy.trained_task(tmp_path, tiny)[:2] == (heldout, 1)
+
+
+def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, plate, tmp_path, monkeypatch):
+    import transformers
+
+    old = tmp_path / "old-code"
+    old.mkdir()
+    (old / "config.json").write_text((tiny / "config.json").read_text())
+    (old / "modeling_internlm2.py").write_text("class InternLM2ForCausalLM(PreTrainedModel): ...\n")
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")
+    assert "course env" in lmdeploy_cpu._needs_course_env(old)
+    assert lmdeploy_cpu._needs_course_env(tiny) is None  # the course's own code inherits GenerationMixin
+    monkeypatch.setattr(lmdeploy_cpu, "_needs_course_env", lambda path: "forced for the test")
+    pipe = lmdeploy_cpu.cpu_pipeline(tiny)
+    gen = deploy.GenSettings(max_new_tokens=4)
+    try:
+        assert "forced for the test" in lmdeploy_cpu.which(pipe)
+        one = pipe(_msg("Colour?", plate), gen_config=gen).text
+        assert one and [r.text for r in pipe([_msg("Colour?", plate)] * 2, gen_config=gen)] == [one, one]
+        sess = pipe.chat(_msg("Colour?", plate), gen_config=gen)
+        assert pipe.chat("How many?", session=sess, gen_config=gen).response.text
+        assert "".join(r.text for r in pipe.stream_infer([_msg("Colour?", plate)], gen_config=gen)) == one
+    finally:
+        pipe.close()
+
+
+def test_show_prompts_lays_the_three_prompts_side_by_side(tiny):
+    table = deploy.show_prompts(tiny, "What colour are the objects on the plate? Answer with one word.").data
+    assert "XTuner" in table and "LMDeploy" in table
