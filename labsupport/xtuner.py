@@ -217,6 +217,9 @@ def quiet_warnings() -> None:
 
     for category, pattern in _WARNINGS:
         warnings.filterwarnings("ignore", message=pattern, category=category)
+    # the tokenizer builder uses Rust threads; the `!xtuner ...` cells fork the kernel afterwards, and tokenizers
+    # then warns about the fork in every notebook: say up front that this process needs no tokenizer threads
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # DeepSpeed (imported by XTuner) logs its accelerator auto-detection, bitsandbytes prints that it has no GPU
     # library: both at import, both irrelevant to a CPU run. Import them once with their output swallowed.
     import contextlib

@@ -114,3 +114,27 @@ def test_an_edit_whose_line_is_missing_fails_with_the_fix():
 
 def test_strip_ansi_removes_mmengines_colours():
     assert X.strip_ansi("\x1b[4m\x1b[97mmmengine\x1b[0m - INFO") == "mmengine - INFO"
+
+
+def test_loop_seconds_adds_up_the_logged_iteration_times(tmp_path):
+    run = X.TrainRun(tmp_path, tmp_path / "iter_20.pth", tmp_path / "log", [{"iter": 10, "time": 0.5, "loss": 1.0},
+                                                                          {"iter": 20, "time": 0.25, "loss": 0.5}], 60.0, [])
+    assert run.loop_seconds == pytest.approx(7.5) and run.last_iter == 20
+
+
+def test_warmup_ratio_gives_at_least_two_iterations():
+    assert XC.warmup_ratio_for(0.03, 80, 4) * 20 >= 2
+    assert XC.warmup_ratio_for(0.03, 2400, 4) == 0.03
+    assert XC.warmup_ratio_for(0.03, None, 4) == 0.03
+
+
+def test_quiet_warnings_says_so_once(capsys):
+    import warnings
+
+    X.quiet_warnings()
+    assert "hidden" in capsys.readouterr().out
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        X.quiet_warnings()
+        warnings.warn("TypedStorage is deprecated", UserWarning)
+    assert not [w for w in seen if "TypedStorage" in str(w.message)]
