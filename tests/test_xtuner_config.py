@@ -138,3 +138,20 @@ def test_quiet_warnings_says_so_once(capsys):
         X.quiet_warnings()
         warnings.warn("TypedStorage is deprecated", UserWarning)
     assert not [w for w in seen if "TypedStorage" in str(w.message)]
+
+
+def test_copy_official_config_runs_xtuners_cli(tmp_path):
+    out = XC.copy_official_config("internvl_v2_internlm2_2b_lora_finetune", tmp_path)
+    assert out.name == "internvl_v2_internlm2_2b_lora_finetune_copy.py"
+    assert out.read_text() == XC.official_config_path("internvl_v2_internlm2_2b_lora_finetune").read_text()
+    with pytest.raises(RuntimeError, match="copy-cfg"):
+        XC.copy_official_config("no_such_config", tmp_path)
+
+
+def test_resume_demo_needs_a_checkpoint_before_the_last(tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "iter_20.pth").write_bytes(b"x")
+    run = X.TrainRun(work, work / "iter_20.pth", work / "train.log", [], 1.0, [])
+    with pytest.raises(FileNotFoundError, match="save_total_limit"):
+        X.resume_demo(tmp_path / "cfg.py", run, tmp_path / "demo")
