@@ -763,3 +763,71 @@ def quiet() -> None:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lmdeploy").setLevel(logging.ERROR)
     print("note: progress bars and warnings from inside the libraries that you cannot act on are hidden")
+
+def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str | None = None) -> tuple[bool, str]:
+    """Whether the checkpoint's remote-code LLM can generate() under TRANSFORMERS_VERSION (default: this env's), and why.
+
+    transformers >= 4.50 gives generate() only to classes that inherit GenerationMixin; the published InternLM2 and
+    Phi-3 files of InternVL2-2B/4B/8B inherit PreTrainedModel alone, so their chat() fails there ("object has no
+    attribute 'generate'"), while transformers 4.48 (the course env) still runs them. LLMs built into transformers
+    (InternVL2-1B's Qwen2) and the course's own InternLM2 generate everywhere.
+    """
+    import re
+
+    from packaging.version import Version
+
+    if transformers_version is None:
+        import transformers
+
+        transformers_version = transformers.__version__
+    model_dir = Path(model_dir)
+    llm = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("llm_config", {})
+    arch = (llm.get("architectures") or ["?"])[0]
+    module = {"InternLM2ForCausalLM": "modeling_internlm2.py", "Phi3ForCausalLM": "modeling_phi3.py"}.get(arch)
+    source = model_dir / module if module else None
+    if source is None or not source.is_file():
+        return True, f"{arch} comes from transformers itself (or the course's own code): generate() works"
+    match = re.search(rf"^class {arch}\(([^)]*)\)", source.read_text(encoding="utf-8"), flags=re.M)
+    bases = match.group(1) if match else ""
+    if "GenerationMixin" in bases or Version(transformers_version) < Version("4.50"):
+        return True, f"{source.name}'s {arch}({bases}) can generate() under transformers {transformers_version}"
+    return False, (f"{source.name}'s {arch}({bases}) does not inherit GenerationMixin, which transformers >= 4.50 needs "
+                   f"for generate() (this env has {transformers_version}): run chat() in the course env "
+                   "(transformers 4.48), or serve with LMDeploy on a GPU")
+
+
+_ANSWER_SCRIPT = """
+import json, sys
+job = json.load(sys.stdin)
+from labsupport.deploy import pipeline, GenSettings
+pipe = pipeline(job["model_dir"], backend="transformers", max_tiles=job["max_tiles"])
+gen = GenSettings(**job["gen"])
+answers = [pipe((q, img) if img else q, gen).text for q, img in job["items"]]
+print("ANSWERS" + json.dumps(answers))
+"""
+
+
+def course_env_python() -> Path | None:
+    """The course environment's python (transformers 4.48, which runs the published InternVL2 remote code), or None."""
+    from .paths import repo_root
+
+    python = repo_root() / ".venvs" / "internvl-course" / "bin" / "python"
+    return python if python.exists() else None
+
+
+def answer_in_env(python: str | os.PathLike, model_dir: str | os.PathLike, items: Sequence[tuple[str, str | None]],
+                  gen: "GenSettings | None" = None, max_tiles: int = 6, timeout: float = 1800) -> list[str]:
+    """Answer ITEMS [(question, image path or None)] with MODEL_DIR's own chat() in another environment's PYTHON (e.g.
+    course_env_python() when remote_llm_generates says this env cannot); one answer per item."""
+    import dataclasses
+    import subprocess
+
+    job = {"model_dir": str(model_dir), "max_tiles": max_tiles, "items": [[q, str(i) if i else None] for q, i in items],
+           "gen": dataclasses.asdict(gen or GenSettings())}
+    done = subprocess.run([str(python), "-c", _ANSWER_SCRIPT], input=json.dumps(job), capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    marker = [ln for ln in done.stdout.splitlines() if ln.startswith("ANSWERS")]
+    if done.returncode or not marker:
+        raise RuntimeError(f"{python} could not answer with {model_dir} (exit {done.returncode}):\n"
+                           + (done.stderr or done.stdout).strip()[-1500:])
+    return json.loads(marker[-1][len("ANSWERS"):])

@@ -388,3 +388,33 @@ def test_text_only_internlm2_chat_llm(tmp_path):
     enc = tok(prompt, return_tensors="pt")
     new = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert new.shape[1] == enc.input_ids.shape[1] + 4
+
+
+@pytest.mark.parametrize("max_positions", [4096, 16])  # 16 < 40 tokens: dynamic NTK rope scaling takes over
+def test_internlm2_matches_the_published_implementation(tiny, max_positions):
+    """Same weights, same logits as OpenGVLab/InternVL's published modeling_internlm2.py (names, wqkv layout, rope)."""
+    from safetensors.torch import load_file
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from labsupport import official
+    from labsupport.remote_code.configuration_internlm2 import InternLM2Config
+    from labsupport.remote_code.modeling_internlm2 import InternLM2ForCausalLM
+
+    folder = official.available().get("2B")
+    if folder is None:
+        pytest.skip(f"no official-format InternVL2-2B under {official.official_dir('2B').parent} to compare with "
+                    "(build it with `python -m labsupport.official 2B`)")
+    kw = {k: v for k, v in json.loads((tiny / "config.json").read_text())["llm_config"].items()
+          if k not in ("architectures", "auto_map", "model_type")}
+    kw["max_position_embeddings"] = max_positions
+    weights = {k.removeprefix("language_model."): v.float() for k, v in load_file(str(tiny / "model.safetensors")).items()
+               if k.startswith("language_model.")}
+    ours = InternLM2ForCausalLM(InternLM2Config(**kw)).eval()
+    ours.load_state_dict(weights)
+    theirs_cls = get_class_from_dynamic_module("modeling_internlm2.InternLM2ForCausalLM", str(folder))
+    theirs_cfg = get_class_from_dynamic_module("configuration_internlm2.InternLM2Config", str(folder))
+    theirs = theirs_cls(theirs_cfg(**kw)).eval()
+    theirs.load_state_dict(weights)  # strict: every name and shape the same
+    ids = torch.randint(20, 2000, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-4)

@@ -188,3 +188,13 @@ def test_killed_run_resumes_from_its_checkpoint_and_completes(tiny, plates, tmp_
     assert run.checkpoint.name == "iter_8.pth"
     meta = torch.load(run.checkpoint, map_location="cpu", weights_only=False)["meta"]
     assert meta["iter"] == 8
+
+
+def test_supports_model_names_the_llm_xtuner_refuses(tmp_path):
+    assert X.supports_model("tiny")[0] and X.supports_model("tiny-4b")[0]
+    for arch, ok in (("InternLM2ForCausalLM", True), ("Phi3ForCausalLM", True), ("Qwen2ForCausalLM", False)):
+        folder = tmp_path / arch
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"llm_config": {"architectures": [arch]}}))
+        good, why = X.supports_model(folder)
+        assert good == ok and (ok or ("Qwen2" in why and "config.json" in why))
