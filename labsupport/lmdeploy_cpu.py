@@ -157,6 +157,7 @@ class _CourseEnvWorker:
         reply = json.loads(line)
         if "error" in reply:
             raise RuntimeError(f"the course-env worker failed: {reply['error']}")
+        self.last_history = reply.get("history")
         return reply["answers"]
 
     @staticmethod
@@ -176,12 +177,12 @@ class _CourseEnvWorker:
         return self._ask(queries=[[q, self._path(img)] for q, img in queries], gen=gen.__dict__)
 
     def turn(self, state, question, image, gen):
-        history = state.setdefault("turns", [])
+        """One chat turn; STATE keeps the image and the model-side history the worker returns."""
         if image is not None:
             state["image"] = self._path(image)
-        answer = self._ask(queries=[[question, state.get("image")]], history=history, gen=gen.__dict__)[0]
-        history.append([question, answer])
-        state["history"] = history
+        answer = self._ask(queries=[[question, state.get("image")]], history=state.get("history") or [],
+                           chat=True, gen=gen.__dict__)[0]
+        state["history"] = self.last_history
         return answer
 
     def close(self):
@@ -209,12 +210,17 @@ def _worker(model_path: str, device: str, tiles: str) -> None:
             model.max_tiles = int(req.get("tiles") or tiles)
             gen = GenSettings(**req.get("gen", {}))
             queries = [(q, img) for q, img in req["queries"]]
-            if req.get("history"):
-                pixels = model.pixels(queries[0][1]) if queries[0][1] else None
-                hist = [tuple(t) for t in req["history"]]
-                answers = [model.model.chat(model.tokenizer, pixels, queries[0][0], gen.to_transformers(), history=hist)]
-            else:
-                answers = model.many(queries, gen) if len(queries) > 1 else [model.one(*queries[0], gen)]
+            if req.get("chat"):  # a session turn: the model's own history, returned to the parent
+                state = {"history": [tuple(t) for t in req.get("history") or []] or None}
+                if state["history"] and queries[0][1]:
+                    state["pixels"] = model.pixels(queries[0][1])
+                    image = None
+                else:
+                    image = queries[0][1]
+                answer = model.turn(state, queries[0][0], image, gen)
+                print(json.dumps({"answers": [answer], "history": [list(t) for t in state["history"]]}), flush=True)
+                continue
+            answers = model.many(queries, gen) if len(queries) > 1 else [model.one(*queries[0], gen)]
             print(json.dumps({"answers": list(answers)}), flush=True)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it for the learner
             print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
