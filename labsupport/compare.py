@@ -98,9 +98,14 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
     base = Path(model.model_path)
     if not (base / "config.json").exists():
         raise TrainingRunMissing(f"the base model {base} named in {config.name} is gone: rebuild it (notebook 04 builds 'tiny'), then {fix}.")
-    data = cfg.get("data_paths") or []
+    dataset = cfg.get("llava_dataset") or cfg.train_dataloader.dataset
+    data = dataset.get("data_paths") or cfg.get("data_paths") or []
+    data = [data] if isinstance(data, str) else list(data)
+    # tiles per image: the dataset's own argument (the CPU shim), else what XTuner reads, the model's config.json
+    tiles = dataset.get("max_dynamic_patch") or cfg.get("max_dynamic_patch") \
+        or json.loads((base / "config.json").read_text()).get("max_dynamic_patch") or 6
     return TrainingRun(work_dir, config, ckpt, base, training_mode(config), not model.get("freeze_visual_encoder", False),
-                       Path(data[0]) if data else None, int(cfg.get("max_dynamic_patch") or 6))
+                       Path(data[0]) if data else None, int(tiles))
 
 
 def finetuned_dir(artifacts: str | os.PathLike, model_path: str = "tiny") -> Path:
@@ -374,6 +379,30 @@ def merge_by_hand(model, state: dict, scale: float | None, delta_dtype: str | No
     return {"lora_pairs": len(pairs), "copied": copied}
 
 
+def merge_identity(base: str | os.PathLike, merged: str | os.PathLike, state: dict, scale: float) -> list[dict]:
+    """Per LoRA-adapted layer: max |merged W - (W + SCALE * B @ A)|, with the base, B, A and the update in bfloat16 as the script merges."""
+    import torch
+
+    base_w, merged_w = load_weights(base), load_weights(merged)
+    pairs: dict[str, dict] = {}
+    for key, value in state.items():
+        m = _LORA_KEY.match(key)
+        if m:
+            pairs.setdefault(_model_key(m.group(1)), {})[m.group(2)] = value
+    rows = []
+    bf16 = torch.bfloat16
+    for module, ab in sorted(pairs.items()):
+        name = module + ".weight"
+        if name not in base_w or name not in merged_w:
+            raise KeyError(f"adapted layer {module}: {name} is missing from the base or the merged folder")
+        update = (ab["B"].to(bf16) @ ab["A"].to(bf16)) * scale
+        expected = base_w[name].to(bf16) + update.to(bf16)
+        diff = (merged_w[name].float() - expected.float()).abs().max().item()
+        rows.append({"layer": module, "shape": tuple(base_w[name].shape), "rank": int(ab["A"].shape[0]),
+                     "update_max": round(update.float().abs().max().item(), 6), "max_diff": diff})
+    return rows
+
+
 def load_model(path: str | os.PathLike, dtype: str = "float32"):
     """An InternVL-format model folder loaded with AutoModel (trust_remote_code), in eval mode on the CPU."""
     import torch
@@ -578,6 +607,12 @@ def training_summary(run: TrainingRun) -> dict:
             "lora_r", "lora_alpha", "freeze_llm", "freeze_visual_encoder")
     out = {"config": str(run.config), "checkpoint": str(run.checkpoint), "base_model": str(run.base_model),
            "mode": run.mode, **{k: cfg.get(k) for k in keys if cfg.get(k) is not None}}
+    lora = cfg.model.get("llm_lora")  # XTuner's own configs keep r and alpha inside the model's llm_lora dict
+    if lora is not None:
+        out.setdefault("lora_r", lora.get("r"))
+        out.setdefault("lora_alpha", lora.get("lora_alpha"))
+    out.update(freeze_llm=cfg.model.get("freeze_llm"), freeze_visual_encoder=cfg.model.get("freeze_visual_encoder"),
+               max_dynamic_patch=run.max_num, heldout=str(run.heldout) if run.heldout else None)
     scalars = run.work_dir / "scalars.json"
     if scalars.exists():
         rows = json.loads(scalars.read_text(encoding="utf-8"))

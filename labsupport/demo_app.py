@@ -87,12 +87,13 @@ def check_prompt(text: str) -> str | None:
 
 def course_examples(artifacts: str | os.PathLike | None = None, n: int = 4) -> list[tuple[str, str]]:
     """N (image path, question) quick-picks from the course task's held-out split: mixed kinds and languages."""
-    from labsupport.datasets import build_course_task, load_records
+    from labsupport.datasets import load_records
     from labsupport.paths import artifacts_dir
 
-    root = Path(artifacts_dir(artifacts)) / deploy.COURSE_TASK
-    paths = build_course_task(root, progress=False)
-    records = load_records(paths["heldout"])
+    art = Path(artifacts_dir(artifacts))
+    heldout, _, _ = deploy.trained_task(art, deploy.base_model_dir("tiny", art))  # what the model was trained on
+    records = load_records(heldout)
+    paths = {"image_folder": Path(heldout).parent}
     picked, seen = [], set()
     for rec in records:  # one per (kind, language) until N
         key = (rec["meta"]["kind"], rec["meta"]["lang"])

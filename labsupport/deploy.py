@@ -57,6 +57,25 @@ def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike,
                         f"using the base model {base} in its place, so both columns will agree")
 
 
+def trained_task(artifacts: str | os.PathLike, base: str | os.PathLike) -> tuple[Path, int, str]:
+    """(held-out json, tiles per image, why) of the task notebook 04 trained on, as notebook 05 recorded it.
+
+    Without notebook 05's record: the course task's default build and the base model's own max_dynamic_patch.
+    """
+    record = Path(artifacts) / "results" / "before_after.json"
+    if record.is_file():
+        data = json.loads(record.read_text(encoding="utf-8"))
+        training = data.get("training") or {}
+        heldout = training.get("heldout") or data.get("heldout")
+        if heldout and Path(heldout).is_file() and training.get("max_dynamic_patch"):
+            return Path(heldout), int(training["max_dynamic_patch"]), f"the held-out split and tiling of the run in {record}"
+    from labsupport.datasets import build_course_task
+
+    paths = build_course_task(Path(artifacts) / COURSE_TASK, progress=False)
+    tiles = int(json.loads((Path(base) / "config.json").read_text(encoding="utf-8")).get("max_dynamic_patch", 12))
+    return paths["heldout"], tiles, f"no {record} (run notebooks 04-05 first): the default course task, the model's own tiling"
+
+
 # ---- generation settings -------------------------------------------------------------------------
 @dataclass
 class GenSettings:
@@ -537,12 +556,14 @@ def image_data_url(image, fmt: str = "JPEG") -> str:
     return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def openai_messages(question: str, image=None) -> list[dict]:
-    """A one-turn chat-completions `messages` list: the image (as a data URL) first, then the question."""
+def openai_messages(question: str, image=None, max_dynamic_patch: int | None = None) -> list[dict]:
+    """A one-turn chat-completions `messages` list: the image (as a data URL, with LMDeploy's tiling knob) first, then the question."""
     if image is None:
         return [{"role": "user", "content": question}]
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                                         {"type": "text", "text": question}]}]
+    url = {"url": image_data_url(image)}
+    if max_dynamic_patch:
+        url["max_dynamic_patch"] = int(max_dynamic_patch)  # LMDeploy's InternVL reads it beside the url
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": url}, {"type": "text", "text": question}]}]
 
 
 def api_server_command(model_dir: str | os.PathLike, port: int, host: str = "127.0.0.1", model_name: str = "",
@@ -635,6 +656,113 @@ def cpu_server_support(model_dir: str | os.PathLike) -> tuple[bool, str]:
                    f"\"AttributeError: module transformers has no attribute {arch}\" (tried here with 5.23). "
                    "No library here offers an OpenAI-compatible server for this model on a CPU.")
 
+
+# ---- what notebook 06 shows -----------------------------------------------------------------------------------
+# The LLM inside each InternVL2 size (config.json llm_config.architectures[0]).
+INTERNVL2_LLMS = {"1B": "Qwen2ForCausalLM", "2B": "InternLM2ForCausalLM", "4B": "Phi3ForCausalLM",
+                  "8B": "InternLM2ForCausalLM", "26B": "InternLM2ForCausalLM"}
+# TurboMind implements these LLMs for InternVL2 (not Phi-3); the PyTorch engine serves every one.
+TURBOMIND_LLMS = {"InternLM2ForCausalLM", "Qwen2ForCausalLM"}
+
+
+def llm_layout(model_dir: str | os.PathLike) -> str:
+    """The LLM class a checkpoint's config.json names (llm_config.architectures[0])."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return (cfg.get("llm_config", {}).get("architectures") or ["?"])[0]
+
+
+def engines_for(layout: str) -> list[str]:
+    """LMDeploy engines that serve an InternVL2 whose LLM is LAYOUT."""
+    return ["pytorch"] + (["turbomind"] if layout in TURBOMIND_LLMS else [])
+
+
+def task_question(kind: str, lang: str) -> str:
+    """The course task's question for KIND in LANG, exactly as the model was trained on it."""
+    from labsupport.datasets import QUESTIONS
+
+    return QUESTIONS[(kind, lang)]
+
+
+def spread(records: Sequence[dict], n: int) -> list[dict]:
+    """N records taken in turn from each (kind, language) group, so every question the model was trained on is asked."""
+    groups: dict[tuple, list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["meta"]["kind"], rec["meta"].get("lang")), []).append(rec)
+    out, i = [], 0
+    while len(out) < min(n, len(records)):
+        for key in sorted(groups):
+            if i < len(groups[key]) and len(out) < n:
+                out.append(groups[key][i])
+        i += 1
+    return out
+
+
+def side_by_side(records: Sequence[dict], base: Sequence[str], tuned: Sequence[str]) -> list[dict]:
+    """One row per record: question, reference, both answers and whether each is right."""
+    from labsupport.datasets import answer_matches
+
+    return [{"id": r.get("id"), "kind": r["meta"]["kind"],
+             "question": r["conversations"][0]["value"].replace("<image>", "").strip(),
+             "reference": r["meta"]["answer"], "base": b, "fine-tuned": f,
+             "base_ok": bool(answer_matches(b, r["meta"])), "fine-tuned_ok": bool(answer_matches(f, r["meta"]))}
+            for r, b, f in zip(records, base, tuned)]
+
+
+def side_by_side_text(rows: Sequence[dict]) -> str:
+    """ROWS as a fixed-width table (question, reference, base, fine-tuned, ✓/✗)."""
+    lines = [f"{'question':<46} {'reference':<9} {'base':<18} fine-tuned"]
+    for r in rows:
+        lines.append(f"{r['question'][:45]:<46} {r['reference']:<9} {r['base'][:16]!r:<18} {r['fine-tuned'][:20]!r} "
+                     f"{'✓' if r['fine-tuned_ok'] else '✗'}")
+    return "\n".join(lines)
+
+
+def show_prompts(model_dir: str | os.PathLike, question: str):
+    """The prompt each tool builds for QUESTION (XTuner's training template, model.chat's conversation.py, LMDeploy's
+    chat template) as labsupport.prompts.prompt_parity's Markdown table; XTuner's column comes from the course env."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from IPython.display import Markdown
+
+    if importlib.util.find_spec("xtuner") is None:  # the deploy env: ask the course env, where XTuner lives
+        from labsupport.envs import venv_python
+        from labsupport.paths import repo_root
+
+        course = venv_python("internvl-course")
+        if course.exists():
+            code = ("import sys; from labsupport.prompts import prompt_parity; "
+                    "print(prompt_parity(sys.argv[1], sys.argv[2]).markdown())")
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
+            proc = subprocess.run([str(course), "-c", code, str(model_dir), question], capture_output=True, text=True,
+                                  env=env, timeout=300)
+            if proc.returncode == 0:
+                return Markdown(proc.stdout)
+            print(f"(the course env could not render XTuner's prompt: {proc.stderr.strip().splitlines()[-1:]})",
+                  file=sys.stderr)
+    from labsupport.prompts import prompt_parity
+
+    return Markdown(prompt_parity(model_dir, question).markdown())
+
+
+def quiet() -> None:
+    """Hide progress bars and library warnings a learner cannot act on in a notebook (says so once)."""
+    import logging
+    import warnings
+
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass  # transformers is optional for the helpers that do not load models
+    for pattern in (r".*torch_dtype.*deprecated.*", r".*generation flags are not valid.*", r".*TypedStorage.*",
+                    r".*`do_sample` is set to `False`.*", r".*Setting `pad_token_id`.*", r".*`rope_scaling` is deprecated.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lmdeploy").setLevel(logging.ERROR)
+    print("note: progress bars and warnings from inside the libraries that you cannot act on are hidden")
 
 def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str | None = None) -> tuple[bool, str]:
     """Whether the checkpoint's remote-code LLM can generate() under TRANSFORMERS_VERSION (default: this env's), and why.

@@ -359,3 +359,13 @@ def test_a_qlora_run_converts_on_a_cpu_into_base_plus_adapter(tiny, tmp_path):
     ref = C.reference_model(run.base_model, run.checkpoint, C.lora_scale(run.config))
     report = C.compare_logits(C.logits_of(merged, inputs, tok), C.logits_of(ref, inputs, tok), C.logits_of(base, inputs, tok))
     assert report.passed and report.adapter_effect > 0.1, report
+
+
+def test_merge_identity_holds_per_layer_and_a_wrong_scale_breaks_it(lora_run):
+    run, out = lora_run
+    state = C.read_checkpoint(run.checkpoint)
+    rows = C.merge_identity(run.base_model, out, state, C.lora_scale(run.config))
+    assert rows and all(r["rank"] == 4 for r in rows)
+    assert max(r["max_diff"] for r in rows) <= 1e-2 * max(r["update_max"] for r in rows)
+    wrong = C.merge_identity(run.base_model, out, state, C.lora_scale(run.config) / 2)
+    assert max(r["max_diff"] for r in wrong) > 0.1 * max(r["update_max"] for r in wrong)

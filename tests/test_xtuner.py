@@ -57,7 +57,7 @@ def test_every_preset_writes_a_config_that_mmengine_loads(name, tmp_path):
 
 def test_cpu_config_makes_the_cpu_choices(tmp_path):
     path = tmp_path / "cpu.py"
-    path.write_text(X.render_config(fake_settings("tiny-cpu", tmp_path)))
+    path.write_text(X.render_config(replace(fake_settings("tiny-cpu", tmp_path), max_iters=50)))
     cfg = X.load_config(path)
     assert cfg.model.type.__name__ == "CPUInternVL" and cfg.model.dtype == "float32"
     assert cfg.optim_wrapper.type.__name__ == "OptimWrapper"

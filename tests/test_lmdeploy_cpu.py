@@ -1,0 +1,135 @@
+"""Tests of labsupport.lmdeploy_cpu (the CPU stand-in with LMDeploy's call shape) and notebook 06's helpers in deploy."""
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from labsupport import deploy, lmdeploy_cpu
+from labsupport.datasets import build_course_task, draw_plate, load_records
+from labsupport.tinymodel import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "internvl2-tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory) -> Image.Image:
+    return draw_plate("red", "circle", 3, size=(512, 384), seed=1)
+
+
+def _msg(question, image, tiles=1):
+    return [{"role": "user", "content": [{"type": "image_data", "image_data": {"data": image, "max_dynamic_patch": tiles}},
+                                         {"type": "text", "text": question}]}]
+
+
+def test_parse_prompt_reads_every_lmdeploy_prompt_form(plate):
+    assert lmdeploy_cpu.parse_prompt("hi") == ("hi", None, None)
+    assert lmdeploy_cpu.parse_prompt(("Q?", plate)) == ("Q?", plate, None)
+    q, img, tiles = lmdeploy_cpu.parse_prompt(_msg("Colour?", plate, 2))
+    assert (q, img, tiles) == ("Colour?", plate, 2)
+    q, img, tiles = lmdeploy_cpu.parse_prompt(deploy.openai_messages("Colour?", plate, 1))
+    assert q == "Colour?" and img.size == plate.size and tiles == 1
+    with pytest.raises(TypeError):
+        lmdeploy_cpu.parse_prompt(42)
+
+
+def test_gen_settings_follow_lmdeploys_generation_config():
+    greedy = lmdeploy_cpu.gen_settings(SimpleNamespace(max_new_tokens=5, do_sample=False, temperature=0.8, top_p=1.0,
+                                                       top_k=0, repetition_penalty=1.0, random_seed=None))
+    assert greedy.max_new_tokens == 5 and not greedy.sampling
+    sampled = lmdeploy_cpu.gen_settings(SimpleNamespace(max_new_tokens=9, do_sample=True, temperature=0.9, top_p=0.9,
+                                                        top_k=40, repetition_penalty=1.0, random_seed=3))
+    assert sampled.sampling and sampled.seed == 3 and sampled.top_p == 0.9
+    assert lmdeploy_cpu.gen_settings(None).max_new_tokens == 64
+
+
+def test_the_stand_in_has_lmdeploys_call_shape_and_serves_openai(tiny, plate):
+    pipe = lmdeploy_cpu.cpu_pipeline(tiny, backend_config=None, chat_template_config=None)
+    assert "stood in for lmdeploy.pipeline" in lmdeploy_cpu.which(pipe)
+    gen = SimpleNamespace(max_new_tokens=4, do_sample=False, temperature=1.0, top_p=1.0, top_k=0,
+                          repetition_penalty=1.0, random_seed=None)
+    one = pipe(_msg("Colour?", plate), gen_config=gen)
+    assert isinstance(one.text, str) and one.text
+    many = pipe([_msg("Colour?", plate), _msg("Shape?", plate)], gen_config=gen)
+    assert [r.index for r in many] == [0, 1] and many[0].text == one.text  # batching does not change a greedy answer
+    sess = pipe.chat(_msg("Colour?", plate), gen_config=gen)
+    sess = pipe.chat("How many?", session=sess, gen_config=gen)
+    assert len(sess.history) == 2 and sess.response.text
+    pieces = list(pipe.stream_infer([_msg("Colour?", plate)], gen_config=gen))
+    assert "".join(p.text for p in pieces).strip() == one.text.strip() and pieces[-1].finish_reason == "stop"
+    server = lmdeploy_cpu.serve_openai(pipe, 0)
+    port = server.server_address[1]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as resp:
+            assert json.load(resp)["data"][0]["id"]
+        body = json.dumps({"model": "m", "messages": deploy.openai_messages("Colour?", plate, 1), "max_tokens": 4}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as resp:
+            assert json.load(resp)["choices"][0]["message"]["content"]
+    finally:
+        server.shutdown()
+    assert server.server_address[0] == "127.0.0.1"
+    pipe.close()
+
+
+def test_engines_follow_the_llm_layout(tiny):
+    assert deploy.engines_for("Phi3ForCausalLM") == ["pytorch"]
+    assert deploy.engines_for("InternLM2ForCausalLM") == ["pytorch", "turbomind"]
+    assert deploy.engines_for(deploy.INTERNVL2_LLMS["1B"]) == ["pytorch", "turbomind"]
+    assert deploy.llm_layout(tiny) in deploy.INTERNVL2_LLMS.values()
+
+
+def test_spread_asks_every_kind_and_language(tmp_path):
+    task = build_course_task(tmp_path / "plates", n_train=12, n_heldout=24, progress=False)
+    picked = deploy.spread(load_records(task["heldout"]), 12)
+    assert len(picked) == 12 and len({(r["meta"]["kind"], r["meta"]["lang"]) for r in picked}) == 6
+    rows = deploy.side_by_side(picked[:2], ["x", "y"], [picked[0]["meta"]["answer"], "z"])
+    assert [r["fine-tuned_ok"] for r in rows] == [True, False] and "✓" in deploy.side_by_side_text(rows)
+    assert deploy.task_question("count", "en") == picked[0]["conversations"][0]["value"].replace("<image>\n", "") \
+        or deploy.task_question("count", "en").startswith("How many")
+
+
+def test_trained_task_reads_notebook_05s_record_and_falls_back(tmp_path, tiny):
+    heldout, tiles, why = deploy.trained_task(tmp_path, tiny)
+    assert heldout.is_file() and tiles == json.loads((tiny / "config.json").read_text())["max_dynamic_patch"]
+    assert "run notebooks 04-05" in why
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "before_after.json").write_text(json.dumps(
+        {"training": {"heldout": str(heldout), "max_dynamic_patch": 1}}))
+    assert deploy.trained_task(tmp_path, tiny)[:2] == (heldout, 1)
+
+
+def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, plate, tmp_path, monkeypatch):
+    import transformers
+
+    old = tmp_path / "old-code"
+    old.mkdir()
+    (old / "config.json").write_text((tiny / "config.json").read_text())
+    (old / "modeling_internlm2.py").write_text("class InternLM2ForCausalLM(PreTrainedModel): ...\n")
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")
+    assert "course env" in lmdeploy_cpu._needs_course_env(old)
+    assert lmdeploy_cpu._needs_course_env(tiny) is None  # the course's own code inherits GenerationMixin
+    monkeypatch.setattr(lmdeploy_cpu, "_needs_course_env", lambda path: "forced for the test")
+    pipe = lmdeploy_cpu.cpu_pipeline(tiny)
+    gen = deploy.GenSettings(max_new_tokens=4)
+    try:
+        assert "forced for the test" in lmdeploy_cpu.which(pipe)
+        one = pipe(_msg("Colour?", plate), gen_config=gen).text
+        assert one and [r.text for r in pipe([_msg("Colour?", plate)] * 2, gen_config=gen)] == [one, one]
+        sess = pipe.chat(_msg("Colour?", plate), gen_config=gen)
+        assert pipe.chat("How many?", session=sess, gen_config=gen).response.text
+        assert "".join(r.text for r in pipe.stream_infer([_msg("Colour?", plate)], gen_config=gen)) == one
+    finally:
+        pipe.close()
+
+
+def test_show_prompts_lays_the_three_prompts_side_by_side(tiny):
+    table = deploy.show_prompts(tiny, "What colour are the objects on the plate? Answer with one word.").data
+    assert "XTuner" in table and "LMDeploy" in table
