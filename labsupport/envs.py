@@ -1,9 +1,9 @@
-"""Build the course's two environments from environment.yml and environment-deploy.yml.
+"""Build the course's environments from environment.yml, environment-deploy.yml and environment-swift.yml.
 
 Runs with a bare Python (standard library only), because it is what creates the
 environments that hold everything else:
 
-    python3 -m labsupport.envs            # create or update both, register the kernels
+    python3 -m labsupport.envs            # create or update all three, register the kernels
     python3 -m labsupport.envs --list     # print the parsed specs and stop
 
 With conda on PATH it calls ``conda env create/update -f FILE``; otherwise it builds one
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV_FILES = ("environment.yml", "environment-deploy.yml")
+ENV_FILES = ("environment.yml", "environment-deploy.yml", "environment-swift.yml")
+ENV_KEYS = ("course", "deploy", "swift")
 VENVS = ROOT / ".venvs"
 STAMP = ".labsupport-env.json"
 
@@ -229,9 +230,9 @@ def register_kernel(python: Path, spec: EnvSpec, jupyter_prefix: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print the parsed specs and stop")
-    parser.add_argument("--only", choices=["course", "deploy"], help="build one environment only")
+    parser.add_argument("--only", choices=list(ENV_KEYS), help="build one environment only")
     parser.add_argument("--venv", action="store_true", help="build venvs even when conda is on PATH")
-    parser.add_argument("--python", choices=["course", "deploy"], help="print the python of a built environment and stop")
+    parser.add_argument("--python", choices=list(ENV_KEYS), help="print the python of a built environment and stop")
     args = parser.parse_args(argv)
     specs = load_specs()
     if args.python:
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     use_conda = not args.venv and not os.environ.get("LABSUPPORT_VENV") and (shutil.which("conda") or shutil.which("mamba"))
     build = build_conda if use_conda else build_venv
-    # Both kernels are registered in the course environment, where JupyterLab and papermill live.
+    # Every kernel is registered in the course environment, where JupyterLab and papermill live.
     course_prefix = None if use_conda else VENVS / specs[0].name
     for spec in specs:
         if args.only and not spec.name.endswith(args.only):
