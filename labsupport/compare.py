@@ -286,14 +286,28 @@ def changed_groups(rows: Sequence[dict]) -> set[tuple[str, str]]:
 
 
 LORA_PARTS = {("llm", "linear"), ("projector", "linear"), ("projector", "bias"), ("projector", "norm")}
+# XTuner 0.2.0 puts LoRA on every nn.Linear of the LLM except modules named lm_head or output_layer
+# (xtuner/model/utils.py find_all_linear_names). InternLM2's head is called `output`, so it gets an adapter
+# and its merged weight changes: expected, not a leak. Phi-3's and Qwen2's `lm_head` stays untouched.
+XTUNER_LORA_SKIPPED_HEADS = ("lm_head", "output_layer")
+
+
+def lora_adapts_head(name: str) -> bool:
+    """True when XTuner's LoRA puts an adapter on the output head NAME (InternLM2's `output`), False for lm_head."""
+    module = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
+    return module not in XTUNER_LORA_SKIPPED_HEADS
 
 
 def unexpected_changes(rows: Sequence[dict], mode: str, vit_trained: bool = False) -> list[str]:
-    """Names of changed tensors a MODE run should not have touched (LoRA: LLM linear layers and projector, plus the ViT if trained)."""
+    """Names of changed tensors a MODE run should not have touched (LoRA: LLM linear layers, InternLM2's head `output`
+    (XTuner adapts it, see XTUNER_LORA_SKIPPED_HEADS) and the projector, plus the ViT if trained)."""
     if mode == "full":
         allowed = lambda part, kind: part in ("llm", "projector") or (vit_trained and part == "vision")  # noqa: E731
     else:
-        allowed = lambda part, kind: (part, kind) in LORA_PARTS or (vit_trained and part == "vision")  # noqa: E731
+        def allowed(part: str, kind: str, name: str) -> bool:
+            return ((part, kind) in LORA_PARTS or (vit_trained and part == "vision")
+                    or (part, kind) == ("llm", "lm_head") and lora_adapts_head(name))
+        return [r["name"] for r in rows if r["changed"] and not allowed(r["part"], r["kind"], r["name"])]
     return [r["name"] for r in rows if r["changed"] and not allowed(r["part"], r["kind"])]
 
 

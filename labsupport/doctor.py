@@ -87,6 +87,59 @@ def check_pins(spec: EnvSpec, found: dict) -> list[dict]:
     return rows
 
 
+# What the published InternVL2 remote code and tokenizers import beyond transformers and torch.
+OFFICIAL_IMPORTS = {
+    "timm": "every official modeling_intern_vit.py: from timm.models.layers import DropPath",
+    "einops": "the official modeling code: from einops import rearrange",
+    "sentencepiece": "tokenization_internlm2.py (InternVL2-2B/8B) and Phi-3's slow tokenizer (InternVL2-4B)",
+    "google.protobuf": "converting a sentencepiece tokenizer to a fast one (InternVL2-4B)",
+}
+
+_CODE_PATH_SCRIPT = """
+import importlib, json, sys, traceback
+rows = []
+def check(name, fn):
+    try:
+        detail = fn()
+        rows.append({"check": name, "ok": True, "detail": str(detail or "")})
+    except BaseException as exc:
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        where = last.filename.rsplit("/", 1)[-1] + ":" + str(last.lineno)
+        rows.append({"check": name, "ok": False, "detail": f"{type(exc).__name__}: {exc} ({where})"})
+for module in json.loads(sys.argv[2]):
+    check("import " + module, lambda m=module: getattr(importlib.import_module(m), "__version__", ""))
+path = sys.argv[1]
+if path:
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    cfg = {}
+    check("config.json + configuration code", lambda: cfg.setdefault("c", AutoConfig.from_pretrained(path, trust_remote_code=True)).__class__.__name__)
+    auto_map = json.load(open(path + "/config.json")).get("auto_map", {})
+    for ref in sorted(set(auto_map.values())):
+        check("remote code " + ref, lambda r=ref: get_class_from_dynamic_module(r, path).__name__)
+    check("tokenizer", lambda: type(AutoTokenizer.from_pretrained(path, trust_remote_code=True)).__name__)
+print("ROWS" + json.dumps(rows))
+"""
+
+
+def check_model_code(model_dir: str | Path | None, python: str | Path | None = None) -> list[dict]:
+    """Load MODEL_DIR's code path in PYTHON's environment (default: this one): the imports official remote code
+    needs, config.json with its configuration code, every auto_map class (which imports the modeling files),
+    and the tokenizer. One row per check: check, ok, detail (the error and the file:line where it failed)."""
+    folder = str(Path(model_dir).resolve()) if model_dir else ""
+    done = subprocess.run([str(python or sys.executable), "-c", _CODE_PATH_SCRIPT, folder, json.dumps(list(OFFICIAL_IMPORTS))],
+                          capture_output=True, text=True, timeout=600)
+    marker = [ln for ln in done.stdout.splitlines() if ln.startswith("ROWS")]
+    if not marker:
+        return [{"check": "run the checks", "ok": False, "detail": (done.stderr.strip() or done.stdout.strip())[-800:]}]
+    rows = json.loads(marker[-1][4:])
+    for row in rows:
+        module = row["check"].removeprefix("import ")
+        if not row["ok"] and module in OFFICIAL_IMPORTS:
+            row["detail"] += f" -- needed by {OFFICIAL_IMPORTS[module]}; install the pinned version from environment*.yml"
+    return rows
+
+
 def kernel_python(kernel: str) -> str | None:
     """The python executable behind a registered Jupyter kernel, or None when it is not registered."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -122,8 +175,9 @@ def disk_report(folder: str | Path, needed_gb: float) -> dict:
     return {"folder": str(folder), "free_gb": round(free, 1), "needed_gb": needed_gb, "ok": free >= needed_gb}
 
 
-def diagnose(artifacts: str | Path, needed_gb: float = 2.0) -> dict:
-    """The whole doctor report: every environment's pins, this machine's GPU and disk, GPU-only parts."""
+def diagnose(artifacts: str | Path, needed_gb: float = 2.0, model_dir: str | Path | None = None) -> dict:
+    """The whole doctor report: every environment's pins and, for MODEL_DIR, its code path (check_model_code),
+    this machine's GPU and disk, GPU-only parts."""
     envs = []
     for spec in load_specs():
         python = kernel_python(spec.kernel)
@@ -135,7 +189,10 @@ def diagnose(artifacts: str | Path, needed_gb: float = 2.0) -> dict:
                 entry["rows"] = check_pins(spec, installed_versions(python))
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 entry["error"] = str(exc)
-        entry["ok"] = not entry.get("error") and all(r["ok"] for r in entry["rows"])
+            if model_dir is not None:
+                entry["code_path"] = check_model_code(model_dir, python)
+        entry["ok"] = (not entry.get("error") and all(r["ok"] for r in entry["rows"])
+                       and all(r["ok"] for r in entry.get("code_path", [])))
         envs.append(entry)
     gpu = gpu_report()
     return {
@@ -158,6 +215,10 @@ def render_markdown(report: dict) -> str:
         lines += ["| package | wanted | found | ok |", "|---|---|---|---|"]
         lines += [f"| {r['package']} | {r['wanted']} | {r['found']} | {'✅' if r['ok'] else '❌'} |" for r in env["rows"]]
         lines.append("")
+        if env.get("code_path"):
+            lines += ["| loading the model's code path | ok | detail |", "|---|---|---|"]
+            lines += [f"| {r['check']} | {'✅' if r['ok'] else '❌'} | {r['detail']} |" for r in env["code_path"]]
+            lines.append("")
     gpu = report["gpu"]
     lines += ["## GPU", ""]
     if gpu["cuda"]:

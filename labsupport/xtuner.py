@@ -149,12 +149,13 @@ def _py(v) -> str:
 
 
 def template_for(model_path: str | os.PathLike) -> str:
-    """XTuner's prompt template for a model: phi3_chat for a Phi-3 LLM (InternVL2-4B, tiny), else internlm2_chat."""
+    """XTuner's prompt template for a model: phi3_chat for a Phi-3 LLM (InternVL2-4B, "tiny-4b"), else internlm2_chat
+    (InternLM2: InternVL2-2B/8B and the default "tiny")."""
     cfg = Path(model_path) / "config.json"
     if cfg.exists():
         arch = (json.loads(cfg.read_text()).get("llm_config", {}).get("architectures") or [""])[0]
         return "phi3_chat" if arch.startswith("Phi3") else "internlm2_chat"
-    return "phi3_chat" if "4B" in str(model_path) or str(model_path) == "tiny" else "internlm2_chat"
+    return "phi3_chat" if "4B" in str(model_path) or str(model_path).lower() == "tiny-4b" else "internlm2_chat"
 
 
 def _warmup_iters(s: TrainSettings) -> int:

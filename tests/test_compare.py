@@ -272,10 +272,29 @@ def test_conversion_gives_a_complete_loadable_folder(lora_run):
 def test_lora_conversion_changes_only_llm_linear_layers_and_projector(lora_run):
     run, out = lora_run
     rows = C.weight_changes(run.base_model, out)
-    assert C.changed_groups(rows) == {("llm", "linear"), ("projector", "linear"), ("projector", "bias"), ("projector", "norm")}
+    # InternLM2's head is called `output`: XTuner's LoRA adapts it (it skips only lm_head / output_layer)
+    assert C.changed_groups(rows) == {("llm", "linear"), ("llm", "lm_head"), ("projector", "linear"),
+                                      ("projector", "bias"), ("projector", "norm")}
+    assert [r["name"] for r in rows if r["kind"] == "lm_head" and r["changed"]] == ["language_model.output.weight"]
     assert C.unexpected_changes(rows, run.mode) == []
     lin = [r for r in rows if (r["part"], r["kind"]) == ("llm", "linear")]
-    assert all(r["changed"] for r in lin) and len(lin) == 8  # 4 linear layers x 2 blocks, each got its LoRA
+    assert all(r["changed"] for r in lin) and len(lin) == 10  # wqkv, wo, w1, w2, w3 x 2 blocks, each got its LoRA
+
+
+def test_lora_head_rule_follows_xtuner():
+    """A changed InternLM2 `output` head is expected after LoRA; a changed Phi-3/Qwen2 `lm_head` is not."""
+    rows = [{"name": n, "part": "llm", "kind": "lm_head", "changed": True}
+            for n in ("language_model.output.weight", "language_model.lm_head.weight")]
+    assert C.unexpected_changes(rows, "lora") == ["language_model.lm_head.weight"]
+    assert C.unexpected_changes(rows, "full") == []
+    from xtuner.model.utils import find_all_linear_names  # the rule itself, on both head names
+    from torch import nn
+
+    for head, adapted in (("output", True), ("lm_head", False)):
+        model = nn.Module()
+        model.wqkv = nn.Linear(2, 2)
+        setattr(model, head, nn.Linear(2, 2))
+        assert (head in find_all_linear_names(model)) == adapted == C.lora_adapts_head(f"language_model.{head}.weight")
 
 
 def test_merged_logits_equal_base_plus_adapter_and_a_wrong_merge_fails(lora_run):

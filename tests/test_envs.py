@@ -83,3 +83,33 @@ def test_built_environments_are_stamped_with_their_spec(repo):
         stamp = envs._read_stamp(Path(python).parent.parent)
         if stamp.get("route") != "conda" and stamp:
             assert stamp["digest"] == spec.digest(), f"{spec.name} is older than {spec.file.name}: run make env"
+
+
+def test_doctor_catches_a_missing_timm(tmp_path):
+    """The pins table and the code-path check both flag an environment without timm."""
+    import os
+    import sys
+
+    from labsupport import doctor
+    from labsupport.envs import load_specs
+    from labsupport.tinymodel import build_tiny_model
+
+    course = next(s for s in load_specs() if s.name == "internvl-course")
+    found = doctor.installed_versions()
+    assert any(r["package"] == "timm" and r["ok"] for r in doctor.check_pins(course, found))
+    found["packages"].pop("timm", None)
+    assert any(r["package"] == "timm" and not r["ok"] and r["found"] == "missing" for r in doctor.check_pins(course, found))
+
+    model = build_tiny_model(tmp_path / "tiny")
+    rows = doctor.check_model_code(model)
+    assert rows and all(r["ok"] for r in rows), rows
+    assert {"config.json + configuration code", "tokenizer"} <= {r["check"] for r in rows}
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "timm.py").write_text("raise ImportError('timm is not installed (blocked by the test)')\n")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={blocker}:{os.environ.get('PYTHONPATH', '')} exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    rows = {r["check"]: r for r in doctor.check_model_code(model, python=wrapper)}
+    assert not rows["import timm"]["ok"] and "DropPath" in rows["import timm"]["detail"]
+    assert rows["tokenizer"]["ok"]

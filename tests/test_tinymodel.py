@@ -18,11 +18,11 @@ from PIL import Image, ImageDraw
 from labsupport.paths import repo_root
 from labsupport.remote_code.conversation import get_conv_template
 from labsupport.remote_code.modeling_internvl_chat import pixel_shuffle
-from labsupport.tinymodel import build_tiny_model, parameter_counts, resolve_model
+from labsupport.tinymodel import build_tiny_internlm2_chat, build_tiny_model, parameter_counts, resolve_model
 
 GEN = dict(max_new_tokens=6, do_sample=False)
-PY_FILES = ["configuration_intern_vit.py", "configuration_internvl_chat.py", "conversation.py",
-            "modeling_intern_vit.py", "modeling_internvl_chat.py"]
+PY_FILES = ["configuration_intern_vit.py", "configuration_internlm2.py", "configuration_internvl_chat.py",
+            "conversation.py", "modeling_intern_vit.py", "modeling_internlm2.py", "modeling_internvl_chat.py"]
 
 
 def sha256(path: Path) -> str:
@@ -59,14 +59,23 @@ def loaded(tiny):
     return model, tok
 
 
+@pytest.fixture(scope="module")
+def tiny4b(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny4b") / "internvl2-tiny-4b", seed=0, layout="tiny-4b")
+
+
 def test_build_writes_official_layout(tiny):
     cfg = json.loads((tiny / "config.json").read_text())
     assert cfg["architectures"] == ["InternVLChatModel"]
     assert cfg["auto_map"]["AutoModel"] == "modeling_internvl_chat.InternVLChatModel"
-    assert cfg["llm_config"]["architectures"] == ["Phi3ForCausalLM"]
+    llm = cfg["llm_config"]
+    assert llm["architectures"] == ["InternLM2ForCausalLM"] and llm["model_type"] == "internlm2"
+    assert llm["auto_map"]["AutoConfig"] == "configuration_internlm2.InternLM2Config"
+    for key in ("bias", "rope_theta", "rope_scaling", "attn_implementation", "num_key_value_heads", "rms_norm_eps"):
+        assert key in llm, key  # InternLM2Config's published fields
     assert cfg["vision_config"]["model_type"] == "intern_vit_6b"
     for key, value in {"force_image_size": 448, "downsample_ratio": 0.5, "ps_version": "v2", "select_layer": -1,
-                       "template": "phi3-chat", "dynamic_image_size": True, "use_thumbnail": True,
+                       "template": "internlm2-chat", "dynamic_image_size": True, "use_thumbnail": True,
                        "min_dynamic_patch": 1, "max_dynamic_patch": 12}.items():
         assert cfg[key] == value, key
     for name in PY_FILES + ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]:
@@ -95,6 +104,9 @@ def test_build_is_deterministic_and_stamped(tiny, tmp_path):
 def test_resolve_model(tiny, tmp_path):
     built = resolve_model("tiny", artifacts=tiny.parent.parent)  # ARTIFACTS/models/internvl2-tiny
     assert built == tiny.parent.parent / "models" / "internvl2-tiny" and (built / "config.json").is_file()
+    four = resolve_model("tiny-4b", artifacts=tmp_path / "a")
+    assert four == tmp_path / "a" / "models" / "internvl2-tiny-4b"
+    assert json.loads((four / "config.json").read_text())["llm_config"]["architectures"] == ["Phi3ForCausalLM"]
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path / "real")) == (tmp_path / "real").resolve()
@@ -141,6 +153,7 @@ def test_extract_feature_and_parameter_counts(loaded):
         feats = model.extract_feature(torch.randn(3, 3, 448, 448))
     assert feats.shape == (3, 256, 128)
     assert model.num_image_token == 256
+    assert type(model.language_model).__name__ == "InternLM2ForCausalLM"
     counts = parameter_counts(model)
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert counts["mlp1"] == (256 * 2) + (256 * 128 + 128) + (128 * 128 + 128)  # LayerNorm(4*64) -> 128 -> 128
@@ -152,13 +165,77 @@ def test_state_dict_names_follow_official_checkpoints(loaded):
                  "vision_model.embeddings.position_embedding", "vision_model.encoder.layers.1.attn.qkv.weight",
                  "vision_model.encoder.layers.0.attn.proj.weight", "vision_model.encoder.layers.0.ls1",
                  "vision_model.encoder.layers.0.norm2.weight", "vision_model.encoder.layers.0.mlp.fc2.weight",
-                 "mlp1.0.weight", "mlp1.1.weight", "mlp1.3.weight", "language_model.model.embed_tokens.weight",
-                 "language_model.model.layers.1.self_attn.qkv_proj.weight", "language_model.lm_head.weight"]:
+                 "mlp1.0.weight", "mlp1.1.weight", "mlp1.3.weight", "language_model.model.tok_embeddings.weight",
+                 "language_model.model.layers.1.attention.wqkv.weight", "language_model.model.layers.0.attention.wo.weight",
+                 "language_model.model.layers.0.feed_forward.w1.weight", "language_model.model.layers.0.feed_forward.w2.weight",
+                 "language_model.model.layers.0.feed_forward.w3.weight", "language_model.model.layers.0.attention_norm.weight",
+                 "language_model.model.layers.0.ffn_norm.weight", "language_model.model.norm.weight",
+                 "language_model.output.weight"]:
         assert name in names, name
+    wqkv = loaded[0].state_dict()["language_model.model.layers.0.attention.wqkv.weight"]
+    assert wqkv.shape == ((4 + 2 * 2) * 32, 128)  # 4 query heads + 2 key + 2 value heads of 32
 
 
-def test_chat_template_renders_phi3_two_turns(tiny, loaded):
+def test_wqkv_rows_are_grouped_by_kv_head():
+    """Per KV head: its query heads, then its key, then its value -- the published weight layout."""
+    from labsupport.remote_code.configuration_internlm2 import InternLM2Config
+    from labsupport.remote_code.modeling_internlm2 import InternLM2Attention
+
+    cfg = InternLM2Config(hidden_size=8, num_attention_heads=4, num_key_value_heads=2, bias=False,
+                          attn_implementation="eager")
+    attn = InternLM2Attention(cfg, 0)
+    with torch.no_grad():
+        attn.wqkv.weight.copy_(torch.arange(8).repeat_interleave(2)[:, None].float().expand(16, 8) / 8)
+    captured = {}
+
+    class Spy:
+        def update(self, k, v, layer_idx):
+            captured["k"], captured["v"] = k, v
+            return k, v
+
+    x = torch.ones(1, 1, 8)
+    cos, sin = torch.ones(1, 1, 2), torch.zeros(1, 1, 2)
+    attn(x, torch.zeros(1, 1, 1, 1), cos, sin, past_key_value=Spy())
+    # each head of 2 rows outputs its slot number; slots 0-1: group 0's query heads, 2 its key, 3 its value; 4-7 group 1
+    assert captured["k"][0, :, 0, 0].tolist() == [2.0, 6.0] and captured["v"][0, :, 0, 0].tolist() == [3.0, 7.0]
+
+
+def test_internlm2_cache_gives_the_same_logits_as_a_full_pass(loaded):
+    model, tok = loaded
+    llm = model.language_model
+    ids = tok("What colour are the objects on the plate?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        full = llm(input_ids=ids, use_cache=False).logits
+        first = llm(input_ids=ids[:, :-3], use_cache=True)
+        rest = llm(input_ids=ids[:, -3:], past_key_values=first.past_key_values, use_cache=True).logits
+    assert torch.allclose(full[:, -3:], rest, atol=1e-4)
+    eager = type(llm.config)(**{**llm.config.to_dict(), "attn_implementation": "sdpa"})
+    assert eager.attn_implementation == "sdpa"
+
+
+def test_chat_template_renders_internlm2_like_conversation_py(tiny, loaded):
     _, tok = loaded
+    messages = [{"role": "user", "content": "What colour is it?"}, {"role": "assistant", "content": "Red."},
+                {"role": "user", "content": "盘子上有几个物体？"}]
+    expected = ("<|im_start|>system\nYou are an AI assistant whose name is InternLM (书生·浦语).<|im_end|>"
+                "<|im_start|>user\nWhat colour is it?<|im_end|><|im_start|>assistant\nRed.<|im_end|>"
+                "<|im_start|>user\n盘子上有几个物体？<|im_end|><|im_start|>assistant\n")
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == expected
+    conv = get_conv_template("internlm2-chat")  # chat() and the tokenizer's template must agree
+    for m in messages:
+        conv.append_message(conv.roles[0] if m["role"] == "user" else conv.roles[1], m["content"])
+    conv.append_message(conv.roles[1], None)
+    assert conv.get_prompt() == expected
+    assert tok("x").input_ids[0] == tok.convert_tokens_to_ids("<s>")  # InternLM2 tokenizers put <s> in front
+    gen = json.loads((tiny / "generation_config.json").read_text())
+    assert tok.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"]
+
+
+def test_chat_template_renders_phi3_two_turns(tiny4b):
+    from transformers import AutoTokenizer
+
+    tiny = tiny4b
+    tok = AutoTokenizer.from_pretrained(str(tiny4b))
     messages = [{"role": "user", "content": "What colour is it?"}, {"role": "assistant", "content": "Red."},
                 {"role": "user", "content": "盘子上有几个物体？"}]
     expected = ("<|system|>\nYou are an AI assistant whose name is Phi-3.<|end|>\n"
@@ -180,11 +257,11 @@ def test_chat_template_renders_phi3_two_turns(tiny, loaded):
 
 def test_tokenizer_special_tokens_are_single_ids(loaded):
     _, tok = loaded
-    for t in ["<img>", "</img>", "<IMG_CONTEXT>", "<|user|>", "<|end|>", "<|assistant|>", "<|system|>", "<box>"]:
+    for t in ["<img>", "</img>", "<IMG_CONTEXT>", "<|im_start|>", "<|im_end|>", "<|action_start|>", "<box>"]:
         ids = tok(t, add_special_tokens=False).input_ids
         assert len(ids) == 1 and ids[0] != tok.unk_token_id, t
     text = "What colour are the objects on the plate? 盘子上的物体是什么颜色？"
-    assert tok.decode(tok(text).input_ids) == text
+    assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
     assert 1000 < len(tok) <= 4096
 
 
@@ -195,8 +272,10 @@ def test_chat_and_batch_chat(loaded):
     assert isinstance(answer, str) and history[-1] == ("<image>\nWhat colour are the objects on the plate?", answer)
     assert model.img_context_token_id == tok.convert_tokens_to_ids("<IMG_CONTEXT>")
     pixels = torch.cat([px, px.flip(-1)])
-    answers = model.batch_chat(tok, pixels, ["What shape?", "盘子上有几个物体？"], GEN, num_patches_list=[1, 1])
+    answers = model.batch_chat(tok, pixels, ["What colour are the objects on the plate?", "盘子上有几个物体？"], GEN,
+                               num_patches_list=[1, 1])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert answers[0] == answer  # left padding, masks and positions: the batch answers as the single chat does
     with pytest.raises(ValueError, match="num_patches_list"):
         model.chat(tok, pixels, "two tiles, wrong count", GEN, num_patches_list=[1])
 
@@ -205,9 +284,9 @@ def test_xtuner_flash_attention_request_falls_back(tiny):
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(tiny), trust_remote_code=True)
-    config.llm_config._attn_implementation = "flash_attention_2"  # what xtuner/model/internvl.py does
+    config.llm_config.attn_implementation = "flash_attention_2"  # what xtuner/model/internvl.py does for InternLM2
     model = AutoModel.from_pretrained(str(tiny), config=config, torch_dtype=torch.bfloat16, trust_remote_code=True)
-    assert model.language_model.config._attn_implementation in ("sdpa", "eager")
+    assert model.language_model.config.attn_implementation in ("sdpa", "eager")
     assert model.config.use_return_dict is True
     model.language_model.enable_input_require_grads()
     model.language_model.gradient_checkpointing_enable()
@@ -224,7 +303,7 @@ def test_save_pretrained_carries_remote_code(loaded, tmp_path):
     for name in PY_FILES:
         assert (tmp_path / "saved" / name).is_file(), name
     again = AutoModel.from_pretrained(str(tmp_path / "saved"), trust_remote_code=True, torch_dtype=torch.float32)
-    assert json.loads((tmp_path / "saved" / "config.json").read_text())["llm_config"]["architectures"] == ["Phi3ForCausalLM"]
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["llm_config"]["architectures"] == ["InternLM2ForCausalLM"]
     a, b = model.state_dict(), again.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -242,18 +321,24 @@ DEPLOY_SCRIPT = textwrap.dedent("""
                                num_patches_list=[1, 1])
     assert isinstance(answer, str) and len(answers) == 2
     prompt = tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith("<|user|>\\nq<|end|><|assistant|>\\n"), prompt
+    assert prompt.endswith("<|im_start|>user\\nq<|im_end|><|im_start|>assistant\\n"), prompt
+    assert type(model.language_model).__mro__[1].__name__ == "InternLM2PreTrainedModel"
     print("DEPLOY-OK", transformers.__version__)
 """)
 
 
 @pytest.mark.deploy
-def test_loads_and_chats_in_deploy_env(tiny):
+@pytest.mark.parametrize("layout", ["tiny", "tiny-4b"])
+def test_loads_and_chats_in_deploy_env(tiny, tiny4b, layout):
     python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
     if not python.exists():
         pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
     env = dict(os.environ, PYTHONPATH=str(repo_root()))
-    proc = subprocess.run([str(python), "-c", DEPLOY_SCRIPT, str(tiny)], capture_output=True, text=True,
+    script = DEPLOY_SCRIPT if layout == "tiny" else DEPLOY_SCRIPT.replace(
+        "<|im_start|>user\\nq<|im_end|><|im_start|>assistant\\n", "<|user|>\\nq<|end|><|assistant|>\\n").replace(
+        "InternLM2PreTrainedModel", "Phi3PreTrainedModel")
+    assert (script != DEPLOY_SCRIPT) == (layout == "tiny-4b")
+    proc = subprocess.run([str(python), "-c", script, str(tiny if layout == "tiny" else tiny4b)], capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0 and "DEPLOY-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -263,10 +348,43 @@ def test_weights_are_drawn_at_the_scale_of_a_narrow_network(tiny):
     from safetensors.torch import load_file
 
     weights = {k: v.float() for k, v in load_file(str(tiny / "model.safetensors")).items()}
-    q = weights["language_model.model.layers.0.self_attn.qkv_proj.weight"]
+    q = weights["language_model.model.layers.0.attention.wqkv.weight"]
     assert q.std().item() == pytest.approx(q.shape[1] ** -0.5, rel=0.05)
     patch = weights["vision_model.embeddings.patch_embedding.weight"]
     assert patch.std().item() == pytest.approx((3 * 14 * 14) ** -0.5, rel=0.05)
-    assert weights["language_model.model.embed_tokens.weight"].std().item() == pytest.approx(1.0, rel=0.05)
+    assert weights["language_model.model.tok_embeddings.weight"].std().item() == pytest.approx(1.0, rel=0.05)
+    head = weights["language_model.output.weight"]
+    assert head.std().item() == pytest.approx(head.shape[1] ** -0.5, rel=0.05)
     assert weights["vision_model.embeddings.position_embedding"].std().item() == pytest.approx(0.02, rel=0.05)
     assert bool((weights["language_model.model.norm.weight"] == 1).all())
+
+
+def test_tiny_4b_keeps_the_phi3_layout(tiny4b):
+    from transformers import AutoModel, AutoTokenizer
+
+    cfg = json.loads((tiny4b / "config.json").read_text())
+    assert cfg["llm_config"]["architectures"] == ["Phi3ForCausalLM"] and cfg["template"] == "phi3-chat"
+    model = AutoModel.from_pretrained(str(tiny4b), trust_remote_code=True, torch_dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny4b), trust_remote_code=True)
+    assert "language_model.model.layers.1.self_attn.qkv_proj.weight" in model.state_dict()
+    assert isinstance(model.chat(tok, to_pixel_values(plate_image()), "What colour?", GEN), str)
+
+
+def test_text_only_internlm2_chat_llm(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = build_tiny_internlm2_chat(tmp_path / "internlm2-chat-tiny")
+    again = build_tiny_internlm2_chat(tmp_path / "again")
+    assert sha256(out / "model.safetensors") == sha256(again / "model.safetensors")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["InternLM2ForCausalLM"]
+    assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_internlm2.InternLM2ForCausalLM"
+    model = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, torch_dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert "output.weight" in model.state_dict() and "model.tok_embeddings.weight" in model.state_dict()
+    prompt = tok.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}],
+                                     tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    enc = tok(prompt, return_tensors="pt")
+    new = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert new.shape[1] == enc.input_ids.shape[1] + 4

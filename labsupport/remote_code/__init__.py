@@ -10,8 +10,10 @@ from pathlib import Path
 REMOTE_CODE_DIR = Path(__file__).resolve().parent
 REMOTE_CODE_FILES = (
     "configuration_intern_vit.py",
+    "configuration_internlm2.py",
     "configuration_internvl_chat.py",
     "conversation.py",
     "modeling_intern_vit.py",
+    "modeling_internlm2.py",
     "modeling_internvl_chat.py",
 )

@@ -2,6 +2,7 @@
 from transformers import AutoConfig, PretrainedConfig
 
 from .configuration_intern_vit import InternVisionConfig
+from .configuration_internlm2 import InternLM2Config
 
 try:  # the LLMs the course knows without extra modeling files
     from transformers import Phi3Config
@@ -13,6 +14,8 @@ def _llm_config_from_dict(llm_config: dict) -> PretrainedConfig:
     """Build the LLM's config class from its dict, chosen by architectures[0] (or model_type)."""
     llm_config = dict(llm_config)
     arch = (llm_config.get("architectures") or [""])[0]
+    if arch == "InternLM2ForCausalLM" or llm_config.get("model_type") == "internlm2":
+        return InternLM2Config(**llm_config)  # the course's own file, like the published checkpoints
     if arch == "Phi3ForCausalLM" or llm_config.get("model_type") == "phi3":
         return Phi3Config(**llm_config)
     model_type = llm_config.pop("model_type", None)
@@ -53,7 +56,7 @@ class InternVLChatConfig(PretrainedConfig):
         if isinstance(llm_config, PretrainedConfig):
             self.llm_config = llm_config
         else:
-            self.llm_config = _llm_config_from_dict(llm_config or {"architectures": ["Phi3ForCausalLM"]})
+            self.llm_config = _llm_config_from_dict(llm_config or {"architectures": ["InternLM2ForCausalLM"]})
         self.use_backbone_lora = use_backbone_lora
         self.use_llm_lora = use_llm_lora
         self.select_layer = select_layer

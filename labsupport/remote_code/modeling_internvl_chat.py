@@ -15,6 +15,7 @@ from transformers.modeling_utils import PreTrainedModel
 from .configuration_internvl_chat import InternVLChatConfig
 from .conversation import get_conv_template
 from .modeling_intern_vit import InternVisionModel, has_flash_attn
+from .modeling_internlm2 import InternLM2ForCausalLM
 
 IMG_START_TOKEN = "<img>"
 IMG_END_TOKEN = "</img>"
@@ -40,8 +41,11 @@ def pixel_shuffle(x: torch.Tensor, scale_factor: float = 0.5, ps_version: str = 
 
 
 def _build_llm(llm_config):
-    """The language model named by llm_config.architectures[0], from transformers (Phi3ForCausalLM for the course)."""
-    arch = (getattr(llm_config, "architectures", None) or ["Phi3ForCausalLM"])[0]
+    """The language model named by llm_config.architectures[0]: InternLM2ForCausalLM from the file next to this
+    one (InternVL2-2B/8B), else the class of that name built into transformers (Phi3ForCausalLM for InternVL2-4B)."""
+    arch = (getattr(llm_config, "architectures", None) or ["InternLM2ForCausalLM"])[0]
+    if arch == "InternLM2ForCausalLM":
+        return InternLM2ForCausalLM(llm_config)
     import transformers
     cls = getattr(transformers, arch, None)
     if cls is None:
@@ -63,7 +67,7 @@ class InternVLChatModel(PreTrainedModel):
     config_class = InternVLChatConfig
     main_input_name = "pixel_values"
     base_model_prefix = "language_model"
-    _no_split_modules = ["InternVisionEncoderLayer", "Phi3DecoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayer"]
+    _no_split_modules = ["InternVisionEncoderLayer", "InternLM2DecoderLayer", "Phi3DecoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayer"]
     _supports_flash_attn_2 = True
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -86,6 +90,8 @@ class InternVLChatModel(PreTrainedModel):
         config.llm_config._attn_implementation = llm_attn
         if hasattr(config.llm_config, "_attn_implementation_internal"):
             config.llm_config._attn_implementation_internal = llm_attn
+        if getattr(config.llm_config, "model_type", None) == "internlm2":  # InternLM2 reads its public field
+            config.llm_config.attn_implementation = _usable_attn(getattr(config.llm_config, "attn_implementation", None))
 
         self.vision_model = vision_model if vision_model is not None else InternVisionModel(config.vision_config)
         self.language_model = language_model if language_model is not None else _build_llm(config.llm_config)
@@ -100,7 +106,7 @@ class InternVLChatModel(PreTrainedModel):
             nn.Linear(llm_hidden_size, llm_hidden_size),
         )
         self.img_context_token_id = None
-        self.conv_template = get_conv_template(self.template or "phi3-chat")
+        self.conv_template = get_conv_template(self.template or "internlm2-chat")
         self.system_message = self.conv_template.system_message
         self.post_init()
 
@@ -223,7 +229,7 @@ class InternVLChatModel(PreTrainedModel):
 
     def _prompt(self, question: str, history: List[Tuple[str, str]]) -> Tuple[str, "object"]:
         """The full prompt for QUESTION after HISTORY, in this model's conversation template."""
-        template = get_conv_template(self.template or "phi3-chat")
+        template = get_conv_template(self.template or "internlm2-chat")
         template.system_message = self.system_message
         for old_question, old_answer in history:
             template.append_message(template.roles[0], old_question)
