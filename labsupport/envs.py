@@ -174,16 +174,26 @@ def _check_python(spec: EnvSpec) -> None:
         )
 
 
+def _shown(path: Path) -> str:
+    """PATH relative to the repo when it lies inside it, else absolute."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def build_venv(spec: EnvSpec, course_prefix: Path | None) -> Path:
     """Create or update the venv for SPEC under .venvs/; return its prefix."""
-    prefix = VENVS / spec.name
+    # .venvs may be a symlink (git worktrees share one): build and register through the real path, so that
+    # the venv's scripts and the kernel keep working when the worktree that built it is gone.
+    prefix = VENVS.resolve() / spec.name
     python = prefix / "bin" / "python"
     if python.exists() and _read_stamp(prefix).get("digest") == spec.digest():
-        print(f"[env] {spec.name}: up to date ({prefix.relative_to(ROOT)})")
+        print(f"[env] {spec.name}: up to date ({_shown(prefix)})")
     else:
         _check_python(spec)
         start = time.time()
-        print(f"[env] {spec.name}: building {prefix.relative_to(ROOT)} from {spec.file.name} "
+        print(f"[env] {spec.name}: building {_shown(prefix)} from {spec.file.name} "
               f"({len(spec.pip)} pip requirements; the first build downloads several GB)", flush=True)
         VENVS.mkdir(exist_ok=True)
         if not python.exists():
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     use_conda = not args.venv and not os.environ.get("LABSUPPORT_VENV") and (shutil.which("conda") or shutil.which("mamba"))
     build = build_conda if use_conda else build_venv
     # Every kernel is registered in the course environment, where JupyterLab and papermill live.
-    course_prefix = None if use_conda else VENVS / specs[0].name
+    course_prefix = None if use_conda else VENVS.resolve() / specs[0].name
     for spec in specs:
         if args.only and not spec.name.endswith(args.only):
             continue

@@ -7,7 +7,7 @@ def test_check_pins_of_the_swift_environment(repo):
     found = {"python": "3.11.7", "packages": {"ms-swift": "4.6.0", "transformers": "4.48.0", "datasets": "5.0.1"}}
     rows = {r["package"]: r for r in doctor.check_pins(spec, found)}
     assert rows["python"]["ok"] and rows["ms-swift"]["ok"] and rows["transformers"]["ok"]
-    assert not rows["datasets"]["ok"] and rows["datasets"]["wanted"] == "<4.8.5"  # what ms-swift 4.6 refuses
+    assert not rows["datasets"]["ok"] and rows["datasets"]["wanted"] == "==4.8.4"  # ms-swift 4.6 refuses datasets 5
     assert rows["timm"]["found"] == "missing" and not rows["timm"]["ok"]
 
 

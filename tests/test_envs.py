@@ -16,7 +16,7 @@ def test_course_deploy_and_swift_files_parse(repo):
     assert "lmdeploy==0.18.0" in deploy.pip
     assert (course.kernel, deploy.kernel, swift.kernel) == ("internvl-course", "internvl-deploy", "internvl-swift")
     for pin in ("torch==2.14.1", "torchvision==0.29.1", "ms-swift==4.6.0", "transformers==4.48.0", "peft==0.14.0",
-                "datasets<4.8.5", "timm", "ipykernel", "-e ."):
+                "datasets==4.8.4", "timm==1.0.31", "ipykernel", "-e ."):
         assert pin in swift.pip, pin
     assert swift.pip[:2] == ["torch==2.14.1", "torchvision==0.29.1"]  # installed first, from the machine's disk
 
