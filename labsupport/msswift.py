@@ -324,12 +324,15 @@ def chat_prompt(model_dir: str | os.PathLike, question: str, num_patches: int = 
     return prompt.replace("<image>", f"<img><IMG_CONTEXT>*{tokens}</img>", 1)
 
 
-def layout_differences(trained: str, asked: str, query: str, response: str | None = None) -> list[str]:
-    """Where the TRAINED sample's prompt (up to RESPONSE) differs from the ASKED prompt, with QUERY as a placeholder."""
+def layout_differences(trained: str, asked: str, query: str, response: str | None = None, bos: str = "<s>") -> list[str]:
+    """Where the TRAINED sample's prompt (up to RESPONSE) differs from the ASKED prompt, with QUERY as a placeholder.
+
+    A leading BOS token in TRAINED is ignored: the tokenizer adds it to chat()'s prompt too, after this text."""
     import difflib
 
     if response is not None and response in trained:
         trained = trained[:trained.rindex(response)]
+    trained = trained.removeprefix(bos) if bos and not asked.startswith(bos) else trained
     a, b = trained.replace(query, "{query}"), asked.replace(query, "{query}")
     out = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():

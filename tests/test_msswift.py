@@ -193,6 +193,7 @@ def test_layout_differences_find_the_extra_newline_only():
     diffs = msswift.layout_differences(trained, asked, "What?", "red")
     assert len(diffs) == 1 and diffs[0].startswith("delete")
     assert msswift.layout_differences(asked + "red<|end|>", asked, "What?", "red") == []
+    assert msswift.layout_differences("<s>" + asked + "red<|end|>", asked, "What?", "red") == []
 
 
 def test_matching_row_finds_the_logged_sample():
