@@ -35,7 +35,9 @@ LOSS_LINE = re.compile(r"\{'loss': ")
 LOG_STAMP = re.compile(r"^(\d{4}/)?\d\d/\d\d \d\d:\d\d:\d\d - ")  # an mmengine log line
 # ms-swift's CLI talks to the ModelScope hub only when asked: --check_model false skips its "is the local
 # model the latest?" query, which on a machine without network retries for ~10 s before giving up.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# TRANSFORMERS_VERBOSITY=error keeps transformers' one-time notices (e.g. the v4.47 Cache notice, printed in the
+# middle of a streamed reply) out of what ms-swift prints; ms-swift's own log lines are unaffected.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
 
 
 class SwiftFailed(RuntimeError):
