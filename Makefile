@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED = 1
 
 .PHONY: env course test learner report lab strip doctor system-deps clean
 
-env: system-deps        ## create or update both environments and their Jupyter kernels
+env: system-deps        ## create or update the three environments and their Jupyter kernels
 	$(PY) -m labsupport.envs
 
 # Debian packages the course uses outside Python: git-lfs (notebook 07's upload route),
@@ -35,7 +35,7 @@ learner: env            ## write the learner editions (solutions removed) to art
 report: env             ## print the report card of the last `make course`
 	$(COURSE_PY) -m labsupport.course report
 
-doctor: env             ## check both environments against their pins
+doctor: env             ## check every environment against its pins
 	$(COURSE_PY) -m labsupport.doctor
 
 lab: env                ## open the course in JupyterLab

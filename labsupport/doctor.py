@@ -1,6 +1,6 @@
 """Environment doctor: compare the installed packages with the pins, report Python, GPU and disk.
 
-    python -m labsupport.doctor            # both environments, printed as tables
+    python -m labsupport.doctor            # every environment, printed as tables
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Build the course's two environments from environment.yml and environment-deploy.yml.
+"""Build the course's environments from environment.yml, environment-deploy.yml and environment-swift.yml.
 
 Runs with a bare Python (standard library only), because it is what creates the
 environments that hold everything else:
 
-    python3 -m labsupport.envs            # create or update both, register the kernels
+    python3 -m labsupport.envs            # create or update all three, register the kernels
     python3 -m labsupport.envs --list     # print the parsed specs and stop
 
 With conda on PATH it calls ``conda env create/update -f FILE``; otherwise it builds one
@@ -30,7 +30,8 @@ from pathlib import Path
 from labsupport.checkpoints import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV_FILES = ("environment.yml", "environment-deploy.yml")
+ENV_FILES = ("environment.yml", "environment-deploy.yml", "environment-swift.yml")
+ENV_KEYS = ("course", "deploy", "swift")
 VENVS = ROOT / ".venvs"
 STAMP = ".labsupport-env.json"
 
@@ -196,16 +197,26 @@ def _check_python(spec: EnvSpec) -> None:
         )
 
 
+def _shown(path: Path) -> str:
+    """PATH relative to the repo when it lies inside it, else absolute."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def build_venv(spec: EnvSpec, course_prefix: Path | None) -> Path:
     """Create or update the venv for SPEC under .venvs/; return its prefix."""
-    prefix = VENVS / spec.name
+    # .venvs may be a symlink (git worktrees share one): build and register through the real path, so that
+    # the venv's scripts and the kernel keep working when the worktree that built it is gone.
+    prefix = VENVS.resolve() / spec.name
     python = prefix / "bin" / "python"
     if python.exists() and _read_stamp(prefix).get("digest") == spec.digest():
-        print(f"[env] {spec.name}: up to date ({prefix.relative_to(ROOT)})")
+        print(f"[env] {spec.name}: up to date ({_shown(prefix)})")
     else:
         _check_python(spec)
         start = time.time()
-        print(f"[env] {spec.name}: building {prefix.relative_to(ROOT)} from {spec.file.name} "
+        print(f"[env] {spec.name}: building {_shown(prefix)} from {spec.file.name} "
               f"({len(spec.pip)} pip requirements; the first build downloads several GB)", flush=True)
         VENVS.mkdir(exist_ok=True)
         if not python.exists():
@@ -252,9 +263,9 @@ def register_kernel(python: Path, spec: EnvSpec, jupyter_prefix: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print the parsed specs and stop")
-    parser.add_argument("--only", choices=["course", "deploy"], help="build one environment only")
+    parser.add_argument("--only", choices=list(ENV_KEYS), help="build one environment only")
     parser.add_argument("--venv", action="store_true", help="build venvs even when conda is on PATH")
-    parser.add_argument("--python", choices=["course", "deploy"], help="print the python of a built environment and stop")
+    parser.add_argument("--python", choices=list(ENV_KEYS), help="print the python of a built environment and stop")
     args = parser.parse_args(argv)
     specs = load_specs()
     if args.python:
@@ -270,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     use_conda = not args.venv and not os.environ.get("LABSUPPORT_VENV") and (shutil.which("conda") or shutil.which("mamba"))
     build = build_conda if use_conda else build_venv
-    # Both kernels are registered in the course environment, where JupyterLab and papermill live.
-    course_prefix = None if use_conda else VENVS / specs[0].name
+    # Every kernel is registered in the course environment, where JupyterLab and papermill live.
+    course_prefix = None if use_conda else VENVS.resolve() / specs[0].name
     for spec in specs:
         if args.only and not spec.name.endswith(args.only):
             continue

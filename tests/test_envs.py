@@ -5,16 +5,35 @@ import pytest
 from labsupport import envs
 
 
-def test_course_and_deploy_files_parse(repo):
+def test_course_deploy_and_swift_files_parse(repo):
     specs = {s.name: s for s in envs.load_specs(repo)}
-    course, deploy = specs["internvl-course"], specs["internvl-deploy"]
-    assert course.python == deploy.python == "3.11"
+    course, deploy, swift = specs["internvl-course"], specs["internvl-deploy"], specs["internvl-swift"]
+    assert course.python == deploy.python == swift.python == "3.11"
     for pin in ("torch==2.14.1", "torchvision==0.29.1", "transformers==4.48.0", "mmengine==0.10.6",
                 "bitsandbytes==0.45.5", "deepspeed==0.16.2", "papermill"):
         assert pin in course.pip, pin
     assert course.pip_no_deps == ["xtuner==0.2.0"]
     assert "lmdeploy==0.18.0" in deploy.pip
-    assert (course.kernel, deploy.kernel) == ("internvl-course", "internvl-deploy")
+    assert (course.kernel, deploy.kernel, swift.kernel) == ("internvl-course", "internvl-deploy", "internvl-swift")
+    for pin in ("torch==2.14.1", "torchvision==0.29.1", "ms-swift==4.6.0", "transformers==4.48.0", "peft==0.14.0",
+                "datasets==4.8.4", "timm==1.0.31", "ipykernel", "-e ."):
+        assert pin in swift.pip, pin
+    assert swift.pip[:2] == ["torch==2.14.1", "torchvision==0.29.1"]  # installed first, from the machine's disk
+
+
+def test_every_environment_file_is_built_and_has_a_key(repo):
+    on_disk = sorted(p.name for p in repo.glob("environment*.yml"))
+    assert sorted(envs.ENV_FILES) == on_disk, "a new environment file must be listed in envs.ENV_FILES"
+    names = [s.name for s in envs.load_specs(repo)]
+    assert [next(n for n in names if n.endswith(key)) for key in envs.ENV_KEYS] == names
+
+
+def test_only_and_python_accept_every_key(capsys):
+    for key in envs.ENV_KEYS:
+        assert envs.main(["--list", "--only", key]) == 0
+    assert '"name": "internvl-swift"' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        envs.main(["--only", "nosuch"])
 
 
 def test_every_pin_is_written_once_per_file(repo):

@@ -1,0 +1,271 @@
+"""labsupport.msswift: building ms-swift commands, running them, and reading what ms-swift and XTuner wrote."""
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labsupport import msswift
+
+
+def test_command_turns_flags_into_swift_arguments():
+    cmd = msswift.command("sft", model=Path("/m"), lora_rank=8, stream=False, dataset=["a.jsonl", "b.jsonl"], system=None)
+    assert cmd == ["swift", "sft", "--model", "/m", "--lora_rank", "8", "--stream", "false", "--dataset", "a.jsonl", "b.jsonl"]
+
+
+def test_show_puts_one_flag_per_line_and_quotes():
+    text = msswift.show(["swift", "sft", "--system", "You are X.", "--max_steps", "3"], {"MAX_NUM": 1})
+    assert text.splitlines() == ["MAX_NUM=1 swift sft \\", "    --system 'You are X.' \\", "    --max_steps 3"]
+
+
+def test_python_command_replaces_the_console_script_and_refuses_others():
+    assert msswift.python_command(["swift", "infer", "--x", "1"], "/py") == ["/py", "-m", "swift.cli.main", "infer", "--x", "1"]
+    with pytest.raises(ValueError, match="not a swift command"):
+        msswift.python_command(["xtuner", "train"])
+
+
+def test_clean_drops_ansi_and_progress_redraws():
+    assert msswift.clean("\x1b[32mTrain:  10%\rTrain: 100%|done\x1b[0m\n") == "Train: 100%|done"
+
+
+def test_loss_row_reads_a_trainer_line_only():
+    row = msswift.loss_row("Train: 5/10 {'loss': 1.5, 'token_acc': 0.25, 'global_step/max_steps': '5/10'}")
+    assert row == {"loss": 1.5, "token_acc": 0.25, "global_step/max_steps": "5/10"}
+    assert msswift.loss_row("[INFO:swift] done") is None
+
+
+def _fake_swift(tmp_path, body):
+    pkg = tmp_path / "fake" / "swift" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "main.py").write_text(textwrap.dedent(body))
+    return {"PYTHONPATH": str(tmp_path / "fake")}
+
+
+def test_run_logs_everything_shows_loss_lines_and_returns(tmp_path, capsys):
+    env = _fake_swift(tmp_path, """
+        import sys
+        print("\\x1b[1mTrain: 0%\\rTrain: 50%\\r{'loss': 2.0, 'epoch': 0.5}")
+        print("args", sys.argv[1:])
+    """)
+    run = msswift.run(["swift", "sft", "--a", "1"], tmp_path / "logs" / "sft.log", env=env, python=sys.executable)
+    assert run.shown == ["{'loss': 2.0, 'epoch': 0.5}"]
+    assert "args ['sft', '--a', '1']" in run.log.read_text()
+    assert "{'loss': 2.0" in capsys.readouterr().out and run.seconds >= 0
+
+
+def test_run_raises_with_the_end_of_the_log_when_swift_fails(tmp_path):
+    env = _fake_swift(tmp_path, """
+        import sys
+        print("ValueError: remaining_argv: ['--sft_type', 'lora']")
+        sys.exit(3)
+    """)
+    with pytest.raises(msswift.SwiftFailed, match=r"(?s)exited with status 3.*remaining_argv"):
+        msswift.run(["swift", "sft", "--sft_type", "lora"], tmp_path / "sft.log", env=env, python=sys.executable, echo=False)
+
+
+def _course_records(tmp_path, n=2):
+    (tmp_path / "images").mkdir()
+    recs = []
+    for i in range(n):
+        (tmp_path / "images" / f"{i}.jpg").write_bytes(b"jpg")
+        recs.append({"id": f"r{i}", "image": f"images/{i}.jpg", "meta": {"answer": "red"},
+                     "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]})
+    (tmp_path / "train.json").write_text(json.dumps(recs))
+    return recs
+
+
+def test_write_swift_jsonl_uses_the_course_converter_with_absolute_images(tmp_path):
+    _course_records(tmp_path)
+    out = msswift.write_swift_jsonl(tmp_path / "train.json", tmp_path / "out" / "train.jsonl")
+    rows = msswift.read_jsonl(out)
+    assert rows[0] == {"query": "What colour?", "response": "red", "images": [str((tmp_path / "images" / "0.jpg").resolve())]}
+    assert len(rows) == 2 and not (tmp_path / "out" / "train.jsonl.tmp").exists()
+
+
+def test_write_swift_jsonl_names_the_record_with_a_missing_image(tmp_path):
+    recs = _course_records(tmp_path)
+    (tmp_path / "images" / "1.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="record 1"):
+        msswift.write_swift_jsonl(recs, tmp_path / "x.jsonl", image_folder=tmp_path)
+    with pytest.raises(ValueError, match="image_folder"):
+        msswift.write_swift_jsonl(recs, tmp_path / "x.jsonl")
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"response": "a"}\n\nnot json\n')
+    with pytest.raises(ValueError, match=r"r.jsonl:3"):
+        msswift.read_jsonl(f)
+    f.write_text('{"response": "a"}\n{"response": "b"}\n')
+    assert msswift.responses(f) == ["a", "b"]
+
+
+def test_last_checkpoint_takes_the_highest_step(tmp_path):
+    for n in (5, 40, 100):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+    assert msswift.last_checkpoint(tmp_path).name == "checkpoint-100"
+    with pytest.raises(FileNotFoundError, match="checkpoint-N"):
+        msswift.last_checkpoint(tmp_path / "checkpoint-5")
+
+
+def test_model_parameter_info_reads_logging_jsonl(tmp_path):
+    (tmp_path / "logging.jsonl").write_text(json.dumps({"loss": 1}) + "\n" + json.dumps(
+        {"model_parameter_info": "PeftModelForCausalLM: 1.3537M Params (0.0676M Trainable [4.9927%]), 0.0000M Buffers."}) + "\n")
+    info = msswift.model_parameter_info(tmp_path)
+    assert (info["total_m"], info["trainable_m"]) == (1.3537, 0.0676)
+    (tmp_path / "logging.jsonl").write_text(json.dumps({"loss": 1}) + "\n")
+    with pytest.raises(ValueError, match="model_parameter_info"):
+        msswift.model_parameter_info(tmp_path)
+
+
+def test_logged_example_and_folding(tmp_path):
+    log = tmp_path / "sft.log"
+    log.write_text("[INFO:swift] [INPUT_IDS] [1, 2]\n[INFO:swift] [INPUT] <|user|>\n<img>[10 * 256]</img>\nQ?<|end|>\n"
+                   "<|assistant|>\nred<|end|>\n[INFO:swift] [LABELS_IDS] [-100]\n")
+    assert msswift.logged_example(log) == "<|user|>\n<img><IMG_CONTEXT>*256</img>\nQ?<|end|>\n<|assistant|>\nred<|end|>"
+    assert msswift.fold_image_tokens("<img>" + "<IMG_CONTEXT>" * 3 + "</img>") == "<img><IMG_CONTEXT>*3</img>"
+    log.write_text("nothing here\n")
+    with pytest.raises(ValueError, match="INPUT"):
+        msswift.logged_example(log)
+
+
+def test_xtuner_example_reads_the_dataset_info_hook_lines(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("2026/12/01 21:14:52 - mmengine - INFO - train example:\n"
+                   "2026/12/01 21:14:53 - mmengine - INFO - <|system|>\nSYS<|end|>\n<|user|>\n<img>" + "<IMG_CONTEXT>" * 4
+                   + "</img>\nQ<|end|><|assistant|>\nred<|end|>\n12/01 21:14:54 - mmengine - INFO - Checkpoints will be saved\n")
+    assert msswift.xtuner_example(log) == "<|system|>\nSYS<|end|>\n<|user|>\n<img><IMG_CONTEXT>*4</img>\nQ<|end|><|assistant|>\nred<|end|>"
+    log.write_text("12/01 21:14:54 - mmengine - INFO - no example\n")
+    with pytest.raises(ValueError, match="train example"):
+        msswift.xtuner_example(log)
+
+
+def _model_dir(tmp_path, arch="Phi3ForCausalLM", template="phi3-chat"):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"template": template, "force_image_size": 448, "downsample_ratio": 0.5,
+                                               "vision_config": {"image_size": 448, "patch_size": 14},
+                                               "llm_config": {"architectures": [arch]}}))
+    (d / "conversation.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass, field
+        @dataclass
+        class Conv:
+            system_message: str = "You are Phi-3."
+            roles: tuple = ("<|user|>\\n", "<|assistant|>\\n")
+            messages: list = field(default_factory=list)
+            def append_message(self, role, text):
+                self.messages.append((role, text))
+            def get_prompt(self):
+                out = "<|system|>\\n" + self.system_message + "<|end|>\\n"
+                for role, text in self.messages:
+                    out += role + (text + "<|end|>" if text is not None else "")
+                return out
+        def get_conv_template(name):
+            assert name == "phi3-chat"
+            return Conv()
+    '''))
+    return d
+
+
+def test_chat_side_system_message_prompt_and_template(tmp_path):
+    d = _model_dir(tmp_path)
+    assert msswift.chat_system_message(d) == "You are Phi-3."
+    assert msswift.chat_prompt(d, "Q?") == "<|system|>\nYou are Phi-3.<|end|>\n<|user|>\n<img><IMG_CONTEXT>*256</img>\nQ?<|end|><|assistant|>\n"
+    assert msswift.swift_template(d) == "internvl2_phi3"
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["llm_config"]["architectures"] = ["InternLM2ForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert msswift.swift_template(d) == "internvl2"
+    cfg["llm_config"]["architectures"] = ["Qwen2ForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="--template"):
+        msswift.swift_template(d)
+    with pytest.raises(FileNotFoundError, match="conversation.py"):
+        msswift.chat_system_message(tmp_path)
+
+
+def test_layout_differences_find_the_extra_newline_only():
+    trained = "<|system|>\nS<|end|>\n<|user|>\nWhat?<|end|>\n<|assistant|>\nred<|end|>"
+    asked = "<|system|>\nS<|end|>\n<|user|>\nWhat?<|end|><|assistant|>\n"
+    diffs = msswift.layout_differences(trained, asked, "What?", "red")
+    assert len(diffs) == 1 and diffs[0].startswith("delete")
+    assert msswift.layout_differences(asked + "red<|end|>", asked, "What?", "red") == []
+    assert msswift.layout_differences("<s>" + asked + "red<|end|>", asked, "What?", "red") == []
+
+
+def test_matching_row_finds_the_logged_sample():
+    rows = [{"query": "What?", "response": "blue"}, {"query": "What colour?", "response": "red"}]
+    assert msswift.matching_row("<|user|>\nWhat colour?<|end|>\nred", rows)["response"] == "red"
+    with pytest.raises(ValueError):
+        msswift.matching_row("nothing", rows)
+
+
+def test_adapter_shapes_and_parameters(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"a.lora_A.weight": torch.zeros(4, 16), "a.lora_B.weight": torch.zeros(32, 4)},
+              str(tmp_path / "adapter_model.safetensors"))
+    assert msswift.adapter_shapes(tmp_path) == {"a.lora_A.weight": (4, 16), "a.lora_B.weight": (32, 4)}
+    assert msswift.adapter_parameters(tmp_path) == 4 * 16 + 32 * 4
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+        msswift.adapter_parameters(tmp_path / "none")
+
+
+def test_xtuner_trained_tensors_loads_without_the_classes_it_pickled(tmp_path):
+    import torch
+
+    mod = tmp_path / "gone_module.py"
+    mod.write_text("class MessageHub:\n    def __init__(self):\n        self.x = 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import gone_module
+        torch.save({"meta": {"hub": gone_module.MessageHub()}, "state_dict": {"module.mlp1.0.weight": torch.ones(2, 3)}},
+                   tmp_path / "iter_5.pth")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("gone_module", None)
+    mod.unlink()
+    state = msswift.xtuner_trained_tensors(tmp_path / "iter_5.pth")
+    assert list(state) == ["mlp1.0.weight"] and state["mlp1.0.weight"].shape == (2, 3)
+
+
+def test_xtuner_side_reports_what_is_missing_and_reads_a_run(tmp_path):
+    import torch
+
+    assert "notebook 04" in msswift.xtuner_side(tmp_path)["missing"]
+    wd = tmp_path / "xtuner" / "work_dirs" / "04_finetune"
+    wd.mkdir(parents=True)
+    rows = [{"iter": 10, "seconds": 5.0}, {"iter": 20, "seconds": 10.0}, {"iter": 30, "seconds": 2.0}]
+    (wd / "scalars.json").write_text(json.dumps(rows))
+    torch.save({"state_dict": {"language_model.w": torch.ones(3, 4), "mlp1.b": torch.ones(2)}}, wd / "iter_20.pth")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "before_after.json").write_text(json.dumps({"after": {"accuracy": 0.95}}))
+    side = msswift.xtuner_side(tmp_path)
+    assert (side["iterations"], side["seconds"], side["trainable"], side["mode"], side["accuracy"]) == (20, 10.0, 14, "full", 0.95)
+    table = msswift.side_by_side(side, {"accuracy": 0.9, "seconds": 30, "steps": 10, "trainable": 7, "mode": "lora"})
+    assert "| seconds per step | 0.50 | 3.00 |" in table and "| trainable parameters | 14 | 7 |" in table
+
+
+def test_adapter_reference_applies_lora_without_merging(tmp_path, artifacts):
+    pytest.importorskip("peft")
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from labsupport import compare, tinymodel
+
+    base_dir = tinymodel.resolve_model("tiny", artifacts=artifacts)
+    model = compare.load_model(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["mlp1.1"], init_lora_weights=False))
+    peft_model.save_pretrained(str(tmp_path / "ckpt"))
+    ref, tok = msswift.adapter_reference(base_dir, tmp_path / "ckpt")
+    assert any("lora_A" in n for n, _ in ref.named_parameters())
+    base = compare.load_model(base_dir)
+    inputs = compare.fixed_inputs(base, tok)
+    moved = (compare.logits_of(ref, inputs, tok) - compare.logits_of(base, inputs, tok)).abs().max()
+    assert float(moved) > 1e-4
+    merged = peft_model.merge_and_unload()
+    assert torch.allclose(compare.logits_of(merged, inputs, tok), compare.logits_of(ref, inputs, tok), atol=1e-4)
