@@ -148,6 +148,9 @@ def _py(v) -> str:
     return repr(str(v)) if isinstance(v, Path) else repr(v)
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def template_for(model_path: str | os.PathLike) -> str:
     """XTuner's prompt template for a model: phi3_chat for a Phi-3 LLM (InternVL2-4B, "tiny-4b"), else internlm2_chat
     (InternLM2: InternVL2-2B/8B and the default "tiny")."""
@@ -592,6 +595,7 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
                                 env=_env(threads), cwd=str(work_dir))
         try:
             for line in proc.stdout:
+                line = ANSI_ESCAPE.sub("", line)  # mmengine colours "INFO"; notebooks and logs get plain text
                 log.write(line)
                 log.flush()
                 row = parse_log_line(line)
