@@ -278,6 +278,9 @@ def _py(v) -> str:
     return repr(str(v)) if isinstance(v, Path) else repr(v)
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def template_for(model_path: str | os.PathLike) -> str:
     """XTuner's prompt template for a model: phi3_chat for a Phi-3 LLM (InternVL2-4B, "tiny-4b"), else internlm2_chat
     (InternLM2: InternVL2-2B/8B and the default "tiny")."""

@@ -208,3 +208,8 @@ def test_supports_model_names_the_llm_xtuner_refuses(tmp_path):
         (folder / "config.json").write_text(json.dumps({"llm_config": {"architectures": [arch]}}))
         good, why = X.supports_model(folder)
         assert good == ok and (ok or ("Qwen2" in why and "config.json" in why))
+
+
+def test_ansi_colour_codes_are_stripped_from_mmengine_lines():
+    coloured = "12/01 22:28:40 - mmengine - \x1b[4m\x1b[97mINFO\x1b[0m - Num train samples 96\n"
+    assert X.ANSI_ESCAPE.sub("", coloured) == "12/01 22:28:40 - mmengine - INFO - Num train samples 96\n"
