@@ -190,6 +190,11 @@ def _load_config(config: Any) -> Any:
     return load_config(config)
 
 
+def _as_list(value: Any) -> list:
+    """A config's path field as a list (a single string is one path, not its characters)."""
+    return [value] if isinstance(value, (str, os.PathLike)) or value is None else list(value)
+
+
 def check_training_data(config: Any, probe_dir: str | os.PathLike | None = None, progress: bool = False,
                         say: Callable[[str], None] | None = print) -> list[Report]:
     """Validate every dataset CONFIG trains on, with XTuner's own tokenizer, template, tiling and max_length;
@@ -198,7 +203,8 @@ def check_training_data(config: Any, probe_dir: str | os.PathLike | None = None,
 
     cfg = _load_config(config)
     ds_cfg = cfg.train_dataloader.dataset
-    paths, folders = list(ds_cfg.data_paths), list(ds_cfg.image_folders)
+    # XTuner's official configs give one path as a plain string; the dataset accepts both forms
+    paths, folders = _as_list(ds_cfg.data_paths), _as_list(ds_cfg.image_folders)
     missing = [p for p in paths if not Path(p).is_file()]
     reports = []
     if missing:  # no need to build XTuner's dataset to say this
