@@ -26,3 +26,16 @@ def test_learner_edition_of_02_fails_its_exercise_with_the_hint(repo, tmp_path):
     failed = [c for c in saved["checkpoints"] if c["status"] == "fail"]
     assert [c["name"] for c in failed] == ["exercise: which environment can chat with which checkpoint"]
     assert "generate" in failed[0]["hint"]
+
+
+# The Phi-3 layout (InternVL2-4B's, MODEL_PATH="tiny-4b") runs through the notebooks whose code depends on the
+# layout without training: 01 (the model's parts and parameter counts) and 02 (loading the model's own code path).
+# Notebooks 04-06 train and serve for minutes each; their layout-specific parts (XTuner's phi3 config, the Phi-3
+# template, prompt parity) are unit-tested in test_xtuner_config.py and test_prompts.py.
+@pytest.mark.notebook
+@pytest.mark.parametrize("stem", ["01_architecture", "02_environment"])
+def test_notebook_runs_on_the_phi3_layout(stem, repo, tmp_path):
+    path = repo / "notebooks" / f"{stem}.ipynb"
+    result = course.run_notebook(path, tmp_path / "art", parameters={"MODEL_PATH": "tiny-4b"})
+    assert result.status == "pass", f"{path.name} with MODEL_PATH=tiny-4b failed: {result.error}"
+    assert not [c for c in result.checkpoints if c["status"] == "fail"]
