@@ -243,17 +243,9 @@ def xtuner_example(train_log: str | os.PathLike) -> str:
 
 def chat_system_message(model_dir: str | os.PathLike) -> str:
     """The system message the checkpoint's own chat() uses (its conversation.py template named in config.json)."""
-    import importlib.util
+    from labsupport.deploy import conversation_template
 
-    model_dir = Path(model_dir)
-    source = model_dir / "conversation.py"
-    if not source.is_file():
-        raise FileNotFoundError(f"{model_dir} has no conversation.py: not an InternVL2 checkpoint in the official format")
-    spec = importlib.util.spec_from_file_location(f"_labsupport_conv_{abs(hash(str(model_dir)))}", source)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.get_conv_template(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["template"]).system_message
+    return conversation_template(model_dir).system_message
 
 
 def swift_template(model_dir: str | os.PathLike) -> str:

@@ -166,6 +166,7 @@ def _model_dir(tmp_path, arch="Phi3ForCausalLM", template="phi3-chat"):
         def get_conv_template(name):
             assert name == "phi3-chat"
             return Conv()
+        conv_templates = {"phi3-chat": Conv()}
     '''))
     return d
 
