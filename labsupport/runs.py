@@ -203,6 +203,11 @@ def check_training_data(config: Any, probe_dir: str | os.PathLike | None = None,
 
     cfg = _load_config(config)
     ds_cfg = cfg.train_dataloader.dataset
+    if "data_paths" not in ds_cfg:  # a chat-LLM or LLaVA dataset (process_hf_dataset, LLaVADataset): not InternVL json
+        if say:
+            say(f"[data] {getattr(ds_cfg.get('type'), '__name__', ds_cfg.get('type'))} is not XTuner's InternVL dataset: "
+                "the course's validator checks InternVL json only, so XTuner's own loader checks these records")
+        return []
     # XTuner's official configs give one path as a plain string; the dataset accepts both forms
     paths, folders = _as_list(ds_cfg.data_paths), _as_list(ds_cfg.image_folders)
     missing = [p for p in paths if not Path(p).is_file()]

@@ -180,3 +180,22 @@ def test_failed_rerun_keeps_the_last_checkpoint_and_a_cut_save_resumes_from_the_
     assert resumed.checkpoint.name == "iter_6.pth" and runs.checkpoint_intact(resumed.checkpoint)
     assert torch.load(resumed.checkpoint, map_location="cpu", weights_only=False)["meta"]["iter"] == 6
     shutil.rmtree(tmp_path / ".wd.failed")
+
+
+def test_an_official_configs_single_data_path_is_one_file_not_its_characters(tmp_path):
+    from mmengine.config import Config
+
+    missing = tmp_path / "train.json"
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(type="InternVL_V1_5_Dataset", data_paths=str(missing),
+                                                         image_folders=str(tmp_path), max_length=512))))
+    with pytest.raises(runs.DataInvalid) as err:
+        runs.check_training_data(cfg, say=None)
+    assert str(missing) in str(err.value) and "No such file or directory: 't'" not in str(err.value)
+
+
+def test_a_dataset_that_is_not_internvl_json_is_left_to_xtuner(capsys):
+    from mmengine.config import Config
+
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(type="process_hf_dataset", dataset=dict(path="json")))))
+    assert runs.check_training_data(cfg) == []
+    assert "not XTuner's InternVL dataset" in capsys.readouterr().out
