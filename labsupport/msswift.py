@@ -389,12 +389,22 @@ class _Stub:
         pass
 
 
+class _StubType(type):
+    """A stub class whose attributes are stubs too: torch.save (pickle protocol 2) stores a method such as
+    mmengine's HistoryBuffer.min as getattr(HistoryBuffer, "min")."""
+
+    def __getattr__(cls, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _StubType(name, (_Stub,), {})
+
+
 class _LenientUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         try:
             return super().find_class(module, name)
         except (ImportError, AttributeError):
-            return type(name, (_Stub,), {})
+            return _StubType(name, (_Stub,), {})
 
 
 _lenient_pickle = types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, __name__="lenient_pickle")

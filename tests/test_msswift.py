@@ -220,11 +220,14 @@ def test_xtuner_trained_tensors_loads_without_the_classes_it_pickled(tmp_path):
     import torch
 
     mod = tmp_path / "gone_module.py"
-    mod.write_text("class MessageHub:\n    def __init__(self):\n        self.x = 1\n")
+    mod.write_text("class MessageHub:\n    def __init__(self):\n        self.x = 1\n"
+                   "class HistoryBuffer:\n    def min(self):\n        return 0\n")
     sys.path.insert(0, str(tmp_path))
     try:
         import gone_module
-        torch.save({"meta": {"hub": gone_module.MessageHub()}, "state_dict": {"module.mlp1.0.weight": torch.ones(2, 3)}},
+        # mmengine's message hub stores statistics methods; pickle protocol 2 writes getattr(HistoryBuffer, "min")
+        torch.save({"meta": {"hub": gone_module.MessageHub(), "stat": gone_module.HistoryBuffer.min},
+                    "state_dict": {"module.mlp1.0.weight": torch.ones(2, 3)}},
                    tmp_path / "iter_5.pth")
     finally:
         sys.path.remove(str(tmp_path))
