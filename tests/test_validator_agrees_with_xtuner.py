@@ -26,7 +26,7 @@ from labsupport import validate as V  # noqa: E402
 from test_bad_inputs import GOOD_IMAGE, make_images  # noqa: E402  (the corpus's images, drawn in tmp_path)
 
 N_RECORDS = 600
-MAX_LENGTH = 300  # one tile (256 tokens) + the template + a short text: longer texts are cut by XTuner
+MAX_LENGTH = 400  # one tile (256 tokens) + the template with its system prompt + a short text: longer texts are cut by XTuner
 SEED = 17
 
 IMAGES = [GOOD_IMAGE, "second.jpg", "strip.png", "tiny.png", "empty.jpg", "text.jpg", "cut.png", "cut.jpg", "bomb.png",
