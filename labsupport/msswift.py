@@ -115,11 +115,25 @@ def run(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None
                         print(piece.strip(), flush=True)
         code = proc.wait()
     seconds = time.time() - started
+    text = log_path.read_text(encoding="utf-8", errors="replace") if code else ""
+    if code and finished_before_exit(text):
+        # ms-swift's `main` returned and said so; the process then died while shutting down (a thread still alive at
+        # interpreter exit: "terminate called without an active exception"). Its results are written: say so, go on.
+        print(f"note: `{' '.join(cmd[:2])}` finished its work, then exited with status {code} while shutting down "
+              f"(see the end of {log_path.name}); its results are complete.", flush=True)
+        code = 0
     if code:
         tail = "\n".join(clean(l) for l in log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
         raise SwiftFailed(f"`{' '.join(cmd[:2])}` exited with status {code} after {seconds:.0f} s; "
                           f"full log: {log_path}\n--- last lines ---\n{tail}")
     return SwiftRun(list(cmd), seconds, log_path, shown)
+
+
+def finished_before_exit(log_text: str) -> bool:
+    """Whether a swift log shows `main` ending normally before a crash at shutdown (so its results are complete)."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    ended = next((i for i in range(len(lines) - 1, -1, -1) if "End time of running main" in lines[i]), None)
+    return ended is not None and all("terminate called" in line or "Aborted" in line for line in lines[ended + 1:])
 
 
 def loss_row(line: str) -> dict | None:

@@ -273,3 +273,10 @@ def test_adapter_reference_applies_lora_without_merging(tmp_path, artifacts):
     assert float(moved) > 1e-4
     merged = peft_model.merge_and_unload()
     assert torch.allclose(compare.logits_of(merged, inputs, tok), compare.logits_of(ref, inputs, tok), atol=1e-4)
+
+
+def test_a_crash_at_shutdown_after_main_ended_is_told_apart_from_a_failure():
+    ended = "[INFO:swift] The inference results have been saved\n[INFO:swift] End time of running main: 2026\n"
+    assert msswift.finished_before_exit(ended + "terminate called without an active exception\n")
+    assert not msswift.finished_before_exit("Traceback (most recent call last):\nValueError: bad\n")
+    assert not msswift.finished_before_exit(ended + "Traceback (most recent call last):\nRuntimeError: late\n")
