@@ -97,6 +97,13 @@ def run(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None
     """Run the swift command CMD, its output into LOG_PATH; print the lines SHOW_LINE picks; raise SwiftFailed on failure."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd, result, partial = list(cmd), None, None
+    if "--result_path" in cmd:  # swift appends to an existing result file: write a fresh one, swap it in on success
+        at = cmd.index("--result_path") + 1
+        result = Path(cmd[at])
+        partial = result.with_name(result.stem + ".partial" + result.suffix)
+        partial.unlink(missing_ok=True)
+        cmd[at] = str(partial)
     full_env = {**os.environ, **OFFLINE_ENV, **{k: str(v) for k, v in (env or {}).items()}}
     if threads:
         full_env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -126,6 +133,9 @@ def run(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None
         tail = "\n".join(clean(l) for l in log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
         raise SwiftFailed(f"`{' '.join(cmd[:2])}` exited with status {code} after {seconds:.0f} s; "
                           f"full log: {log_path}\n--- last lines ---\n{tail}")
+    if result is not None:
+        os.replace(partial, result)
+        cmd[cmd.index("--result_path") + 1] = str(result)
     return SwiftRun(list(cmd), seconds, log_path, shown)
 
 

@@ -280,3 +280,21 @@ def test_a_crash_at_shutdown_after_main_ended_is_told_apart_from_a_failure():
     assert msswift.finished_before_exit(ended + "terminate called without an active exception\n")
     assert not msswift.finished_before_exit("Traceback (most recent call last):\nValueError: bad\n")
     assert not msswift.finished_before_exit(ended + "Traceback (most recent call last):\nRuntimeError: late\n")
+
+
+def test_run_writes_a_fresh_result_file_and_keeps_the_old_one_until_then(tmp_path):
+    fake = tmp_path / "python"  # stands in for the swift env's python: appends one reply to --result_path, as swift does
+    fake.write_text("#!/usr/bin/env python3\nimport sys\nargs = sys.argv[1:]\n"
+                    "path = args[args.index('--result_path') + 1]\n"
+                    "if 'fail' in args: sys.exit(3)\n"
+                    "open(path, 'a').write('{\"response\": \"red\"}\\n')\n")
+    fake.chmod(0o755)
+    result = tmp_path / "infer.jsonl"
+    result.write_text('{"response": "old"}\n')
+    cmd = ["swift", "infer", "--result_path", str(result)]
+    with pytest.raises(msswift.SwiftFailed):
+        msswift.run(cmd + ["--x", "fail"], tmp_path / "a.log", python=str(fake), echo=False)
+    assert msswift.responses(result) == ["old"]  # a failed run leaves the last good result
+    for _ in range(2):
+        run = msswift.run(cmd, tmp_path / "b.log", python=str(fake), echo=False)
+    assert msswift.responses(result) == ["red"] and str(result) in run.command
