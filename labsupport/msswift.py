@@ -92,6 +92,9 @@ def clean(line: str) -> str:
     return ANSI.sub("", line).rstrip("\n").split("\r")[-1]
 
 
+SHUTDOWN_GRACE_S = 30  # seconds a swift process may take to exit after its main has returned
+
+
 def run(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None, threads: int | None = 2,
         show_line: Callable[[str], bool] | None = None, echo: bool = True, python: str | None = None) -> SwiftRun:
     """Run the swift command CMD, its output into LOG_PATH; print the lines SHOW_LINE picks; raise SwiftFailed on failure."""
@@ -120,7 +123,14 @@ def run(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | None = None
                     shown.append(piece.strip())
                     if echo:
                         print(piece.strip(), flush=True)
-        code = proc.wait()
+            if "End time of running main" in raw:
+                break  # main has returned; a process that then hangs at shutdown must not hold the notebook
+        try:
+            code = proc.wait(timeout=SHUTDOWN_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # seen with `swift infer --stream`: its results were written, then the process spun at exit
+            code = proc.wait()
+            log.write(f"[labsupport] still running {SHUTDOWN_GRACE_S} s after main ended: stopped\n")
     seconds = time.time() - started
     text = log_path.read_text(encoding="utf-8", errors="replace") if code else ""
     if code and finished_before_exit(text):
@@ -143,7 +153,8 @@ def finished_before_exit(log_text: str) -> bool:
     """Whether a swift log shows `main` ending normally before a crash at shutdown (so its results are complete)."""
     lines = [line.strip() for line in log_text.splitlines() if line.strip()]
     ended = next((i for i in range(len(lines) - 1, -1, -1) if "End time of running main" in lines[i]), None)
-    return ended is not None and all("terminate called" in line or "Aborted" in line for line in lines[ended + 1:])
+    return ended is not None and all("terminate called" in line or "Aborted" in line or "[labsupport] still running" in line
+                                     for line in lines[ended + 1:])
 
 
 def loss_row(line: str) -> dict | None:

@@ -298,3 +298,13 @@ def test_run_writes_a_fresh_result_file_and_keeps_the_old_one_until_then(tmp_pat
     for _ in range(2):
         run = msswift.run(cmd, tmp_path / "b.log", python=str(fake), echo=False)
     assert msswift.responses(result) == ["red"] and str(result) in run.command
+
+
+def test_a_process_that_hangs_after_main_ended_is_stopped(tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/usr/bin/env python3\nimport time\nprint('[INFO:swift] End time of running main: now', flush=True)\n"
+                    "time.sleep(600)\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(msswift, "SHUTDOWN_GRACE_S", 1)
+    run = msswift.run(["swift", "infer"], tmp_path / "a.log", python=str(fake), echo=False)
+    assert run.seconds < 60 and "still running" in (tmp_path / "a.log").read_text()
