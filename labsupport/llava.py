@@ -82,17 +82,7 @@ def save_llava(path: str | os.PathLike, records: list[dict]) -> Path:
     return path
 
 
-_QUANT = '''        torch_dtype=torch.float16,
-        quantization_config=dict(
-            type=BitsAndBytesConfig,
-            load_in_4bit=True,
-            load_in_8bit=False,
-            llm_int8_threshold=6.0,
-            llm_int8_has_fp16_weight=False,
-            bnb_4bit_compute_dtype=torch.float16,
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_type="nf4",
-        ),'''
+from labsupport.selfcog import _QUANT  # noqa: E402  the same QLoRA block in XTuner's configs: one copy
 _AMP = '''    type=AmpOptimWrapper,'''
 _AMP_TAIL = '''    accumulative_counts=accumulative_counts,
     loss_scale="dynamic",
