@@ -4,9 +4,11 @@
 projector -> InternLM2, the LLM from the course's own remote code with the published parameter
 names), "tiny-4b" that of InternVL2-4B (the same towers with Phi-3, built into transformers); both
 in the official remote-code format, with hidden sizes of tens and two layers per tower, so it loads with AutoModel(trust_remote_code=True), trains with XTuner and runs on a
-CPU. Its weights are random (deterministic for a seed): it answers gibberish until fine-tuned.
-They are drawn at the scale that suits a narrow network (std 1/sqrt(fan_in), see init_std), so that
-the image's signal reaches the answer at once and fine-tuning on a CPU takes minutes, not hours.
+CPU. Its ViT is pre-trained, as the real InternViT is (the shipped weights of labsupport.vit_pretrain: it tells
+colours, shapes and counts of plates apart); the projector and the LLM are random (deterministic for a seed),
+so it answers gibberish until fine-tuned. They are drawn at the scale that suits a narrow network (std
+1/sqrt(fan_in), see init_std), so that the image's signal reaches the answer at once and fine-tuning on a CPU
+takes minutes, not hours.
 
     from labsupport.tinymodel import resolve_model
     model_dir = resolve_model(MODEL_PATH)      # "tiny" -> artifacts/models/internvl2-tiny/
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
 CORPUS = Path(__file__).resolve().parent / "data" / "tokenizer_corpus.txt"
 STAMP_FILE = ".labsupport-build.json"
-BUILDER_VERSION = 3  # bump when the builder writes something different (2: fan-in scaled weights; 3: InternLM2 default)
+BUILDER_VERSION = 4  # bump when the builder writes something different (2: fan-in scaled weights; 3: InternLM2 default;
+                     # 4: the pre-trained ViT)
 
 INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
 # InternLM2's own special tokens first (<unk>=0, <s>=1, </s>=2, as in the published tokenizer), then InternVL's.
@@ -353,8 +356,10 @@ def parameter_shapes(config: dict) -> dict[str, tuple]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def _write_weights(config: dict, out: Path, seed: int, shapes: "dict[str, tuple] | None" = None) -> None:
-    """Write seeded bf16 weights of SHAPES (default: CONFIG's InternVLChatModel, built on the meta device)."""
+def _write_weights(config: dict, out: Path, seed: int, shapes: "dict[str, tuple] | None" = None,
+                   replace: "dict[str, torch.Tensor] | None" = None) -> None:
+    """Write seeded bf16 weights of SHAPES (default: CONFIG's InternVLChatModel, built on the meta device);
+    tensors named in REPLACE (same shapes) are written instead of their random values."""
     import torch
     from safetensors.torch import save_file
 
@@ -363,6 +368,11 @@ def _write_weights(config: dict, out: Path, seed: int, shapes: "dict[str, tuple]
     for name in sorted(shapes):  # one generator per tensor: adding a tensor never changes the others
         gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         tensors[name] = _init_value(name, shapes[name], gen).to(torch.bfloat16).contiguous()
+    for name, value in (replace or {}).items():
+        if name not in shapes or tuple(value.shape) != tuple(shapes[name]):
+            raise ValueError(f"cannot put {name} {tuple(value.shape)} into this model: it expects "
+                             f"{shapes.get(name, 'no such tensor')}; the pre-trained weights and TINY_SETTINGS disagree")
+        tensors[name] = value.to(torch.bfloat16).contiguous()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -423,18 +433,21 @@ def _build_folder(out: Path, stamp: str, seed: int, write, what: str, force: boo
 
 
 def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, force: bool = False,
-                     layout: str = "tiny") -> Path:
+                     layout: str = "tiny", pretrained_vision: bool = True) -> Path:
     """Write the embedded InternVL2 checkpoint LAYOUT ("tiny": InternVL2-2B's layout with InternLM2; "tiny-4b":
-    InternVL2-4B's with Phi-3) to OUT_DIR (default artifacts/models/<its name>/); skip when up to date."""
+    InternVL2-4B's with Phi-3) to OUT_DIR (default artifacts/models/<its name>/); skip when up to date.
+    PRETRAINED_VISION: the ViT gets the shipped pre-trained weights (labsupport.vit_pretrain), else random ones."""
+    from . import vit_pretrain
+
     spec = _layout(layout)
     out = Path(out_dir) if out_dir is not None else artifacts_dir() / "models" / spec.name
-    stamp = _stamp(seed, layout)
+    stamp = _stamp(seed, layout) + (vit_pretrain.weights_digest()[:16] if pretrained_vision else "-random-vit")
 
     def write(tmp: Path) -> int:
         tok = train_tokenizer(special_tokens=spec.special_tokens)
         config = tiny_config(tok.get_vocab_size(), layout)
         vocab_size = write_model_files(tmp, config, tok)
-        _write_weights(config, tmp, seed)
+        _write_weights(config, tmp, seed, replace=vit_pretrain.pretrained_weights() if pretrained_vision else None)
         return vocab_size
 
     return _build_folder(out, stamp, seed, write, "build_tiny_model", force)
