@@ -32,7 +32,8 @@ from labsupport.paths import artifacts_dir
 # ----------------------------------------------------------------------------------------------
 # The course task: "plates"
 # ----------------------------------------------------------------------------------------------
-PLATES_VERSION = 2  # bump when the drawing or the questions change: it invalidates built copies (2: bigger objects)
+PLATES_VERSION = 3  # bump when the drawing or the questions change: it invalidates built copies (2: bigger objects;
+                    # 3: training images asked about every kind)
 
 COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色"}
 SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形"}
@@ -151,8 +152,9 @@ def draw_plate(colour: str, shape: str, count: int, size: tuple[int, int] = (448
     return img
 
 
-def plates_records(n: int, split: str, kinds: Sequence[str] = KINDS, seed: int = 0) -> list[dict]:
-    """N plates records for SPLIT (images not drawn): kinds in turn, classes balanced, half English half Chinese."""
+def plates_records(n: int, split: str, kinds: Sequence[str] = KINDS, seed: int = 0, ask_all: bool = False) -> list[dict]:
+    """N plates records for SPLIT (images not drawn): kinds in turn, classes balanced, half English half Chinese.
+    ASK_ALL: each record goes on after its question with one turn per other kind in KINDS, in a random order."""
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in CLASSES]
     if not kinds or bad:
@@ -167,12 +169,17 @@ def plates_records(n: int, split: str, kinds: Sequence[str] = KINDS, seed: int =
         attrs = {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(list(SHAPES)), "count": rng.choice(list(COUNTS))}
         attrs[kind] = value
         w, h = rng.choice(IMAGE_SIZES)
+        conversations = [{"from": "human", "value": "<image>\n" + QUESTIONS[(kind, lang)]},
+                         {"from": "gpt", "value": plates_answer(kind, value, lang)}]
+        if ask_all:  # its own order per record (a separate stream: the images stay those of ask_all=False)
+            more = [k for k in kinds if k != kind]
+            random.Random(f"plates/{split}/{seed}/turns/{i}").shuffle(more)
+            for k in more:
+                conversations += [{"from": "human", "value": QUESTIONS[(k, lang)]},
+                                  {"from": "gpt", "value": plates_answer(k, str(attrs[k]), lang)}]
         records.append({
             "image_wh": [w, h],
-            "conversations": [
-                {"from": "human", "value": "<image>\n" + QUESTIONS[(kind, lang)]},
-                {"from": "gpt", "value": plates_answer(kind, value, lang)},
-            ],
+            "conversations": conversations,
             "meta": {"kind": kind, "value": value, "answer": plates_answer(kind, value, lang), "lang": lang,
                      "colour": attrs["colour"], "shape": attrs["shape"], "count": int(attrs["count"]),
                      "draw_seed": rng.randrange(2**31)},
@@ -195,11 +202,12 @@ def _stamp(**params: Any) -> str:
 
 def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 600, n_heldout: int = 120,
                       kinds: Sequence[str] = KINDS, seed: int = 0, force: bool = False,
-                      progress: bool = True) -> dict[str, Path]:
-    """Build the plates task (images/, train.json, heldout.json) under OUT_DIR (default artifacts/data/plates); skip when its stamp matches."""
+                      progress: bool = True, ask_all: bool = True) -> dict[str, Path]:
+    """Build the plates task (images/, train.json, heldout.json) under OUT_DIR (default artifacts/data/plates); skip when its stamp matches.
+    ASK_ALL: every training image is asked about each kind in KINDS, one turn each (held-out records keep one question)."""
     out = Path(out_dir) if out_dir else artifacts_dir() / "data" / "plates"
     kinds = tuple(kinds)
-    stamp = _stamp(n_train=n_train, n_heldout=n_heldout, kinds=list(kinds), seed=seed)
+    stamp = _stamp(n_train=n_train, n_heldout=n_heldout, kinds=list(kinds), seed=seed, ask_all=ask_all)
     paths = {"root": out, "image_folder": out, "images": out / "images",
              "train": out / "train.json", "heldout": out / "heldout.json", "stamp": out / "stamp.json"}
     if not force and paths["stamp"].exists() and paths["train"].exists() and paths["heldout"].exists():
@@ -212,7 +220,7 @@ def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 6
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         (tmp / "images").mkdir()
-        splits = {"train": plates_records(n_train, "train", kinds, seed),
+        splits = {"train": plates_records(n_train, "train", kinds, seed, ask_all=ask_all),
                   "heldout": plates_records(n_heldout, "heldout", kinds, seed)}
         jobs = [rec for recs in splits.values() for rec in recs]
         for rec in progress_bar(jobs, "drawing plates", enable=progress):
@@ -222,7 +230,8 @@ def build_course_task(out_dir: str | os.PathLike | None = None, n_train: int = 6
         for name, recs in splits.items():
             write_json_atomic(tmp / f"{name}.json", recs)
         write_json_atomic(tmp / "stamp.json", {"stamp": stamp, "version": PLATES_VERSION, "n_train": n_train,
-                                               "n_heldout": n_heldout, "kinds": list(kinds), "seed": seed})
+                                               "n_heldout": n_heldout, "kinds": list(kinds), "seed": seed,
+                                               "ask_all": ask_all})
         if out.exists():  # swap: the old copy leaves only once the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)

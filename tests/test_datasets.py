@@ -21,15 +21,33 @@ def test_plates_files_and_format(plates):
     train = json.loads(plates["train"].read_text(encoding="utf-8"))
     held = json.loads(plates["heldout"].read_text(encoding="utf-8"))
     assert len(train) == 48 and len(held) == 24
+    assert {len(r["conversations"]) for r in train} == {6} and {len(r["conversations"]) for r in held} == {2}
     for rec in train + held:
-        human, gpt = rec["conversations"]
-        assert (human["from"], gpt["from"]) == ("human", "gpt")
+        human, gpt = rec["conversations"][:2]
+        assert [t["from"] for t in rec["conversations"]] == ["human", "gpt"] * (len(rec["conversations"]) // 2)
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         with Image.open(plates["image_folder"] / rec["image"]) as im:
             assert list(im.size) == rec["image_wh"]
         assert gpt["value"] == rec["meta"]["answer"]
     assert {r["id"] for r in train}.isdisjoint({r["id"] for r in held})
     assert {r["image"] for r in train}.isdisjoint({r["image"] for r in held})
+
+
+def test_training_images_are_asked_every_kind_in_their_own_order(plates):
+    train = json.loads(plates["train"].read_text(encoding="utf-8"))
+    orders = set()
+    for rec in train:
+        turns = rec["conversations"]
+        asked = [next(k for (k, lang), q in D.QUESTIONS.items() if q in t["value"] and lang == rec["meta"]["lang"])
+                 for t in turns[0::2]]
+        assert sorted(asked) == sorted(D.KINDS) and asked[0] == rec["meta"]["kind"]
+        for kind, answer in zip(asked, turns[1::2]):
+            assert answer["value"] == D.plates_answer(kind, str(rec["meta"][kind]), rec["meta"]["lang"])
+        assert sum("<image>" in t["value"] for t in turns) == 1
+        orders.add(tuple(asked[1:]))
+    assert len(orders) > 1  # the later questions come in more than one order
+    single = D.plates_records(48, "train")  # the same plates, one question each
+    assert [r["meta"] for r in single] == [r["meta"] for r in train]
 
 
 def test_plates_balanced_bilingual_chance_quarter():
