@@ -197,9 +197,17 @@ def choose_preset(model_path: str | os.PathLike, mode: str = "", device: str = "
 
 
 def effective_settings(preset_name: str, overrides: dict) -> tuple[TrainSettings, list[tuple[str, object, object]]]:
-    """The preset's settings with every non-None value of OVERRIDES applied, and the (field, preset, effective) rows that differ."""
+    """The preset's settings with every non-None value of OVERRIDES applied, and the (field, preset, effective) rows that differ.
+
+    A GPU preset keeps its global batch (and so its learning rate) when OVERRIDES change the GPUs or the per-GPU
+    batch but not accumulative_counts: e.g. the 8-GPU full preset on one GPU accumulates 8 micro-batches.
+    """
     base = preset(preset_name)
     chosen = {k: v for k, v in overrides.items() if v is not None}
+    if base.device != "cpu" and {"nproc", "batch_size"} & set(chosen) and "accumulative_counts" not in chosen:
+        total = base.batch_size * base.nproc * base.accumulative_counts
+        per_step = chosen.get("batch_size", base.batch_size) * chosen.get("nproc", base.nproc)
+        chosen["accumulative_counts"] = max(1, total // per_step)
     s = preset(preset_name, **chosen)
     rows = [(k, getattr(base, k), getattr(s, k)) for k in chosen if k != "data" and getattr(base, k) != getattr(s, k)]
     return s, rows

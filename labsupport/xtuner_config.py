@@ -218,7 +218,9 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
                           ["type=CourseInternVLDataset,  # XTuner's InternVL_V1_5_Dataset, subclassed",
                            f"max_dynamic_patch={max_dynamic_patch},"],
                           "shim: XTuner 0.2.0 reads the tiles per image only from the model's config.json; "
-                          f"{max_dynamic_patch} tile(s) per image here, and notebook 06 tiles the same"))
+                          f"{max_dynamic_patch} tile(s) per image here, and notebook 06 tiles the same"
+                          + ("" if cpu else " (the official fine-tune recipes' --max_dynamic_patch 6 for InternVL2, "
+                             "which the measured GPU presets ran with; config.json says 12)")))
     return edits
 
 

@@ -55,8 +55,14 @@ def test_every_preset_value_can_be_overridden_and_nproc_1_beats_a_two_gpu_preset
     assert X.preset("InternVL2-4B-lora").nproc == 2  # no measured 4B entry: the recipe's 2 GPUs
     s, rows = X.effective_settings("InternVL2-4B-lora", {"nproc": 1, "lr": None, "batch_size": 1})
     assert s.nproc == 1 and s.batch_size == 1 and s.lr == X.preset("InternVL2-4B-lora").lr
-    assert {r[0] for r in rows} == {"nproc", "batch_size"}
-    assert "*" in X.settings_table(s, "InternVL2-4B-lora")
+    assert {r[0] for r in rows} == {"nproc", "batch_size", "accumulative_counts"}  # the global batch 16 is kept
+    assert s.accumulative_counts == 16 and "*" in X.settings_table(s, "InternVL2-4B-lora")
+    one, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1})
+    assert (one.batch_size, one.accumulative_counts) == (X.preset("InternVL2-2B-full").batch_size, 8)
+    mine, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1, "accumulative_counts": 2})
+    assert mine.accumulative_counts == 2  # an explicit value wins
+    cpu, _ = X.effective_settings("tiny-cpu", {"batch_size": 2})
+    assert cpu.accumulative_counts == X.preset("tiny-cpu").accumulative_counts  # the CPU preset is left alone
 
 
 def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_path):
