@@ -52,11 +52,17 @@ def test_a_miniature_official_format_checkpoint_gets_the_cpu_preset(name, tmp_pa
 
 
 def test_every_preset_value_can_be_overridden_and_nproc_1_beats_a_two_gpu_preset():
-    assert X.preset("InternVL2-2B-lora").nproc == 2
-    s, rows = X.effective_settings("InternVL2-2B-lora", {"nproc": 1, "lr": None, "batch_size": 1})
-    assert s.nproc == 1 and s.batch_size == 1 and s.lr == X.preset("InternVL2-2B-lora").lr
-    assert {r[0] for r in rows} == {"nproc", "batch_size"}
-    assert "*" in X.settings_table(s, "InternVL2-2B-lora")
+    assert X.preset("InternVL2-4B-lora").nproc == 2  # no measured 4B entry: the recipe's 2 GPUs
+    s, rows = X.effective_settings("InternVL2-4B-lora", {"nproc": 1, "lr": None, "batch_size": 1})
+    assert s.nproc == 1 and s.batch_size == 1 and s.lr == X.preset("InternVL2-4B-lora").lr
+    assert {r[0] for r in rows} == {"nproc", "batch_size", "accumulative_counts"}  # the global batch 16 is kept
+    assert s.accumulative_counts == 16 and "*" in X.settings_table(s, "InternVL2-4B-lora")
+    one, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1})
+    assert (one.batch_size, one.accumulative_counts) == (X.preset("InternVL2-2B-full").batch_size, 8)
+    mine, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1, "accumulative_counts": 2})
+    assert mine.accumulative_counts == 2  # an explicit value wins
+    cpu, _ = X.effective_settings("tiny-cpu", {"batch_size": 2})
+    assert cpu.accumulative_counts == X.preset("tiny-cpu").accumulative_counts  # the CPU preset is left alone
 
 
 def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_path):
@@ -76,7 +82,8 @@ def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_
 ])
 def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(official, mode, device, tmp_path):
     src = XC.official_config_path(official)
-    s = X.preset("tiny-cpu" if device == "cpu" else "InternVL2-2B-lora", model_path=str(tmp_path / "model"), mode=mode)
+    s = X.preset("tiny-cpu" if device == "cpu" else "InternVL2-2B-lora", model_path=str(tmp_path / "model"), mode=mode,
+                 gpu_memory_gib=139.8)
     edits = XC.edits_for(s, src.read_text(), tmp_path / "plates", max_dynamic_patch=1 if device == "cpu" else None)
     out = XC.write_edited_config(src, edits, tmp_path / "trained.py")
     diff = XC.config_diff(src, out)
@@ -91,8 +98,9 @@ def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(officia
     if device == "cpu":
         assert cfg.model.type.__name__ == "CPUInternVL" and cfg.optim_wrapper.type.__name__ == "OptimWrapper"
         assert cfg.llava_dataset.max_dynamic_patch == 1
-    else:
-        assert cfg.model.type.__name__ == "InternVL_V1_5" and cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
+    else:  # the H200 preset trains LoRA without checkpointing: XTuner's class subclassed (tests/test_gpu_presets.py)
+        assert cfg.model.type.__name__ == ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
+        assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
         assert cfg.llava_dataset.type.__name__ == "InternVL_V1_5_Dataset"
     assert src.read_text() != out.read_text()
 
