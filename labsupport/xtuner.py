@@ -134,7 +134,8 @@ def _tiny_cpu(gpu_memory_gib: float | None = None) -> TrainSettings:
     # LoRA (r=32, alpha=64) on the miniature model's LLM plus the projector, lr 1e-3, 4 epochs of TINY_N_TRAIN plates
     # at batch 4 (600 iterations), one tile per image, the pre-trained ViT frozen (it halves the cost of an iteration).
     # Each training image is asked all three questions (datasets.build_course_task(ask_all=True)). Measured in a
-    # plain-PyTorch replica of this run on a GPU (same model, data, LoRA and schedule), held-out accuracy over seeds:
+    # plain-PyTorch replica of this run on a GPU (scripts/device/lora_replica.py, docs/gpu/lora-replica-tiny-h200.json),
+    # held-out accuracy over seeds:
     # one question per image, lr 2e-3: 0.46-0.95 (colour and shape mixed up in most seeds: the two questions differ
     # in one word); all three per image, lr 1e-3: 0.975-0.983 in 5 of 5 seeds, lr 2e-3: 0.73-0.99 (1 of 6 below 0.9).
     return TrainSettings(
