@@ -343,11 +343,13 @@ def test_loads_and_chats_in_deploy_env(tiny, tiny4b, layout):
     assert proc.returncode == 0 and "DEPLOY-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
-def test_weights_are_drawn_at_the_scale_of_a_narrow_network(tiny):
-    """std 1/sqrt(fan_in) for projections (not the real model's 0.02), so signals keep their size layer to layer."""
+def test_weights_are_drawn_at_the_scale_of_a_narrow_network(tmp_path):
+    """std 1/sqrt(fan_in) for projections (not the real model's 0.02), so signals keep their size layer to layer
+    (the ViT as it starts before its pre-training: the shipped tiny carries the pre-trained one)."""
     from safetensors.torch import load_file
 
-    weights = {k: v.float() for k, v in load_file(str(tiny / "model.safetensors")).items()}
+    cold = build_tiny_model(tmp_path / "cold", pretrained_vision=False)
+    weights = {k: v.float() for k, v in load_file(str(cold / "model.safetensors")).items()}
     q = weights["language_model.model.layers.0.attention.wqkv.weight"]
     assert q.std().item() == pytest.approx(q.shape[1] ** -0.5, rel=0.05)
     patch = weights["vision_model.embeddings.patch_embedding.weight"]
