@@ -68,6 +68,7 @@ class TrainSettings:
     num_workers: int = 4
     log_interval: int = 10
     gradient_checkpointing: bool = True
+    group_by_length: bool = True       # XTuner's LengthGroupedSampler (batches of similar length); False: random order
     seed: int = 42
     template: str | None = None        # XTuner PROMPT_TEMPLATE name; None: from the model's LLM
     measured: dict | None = None       # the docs/gpu row the per-GPU batch, workers, checkpointing come from (gpu_presets)
@@ -142,7 +143,7 @@ def _tiny_cpu(gpu_memory_gib: float | None = None) -> TrainSettings:
         model_path="tiny", mode="lora", freeze_vit=True, freeze_llm=None, max_length=512, batch_size=4,
         accumulative_counts=1, lr=1e-3, weight_decay=0.0, max_epochs=4, warmup_ratio=0.03, save_steps=50,
         save_total_limit=2, max_dynamic_patch=1, device="cpu", num_workers=0, log_interval=10,
-        gradient_checkpointing=False, lora_r=32, lora_alpha=64, lora_dropout=0.0,
+        gradient_checkpointing=False, lora_r=32, lora_alpha=64, lora_dropout=0.0, group_by_length=False,
         preset_note="the CPU preset of the miniature model (measured on the 2-core course machine)",
     )
 

@@ -208,6 +208,18 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
                           "gradient checkpointing on, this subclass takes it as a parameter"))
         edits.append(Edit("type=InternVL_V1_5,", ["type=LeverInternVL,  # XTuner's InternVL_V1_5, subclassed",
                                                   "gradient_checkpointing=False,"], why))
+    if not s.group_by_length:
+        edits.append(Edit("from xtuner.dataset.samplers import LengthGroupedSampler",
+                          ["from mmengine.dataset import DefaultSampler",
+                           "from xtuner.dataset.samplers import LengthGroupedSampler"],
+                          "mmengine's random-order sampler, used below"))
+        edits.append(Edit("type=LengthGroupedSampler,", ["type=DefaultSampler,", "shuffle=True,"],
+                          "batches in random order: every plate costs the same 256 image tokens, so grouping by "
+                          "length saves no padding here, and it sorts each batch by its answers' lengths, which "
+                          "follow the answers themselves (measured: colour and shape questions mixed up)"))
+        edits.append(Edit('length_property="modality_length",', [], "an argument of LengthGroupedSampler only"))
+        edits.append(Edit("per_device_batch_size=batch_size * accumulative_counts,", [],
+                          "an argument of LengthGroupedSampler only"))
     if max_dynamic_patch is not None:
         if not cpu:
             edits.append(Edit("from xtuner.model import InternVL_V1_5",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mmengine.dataset import DefaultSampler
 
 from labsupport import params
 from labsupport import xtuner as X
@@ -98,7 +99,9 @@ def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(officia
     if device == "cpu":
         assert cfg.model.type.__name__ == "CPUInternVL" and cfg.optim_wrapper.type.__name__ == "OptimWrapper"
         assert cfg.llava_dataset.max_dynamic_patch == 1
-    else:  # the H200 preset trains LoRA without checkpointing: XTuner's class subclassed (tests/test_gpu_presets.py)
+        assert cfg.train_dataloader.sampler == {"type": DefaultSampler, "shuffle": True}  # random batches
+    else:
+        assert cfg.train_dataloader.sampler.type.__name__ == "LengthGroupedSampler"  # the GPU keeps XTuner's  # the H200 preset trains LoRA without checkpointing: XTuner's class subclassed (tests/test_gpu_presets.py)
         assert cfg.model.type.__name__ == ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
         assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
         assert cfg.llava_dataset.type.__name__ == "InternVL_V1_5_Dataset"
