@@ -47,10 +47,17 @@ def base_model_dir(model_path: str = "tiny", artifacts: str | os.PathLike | None
 
 def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike,
                         model_path: str = "tiny") -> tuple[Path, str]:
-    """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing, with a sentence saying which and why."""
+    """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing or notebook 04 skipped training, with a
+    sentence saying which and why."""
     from .paths import finetuned_dir
 
+    from .training_outcome import skipped_training
+
     candidate = finetuned_dir(artifacts, model_path)
+    skipped = skipped_training(artifacts, model_path)
+    if skipped:  # 04's last run for this model trained nothing: an older folder would not be this run's
+        return Path(base), (f"notebook 04 did not train this model ({skipped}); the base model {base} answers in "
+                            "both columns, so nothing fine-tuned is compared here")
     if (candidate / "config.json").is_file():
         return candidate.resolve(), f"fine-tuned model from notebook 05: {candidate}"
     return Path(base), (f"no fine-tuned model at {candidate} (run notebook 05 first); "
