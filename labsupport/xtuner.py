@@ -822,22 +822,3 @@ def plot_scalars(scalars: list[dict], title: str = "training"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-XTUNER_INTERNVL_LLMS = ("Phi3ForCausalLM", "InternLM2ForCausalLM")  # xtuner/dataset/internvl_dataset.py, 0.2.0
-
-
-def supports_model(model_path: str | os.PathLike) -> tuple[bool, str]:
-    """Whether XTuner 0.2.0's InternVL dataset can train MODEL_PATH's LLM, and a sentence saying why (and what to do)."""
-    from labsupport.paths import is_embedded
-
-    if is_embedded(model_path):
-        return True, f"{model_path!r} is built with an LLM XTuner 0.2.0 trains"
-    cfg = Path(model_path) / "config.json"
-    arch = (json.loads(cfg.read_text(encoding="utf-8")).get("llm_config", {}).get("architectures") or ["?"])[0]
-    if arch in XTUNER_INTERNVL_LLMS:
-        return True, f"XTuner 0.2.0's InternVL dataset trains {arch}"
-    return False, (f"XTuner 0.2.0's InternVL dataset trains only {' and '.join(XTUNER_INTERNVL_LLMS)}; {cfg} names "
-                   f"{arch} (InternVL2-1B's Qwen2), for which it raises NotImplementedError "
-                   "(xtuner/dataset/internvl_dataset.py). Fine-tune a 2B/4B/8B checkpoint with XTuner, or this one "
-                   "with InternVL's own scripts (internvl_chat/shell/internvl2.0/2nd_finetune/ in OpenGVLab/InternVL).")

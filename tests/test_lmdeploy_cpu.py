@@ -114,9 +114,10 @@ def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, pl
     (old / "config.json").write_text((tiny / "config.json").read_text())
     (old / "modeling_internlm2.py").write_text("class InternLM2ForCausalLM(PreTrainedModel): ...\n")
     monkeypatch.setattr(transformers, "__version__", "5.23.0")
-    assert "course env" in lmdeploy_cpu._needs_course_env(old)
-    assert lmdeploy_cpu._needs_course_env(tiny) is None  # the course's own code inherits GenerationMixin
-    monkeypatch.setattr(lmdeploy_cpu, "_needs_course_env", lambda path: "forced for the test")
+    generates, why = deploy.remote_llm_generates(old)   # the one test the CPU pipeline asks
+    assert not generates and "course env" in why
+    assert deploy.remote_llm_generates(tiny)[0]         # the course's own code inherits GenerationMixin
+    monkeypatch.setattr(deploy, "remote_llm_generates", lambda path: (False, "forced for the test"))
     pipe = lmdeploy_cpu.cpu_pipeline(tiny)
     gen = deploy.GenSettings(max_new_tokens=4)
     try:

@@ -64,8 +64,12 @@ def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_
     assert XC.official_config_name(_checkpoint(tmp_path, fam["InternVL2-2B"], "a"), "lora") == \
         "internvl_v2_internlm2_2b_lora_finetune"
     assert XC.official_config_name(_checkpoint(tmp_path, fam["InternVL2-4B"], "b"), "full") == "internvl_v2_phi3_4b_finetune"
-    name, why = XC.official_config_for(_checkpoint(tmp_path, fam["InternVL2-1B"], "c"), "lora")
+    one_b = _checkpoint(tmp_path, fam["InternVL2-1B"], "c")
+    name, why = XC.official_config_for(one_b, "lora")
     assert name is None and "Qwen2" in why and "What to do" in why
+    assert str(one_b / "config.json") in why and "internvl_dataset.py" in why   # the file that decides, the file that refuses
+    for size, arch in (("InternVL2-2B", "a"), ("InternVL2-4B", "b")):              # what XTuner trains gets a config, no reason
+        assert XC.official_config_for(tmp_path / arch, "lora")[1] is None
 
 
 @pytest.mark.parametrize("official,mode,device", [
