@@ -193,7 +193,8 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
             body += [f"| {k} | {percent((b.get('per_kind') or {}).get(k, 0.0))} | {percent((a.get('per_kind') or {}).get(k, 0.0))} |"
                      for k in kinds]
     else:
-        body.append("No evaluation results were found (notebook 05 has not run): this card reports none.")
+        body.append("No evaluation results were found (notebook 05 has not run, or had no fine-tune to evaluate): "
+                    "this card reports none.")
     body += ["", "## Training", ""]
     if training:
         body += [f"Fine-tuned with XTuner ({training['mode']}) for {training['iters']} iterations; "
@@ -201,7 +202,8 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
                     else "no loss was logged."), "", "| setting | value |", "|---|---|"]
         body += [f"| `{k}` | `{v!r}` |" for k, v in training["settings"].items()]
     else:
-        body.append("No training record was found (notebook 04 has not run): these are the base weights.")
+        body.append("No training record was found (notebook 04 has not run, or did not train this model): these are "
+                    "the base weights.")
     body += ["", _usage(repo_id, question, image, max_num, fine_tuned), "## Licence", "",
              f"{license.upper() if license == 'mit' else license}, like the InternVL2 code; the language model inside keeps its own licence."]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
