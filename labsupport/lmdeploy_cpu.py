@@ -182,6 +182,8 @@ def _worker(model_path: str, device: str, tiles: str) -> None:
 
     from labsupport.deploy import GenSettings, _Transformers
 
+    replies = sys.stdout  # the protocol's channel: one JSON line per request, nothing else
+    sys.stdout = sys.stderr  # what the model's code prints (the official InternLM2 prints its attention fallback) goes aside
     model = _Transformers(Path(model_path), device, int(tiles))
     for line in sys.stdin:
         try:
@@ -197,12 +199,12 @@ def _worker(model_path: str, device: str, tiles: str) -> None:
                 else:
                     image = queries[0][1]
                 answer = model.turn(state, queries[0][0], image, gen)
-                print(json.dumps({"answers": [answer], "history": [list(t) for t in state["history"]]}), flush=True)
+                print(json.dumps({"answers": [answer], "history": [list(t) for t in state["history"]]}), file=replies, flush=True)
                 continue
             answers = model.many(queries, gen) if len(queries) > 1 else [model.one(*queries[0], gen)]
-            print(json.dumps({"answers": list(answers)}), flush=True)
+            print(json.dumps({"answers": list(answers)}), file=replies, flush=True)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it for the learner
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), file=replies, flush=True)
 
 
 class CPUPipeline:

@@ -134,3 +134,21 @@ def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, pl
 def test_show_prompts_lays_the_three_prompts_side_by_side(tiny):
     table = deploy.show_prompts(tiny, "What colour are the objects on the plate? Answer with one word.").data
     assert "XTuner" in table and "LMDeploy" in table
+
+
+def test_the_course_env_worker_answers_official_code_that_prints_to_stdout(plate, monkeypatch):
+    """The published InternLM2 code prints its attention fallback on import: the worker's replies must stay parseable."""
+    import transformers
+
+    from labsupport import official
+
+    two_b = official.available().get("2B")
+    if two_b is None:
+        pytest.skip("no official-format InternVL2-2B folder: build it with `python -m labsupport.official 2B`")
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")  # what the deploy env has: the worker answers
+    pipe = lmdeploy_cpu.cpu_pipeline(two_b)
+    try:
+        assert "course env" in lmdeploy_cpu.which(pipe)
+        assert isinstance(pipe(_msg("Colour?", plate), gen_config=deploy.GenSettings(max_new_tokens=3)).text, str)
+    finally:
+        pipe.close()
