@@ -210,6 +210,7 @@ _WARNINGS = [
     (FutureWarning, r".*torch.utils._pytree._register_pytree_node.*"),
     (UserWarning, r".*None of the inputs have requires_grad=True.*"),
     (DeprecationWarning, r".*"),
+    (FutureWarning, r".*Importing from timm.models.layers is deprecated.*"),  # every published modeling_intern_vit.py
 ]
 
 
@@ -222,6 +223,14 @@ def quiet_warnings() -> None:
     # the tokenizer builder uses Rust threads; the `!xtuner ...` cells fork the kernel afterwards, and tokenizers
     # then warns about the fork in every notebook: say up front that this process needs no tokenizer threads
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the published InternVL2 remote code logs through transformers' logger on every load (flash-attn missing, eager
+    # attention, no GenerationMixin, deprecated cache attributes): keep transformers' own log to errors
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass  # an environment without transformers has no remote code to quiet
     # DeepSpeed (imported by XTuner) logs its accelerator auto-detection, bitsandbytes prints that it has no GPU
     # library: both at import, both irrelevant to a CPU run. Import them once with their output swallowed.
     import contextlib
