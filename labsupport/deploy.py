@@ -766,9 +766,11 @@ def quiet() -> None:
     except ImportError:
         pass  # transformers is optional for the helpers that do not load models
     for pattern in (r".*torch_dtype.*deprecated.*", r".*generation flags are not valid.*", r".*TypedStorage.*",
-                    r".*`do_sample` is set to `False`.*", r".*Setting `pad_token_id`.*", r".*`rope_scaling` is deprecated.*"):
+                    r".*`do_sample` is set to `False`.*", r".*Setting `pad_token_id`.*", r".*`rope_scaling` is deprecated.*",
+                    r".*Importing from timm.models.layers is deprecated.*"):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lmdeploy").setLevel(logging.ERROR)
+    logging.getLogger("transformers_modules").setLevel(logging.ERROR)  # a checkpoint's own code (flash-attn missing ...)
     print("note: progress bars and warnings from inside the libraries that you cannot act on are hidden")
 
 def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str | None = None) -> tuple[bool, str]:

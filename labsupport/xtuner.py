@@ -216,6 +216,7 @@ _WARNINGS = [
 
 def quiet_warnings() -> None:
     """Hide warnings raised inside transformers/torch/mmengine that a learner cannot act on (printed once: which and why)."""
+    import logging
     import warnings
 
     for category, pattern in _WARNINGS:
@@ -231,12 +232,13 @@ def quiet_warnings() -> None:
         transformers.logging.set_verbosity_error()
     except ImportError:
         pass  # an environment without transformers has no remote code to quiet
+    # ... and a checkpoint's own modules log under "transformers_modules.<folder>", outside transformers' logger tree
+    logging.getLogger("transformers_modules").setLevel(logging.ERROR)
     # DeepSpeed (imported by XTuner) logs its accelerator auto-detection, bitsandbytes prints that it has no GPU
     # library: both at import, both irrelevant to a CPU run. Import them once with their output swallowed.
     import contextlib
     import importlib
     import io
-    import logging
 
     for name in ("deepspeed", "bitsandbytes"):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -266,3 +266,15 @@ def test_remote_llm_generates_reads_the_class_bases(tmp_path, tiny):
     assert deploy.remote_llm_generates(official, "4.48.0")[0]
     (official / "config.json").write_text(json.dumps({"llm_config": {"architectures": ["Qwen2ForCausalLM"]}}))
     assert deploy.remote_llm_generates(official, "5.23.0")[0]
+
+
+def test_quiet_hides_what_a_checkpoints_own_code_logs(capsys):
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        deploy.quiet()
+        warnings.warn("Importing from timm.models.layers is deprecated, please import via timm.layers", FutureWarning)
+    assert not seen and "hidden" in capsys.readouterr().out
+    assert not logging.getLogger("transformers_modules.InternVL2-1B.modeling_intern_vit").isEnabledFor(logging.WARNING)

@@ -156,6 +156,7 @@ def test_quiet_warnings_keeps_the_official_remote_codes_log_to_errors():
         transformers.logging.set_verbosity_warning()
         X.quiet_warnings()   # the published InternVL2 code logs flash-attn / GenerationMixin notes through this logger
         assert transformers.logging.get_verbosity() == logging.ERROR
+        assert not logging.getLogger("transformers_modules.InternVL2-4B.modeling_phi3").isEnabledFor(logging.WARNING)
     finally:
         transformers.logging.set_verbosity(before)
 
