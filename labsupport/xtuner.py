@@ -253,11 +253,13 @@ _WARNINGS = [
     (FutureWarning, r".*torch.utils._pytree._register_pytree_node.*"),
     (UserWarning, r".*None of the inputs have requires_grad=True.*"),
     (DeprecationWarning, r".*"),
+    (FutureWarning, r".*Importing from timm.models.layers is deprecated.*"),  # every published modeling_intern_vit.py
 ]
 
 
 def quiet_warnings() -> None:
     """Hide warnings raised inside transformers/torch/mmengine that a learner cannot act on (printed once: which and why)."""
+    import logging
     import warnings
 
     for category, pattern in _WARNINGS:
@@ -265,12 +267,21 @@ def quiet_warnings() -> None:
     # the tokenizer builder uses Rust threads; the `!xtuner ...` cells fork the kernel afterwards, and tokenizers
     # then warns about the fork in every notebook: say up front that this process needs no tokenizer threads
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the published InternVL2 remote code logs through transformers' logger on every load (flash-attn missing, eager
+    # attention, no GenerationMixin, deprecated cache attributes): keep transformers' own log to errors
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass  # an environment without transformers has no remote code to quiet
+    # ... and a checkpoint's own modules log under "transformers_modules.<folder>", outside transformers' logger tree
+    logging.getLogger("transformers_modules").setLevel(logging.ERROR)
     # DeepSpeed (imported by XTuner) logs its accelerator auto-detection, bitsandbytes prints that it has no GPU
     # library: both at import, both irrelevant to a CPU run. Import them once with their output swallowed.
     import contextlib
     import importlib
     import io
-    import logging
 
     for name in ("deepspeed", "bitsandbytes"):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -868,22 +879,3 @@ def plot_scalars(scalars: list[dict], title: str = "training"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-XTUNER_INTERNVL_LLMS = ("Phi3ForCausalLM", "InternLM2ForCausalLM")  # xtuner/dataset/internvl_dataset.py, 0.2.0
-
-
-def supports_model(model_path: str | os.PathLike) -> tuple[bool, str]:
-    """Whether XTuner 0.2.0's InternVL dataset can train MODEL_PATH's LLM, and a sentence saying why (and what to do)."""
-    from labsupport.paths import is_embedded
-
-    if is_embedded(model_path):
-        return True, f"{model_path!r} is built with an LLM XTuner 0.2.0 trains"
-    cfg = Path(model_path) / "config.json"
-    arch = (json.loads(cfg.read_text(encoding="utf-8")).get("llm_config", {}).get("architectures") or ["?"])[0]
-    if arch in XTUNER_INTERNVL_LLMS:
-        return True, f"XTuner 0.2.0's InternVL dataset trains {arch}"
-    return False, (f"XTuner 0.2.0's InternVL dataset trains only {' and '.join(XTUNER_INTERNVL_LLMS)}; {cfg} names "
-                   f"{arch} (InternVL2-1B's Qwen2), for which it raises NotImplementedError "
-                   "(xtuner/dataset/internvl_dataset.py). Fine-tune a 2B/4B/8B checkpoint with XTuner, or this one "
-                   "with InternVL's own scripts (internvl_chat/shell/internvl2.0/2nd_finetune/ in OpenGVLab/InternVL).")

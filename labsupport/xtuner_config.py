@@ -52,8 +52,9 @@ def official_config_name(model_path: str | os.PathLike, mode: str = "lora", para
     family = _FAMILY.get(arch)
     if family is None:
         raise NoOfficialConfig(
-            f"{model_path}: its LLM is {arch or 'unknown'}; XTuner 0.2.0 ships InternVL2 configs and dataset support "
-            f"only for {', '.join(_FAMILY)} (InternVL2-2B/8B/26B and InternVL2-4B)")
+            f"{Path(model_path) / 'config.json'} names the LLM {arch or 'unknown'} (llm_config.architectures); XTuner "
+            f"0.2.0 ships InternVL2 configs and dataset support only for {' and '.join(_FAMILY)} (InternVL2-2B/8B/26B "
+            "and InternVL2-4B)")
     if mode not in _FILE_MODE:
         raise ValueError(f"mode must be one of {', '.join(_FILE_MODE)}, not {mode!r}")
     if family == "phi3":
@@ -64,12 +65,14 @@ def official_config_name(model_path: str | os.PathLike, mode: str = "lora", para
 
 
 def official_config_for(model_path: str | os.PathLike, mode: str = "lora", params: int | None = None) -> tuple[str | None, str | None]:
-    """(name, None) of XTuner's config for the checkpoint, or (None, why not and what to do) when XTuner 0.2.0 has none."""
+    """(name, None) of XTuner's config for the checkpoint, or (None, why not and what to do) when XTuner 0.2.0 cannot
+    train it: the one test of whether the course's XTuner path supports a model (notebook 04 skips training on None)."""
     try:
         return official_config_name(model_path, mode, params), None
     except NoOfficialConfig as exc:
-        return None, (f"{exc}. XTuner 0.2.0's InternVL dataset also refuses this LLM (a missing template branch in "
-                      "xtuner/dataset/internvl_dataset.py), so notebooks 04-05 skip training. What to do: fine-tune "
+        return None, (f"{exc}. XTuner 0.2.0's InternVL dataset also refuses this LLM (NotImplementedError: a missing "
+                      "template branch in xtuner/dataset/internvl_dataset.py), so notebook 04 skips training and 05-07 "
+                      "work on the base model. What to do: fine-tune "
                       "InternVL2-2B or -4B with this XTuner, or InternVL2-1B with InternVL's own scripts "
                       "(internvl_chat/shell/internvl2.0/2nd_finetune) or ms-swift.")
 

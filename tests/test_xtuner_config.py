@@ -71,8 +71,12 @@ def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_
     assert XC.official_config_name(_checkpoint(tmp_path, fam["InternVL2-2B"], "a"), "lora") == \
         "internvl_v2_internlm2_2b_lora_finetune"
     assert XC.official_config_name(_checkpoint(tmp_path, fam["InternVL2-4B"], "b"), "full") == "internvl_v2_phi3_4b_finetune"
-    name, why = XC.official_config_for(_checkpoint(tmp_path, fam["InternVL2-1B"], "c"), "lora")
+    one_b = _checkpoint(tmp_path, fam["InternVL2-1B"], "c")
+    name, why = XC.official_config_for(one_b, "lora")
     assert name is None and "Qwen2" in why and "What to do" in why
+    assert str(one_b / "config.json") in why and "internvl_dataset.py" in why   # the file that decides, the file that refuses
+    for size, arch in (("InternVL2-2B", "a"), ("InternVL2-4B", "b")):              # what XTuner trains gets a config, no reason
+        assert XC.official_config_for(tmp_path / arch, "lora")[1] is None
 
 
 @pytest.mark.parametrize("official,mode,device", [
@@ -148,7 +152,24 @@ def test_quiet_warnings_says_so_once(capsys):
         warnings.simplefilter("default")
         X.quiet_warnings()
         warnings.warn("TypedStorage is deprecated", UserWarning)
-    assert not [w for w in seen if "TypedStorage" in str(w.message)]
+        warnings.warn("Importing from timm.models.layers is deprecated, please import via timm.layers", FutureWarning)
+        warnings.warn("a warning the course did not list", FutureWarning)
+    assert [str(w.message) for w in seen] == ["a warning the course did not list"]
+
+
+def test_quiet_warnings_keeps_the_official_remote_codes_log_to_errors():
+    import logging
+
+    import transformers
+
+    before = transformers.logging.get_verbosity()
+    try:
+        transformers.logging.set_verbosity_warning()
+        X.quiet_warnings()   # the published InternVL2 code logs flash-attn / GenerationMixin notes through this logger
+        assert transformers.logging.get_verbosity() == logging.ERROR
+        assert not logging.getLogger("transformers_modules.InternVL2-4B.modeling_phi3").isEnabledFor(logging.WARNING)
+    finally:
+        transformers.logging.set_verbosity(before)
 
 
 def test_copy_official_config_runs_xtuners_cli(tmp_path):
