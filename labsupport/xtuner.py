@@ -741,7 +741,8 @@ class LivePlot:
             self.ax_lr.plot(it, [r.get("lr", float("nan")) for r in scalars], ".-", color="tab:orange")
         self.ax_lr.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
         self.fig.tight_layout()
-        self.handle.update(self.fig)
+        if self.handle is not None:  # None outside a notebook front end (a script, a plain python prompt)
+            self.handle.update(self.fig)
 
 
 def _tail(path: Path, n: int = 30) -> str:

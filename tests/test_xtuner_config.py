@@ -187,3 +187,11 @@ def test_resume_demo_needs_a_checkpoint_before_the_last(tmp_path):
     run = X.TrainRun(work, work / "iter_20.pth", work / "train.log", [], 1.0, [])
     with pytest.raises(FileNotFoundError, match="save_total_limit"):
         X.resume_demo(tmp_path / "cfg.py", run, tmp_path / "demo")
+
+
+def test_the_live_plot_draws_outside_a_notebook_too():
+    # IPython's display() returns no handle without a front end: launch() from a script must not crash on it
+    plot = X.LivePlot("a script")
+    assert plot.handle is None
+    plot.update([{"iter": 10, "loss": 2.0, "lr": 1e-3}, {"iter": 20, "loss": 1.0, "lr": 1e-3}], force=True)
+    assert plot.ax_loss.get_title() == "loss 1.000 at iter 20"
