@@ -705,25 +705,40 @@ _SAMPLER_LINE = ("    sampler=dict(type=LengthGroupedSampler, length_property='m
                  "                 per_device_batch_size=batch_size * accumulative_counts),\n")
 
 
+_PLAIN_OPTIM = ("    type=OptimWrapper,  # AmpOptimWrapper needs CUDA and fails on XTuner's bf16 gradients\n")
+
+
 def apply_levers(config_path: Path, checkpointing: bool = True, attention: str | None = None,
-                 group_by_length: bool = True) -> list[str]:
+                 group_by_length: bool = True, amp: bool = False) -> list[str]:
     """Edit a generated GPU config for the speed levers XTuner's own config cannot set; return what changed.
 
     CHECKPOINTING False or ATTENTION ("sdpa"/"eager") swap XTuner's InternVL_V1_5 for
     labsupport.xtuner_shims.LeverInternVL; GROUP_BY_LENGTH False swaps XTuner's LengthGroupedSampler
-    (batches of similar length, XTuner's default) for mmengine's DefaultSampler (random order).
+    (batches of similar length, XTuner's default) for mmengine's DefaultSampler (random order). AMP (a config
+    without DeepSpeed) trains float32 master weights under mmengine's AmpOptimWrapper with bfloat16 autocast
+    (XTuner loads bf16 weights, whose gradients AmpOptimWrapper cannot unscale) in a one-process group.
     """
     text = config_path.read_text(encoding="utf-8")
     changed = []
-    if not checkpointing or attention:
+    if not checkpointing or attention or amp:
         head = "model = dict(\n    type=InternVL_V1_5,\n"
         if text.count(head) != 1:
-            raise RuntimeError(f"{config_path}: expected one 'model = dict(type=InternVL_V1_5' block (GPU config?)")
-        text = text.replace(head, "model = dict(\n    type=LeverInternVL,  # XTuner's InternVL_V1_5 + two levers\n"
-                            f"    gradient_checkpointing={checkpointing!r},\n    llm_attn={attention!r},\n")
+            raise RuntimeError(f"{config_path}: expected one 'model = dict(type=InternVL_V1_5' block (GPU config, "
+                               "rendered with gradient checkpointing on?)")
+        dtype = "\n    dtype='float32',  # master weights for AmpOptimWrapper" if amp else ""
+        text = text.replace(head, "model = dict(\n    type=LeverInternVL,  # XTuner's InternVL_V1_5 + its levers\n"
+                            f"    gradient_checkpointing={checkpointing!r},\n    llm_attn={attention!r},{dtype}\n")
         text = text.replace("from xtuner.model import InternVL_V1_5\n",
                             "from xtuner.model import InternVL_V1_5\nfrom labsupport.xtuner_shims import LeverInternVL\n")
-        changed.append(f"model=LeverInternVL(gradient_checkpointing={checkpointing}, llm_attn={attention})")
+        changed.append(f"model=LeverInternVL(gradient_checkpointing={checkpointing}, llm_attn={attention}"
+                       + (", dtype=float32)" if amp else ")"))
+    if amp:
+        if text.count(_PLAIN_OPTIM) != 1:
+            raise RuntimeError(f"{config_path}: expected one plain OptimWrapper (a GPU config without DeepSpeed)")
+        text = text.replace(_PLAIN_OPTIM, "    type=AmpOptimWrapper,  # bfloat16 autocast, float32 master weights\n"
+                            "    dtype='bfloat16',\n    loss_scale='dynamic',\n")
+        text = text.replace("from mmengine.optim import OptimWrapper,", "from mmengine.optim import AmpOptimWrapper, OptimWrapper,")
+        changed.append("optim_wrapper=AmpOptimWrapper(bfloat16)")
     if not group_by_length:
         if text.count(_SAMPLER_LINE) != 1:
             raise RuntimeError(f"{config_path}: expected one LengthGroupedSampler line (render_config changed?)")
@@ -746,15 +761,45 @@ def estimate_for_run(shape: "memory.VLMShape", mode: str, zero: int, gpus: int, 
                            lora_r=lora_r, tiles=max(1, round(stats["mean_tiles"])), **options)
 
 
+def write_train_config(path: Path, model_dir: str, mode: str, data: "xtuner.DataSpec", total_iters: int, batch: int = 4,
+                       zero: int = 2, nproc: int = 1, max_dynamic_patch: int = 6, lora_r: int = 128, device: str = "cuda",
+                       checkpointing: bool = True, attention: str | None = None, group_by_length: bool = True,
+                       num_workers: int = 4, accumulative_counts: int = 1, amp: bool = False
+                       ) -> tuple["xtuner.TrainSettings", Path, list[str]]:
+    """Write the XTuner config of one benchmark run to PATH (train_mode's levers, see there); (settings, PATH, what the levers changed)."""
+    from . import xtuner
+
+    if amp and zero:
+        raise ValueError("amp=True is the run without DeepSpeed: pass zero=0")
+    s = xtuner.preset("tiny-cpu", model_path=str(model_dir), mode=mode, data=[data], device=device,
+                      deepspeed=zero, nproc=nproc, batch_size=batch, accumulative_counts=accumulative_counts,
+                      max_iters=total_iters, save_steps=total_iters, save_total_limit=1, log_interval=1,
+                      max_dynamic_patch=max_dynamic_patch, freeze_vit=True, freeze_llm=None, lora_r=lora_r,
+                      lora_alpha=2 * lora_r, lora_dropout=0.05, lr=2e-5, weight_decay=0.05, max_length=8192,
+                      num_workers=num_workers,
+                      gradient_checkpointing=checkpointing if device == "cpu" else True)  # GPU: apply_levers sets it
+    notes = []
+    if device == "cpu":
+        s, notes = xtuner.cpu_compatible(s)
+        s = dataclasses.replace(s, num_workers=0)
+    cfg_path = xtuner.write_config(s, path)
+    _no_optimizer_in_checkpoint(cfg_path)
+    if device != "cpu":
+        notes += apply_levers(cfg_path, checkpointing, attention, group_by_length, amp)
+    return s, cfg_path, notes
+
+
 def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 20, warmup: int = 5, batch: int = 4,
                zero: int = 2, nproc: int = 1, peak_flops: float = DEFAULT_PEAK_FLOPS, max_dynamic_patch: int = 6,
                lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, keep_checkpoint: bool = False,
                checkpointing: bool = True, attention: str | None = None, group_by_length: bool = True,
-               num_workers: int = 4, tag: str | None = None) -> dict:
+               num_workers: int = 4, tag: str | None = None, accumulative_counts: int = 1, amp: bool = False) -> dict:
     """Fine-tune MODEL_DIR with XTuner in MODE for WARMUP + ITERS iterations; tokens/s/GPU, MFU, data vs compute, memory.
 
     The levers: CHECKPOINTING (gradient checkpointing), ATTENTION (the LLM's kernel, None: what XTuner asks
-    for), GROUP_BY_LENGTH (XTuner's LengthGroupedSampler), NUM_WORKERS (data-loader processes).
+    for), GROUP_BY_LENGTH (XTuner's LengthGroupedSampler), NUM_WORKERS (data-loader processes),
+    ACCUMULATIVE_COUNTS (micro-batches per optimizer step; an iteration is one micro-batch, so tokens/s counts
+    every one), AMP (ZERO 0 only: mmengine's AmpOptimWrapper, bf16 autocast over float32 weights, no DeepSpeed).
     """
     from . import xtuner
 
@@ -762,21 +807,9 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
     work = bench_dir() / "train" / (tag or (mode if (zero, nproc) == (2, 1) else f"{mode}-zero{zero}-{nproc}gpu"))
     if work.exists():
         shutil.rmtree(work)
-    total = warmup + iters
-    s = xtuner.preset("tiny-cpu", model_path=str(model_dir), mode=mode, data=[data], device=device,
-                      deepspeed=zero, nproc=nproc, batch_size=batch, accumulative_counts=1, max_iters=total,
-                      save_steps=total, save_total_limit=1, log_interval=1, max_dynamic_patch=max_dynamic_patch,
-                      freeze_vit=True, freeze_llm=None, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05,
-                      lr=2e-5, weight_decay=0.05, max_length=8192, num_workers=num_workers,
-                      gradient_checkpointing=checkpointing)
-    notes = []
-    if device == "cpu":
-        s, notes = xtuner.cpu_compatible(s)
-        s = dataclasses.replace(s, num_workers=0)
-    cfg_path = xtuner.write_config(s, work / "config.py")
-    _no_optimizer_in_checkpoint(cfg_path)
-    if device != "cpu":
-        notes += apply_levers(cfg_path, checkpointing, attention, group_by_length)
+    s, cfg_path, notes = write_train_config(work / "config.py", model_dir, mode, data, warmup + iters, batch, zero, nproc,
+                                            max_dynamic_patch, lora_r, device, checkpointing, attention, group_by_length,
+                                            num_workers, accumulative_counts, amp)
     stats = dataset_stats(cfg_path)
     print(f"[train:{mode}] data: {stats['mean_tokens']:.0f} tokens and {stats['mean_tiles']:.2f} tiles per sample "
           f"(max {stats['max_tokens']})", flush=True)
@@ -788,7 +821,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
         train_flops_per_sample(config, mode, n, k, s.freeze_vit) for n, k in zip(stats["tokens"], stats["tiles"]))
     attn = attention or _llm_attention(config)
     est = estimate_for_run(vlm_shape(config, Path(model_dir).name), mode, s.deepspeed, s.nproc, s.batch_size, stats,
-                           s.lora_r, checkpointing=s.gradient_checkpointing, freeze_vit=s.freeze_vit, attention=attn)
+                           s.lora_r, checkpointing=checkpointing, freeze_vit=s.freeze_vit, attention=attn)
     if not keep_checkpoint:
         for ckpt in work.glob("iter_*.pth"):
             shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
@@ -799,6 +832,8 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
             "mfu": flops_per_iter / summary["s_per_iter"] / peak_flops, "dataset": stats,
             "estimate_gib": est.total, "estimate_parts": est.row(), "lora_r": s.lora_r if mode != "full" else None,
             "checkpointing": checkpointing, "attention": attn, "group_by_length": group_by_length,
+            "accumulative_counts": accumulative_counts, "optimizer": "AmpOptimWrapper" if amp else
+            ("DeepSpeed" if s.deepspeed else "OptimWrapper"),
             "num_workers": s.num_workers, "shape": shape_name(config),
             "notes": notes, "config": str(cfg_path), "log": str(run.log)}
 
@@ -872,8 +907,17 @@ LEVER_ROWS: dict[str, dict] = {
                         "batch": 32, "checkpointing": False},
     "lora-b16-nockpt-w8": {"base": "lora-b16-nockpt", "lever": "8 data-loader workers", "mode": "lora",
                            "batch": 16, "checkpointing": False, "num_workers": 8},
+    # DeepSpeed's fixed cost per optimizer step (~0.29 s on the 2B full rows) paid once per 4 micro-batches
+    "full-b16-w8-acc4": {"base": "full-b16-w8", "lever": "gradient accumulation 4 (tok/s per micro-batch)",
+                         "mode": "full", "batch": 16, "num_workers": 8, "accumulative_counts": 4},
+    "lora-b16-nockpt-acc4": {"base": "lora-b16-nockpt", "lever": "gradient accumulation 4 (tok/s per micro-batch)",
+                             "mode": "lora", "batch": 16, "checkpointing": False, "accumulative_counts": 4},
+    "full-b16-w8-zero1": {"base": "full-b16-w8", "lever": "DeepSpeed ZeRO-1 instead of ZeRO-2", "mode": "full",
+                          "batch": 16, "num_workers": 8, "zero": 1},
+    "full-b16-w8-amp": {"base": "full-b16-w8", "lever": "no DeepSpeed: mmengine AmpOptimWrapper, bf16 autocast, fp32 weights",
+                        "mode": "full", "batch": 16, "num_workers": 8, "zero": 0, "amp": True},
 }
-_LEVER_KEYS = ("checkpointing", "attention", "group_by_length", "num_workers")
+_LEVER_KEYS = ("checkpointing", "attention", "group_by_length", "num_workers", "accumulative_counts", "amp")
 
 
 def levers(model_dir: str, rows: Sequence[str], iters: int = 8, warmup: int = 4, zero: int = 2,
@@ -899,16 +943,16 @@ def levers(model_dir: str, rows: Sequence[str], iters: int = 8, warmup: int = 4,
         spec = LEVER_ROWS[name]
         left = budget_s - (time.time() - started)
         if left < 60:
-            results["runs"].append({"row": name, "mode": spec["mode"], "zero": zero, "lever": spec["lever"],
+            results["runs"].append({"row": name, "mode": spec["mode"], "zero": spec.get("zero", zero), "lever": spec["lever"],
                                     "error": f"skipped: {left:.0f} s left of the {budget_s:.0f} s budget"})
             continue
         print(f"[levers] {name}: {spec['lever']} ({time.time() - started:.0f} s elapsed)", flush=True)
         kw = {k: spec[k] for k in _LEVER_KEYS if k in spec}
         try:
-            row = train_mode(model_dir, spec["mode"], data, iters, warmup, spec["batch"], zero, 1, peak_flops,
+            row = train_mode(model_dir, spec["mode"], data, iters, warmup, spec["batch"], spec.get("zero", zero), 1, peak_flops,
                              max_dynamic_patch, lora_r, "cuda", min(timeout_s, left), tag=f"lever-{name}", **kw)
         except Exception as exc:  # an out-of-memory row is a result too
-            row = {"mode": spec["mode"], "zero": zero, "batch_per_gpu": spec["batch"],
+            row = {"mode": spec["mode"], "zero": spec.get("zero", zero), "batch_per_gpu": spec["batch"],
                    "error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
         row.update({"row": name, "lever": spec["lever"], "base": spec["base"]})
         row.pop("config", None), row.pop("log", None)  # machine paths
@@ -934,10 +978,11 @@ def levers_table(results: dict) -> str:
             row["x_base"] = r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"]
         row["note"] = r["error"].splitlines()[0][:60] if r.get("error") else ""
         rows.append(row)
-    cols = [("row", "row"), ("lever", "lever"), ("batch_per_gpu", "batch"), ("s_per_iter", "s/iter"),
-            ("data_pct", "data %"), ("tokens_per_s_per_gpu", "tok/s/GPU"), ("x_base", "x base"), ("mfu_pct", "MFU %"),
-            ("peak_memory_gib", "peak GiB"), ("estimate_gib", "estimate GiB"), ("note", "note")]
-    return (f"MFU against {results['peak_flops'] / 1e12:.0f} TFLOPS; one GPU, ZeRO-2; x base = tok/s / the row it changes\n"
+    cols = [("row", "row"), ("lever", "lever"), ("batch_per_gpu", "batch"), ("zero", "ZeRO"), ("accumulative_counts", "acc"),
+            ("s_per_iter", "s/iter"), ("data_pct", "data %"), ("tokens_per_s_per_gpu", "tok/s/GPU"), ("x_base", "x base"),
+            ("mfu_pct", "MFU %"), ("peak_memory_gib", "peak GiB"), ("estimate_gib", "estimate GiB"), ("note", "note")]
+    return (f"MFU against {results['peak_flops'] / 1e12:.0f} TFLOPS; one GPU; ZeRO 0 = no DeepSpeed; acc = micro-batches "
+            "per optimizer step (s/iter and tok/s per micro-batch); x base = tok/s / the row it changes\n"
             + format_table(rows, cols, digits=2))
 
 

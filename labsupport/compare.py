@@ -317,6 +317,12 @@ def unexpected_changes(rows: Sequence[dict], mode: str, vit_trained: bool = Fals
 
 # ---- 4. base + adapter, merged by hand, and the logits check --------------------------------------------------
 
+def checkpoint_bytes(path: str | os.PathLike) -> int:
+    """Size of a checkpoint: an iter_N.pth file, or every file of a DeepSpeed checkpoint folder (what a GPU run writes)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The trained tensors in an XTuner/mmengine checkpoint (iter_N.pth file, or a DeepSpeed checkpoint folder)."""
     import torch

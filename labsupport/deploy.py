@@ -47,10 +47,17 @@ def base_model_dir(model_path: str = "tiny", artifacts: str | os.PathLike | None
 
 def finetuned_model_dir(artifacts: str | os.PathLike, base: str | os.PathLike,
                         model_path: str = "tiny") -> tuple[Path, str]:
-    """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing, with a sentence saying which and why."""
+    """Notebook 05's converted fine-tune of MODEL_PATH, or BASE when it is missing or notebook 04 skipped training, with a
+    sentence saying which and why."""
     from .paths import finetuned_dir
 
+    from .training_outcome import skipped_training
+
     candidate = finetuned_dir(artifacts, model_path)
+    skipped = skipped_training(artifacts, model_path)
+    if skipped:  # 04's last run for this model trained nothing: an older folder would not be this run's
+        return Path(base), (f"notebook 04 did not train this model ({skipped}); the base model {base} answers in "
+                            "both columns, so nothing fine-tuned is compared here")
     if (candidate / "config.json").is_file():
         return candidate.resolve(), f"fine-tuned model from notebook 05: {candidate}"
     return Path(base), (f"no fine-tuned model at {candidate} (run notebook 05 first); "
@@ -759,9 +766,11 @@ def quiet() -> None:
     except ImportError:
         pass  # transformers is optional for the helpers that do not load models
     for pattern in (r".*torch_dtype.*deprecated.*", r".*generation flags are not valid.*", r".*TypedStorage.*",
-                    r".*`do_sample` is set to `False`.*", r".*Setting `pad_token_id`.*", r".*`rope_scaling` is deprecated.*"):
+                    r".*`do_sample` is set to `False`.*", r".*Setting `pad_token_id`.*", r".*`rope_scaling` is deprecated.*",
+                    r".*Importing from timm.models.layers is deprecated.*"):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lmdeploy").setLevel(logging.ERROR)
+    logging.getLogger("transformers_modules").setLevel(logging.ERROR)  # a checkpoint's own code (flash-attn missing ...)
     print("note: progress bars and warnings from inside the libraries that you cannot act on are hidden")
 
 def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str | None = None) -> tuple[bool, str]:
@@ -794,40 +803,3 @@ def remote_llm_generates(model_dir: str | os.PathLike, transformers_version: str
     return False, (f"{source.name}'s {arch}({bases}) does not inherit GenerationMixin, which transformers >= 4.50 needs "
                    f"for generate() (this env has {transformers_version}): run chat() in the course env "
                    "(transformers 4.48), or serve with LMDeploy on a GPU")
-
-
-_ANSWER_SCRIPT = """
-import json, sys
-job = json.load(sys.stdin)
-from labsupport.deploy import pipeline, GenSettings
-pipe = pipeline(job["model_dir"], backend="transformers", max_tiles=job["max_tiles"])
-gen = GenSettings(**job["gen"])
-answers = [pipe((q, img) if img else q, gen).text for q, img in job["items"]]
-print("ANSWERS" + json.dumps(answers))
-"""
-
-
-def course_env_python() -> Path | None:
-    """The course environment's python (transformers 4.48, which runs the published InternVL2 remote code), or None."""
-    from .paths import repo_root
-
-    python = repo_root() / ".venvs" / "internvl-course" / "bin" / "python"
-    return python if python.exists() else None
-
-
-def answer_in_env(python: str | os.PathLike, model_dir: str | os.PathLike, items: Sequence[tuple[str, str | None]],
-                  gen: "GenSettings | None" = None, max_tiles: int = 6, timeout: float = 1800) -> list[str]:
-    """Answer ITEMS [(question, image path or None)] with MODEL_DIR's own chat() in another environment's PYTHON (e.g.
-    course_env_python() when remote_llm_generates says this env cannot); one answer per item."""
-    import dataclasses
-    import subprocess
-
-    job = {"model_dir": str(model_dir), "max_tiles": max_tiles, "items": [[q, str(i) if i else None] for q, i in items],
-           "gen": dataclasses.asdict(gen or GenSettings())}
-    done = subprocess.run([str(python), "-c", _ANSWER_SCRIPT], input=json.dumps(job), capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
-    marker = [ln for ln in done.stdout.splitlines() if ln.startswith("ANSWERS")]
-    if done.returncode or not marker:
-        raise RuntimeError(f"{python} could not answer with {model_dir} (exit {done.returncode}):\n"
-                           + (done.stderr or done.stdout).strip()[-1500:])
-    return json.loads(marker[-1][len("ANSWERS"):])

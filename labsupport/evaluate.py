@@ -33,6 +33,17 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float
     return model.to(device).eval(), tokenizer
 
 
+def free_cuda_memory() -> None:
+    """Give the GPU memory this process's PyTorch still caches back to the driver (a training process started next needs it)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def simple_load_image(path: str | os.PathLike, input_size: int = 448, max_num: int = 1):
     """One 448-px tile of the image at PATH (bicubic resize + ImageNet normalisation): a [1, 3, 448, 448] tensor."""
     import numpy as np

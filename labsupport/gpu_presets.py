@@ -3,6 +3,7 @@
     from labsupport import gpu_presets
     gpu_presets.best("InternVL2-2B", "full")                   # {'batch_size': 16, 'gradient_checkpointing': True, ...}
     gpu_presets.best("InternVL2-2B", "lora", gpu_memory_gib=80) # the entry that fits 80 GB
+    gpu_presets.gpu_memory_gib()                                # (139.8, "...") this machine's GPU, or an H200's
 
 Each entry names the docs/gpu lever row it was measured in (labsupport.bench levers, one H200, ZeRO-2).
 `gradient_checkpointing=False` needs labsupport.xtuner_shims.LeverInternVL in the XTuner config:
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data" / "gpu_presets_measured.json"
+H200_GIB = 139.8  # what torch.cuda reports for one H200 (141 GB), the GPU every entry was measured on
 
 
 def entries(model: str, mode: str) -> list[dict]:
@@ -25,9 +27,25 @@ def entries(model: str, mode: str) -> list[dict]:
     return sorted(data[model][mode], key=lambda e: -e["measured"]["tokens_per_s_per_gpu"])
 
 
-def best(model: str, mode: str, gpu_memory_gib: float = 139.8) -> dict:
-    """The settings of the fastest measured entry for MODEL and MODE that fits GPU_MEMORY_GIB (default: an H200)."""
+def entry(model: str, mode: str, gpu_memory_gib: float = H200_GIB) -> dict:
+    """The fastest measured entry (settings, measured, why) for MODEL and MODE that fits GPU_MEMORY_GIB (default: an H200)."""
     fits = [e for e in entries(model, mode) if e.get("needs_gpu_memory_gib", e["measured"]["peak_memory_gib"]) <= gpu_memory_gib]
     if not fits:
         raise ValueError(f"no measured {model} {mode} setting fits {gpu_memory_gib} GiB; see {DATA.name}")
-    return dict(fits[0]["settings"])
+    return json.loads(json.dumps(fits[0]))  # a copy: callers may change it
+
+
+def best(model: str, mode: str, gpu_memory_gib: float = H200_GIB) -> dict:
+    """The settings of the fastest measured entry for MODEL and MODE that fits GPU_MEMORY_GIB (default: an H200)."""
+    return entry(model, mode, gpu_memory_gib)["settings"]
+
+
+def gpu_memory_gib() -> tuple[float, str]:
+    """(GiB, where the number comes from) of this machine's first CUDA GPU (torch.cuda); an H200's without one."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gib = round(props.total_memory / 2**30, 1)
+        return gib, f"{props.name}, {gib} GiB (torch.cuda, GPU 0)"
+    return H200_GIB, f"no CUDA GPU visible: the presets assume one H200 ({H200_GIB} GiB)"

@@ -679,11 +679,15 @@ def modelscope_available() -> bool:
 
 # ------------------------------------------------------------------------ what this notebook publishes
 def model_to_publish(artifacts: str | os.PathLike, model_path: str = "tiny") -> tuple[Path, bool, str]:
-    """(folder, fine_tuned, why): notebook 05's fine-tuned model when it exists, else the base MODEL_PATH, with the reason."""
+    """(folder, fine_tuned, why): notebook 05's fine-tuned model when it exists (and notebook 04's last run for this model
+    trained), else the base MODEL_PATH, with the reason."""
     from .paths import finetuned_dir, is_embedded
 
+    from .training_outcome import skipped_training
+
     finetuned = finetuned_dir(artifacts, model_path)
-    if (finetuned / "config.json").exists():
+    skipped = skipped_training(artifacts, model_path)  # 04's last run for this model trained nothing
+    if (finetuned / "config.json").exists() and not skipped:
         return finetuned, True, f"the fine-tuned model written by notebook 05 ({finetuned})"
     if is_embedded(model_path):
         from labsupport.tinymodel import resolve_model
@@ -693,5 +697,8 @@ def model_to_publish(artifacts: str | os.PathLike, model_path: str = "tiny") -> 
         base = Path(model_path).expanduser()
         if not (base / "config.json").exists():
             raise FileNotFoundError(f"MODEL_PATH={model_path!r} holds no config.json: give a model folder, or \"tiny\"")
+    if skipped:
+        return Path(base), False, (f"the base model {base}, not a fine-tune: notebook 04 did not train this model "
+                                   f"({skipped})")
     return Path(base), False, (f"notebook 05 has not written {finetuned} yet, so the base model {base} is published "
                                "instead (run notebooks 04 and 05 first to publish your fine-tune)")

@@ -99,30 +99,9 @@ def gen_settings(gen_config) -> "GenSettings":
                        repetition_penalty=gen_config.repetition_penalty, seed=gen_config.random_seed)
 
 
-def _needs_course_env(model_path: Path) -> str | None:
-    """Why this kernel's transformers cannot chat with the checkpoint's remote code (None when it can).
-
-    The official InternLM2 / Phi-3 remote code of InternVL2 is written for transformers < 4.50: its LLM classes do
-    not inherit GenerationMixin, so `chat()` fails under 4.50+ ('... has no attribute generate'), and 5.x cannot
-    even load the 2B files. The course env (transformers 4.48) runs it.
-    """
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    if (major, minor) < (4, 50):
-        return None
-    llm_file = next((f for f in model_path.glob("modeling_*.py")
-                     if f.name not in ("modeling_internvl_chat.py", "modeling_intern_vit.py")), None)
-    if llm_file is None:
-        return None  # the LLM is built into transformers (Qwen2, Phi-3 via transformers): it has generate()
-    if "GenerationMixin" in llm_file.read_text(encoding="utf-8", errors="replace"):
-        return None  # remote code written for transformers >= 4.50 (the course's own tiny model)
-    return (f"{llm_file.name} is remote code for transformers < 4.50 (its LLM class lacks GenerationMixin) and this "
-            f"kernel has transformers {transformers.__version__}: the course env (4.48) answers, in a subprocess")
-
-
 class _CourseEnvWorker:
-    """The model's chat() run by the course env's Python in a child process (JSON lines over stdin/stdout)."""
+    """The model's chat() run by the course env's Python in a child process (JSON lines over stdin/stdout): the one way
+    the deploy env answers with remote code it cannot run itself (deploy.remote_llm_generates says when)."""
 
     def __init__(self, model_path: Path, device: str, tiles: int):
         import subprocess
@@ -203,6 +182,8 @@ def _worker(model_path: str, device: str, tiles: str) -> None:
 
     from labsupport.deploy import GenSettings, _Transformers
 
+    replies = sys.stdout  # the protocol's channel: one JSON line per request, nothing else
+    sys.stdout = sys.stderr  # what the model's code prints (the official InternLM2 prints its attention fallback) goes aside
     model = _Transformers(Path(model_path), device, int(tiles))
     for line in sys.stdin:
         try:
@@ -218,12 +199,12 @@ def _worker(model_path: str, device: str, tiles: str) -> None:
                 else:
                     image = queries[0][1]
                 answer = model.turn(state, queries[0][0], image, gen)
-                print(json.dumps({"answers": [answer], "history": [list(t) for t in state["history"]]}), flush=True)
+                print(json.dumps({"answers": [answer], "history": [list(t) for t in state["history"]]}), file=replies, flush=True)
                 continue
             answers = model.many(queries, gen) if len(queries) > 1 else [model.one(*queries[0], gen)]
-            print(json.dumps({"answers": list(answers)}), flush=True)
+            print(json.dumps({"answers": list(answers)}), file=replies, flush=True)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it for the learner
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), file=replies, flush=True)
 
 
 class CPUPipeline:
@@ -231,7 +212,7 @@ class CPUPipeline:
 
     def __init__(self, model_path: str | Path, backend_config=None, chat_template_config=None, device: str = "cpu",
                  max_dynamic_patch: int | None = None, **_ignored):
-        from labsupport.deploy import _Transformers, read_chat_template
+        from labsupport.deploy import _Transformers, read_chat_template, remote_llm_generates
 
         self.model_path = Path(model_path)
         config = json.loads((self.model_path / "config.json").read_text(encoding="utf-8"))
@@ -240,10 +221,10 @@ class CPUPipeline:
         self.backend_config, self.chat_template_config = backend_config, chat_template_config
         import transformers
 
-        why = _needs_course_env(self.model_path)
-        if why:
+        generates, why = remote_llm_generates(self.model_path)
+        if not generates:  # published InternLM2/Phi-3 code under transformers >= 4.50: the course env answers
             self._model = _CourseEnvWorker(self.model_path, device, self.default_tiles)
-            self.ran = f"labsupport.lmdeploy_cpu.cpu_pipeline: no CUDA GPU; {why}"
+            self.ran = f"labsupport.lmdeploy_cpu.cpu_pipeline: no CUDA GPU; {why}: the course env answered, in a subprocess"
         else:
             self._model = _Transformers(self.model_path, device, self.default_tiles)
             self.ran = (f"labsupport.lmdeploy_cpu.cpu_pipeline: no CUDA GPU, so the model's own chat() through "

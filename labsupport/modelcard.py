@@ -124,13 +124,16 @@ def python_blocks(card_text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", str(card_text), flags=re.S)
 
 
-def _usage(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6) -> str:
+def _usage(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6,
+           fine_tuned: bool = True) -> str:
     """The usage snippets of the card: transformers and LMDeploy."""
+    asked = ("the question one the fine-tuning taught; `load_image` cuts it into 448-px tiles exactly as training did"
+             if fine_tuned else "a question of the course task; `load_image` cuts it into 448-px tiles as the model's "
+             "config.json says")
     return f"""## How to use
 
 With transformers (the model ships its own code, hence `trust_remote_code=True`). The image is the example
-published with the model (`{image}`), the question one the fine-tuning taught; `load_image` cuts it into
-448-px tiles exactly as training did (at most {max_num}), it comes with the course's `labsupport` package:
+published with the model (`{image}`), {asked} (at most {max_num}), it comes with the course's `labsupport` package:
 
 ```python
 {usage_snippet(repo_id, question, image, max_num)}```
@@ -171,7 +174,12 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
     body = [f"# {name}", ""]
     start = (f" from [{base_model}](https://huggingface.co/{base_model})" if base_model else
              f" from the local model `{training['settings']['path']}`" if training and training["settings"].get("path") else "")
-    body.append(f"An InternVL2 model fine-tuned with XTuner in the InternVL course{start}. {model_note}".strip())
+    fine_tuned = bool(training or evaluation)
+    if fine_tuned:
+        body.append(f"An InternVL2 model fine-tuned with XTuner in the InternVL course{start}. {model_note}".strip())
+    else:  # never claim a fine-tune that did not happen
+        body.append(f"InternVL2 base weights{start}, published with the InternVL course's workflow; **not fine-tuned**. "
+                    f"{model_note}".strip())
     body += ["", "## Results", ""]
     if evaluation:
         b, a = evaluation["before"], evaluation["after"]
@@ -185,7 +193,8 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
             body += [f"| {k} | {percent((b.get('per_kind') or {}).get(k, 0.0))} | {percent((a.get('per_kind') or {}).get(k, 0.0))} |"
                      for k in kinds]
     else:
-        body.append("No evaluation results were found (notebook 05 has not run): this card reports none.")
+        body.append("No evaluation results were found (notebook 05 has not run, or had no fine-tune to evaluate): "
+                    "this card reports none.")
     body += ["", "## Training", ""]
     if training:
         body += [f"Fine-tuned with XTuner ({training['mode']}) for {training['iters']} iterations; "
@@ -193,8 +202,9 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
                     else "no loss was logged."), "", "| setting | value |", "|---|---|"]
         body += [f"| `{k}` | `{v!r}` |" for k, v in training["settings"].items()]
     else:
-        body.append("No training record was found (notebook 04 has not run): these are the base weights.")
-    body += ["", _usage(repo_id, question, image, max_num), "## Licence", "",
+        body.append("No training record was found (notebook 04 has not run, or did not train this model): these are "
+                    "the base weights.")
+    body += ["", _usage(repo_id, question, image, max_num, fine_tuned), "## Licence", "",
              f"{license.upper() if license == 'mit' else license}, like the InternVL2 code; the language model inside keeps its own licence."]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
     return ModelCard(content)

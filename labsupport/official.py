@@ -204,10 +204,22 @@ def _write_tokenizer(size: str, out: Path) -> int:
     return len(AutoTokenizer.from_pretrained(str(out), trust_remote_code=True, use_fast=False))
 
 
+def _pretrained_vit(shapes: dict[str, tuple]) -> dict:
+    """The course's pre-trained tiny ViT (labsupport.vit_pretrain) when it fits SHAPES tensor for tensor, else {}."""
+    from .vit_pretrain import PREFIX, pretrained_weights
+
+    vit = pretrained_weights()
+    ours = {n for n in shapes if n.startswith(PREFIX)}
+    if set(vit) != ours or any(tuple(v.shape) != tuple(shapes[n]) for n, v in vit.items()):
+        return {}
+    return vit
+
+
 def build_official_format(size: str, out_dir: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
                           seed: int = 0) -> Path:
-    """Build an InternVL2-SIZE ("1B", "2B", "4B", "8B") checkpoint in the official format with tiny random weights
-    from the published code in SOURCE (a clone of OpenGVLab/InternVL); returns its folder (default official_dir)."""
+    """Build an InternVL2-SIZE ("1B", "2B", "4B", "8B") checkpoint in the official format with tiny weights (the
+    course's pre-trained ViT where its tensors fit, the rest random) from the published code in SOURCE (a clone of
+    OpenGVLab/InternVL); returns its folder (default official_dir)."""
     import tempfile
 
     from .checkpoints import write_json_atomic
@@ -245,10 +257,12 @@ def build_official_format(size: str, out_dir: str | os.PathLike | None = None, s
         model_cls = get_class_from_dynamic_module("modeling_internvl_chat.InternVLChatModel", str(tmp))
         # a real (tiny) instance: the published ViT calls .item() while it builds, which the meta device refuses
         shapes = {n: tuple(t.shape) for n, t in model_cls(cfg).state_dict().items()}
-        _write_weights(config, tmp, seed, shapes)
+        vit = _pretrained_vit(shapes)
+        _write_weights(config, tmp, seed, shapes, replace=vit)
         write_json_atomic(tmp / "SOURCE.json", {"remote_code": f"https://github.com/{SOURCE_REPO}",
                                                 "commit": SOURCE_COMMIT, "size": size, "seed": seed,
-                                                "note": "tiny random weights, tokenizer trained on the course corpus"})
+                                                "note": ("the course's pre-trained tiny ViT, " if vit else "")
+                                                + "tiny random weights, tokenizer trained on the course corpus"})
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

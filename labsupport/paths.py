@@ -23,12 +23,17 @@ def artifacts_dir(artifacts: str | os.PathLike | None = None) -> Path:
 
 
 def pick_device(device: str = "auto") -> str:
-    """Resolve the DEVICE parameter: "auto" means CUDA when present, else CPU."""
-    if device != "auto":
+    """Resolve the DEVICE parameter: "auto" means CUDA when present, else CPU; "cuda" without a CUDA GPU says so and gives "cpu"."""
+    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda" if device == "auto" else device
+    if device != "auto":
+        print(f"DEVICE = {device!r}, but this machine has no CUDA GPU that torch can use: running the CPU path instead "
+              "(GPU-only steps print why they are skipped)")
+    return "cpu"
 
 
 # ---- names that derive from MODEL_PATH: the one place that decides them -----------------------------------------

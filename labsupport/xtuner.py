@@ -68,8 +68,11 @@ class TrainSettings:
     num_workers: int = 4
     log_interval: int = 10
     gradient_checkpointing: bool = True
+    group_by_length: bool = True       # XTuner's LengthGroupedSampler (batches of similar length); False: random order
     seed: int = 42
     template: str | None = None        # XTuner PROMPT_TEMPLATE name; None: from the model's LLM
+    measured: dict | None = None       # the docs/gpu row the per-GPU batch, workers, checkpointing come from (gpu_presets)
+    preset_note: str = ""              # where the per-GPU values come from, in a sentence (printed by notebook 04)
 
     def llm_frozen(self) -> bool:
         """Whether the LLM's own weights are frozen (LoRA/QLoRA adapters still train)."""
@@ -81,25 +84,54 @@ class TrainSettings:
 # Per-GPU values after the official InternVL2 fine-tune recipes (internvl_chat/shell/internvl2.0/2nd_finetune)
 # and XTuner's configs/internvl/v2: lr 4e-5, max_length 8192, dynamic patches <= 6, global batch 128
 # for full fine-tuning on 8 GPUs, 16 for LoRA on 2, QLoRA on one; LoRA r=128, alpha=256 (XTuner's).
+# Where labsupport/data/gpu_presets_measured.json holds a measured entry for the size and mode (InternVL2-2B full
+# and LoRA, one H200), its per-GPU batch, data-loader workers and gradient checkpointing replace these defaults;
+# the global batch (and so the learning rate) stays the recipe's: fewer GPUs or less accumulation make it up.
 _SIZES = {"1B": 4, "2B": 4, "4B": 2, "8B": 1}  # per-GPU batch that fits 80 GB with gradient checkpointing
+_GPUS = {"full": 8, "lora": 2, "qlora": 1}
+_GLOBAL_BATCH = {"full": 128, "lora": 16, "qlora": 16}
 
 
-def _gpu_preset(size: str, mode: str) -> TrainSettings:
-    per_gpu = _SIZES[size]
-    gpus = {"full": 8, "lora": 2, "qlora": 1}[mode]
-    global_batch = 128 if mode == "full" else 16
+def _measured_entry(size: str, mode: str, gpu_memory_gib: float | None) -> tuple[dict | None, str]:
+    """(the fastest measured gpu_presets entry that fits this GPU, or None; a sentence saying which and why)."""
+    from labsupport import gpu_presets
+
+    gib, where = (gpu_memory_gib, f"{gpu_memory_gib} GiB (given)") if gpu_memory_gib else gpu_presets.gpu_memory_gib()
+    model = f"InternVL2-{size}"
+    try:
+        e = gpu_presets.entry(model, mode, gib)
+    except KeyError:
+        return None, f"no measured {model} {mode} settings: per-GPU batch {_SIZES[size]} with checkpointing (fits 80 GB)"
+    except ValueError:
+        return None, (f"no measured {model} {mode} setting fits {gib} GiB ({where}): per-GPU batch {_SIZES[size]} "
+                      "with checkpointing")
+    m = e["measured"]
+    e["measured"].update(model=model, mode=mode, gpu_memory_gib=gib, gpu=where, why=e.get("why", ""), settings=e["settings"])
+    return e, (f"measured on one H200: row {m['row']} of docs/gpu/{m['file']}, {m['tokens_per_s_per_gpu']:,.0f} tok/s/GPU, "
+               f"MFU {m['mfu']:.1%}, peak {m['peak_memory_gib']:.1f} GiB; chosen for {where}")
+
+
+def _gpu_preset(size: str, mode: str, gpu_memory_gib: float | None = None) -> TrainSettings:
+    e, note = _measured_entry(size, mode, gpu_memory_gib)
+    global_batch = _GLOBAL_BATCH[mode]
+    per_gpu = e["settings"]["batch_size"] if e else _SIZES[size]
+    gpus = min(_GPUS[mode], max(1, global_batch // per_gpu))  # a measured batch may fill the global batch on fewer GPUs
+    extra = {}
+    if e:
+        extra = dict(num_workers=e["settings"]["num_workers"], gradient_checkpointing=e["settings"]["gradient_checkpointing"],
+                     measured=e["measured"])
     return TrainSettings(
         model_path=f"OpenGVLab/InternVL2-{size}", data=[DataSpec("data/train.json", "data/images")], mode=mode,
         batch_size=per_gpu, accumulative_counts=max(1, global_batch // (per_gpu * gpus)), nproc=gpus,
         deepspeed=3 if (mode == "full" and size == "8B") else 2, lr=4e-5, max_dynamic_patch=6,
-        save_steps=500, device="cuda",
+        save_steps=500, device="cuda", preset_note=note, **extra,
     )
 
 
 TINY_N_TRAIN = 600  # notebook 04's default N_TRAIN: max_epochs passes over it at the preset's batch are the CPU run
 
 
-def _tiny_cpu() -> TrainSettings:
+def _tiny_cpu(gpu_memory_gib: float | None = None) -> TrainSettings:
     # LoRA (r=32, alpha=64) on the miniature model's LLM plus the projector, lr 1e-3, 4 epochs of TINY_N_TRAIN plates
     # at batch 4 (600 iterations), one tile per image, the pre-trained ViT frozen (it halves the cost of an iteration).
     # Each training image is asked all three questions (datasets.build_course_task(ask_all=True)). Measured in a
@@ -111,23 +143,25 @@ def _tiny_cpu() -> TrainSettings:
         model_path="tiny", mode="lora", freeze_vit=True, freeze_llm=None, max_length=512, batch_size=4,
         accumulative_counts=1, lr=1e-3, weight_decay=0.0, max_epochs=4, warmup_ratio=0.03, save_steps=50,
         save_total_limit=2, max_dynamic_patch=1, device="cpu", num_workers=0, log_interval=10,
-        gradient_checkpointing=False, lora_r=32, lora_alpha=64, lora_dropout=0.0,
+        gradient_checkpointing=False, lora_r=32, lora_alpha=64, lora_dropout=0.0, group_by_length=False,
+        preset_note="the CPU preset of the miniature model (measured on the 2-core course machine)",
     )
 
 
-PRESETS: dict[str, Callable[[], TrainSettings]] = {"tiny-cpu": _tiny_cpu}
+PRESETS: dict[str, Callable[..., TrainSettings]] = {"tiny-cpu": _tiny_cpu}
 for _size in _SIZES:
     for _mode in MODES:
-        PRESETS[f"InternVL2-{_size}-{_mode}"] = (lambda s=_size, m=_mode: _gpu_preset(s, m))
+        PRESETS[f"InternVL2-{_size}-{_mode}"] = (lambda gpu_memory_gib=None, s=_size, m=_mode: _gpu_preset(s, m, gpu_memory_gib))
 
 
-def preset(name: str = "tiny-cpu", **overrides) -> TrainSettings:
-    """The settings of preset NAME (see PRESETS), with any field replaced by OVERRIDES."""
+def preset(name: str = "tiny-cpu", gpu_memory_gib: float | None = None, **overrides) -> TrainSettings:
+    """The settings of preset NAME (see PRESETS) for a GPU of GPU_MEMORY_GIB (None: this machine's, else an H200's),
+    with any field replaced by OVERRIDES."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     if "data" in overrides:
         overrides["data"] = [d if isinstance(d, DataSpec) else DataSpec(**d) for d in overrides["data"]]
-    return replace(PRESETS[name](), **overrides)
+    return replace(PRESETS[name](gpu_memory_gib=gpu_memory_gib), **overrides)
 
 
 # A checkpoint below this many parameters is a miniature (the course's tiny has ~1.3M; InternVL2-1B has 0.9B):
@@ -165,9 +199,17 @@ def choose_preset(model_path: str | os.PathLike, mode: str = "", device: str = "
 
 
 def effective_settings(preset_name: str, overrides: dict) -> tuple[TrainSettings, list[tuple[str, object, object]]]:
-    """The preset's settings with every non-None value of OVERRIDES applied, and the (field, preset, effective) rows that differ."""
+    """The preset's settings with every non-None value of OVERRIDES applied, and the (field, preset, effective) rows that differ.
+
+    A GPU preset keeps its global batch (and so its learning rate) when OVERRIDES change the GPUs or the per-GPU
+    batch but not accumulative_counts: e.g. the 8-GPU full preset on one GPU accumulates 8 micro-batches.
+    """
     base = preset(preset_name)
     chosen = {k: v for k, v in overrides.items() if v is not None}
+    if base.device != "cpu" and {"nproc", "batch_size"} & set(chosen) and "accumulative_counts" not in chosen:
+        total = base.batch_size * base.nproc * base.accumulative_counts
+        per_step = chosen.get("batch_size", base.batch_size) * chosen.get("nproc", base.nproc)
+        chosen["accumulative_counts"] = max(1, total // per_step)
     s = preset(preset_name, **chosen)
     rows = [(k, getattr(base, k), getattr(s, k)) for k in chosen if k != "data" and getattr(base, k) != getattr(s, k)]
     return s, rows
@@ -177,7 +219,7 @@ def settings_table(s: TrainSettings, preset_name: str) -> str:
     """SETTINGS next to PRESET_NAME's values, one knob a line, a '*' where they differ."""
     base = asdict(preset(preset_name))
     keys = ["mode", "lora_r", "lora_alpha", "lr", "batch_size", "accumulative_counts", "max_epochs", "nproc", "deepspeed",
-            "max_dynamic_patch", "max_length", "freeze_vit", "device", "save_steps"]
+            "num_workers", "gradient_checkpointing", "max_dynamic_patch", "max_length", "freeze_vit", "device", "save_steps"]
     lines = [f"{'setting':22s} {'effective':>14s}  {'preset ' + preset_name:>24s}"]
     for k in keys:
         eff, pre = getattr(s, k), base[k]
@@ -211,11 +253,13 @@ _WARNINGS = [
     (FutureWarning, r".*torch.utils._pytree._register_pytree_node.*"),
     (UserWarning, r".*None of the inputs have requires_grad=True.*"),
     (DeprecationWarning, r".*"),
+    (FutureWarning, r".*Importing from timm.models.layers is deprecated.*"),  # every published modeling_intern_vit.py
 ]
 
 
 def quiet_warnings() -> None:
     """Hide warnings raised inside transformers/torch/mmengine that a learner cannot act on (printed once: which and why)."""
+    import logging
     import warnings
 
     for category, pattern in _WARNINGS:
@@ -223,12 +267,21 @@ def quiet_warnings() -> None:
     # the tokenizer builder uses Rust threads; the `!xtuner ...` cells fork the kernel afterwards, and tokenizers
     # then warns about the fork in every notebook: say up front that this process needs no tokenizer threads
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the published InternVL2 remote code logs through transformers' logger on every load (flash-attn missing, eager
+    # attention, no GenerationMixin, deprecated cache attributes): keep transformers' own log to errors
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass  # an environment without transformers has no remote code to quiet
+    # ... and a checkpoint's own modules log under "transformers_modules.<folder>", outside transformers' logger tree
+    logging.getLogger("transformers_modules").setLevel(logging.ERROR)
     # DeepSpeed (imported by XTuner) logs its accelerator auto-detection, bitsandbytes prints that it has no GPU
     # library: both at import, both irrelevant to a CPU run. Import them once with their output swallowed.
     import contextlib
     import importlib
     import io
-    import logging
 
     for name in ("deepspeed", "bitsandbytes"):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -314,7 +367,8 @@ def render_config(s: TrainSettings) -> str:
     if cpu and (s.mode == "qlora" or s.deepspeed or s.nproc > 1):
         raise ValueError("QLoRA, DeepSpeed and several processes need GPUs: pass the settings through cpu_compatible() first")
     by_iter = s.max_iters is not None
-    model_cls = "CPUInternVL" if cpu else "InternVL_V1_5"
+    # XTuner's InternVL_V1_5 always switches gradient checkpointing on: without it, labsupport's LeverInternVL
+    model_cls = "CPUInternVL" if cpu else ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
     data_cls = "CourseInternVLDataset" if (cpu or s.max_dynamic_patch is not None) else "InternVL_V1_5_Dataset"
     lora = s.mode in ("lora", "qlora")
     L = []  # noqa: N806
@@ -340,9 +394,9 @@ def render_config(s: TrainSettings) -> str:
         a("from xtuner.model import InternVL_V1_5")
     if data_cls == "InternVL_V1_5_Dataset":
         a("from xtuner.dataset import InternVL_V1_5_Dataset")
-    shims = sorted({c for c in (model_cls, data_cls) if c in ("CPUInternVL", "CourseInternVLDataset")})
+    shims = sorted({c for c in (model_cls, data_cls) if c in ("CPUInternVL", "CourseInternVLDataset", "LeverInternVL")})
     if shims:
-        a(f"from labsupport.xtuner_shims import {', '.join(shims)}  # CPU shims and the max_dynamic_patch knob")
+        a(f"from labsupport.xtuner_shims import {', '.join(shims)}  # XTuner's classes + the knobs they lack")
     a("")
     a("#" * 72)
     a("#                          PART 1  Settings (change these)")
@@ -402,6 +456,8 @@ def render_config(s: TrainSettings) -> str:
     if cpu:
         a("    dtype='float32',  # CPU: train in float32 (XTuner loads bf16)")
         a(f"    gradient_checkpointing={s.gradient_checkpointing!r},")
+    elif model_cls == "LeverInternVL":
+        a("    gradient_checkpointing=False,  # faster where the activations fit (labsupport.gpu_presets)")
     a(")")
     a("")
     a("#" * 72)
@@ -685,7 +741,8 @@ class LivePlot:
             self.ax_lr.plot(it, [r.get("lr", float("nan")) for r in scalars], ".-", color="tab:orange")
         self.ax_lr.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
         self.fig.tight_layout()
-        self.handle.update(self.fig)
+        if self.handle is not None:  # None outside a notebook front end (a script, a plain python prompt)
+            self.handle.update(self.fig)
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -823,22 +880,3 @@ def plot_scalars(scalars: list[dict], title: str = "training"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-XTUNER_INTERNVL_LLMS = ("Phi3ForCausalLM", "InternLM2ForCausalLM")  # xtuner/dataset/internvl_dataset.py, 0.2.0
-
-
-def supports_model(model_path: str | os.PathLike) -> tuple[bool, str]:
-    """Whether XTuner 0.2.0's InternVL dataset can train MODEL_PATH's LLM, and a sentence saying why (and what to do)."""
-    from labsupport.paths import is_embedded
-
-    if is_embedded(model_path):
-        return True, f"{model_path!r} is built with an LLM XTuner 0.2.0 trains"
-    cfg = Path(model_path) / "config.json"
-    arch = (json.loads(cfg.read_text(encoding="utf-8")).get("llm_config", {}).get("architectures") or ["?"])[0]
-    if arch in XTUNER_INTERNVL_LLMS:
-        return True, f"XTuner 0.2.0's InternVL dataset trains {arch}"
-    return False, (f"XTuner 0.2.0's InternVL dataset trains only {' and '.join(XTUNER_INTERNVL_LLMS)}; {cfg} names "
-                   f"{arch} (InternVL2-1B's Qwen2), for which it raises NotImplementedError "
-                   "(xtuner/dataset/internvl_dataset.py). Fine-tune a 2B/4B/8B checkpoint with XTuner, or this one "
-                   "with InternVL's own scripts (internvl_chat/shell/internvl2.0/2nd_finetune/ in OpenGVLab/InternVL).")

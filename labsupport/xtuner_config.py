@@ -52,8 +52,9 @@ def official_config_name(model_path: str | os.PathLike, mode: str = "lora", para
     family = _FAMILY.get(arch)
     if family is None:
         raise NoOfficialConfig(
-            f"{model_path}: its LLM is {arch or 'unknown'}; XTuner 0.2.0 ships InternVL2 configs and dataset support "
-            f"only for {', '.join(_FAMILY)} (InternVL2-2B/8B/26B and InternVL2-4B)")
+            f"{Path(model_path) / 'config.json'} names the LLM {arch or 'unknown'} (llm_config.architectures); XTuner "
+            f"0.2.0 ships InternVL2 configs and dataset support only for {' and '.join(_FAMILY)} (InternVL2-2B/8B/26B "
+            "and InternVL2-4B)")
     if mode not in _FILE_MODE:
         raise ValueError(f"mode must be one of {', '.join(_FILE_MODE)}, not {mode!r}")
     if family == "phi3":
@@ -64,12 +65,14 @@ def official_config_name(model_path: str | os.PathLike, mode: str = "lora", para
 
 
 def official_config_for(model_path: str | os.PathLike, mode: str = "lora", params: int | None = None) -> tuple[str | None, str | None]:
-    """(name, None) of XTuner's config for the checkpoint, or (None, why not and what to do) when XTuner 0.2.0 has none."""
+    """(name, None) of XTuner's config for the checkpoint, or (None, why not and what to do) when XTuner 0.2.0 cannot
+    train it: the one test of whether the course's XTuner path supports a model (notebook 04 skips training on None)."""
     try:
         return official_config_name(model_path, mode, params), None
     except NoOfficialConfig as exc:
-        return None, (f"{exc}. XTuner 0.2.0's InternVL dataset also refuses this LLM (a missing template branch in "
-                      "xtuner/dataset/internvl_dataset.py), so notebooks 04-05 skip training. What to do: fine-tune "
+        return None, (f"{exc}. XTuner 0.2.0's InternVL dataset also refuses this LLM (NotImplementedError: a missing "
+                      "template branch in xtuner/dataset/internvl_dataset.py), so notebook 04 skips training and 05-07 "
+                      "work on the base model. What to do: fine-tune "
                       "InternVL2-2B or -4B with this XTuner, or InternVL2-1B with InternVL's own scripts "
                       "(internvl_chat/shell/internvl2.0/2nd_finetune) or ms-swift.")
 
@@ -151,10 +154,21 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
     setting("data_path", 'data_root + "train.json"', "the training records in InternVL's json format")
     setting("image_folder", "data_root", "image paths in train.json are relative to the task folder")
     setting("max_length", s.max_length, "a plates sample is ~300 tokens (256 image tokens per tile + the text)")
-    setting("batch_size", s.batch_size, "samples per step and device (the preset's value)")
-    setting("accumulative_counts", s.accumulative_counts, "gradient accumulation: global batch = batch x devices x this")
+    m = None if cpu else s.measured  # the docs/gpu row behind a GPU preset's per-GPU values (labsupport.gpu_presets)
+    cites = lambda key, value: m is not None and m["settings"].get(key) == value  # noqa: E731
+    row = measured_row(m) if m else ""
+    setting("batch_size", s.batch_size,
+            f"measured: the fastest per-GPU batch that fits {m['gpu_memory_gib']} GiB ({row})" if cites("batch_size", s.batch_size)
+            else "samples per step and device (the preset's value)")
+    setting("accumulative_counts", s.accumulative_counts,
+            f"global batch = {s.batch_size} x {s.nproc} GPU(s) x {s.accumulative_counts} = "
+            f"{s.batch_size * s.nproc * s.accumulative_counts}, the preset's global batch (and so its lr): the measured "
+            f"per-GPU batch fills it with {s.nproc} GPU(s) and less accumulation" if m
+            else "gradient accumulation: global batch = batch x devices x this")
     setting("dataloader_num_workers", s.num_workers,
-            "worker processes load images; on a 2-core CPU they only compete with training" if cpu else "the preset's value")
+            "worker processes load images; on a 2-core CPU they only compete with training" if cpu
+            else f"measured: {s.num_workers} loader processes ({row})" if cites("num_workers", s.num_workers)
+            else "the preset's value")
     setting("max_epochs", s.max_epochs, "passes over the data (iterations = samples x epochs / batch)")
     setting("lr", repr(s.lr), "a model that starts from random weights needs a far larger step than a pretrained one's 1e-6"
             if cpu else "the official recipes' 4e-5 (XTuner's file keeps 1e-6)")
@@ -188,6 +202,27 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
         edits.append(Edit('randomness = dict(seed=None, deterministic=False)',
                           [f'randomness = dict(seed={s.seed}, deterministic=False)'],
                           "a fixed seed: the accuracy checkpoint then checks a reproducible run"))
+    if not cpu and not s.gradient_checkpointing:
+        why = (f"measured: {m['why']} ({row}); this GPU has {m['gpu_memory_gib']} GiB"
+               if cites("gradient_checkpointing", False) else "gradient checkpointing off (an override)")
+        edits.append(Edit("from xtuner.model import InternVL_V1_5",
+                          ["from xtuner.model import InternVL_V1_5", "from labsupport.xtuner_shims import LeverInternVL"],
+                          "LeverInternVL lives in labsupport/xtuner_shims.py: XTuner's InternVL_V1_5 always switches "
+                          "gradient checkpointing on, this subclass takes it as a parameter"))
+        edits.append(Edit("type=InternVL_V1_5,", ["type=LeverInternVL,  # XTuner's InternVL_V1_5, subclassed",
+                                                  "gradient_checkpointing=False,"], why))
+    if not s.group_by_length:
+        edits.append(Edit("from xtuner.dataset.samplers import LengthGroupedSampler",
+                          ["from mmengine.dataset import DefaultSampler",
+                           "from xtuner.dataset.samplers import LengthGroupedSampler"],
+                          "mmengine's random-order sampler, used below"))
+        edits.append(Edit("type=LengthGroupedSampler,", ["type=DefaultSampler,", "shuffle=True,"],
+                          "batches in random order: every plate costs the same 256 image tokens, so grouping by "
+                          "length saves no padding here, and it sorts each batch by its answers' lengths, which "
+                          "follow the answers themselves (measured: colour and shape questions mixed up)"))
+        edits.append(Edit('length_property="modality_length",', [], "an argument of LengthGroupedSampler only"))
+        edits.append(Edit("per_device_batch_size=batch_size * accumulative_counts,", [],
+                          "an argument of LengthGroupedSampler only"))
     if max_dynamic_patch is not None:
         if not cpu:
             edits.append(Edit("from xtuner.model import InternVL_V1_5",
@@ -198,8 +233,16 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
                           ["type=CourseInternVLDataset,  # XTuner's InternVL_V1_5_Dataset, subclassed",
                            f"max_dynamic_patch={max_dynamic_patch},"],
                           "shim: XTuner 0.2.0 reads the tiles per image only from the model's config.json; "
-                          f"{max_dynamic_patch} tile(s) per image here, and notebook 06 tiles the same"))
+                          f"{max_dynamic_patch} tile(s) per image here, and notebook 06 tiles the same"
+                          + ("" if cpu else " (the official fine-tune recipes' --max_dynamic_patch 6 for InternVL2, "
+                             "which the measured GPU presets ran with; config.json says 12)")))
     return edits
+
+
+def measured_row(m: dict) -> str:
+    """The measured docs/gpu row M (a gpu_presets entry's "measured") in words: row, file, tok/s, MFU, peak memory."""
+    return (f"row {m['row']} of docs/gpu/{m['file']}: {m['tokens_per_s_per_gpu']:,.0f} tok/s/GPU, MFU {m['mfu']:.1%}, "
+            f"peak {m['peak_memory_gib']:.1f} GiB on one H200")
 
 
 def apply_edits(official: str, edits: list[Edit]) -> str:

@@ -13,10 +13,12 @@ It also defines the classes a CPU config names instead of XTuner's own:
   first, because XTuner calls ``torch.distributed.get_rank()`` in every forward even without a
   launcher, (2) trains in float32, since XTuner loads the model in bfloat16 and a CPU has no fast
   bf16 nor an AMP optimiser, and (3) can switch gradient checkpointing off (pointless for a tiny model).
-* ``LeverInternVL``: XTuner's ``InternVL_V1_5`` on a GPU with the two speed levers XTuner fixes as
-  parameters: ``gradient_checkpointing`` (XTuner always switches it on) and ``llm_attn``, the LLM's
+* ``LeverInternVL``: XTuner's ``InternVL_V1_5`` on a GPU with the speed levers XTuner fixes as
+  parameters: ``gradient_checkpointing`` (XTuner always switches it on), ``llm_attn``, the LLM's
   attention kernel ("sdpa" or "eager"; XTuner asks for flash_attention_2, which the course's InternLM2
-  code runs as SDPA when flash_attn is missing). labsupport.bench measures each lever with it.
+  code runs as SDPA when flash_attn is missing), and ``dtype="float32"`` (master weights for a run with
+  mmengine's AmpOptimWrapper instead of DeepSpeed, in a one-process group). labsupport.bench measures
+  each lever with it; labsupport.gpu_presets' settings without checkpointing need it.
 * ``CourseInternVLDataset``: XTuner's ``InternVL_V1_5_Dataset`` with ``max_dynamic_patch`` as a
   parameter (XTuner reads it from the model's config.json only).
 """
@@ -91,10 +93,17 @@ def set_llm_attention(language_model, kind: str) -> None:
 
 
 class LeverInternVL(InternVL_V1_5):
-    """XTuner's InternVL_V1_5 (GPU) with gradient checkpointing and the LLM's attention kernel as parameters."""
+    """XTuner's InternVL_V1_5 (GPU) with gradient checkpointing, the LLM's attention kernel and the weights' dtype as parameters."""
 
-    def __init__(self, *args, gradient_checkpointing: bool = True, llm_attn: str | None = None, **kwargs):
+    def __init__(self, *args, gradient_checkpointing: bool = True, llm_attn: str | None = None,
+                 dtype: str | None = None, **kwargs):
+        if "LOCAL_RANK" not in os.environ:  # no launcher (a run without DeepSpeed): XTuner still calls get_rank()
+            ensure_process_group()
         super().__init__(*args, **kwargs)
+        if dtype == "float32":  # master weights for mmengine's AmpOptimWrapper (bf16 autocast computes)
+            self.model.float()
+        elif dtype is not None:
+            raise ValueError(f"dtype must be None (XTuner's bfloat16) or 'float32', not {dtype!r}")
         if not gradient_checkpointing:
             self.gradient_checkpointing_disable()
         if llm_attn:

@@ -430,3 +430,34 @@ def test_levers_table_compares_each_row_with_its_base():
 def test_levers_refuses_unknown_rows():
     with pytest.raises(ValueError, match="unknown lever rows"):
         bench.levers("x", ["full-b4", "fastest"])
+
+
+@pytest.mark.parametrize("name", list(bench.LEVER_ROWS))
+def test_every_lever_row_writes_a_config_that_mmengine_loads(name, tmp_path):
+    from labsupport import xtuner
+
+    spec = bench.LEVER_ROWS[name]
+    kw = {k: spec[k] for k in bench._LEVER_KEYS if k in spec}
+    data = xtuner.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"))
+    s, path, notes = bench.write_train_config(tmp_path / "config.py", str(tmp_path / "model"), spec["mode"], data, 12,
+                                              spec["batch"], spec.get("zero", 2), **kw)
+    cfg = xtuner.load_config(path)
+    assert cfg.train_dataloader.batch_size == spec["batch"] and s.deepspeed == spec.get("zero", 2)
+    assert cfg.optim_wrapper.accumulative_counts == spec.get("accumulative_counts", 1) == s.accumulative_counts
+    levered = not spec.get("checkpointing", True) or spec.get("attention") or spec.get("amp")
+    assert cfg.model.type.__name__ == ("LeverInternVL" if levered else "InternVL_V1_5")
+    assert cfg.model.get("gradient_checkpointing", True) == spec.get("checkpointing", True)
+    amp_or_ds = spec.get("zero", 2) or spec.get("amp")  # DeepSpeed replaces AmpOptimWrapper; without it plain or AMP
+    assert cfg.optim_wrapper.type.__name__ == ("AmpOptimWrapper" if amp_or_ds else "OptimWrapper")
+    if spec.get("amp"):  # no DeepSpeed: float32 master weights under bf16 autocast
+        assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "bfloat16"
+        assert cfg.model.dtype == "float32" and "optim_wrapper=AmpOptimWrapper(bfloat16)" in notes
+    assert spec["base"] is None or spec["base"] in bench.LEVER_ROWS
+
+
+def test_amp_needs_a_run_without_deepspeed(tmp_path):
+    from labsupport import xtuner
+
+    data = xtuner.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"))
+    with pytest.raises(ValueError, match="zero=0"):
+        bench.write_train_config(tmp_path / "c.py", str(tmp_path), "full", data, 12, 16, zero=2, amp=True)

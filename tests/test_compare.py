@@ -369,3 +369,15 @@ def test_merge_identity_holds_per_layer_and_a_wrong_scale_breaks_it(lora_run):
     assert max(r["max_diff"] for r in rows) <= 1e-2 * max(r["update_max"] for r in rows)
     wrong = C.merge_identity(run.base_model, out, state, C.lora_scale(run.config) / 2)
     assert max(r["max_diff"] for r in wrong) > 0.1 * max(r["update_max"] for r in wrong)
+
+
+def test_checkpoint_bytes_counts_a_deepspeed_folder_too(tmp_path):
+    from labsupport import compare
+
+    single = tmp_path / "iter_10.pth"
+    single.write_bytes(b"x" * 100)
+    folder = tmp_path / "iter_20.pth"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "mp_rank_00_model_states.pt").write_bytes(b"x" * 300)
+    (folder / "sub" / "optim_states.pt").write_bytes(b"x" * 700)
+    assert compare.checkpoint_bytes(single) == 100 and compare.checkpoint_bytes(folder) == 1000

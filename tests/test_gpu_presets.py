@@ -32,3 +32,97 @@ def test_best_is_the_fastest_that_fits():
         gpu_presets.best("InternVL2-2B", "full", gpu_memory_gib=24)
     with pytest.raises(KeyError, match="InternVL2-8B"):
         gpu_presets.best("InternVL2-8B", "full")
+
+
+# ---- the GPU presets of labsupport.xtuner use the measured entries ---------------------------------------------------
+from labsupport import xtuner as X  # noqa: E402
+from labsupport import xtuner_config as XC  # noqa: E402
+
+H200, A100_80 = gpu_presets.H200_GIB, 80.0
+RECIPE_GLOBAL_BATCH = {"full": 128, "lora": 16, "qlora": 16}  # the official recipes' (internvl2.0/2nd_finetune, XTuner)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("gib", [H200, A100_80])
+def test_2b_gpu_presets_carry_the_measured_values(mode, gib):
+    s = X.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=gib)
+    e = gpu_presets.entry("InternVL2-2B", mode, gib)
+    assert (s.batch_size, s.num_workers, s.gradient_checkpointing) == \
+        (e["settings"]["batch_size"], e["settings"]["num_workers"], e["settings"]["gradient_checkpointing"])
+    assert s.measured["row"] == e["measured"]["row"] and s.measured["file"] in s.preset_note
+    assert s.batch_size != 4  # the unmeasured default per-GPU batch of 2B
+    assert s.lr == 4e-5
+
+
+@pytest.mark.parametrize("size", ["1B", "2B", "4B", "8B"])
+@pytest.mark.parametrize("mode", ["full", "lora", "qlora"])
+@pytest.mark.parametrize("gib", [H200, A100_80, 24.0])
+def test_every_gpu_preset_keeps_the_recipes_global_batch(size, mode, gib):
+    s = X.preset(f"InternVL2-{size}-{mode}", gpu_memory_gib=gib)
+    assert s.batch_size * s.nproc * s.accumulative_counts == RECIPE_GLOBAL_BATCH[mode], s
+    assert s.preset_note
+
+
+def test_lora_on_an_80_gb_card_keeps_checkpointing_and_xtuners_own_class(tmp_path):
+    big, small = X.preset("InternVL2-2B-lora", gpu_memory_gib=H200), X.preset("InternVL2-2B-lora", gpu_memory_gib=A100_80)
+    assert big.gradient_checkpointing is False and small.gradient_checkpointing is True
+    assert small.measured["peak_memory_gib"] < A100_80 < big.measured["peak_memory_gib"]
+    assert "80.0 GiB" in small.preset_note
+
+
+def test_without_measurements_that_fit_the_preset_says_so():
+    s = X.preset("InternVL2-2B-full", gpu_memory_gib=24.0)
+    assert s.measured is None and s.batch_size == 4 and s.gradient_checkpointing is True
+    assert "fits 24.0 GiB" in s.preset_note
+
+
+@pytest.mark.parametrize("name,gib", [("InternVL2-2B-lora", H200), ("InternVL2-2B-lora", A100_80),
+                                      ("InternVL2-2B-full", H200), ("InternVL2-4B-lora", H200)])
+def test_the_rendered_config_uses_lever_internvl_exactly_when_checkpointing_is_off(name, gib, tmp_path):
+    s = X.preset(name, gpu_memory_gib=gib, model_path=str(tmp_path / "model"))
+    path = X.write_config(s, tmp_path / "config.py")
+    assert ("LeverInternVL" in path.read_text()) == (not s.gradient_checkpointing)
+    cfg = X.load_config(path)
+    assert cfg.model.type.__name__ == ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
+    assert cfg.model.get("gradient_checkpointing", True) == s.gradient_checkpointing
+    assert cfg.train_dataloader.batch_size == s.batch_size and cfg.train_dataloader.num_workers == s.num_workers
+
+
+@pytest.mark.parametrize("official,mode,gib", [("internvl_v2_internlm2_2b_lora_finetune", "lora", H200),
+                                               ("internvl_v2_internlm2_2b_lora_finetune", "lora", A100_80),
+                                               ("internvl_v2_internlm2_2b_finetune", "full", H200)])
+def test_the_edited_official_config_cites_the_measured_row_and_loads(official, mode, gib, tmp_path):
+    pytest.importorskip("xtuner")
+    src = XC.official_config_path(official)
+    s = X.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=gib, model_path=str(tmp_path / "model"))
+    edits = XC.edits_for(s, src.read_text(), tmp_path / "plates")
+    out = XC.write_edited_config(src, edits, tmp_path / "trained.py")
+    explained = XC.explain_diff(XC.config_diff(src, out), edits)
+    assert explained and all(why for _, why in explained), [ln for ln, why in explained if not why]
+    by_line = dict(explained)
+    batch_line = next(ln for ln in by_line if ln.startswith("+batch_size"))
+    assert s.measured["file"] in by_line[batch_line] and f"{s.measured['mfu']:.1%}" in by_line[batch_line]
+    assert (f"+batch_size = {s.batch_size}  # per_device") == batch_line
+    lever = [ln for ln in by_line if "LeverInternVL" in ln]
+    assert bool(lever) == (not s.gradient_checkpointing)
+    if lever:
+        assert s.measured["row"] in by_line["+    gradient_checkpointing=False,"]
+    cfg = X.load_config(out)
+    assert cfg.model.type.__name__ == ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
+    assert cfg.batch_size * s.nproc * cfg.accumulative_counts == RECIPE_GLOBAL_BATCH[mode]
+    assert cfg.dataloader_num_workers == s.num_workers and cfg.lr == 4e-5
+
+
+def test_gpu_memory_comes_from_torch_when_a_gpu_is_there(monkeypatch):
+    import torch
+
+    class Props:
+        name, total_memory = "NVIDIA A100-SXM4-80GB", 85_100_000_000
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
+    gib, where = gpu_presets.gpu_memory_gib()
+    assert gib == pytest.approx(79.3, abs=0.05) and "A100" in where and "torch.cuda" in where
+    assert X.preset("InternVL2-2B-lora").gradient_checkpointing is True  # 128.5 GiB without it: does not fit
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_presets.gpu_memory_gib()[0] == H200 and "H200" in gpu_presets.gpu_memory_gib()[1]

@@ -114,9 +114,10 @@ def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, pl
     (old / "config.json").write_text((tiny / "config.json").read_text())
     (old / "modeling_internlm2.py").write_text("class InternLM2ForCausalLM(PreTrainedModel): ...\n")
     monkeypatch.setattr(transformers, "__version__", "5.23.0")
-    assert "course env" in lmdeploy_cpu._needs_course_env(old)
-    assert lmdeploy_cpu._needs_course_env(tiny) is None  # the course's own code inherits GenerationMixin
-    monkeypatch.setattr(lmdeploy_cpu, "_needs_course_env", lambda path: "forced for the test")
+    generates, why = deploy.remote_llm_generates(old)   # the one test the CPU pipeline asks
+    assert not generates and "course env" in why
+    assert deploy.remote_llm_generates(tiny)[0]         # the course's own code inherits GenerationMixin
+    monkeypatch.setattr(deploy, "remote_llm_generates", lambda path: (False, "forced for the test"))
     pipe = lmdeploy_cpu.cpu_pipeline(tiny)
     gen = deploy.GenSettings(max_new_tokens=4)
     try:
@@ -133,3 +134,21 @@ def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, pl
 def test_show_prompts_lays_the_three_prompts_side_by_side(tiny):
     table = deploy.show_prompts(tiny, "What colour are the objects on the plate? Answer with one word.").data
     assert "XTuner" in table and "LMDeploy" in table
+
+
+def test_the_course_env_worker_answers_official_code_that_prints_to_stdout(plate, monkeypatch):
+    """The published InternLM2 code prints its attention fallback on import: the worker's replies must stay parseable."""
+    import transformers
+
+    from labsupport import official
+
+    two_b = official.available().get("2B")
+    if two_b is None:
+        pytest.skip("no official-format InternVL2-2B folder: build it with `python -m labsupport.official 2B`")
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")  # what the deploy env has: the worker answers
+    pipe = lmdeploy_cpu.cpu_pipeline(two_b)
+    try:
+        assert "course env" in lmdeploy_cpu.which(pipe)
+        assert isinstance(pipe(_msg("Colour?", plate), gen_config=deploy.GenSettings(max_new_tokens=3)).text, str)
+    finally:
+        pipe.close()

@@ -96,7 +96,8 @@ def test_check_card_catches_numbers_that_are_not_the_results(work_dir, results):
 
 def test_card_without_results_says_so_and_stays_valid():
     card = modelcard.build_card("alice/InternVL2-tiny", None, None)
-    assert "notebook 05 has not run" in str(card) and "notebook 04 has not run" in str(card)
+    assert "notebook 05 has not run" in str(card) and "notebook 04 has not run, or did not train" in str(card)
+    assert "not fine-tuned" in str(card) and "fine-tuned with XTuner" not in str(card)
     assert modelcard.check_card(card, None, None) == []
     assert modelcard.check_card(modelcard.build_card("alice/tiny", None, None), None, None) == ["model name 'tiny' lacks 'InternVL'"]
 

@@ -39,3 +39,25 @@ def test_notebook_runs_on_the_phi3_layout(stem, repo, tmp_path):
     result = course.run_notebook(path, tmp_path / "art", parameters={"MODEL_PATH": "tiny-4b"})
     assert result.status == "pass", f"{path.name} with MODEL_PATH=tiny-4b failed: {result.error}"
     assert not [c for c in result.checkpoints if c["status"] == "fail"]
+
+
+# InternVL2-1B (Qwen2): XTuner 0.2.0 cannot train it, so notebook 04 skips training with its reason, and 05 must follow
+# that skip (print the reason and what to do, skip each step and checkpoint) instead of stopping with "run 04 first".
+# Needs the official-format 1B folder (python -m labsupport.official 1B, from a clone of OpenGVLab/InternVL); about 30 s.
+@pytest.mark.notebook
+def test_05_follows_notebook_04s_skip_on_the_official_1b_layout(repo, tmp_path):
+    from labsupport import official, training_outcome
+    from labsupport.checkpoints import SKIP
+
+    one_b = official.available().get("1B")
+    if one_b is None:
+        pytest.skip("no official-format InternVL2-1B folder: build it with `python -m labsupport.official 1B`")
+    art = tmp_path / "art"
+    for stem in ("04_finetune_xtuner", "05_convert_and_compare"):
+        result = course.run_notebook(repo / "notebooks" / f"{stem}.ipynb", art, parameters={"MODEL_PATH": str(one_b)})
+        assert result.status == "pass", f"{stem} on {one_b} failed: {result.error} (executed copy: {result.executed})"
+    reason = training_outcome.skipped_training(art, one_b)
+    assert reason and "Qwen2ForCausalLM" in reason and "What to do" in reason
+    assert result.checkpoints and all(c["status"] == SKIP and c["detail"] == reason for c in result.checkpoints)
+    executed = (art / "executed" / "05_convert_and_compare.ipynb").read_text(encoding="utf-8")
+    assert "Notebook 04 did not train this model" in executed and "Traceback" not in executed

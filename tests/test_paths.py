@@ -27,3 +27,20 @@ def test_no_module_hard_codes_an_embedded_model_folder():
     offenders = [p.name for p in root.glob("*.py") if p.name not in ("paths.py", "tinymodel.py")
                  and "internvl2-tiny" in p.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+def test_pick_device_never_hands_cuda_to_a_machine_without_one(monkeypatch, capsys):
+    import torch
+
+    from labsupport import evaluate, paths
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert paths.pick_device("auto") == "cpu" and capsys.readouterr().out == ""
+    assert paths.pick_device("cuda") == "cpu" and "no CUDA GPU" in capsys.readouterr().out
+    assert paths.pick_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert paths.pick_device("auto") == "cuda" and paths.pick_device("cuda:1") == "cuda:1"
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    evaluate.free_cuda_memory()
+    assert emptied == [1]

@@ -200,16 +200,23 @@ def test_mmengine_colour_codes_are_stripped_and_the_line_still_parses():
     assert X.parse_log_line(clean)["loss"] == 7.0063
 
 
-def test_supports_model_names_the_llm_xtuner_refuses(tmp_path):
-    assert X.supports_model("tiny")[0] and X.supports_model("tiny-4b")[0]
-    for arch, ok in (("InternLM2ForCausalLM", True), ("Phi3ForCausalLM", True), ("Qwen2ForCausalLM", False)):
-        folder = tmp_path / arch
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps({"llm_config": {"architectures": [arch]}}))
-        good, why = X.supports_model(folder)
-        assert good == ok and (ok or ("Qwen2" in why and "config.json" in why))
-
-
 def test_ansi_colour_codes_are_stripped_from_mmengine_lines():
     coloured = "12/01 22:28:40 - mmengine - \x1b[4m\x1b[97mINFO\x1b[0m - Num train samples 96\n"
     assert X.ANSI_ESCAPE.sub("", coloured) == "12/01 22:28:40 - mmengine - INFO - Num train samples 96\n"
+
+
+def test_lever_internvl_switches_checkpointing_off_and_keeps_float32_master_weights(tiny, monkeypatch):
+    import torch
+
+    from labsupport.xtuner_shims import LeverInternVL
+
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as under a launcher: no process group of its own in this test process
+    m = LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True, gradient_checkpointing=False,
+                      dtype="float32")
+    assert {p.dtype for p in m.model.parameters()} == {torch.float32}
+    assert m.model.language_model.model.gradient_checkpointing is False
+    xtuners = LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True)
+    assert torch.bfloat16 in {p.dtype for p in xtuners.model.parameters()}  # XTuner's own dtype and checkpointing
+    assert xtuners.model.language_model.model.gradient_checkpointing is True
+    with pytest.raises(ValueError, match="float32"):
+        LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True, dtype="float16")

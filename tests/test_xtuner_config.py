@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mmengine.dataset import DefaultSampler
 
 from labsupport import params
 from labsupport import xtuner as X
@@ -52,11 +53,17 @@ def test_a_miniature_official_format_checkpoint_gets_the_cpu_preset(name, tmp_pa
 
 
 def test_every_preset_value_can_be_overridden_and_nproc_1_beats_a_two_gpu_preset():
-    assert X.preset("InternVL2-2B-lora").nproc == 2
-    s, rows = X.effective_settings("InternVL2-2B-lora", {"nproc": 1, "lr": None, "batch_size": 1})
-    assert s.nproc == 1 and s.batch_size == 1 and s.lr == X.preset("InternVL2-2B-lora").lr
-    assert {r[0] for r in rows} == {"nproc", "batch_size"}
-    assert "*" in X.settings_table(s, "InternVL2-2B-lora")
+    assert X.preset("InternVL2-4B-lora").nproc == 2  # no measured 4B entry: the recipe's 2 GPUs
+    s, rows = X.effective_settings("InternVL2-4B-lora", {"nproc": 1, "lr": None, "batch_size": 1})
+    assert s.nproc == 1 and s.batch_size == 1 and s.lr == X.preset("InternVL2-4B-lora").lr
+    assert {r[0] for r in rows} == {"nproc", "batch_size", "accumulative_counts"}  # the global batch 16 is kept
+    assert s.accumulative_counts == 16 and "*" in X.settings_table(s, "InternVL2-4B-lora")
+    one, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1})
+    assert (one.batch_size, one.accumulative_counts) == (X.preset("InternVL2-2B-full").batch_size, 8)
+    mine, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1, "accumulative_counts": 2})
+    assert mine.accumulative_counts == 2  # an explicit value wins
+    cpu, _ = X.effective_settings("tiny-cpu", {"batch_size": 2})
+    assert cpu.accumulative_counts == X.preset("tiny-cpu").accumulative_counts  # the CPU preset is left alone
 
 
 def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_path):
@@ -64,8 +71,12 @@ def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_
     assert XC.official_config_name(_checkpoint(tmp_path, fam["InternVL2-2B"], "a"), "lora") == \
         "internvl_v2_internlm2_2b_lora_finetune"
     assert XC.official_config_name(_checkpoint(tmp_path, fam["InternVL2-4B"], "b"), "full") == "internvl_v2_phi3_4b_finetune"
-    name, why = XC.official_config_for(_checkpoint(tmp_path, fam["InternVL2-1B"], "c"), "lora")
+    one_b = _checkpoint(tmp_path, fam["InternVL2-1B"], "c")
+    name, why = XC.official_config_for(one_b, "lora")
     assert name is None and "Qwen2" in why and "What to do" in why
+    assert str(one_b / "config.json") in why and "internvl_dataset.py" in why   # the file that decides, the file that refuses
+    for size, arch in (("InternVL2-2B", "a"), ("InternVL2-4B", "b")):              # what XTuner trains gets a config, no reason
+        assert XC.official_config_for(tmp_path / arch, "lora")[1] is None
 
 
 @pytest.mark.parametrize("official,mode,device", [
@@ -76,7 +87,8 @@ def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_
 ])
 def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(official, mode, device, tmp_path):
     src = XC.official_config_path(official)
-    s = X.preset("tiny-cpu" if device == "cpu" else "InternVL2-2B-lora", model_path=str(tmp_path / "model"), mode=mode)
+    s = X.preset("tiny-cpu" if device == "cpu" else "InternVL2-2B-lora", model_path=str(tmp_path / "model"), mode=mode,
+                 gpu_memory_gib=139.8)
     edits = XC.edits_for(s, src.read_text(), tmp_path / "plates", max_dynamic_patch=1 if device == "cpu" else None)
     out = XC.write_edited_config(src, edits, tmp_path / "trained.py")
     diff = XC.config_diff(src, out)
@@ -91,8 +103,11 @@ def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(officia
     if device == "cpu":
         assert cfg.model.type.__name__ == "CPUInternVL" and cfg.optim_wrapper.type.__name__ == "OptimWrapper"
         assert cfg.llava_dataset.max_dynamic_patch == 1
+        assert cfg.train_dataloader.sampler == {"type": DefaultSampler, "shuffle": True}  # random batches
     else:
-        assert cfg.model.type.__name__ == "InternVL_V1_5" and cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
+        assert cfg.train_dataloader.sampler.type.__name__ == "LengthGroupedSampler"  # the GPU keeps XTuner's  # the H200 preset trains LoRA without checkpointing: XTuner's class subclassed (tests/test_gpu_presets.py)
+        assert cfg.model.type.__name__ == ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
+        assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper"
         assert cfg.llava_dataset.type.__name__ == "InternVL_V1_5_Dataset"
     assert src.read_text() != out.read_text()
 
@@ -137,7 +152,24 @@ def test_quiet_warnings_says_so_once(capsys):
         warnings.simplefilter("default")
         X.quiet_warnings()
         warnings.warn("TypedStorage is deprecated", UserWarning)
-    assert not [w for w in seen if "TypedStorage" in str(w.message)]
+        warnings.warn("Importing from timm.models.layers is deprecated, please import via timm.layers", FutureWarning)
+        warnings.warn("a warning the course did not list", FutureWarning)
+    assert [str(w.message) for w in seen] == ["a warning the course did not list"]
+
+
+def test_quiet_warnings_keeps_the_official_remote_codes_log_to_errors():
+    import logging
+
+    import transformers
+
+    before = transformers.logging.get_verbosity()
+    try:
+        transformers.logging.set_verbosity_warning()
+        X.quiet_warnings()   # the published InternVL2 code logs flash-attn / GenerationMixin notes through this logger
+        assert transformers.logging.get_verbosity() == logging.ERROR
+        assert not logging.getLogger("transformers_modules.InternVL2-4B.modeling_phi3").isEnabledFor(logging.WARNING)
+    finally:
+        transformers.logging.set_verbosity(before)
 
 
 def test_copy_official_config_runs_xtuners_cli(tmp_path):
@@ -155,3 +187,11 @@ def test_resume_demo_needs_a_checkpoint_before_the_last(tmp_path):
     run = X.TrainRun(work, work / "iter_20.pth", work / "train.log", [], 1.0, [])
     with pytest.raises(FileNotFoundError, match="save_total_limit"):
         X.resume_demo(tmp_path / "cfg.py", run, tmp_path / "demo")
+
+
+def test_the_live_plot_draws_outside_a_notebook_too():
+    # IPython's display() returns no handle without a front end: launch() from a script must not crash on it
+    plot = X.LivePlot("a script")
+    assert plot.handle is None
+    plot.update([{"iter": 10, "loss": 2.0, "lr": 1e-3}, {"iter": 20, "loss": 1.0, "lr": 1e-3}], force=True)
+    assert plot.ax_loss.get_title() == "loss 1.000 at iter 20"

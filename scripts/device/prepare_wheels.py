@@ -1,13 +1,15 @@
 """Prepare the wheels that travel to the lent GPU machine (no network there; Python 3.12, torch 2.11).
 
-    python3 scripts/device/prepare_wheels.py            # writes .whl/lmdeploy/ and .whl/xtuner/
+    python3 scripts/device/prepare_wheels.py            # writes .whl/lmdeploy/, .whl/xtuner/ and .whl/notebook/
+    python3 scripts/device/prepare_wheels.py notebook   # one group
 
-Two groups, installed there into two separate --target folders because they need different
+Three groups, installed there into separate --target folders because LMDeploy and XTuner need different
 transformers: LMDeploy uses the machine's transformers 5.x; XTuner needs transformers 4.48.
 
 * lmdeploy: the official 0.18.0 wheel minus its 350 MB TurboMind library (the PyTorch engine is
   pure Python), plus the small packages the machine lacks, and what `api_server` needs.
-* jupyter: papermill and ipykernel, so notebook 06 itself runs there with BACKEND="lmdeploy".
+* notebook: papermill, ipykernel and what they import, so notebooks 04-06 themselves run there (each
+  kernel's PYTHONPATH puts it after the lmdeploy or the xtuner group).
 * xtuner: xtuner 0.2.0 and the transformers 4.48 stack, deepspeed 0.16.2 (a wheel built here with
   DS_BUILD_OPS=0, it is an sdist on PyPI), and bitsandbytes 0.50.2 (the first with a CUDA 13
   library) trimmed to its CPU and cuda130 libraries.
@@ -41,12 +43,18 @@ XTUNER = ["xtuner==0.2.0", "transformers==4.48.0", "tokenizers==0.21.4", "huggin
           "addict", "yapf", "platformdirs", "termcolor", "datasets==5.0.1", "dill", "multiprocess", "loguru",
           "openpyxl", "et-xmlfile", "hjson", "py-cpuinfo", "pydantic==2.12.5", "pydantic-core==2.41.5",
           "annotated-types", "typing-inspection", "peft==0.14.0", "bitsandbytes==0.50.2", "xxhash"]
-# papermill and a Jupyter kernel, to run notebook 06 itself on the machine (BACKEND="lmdeploy")
-JUPYTER = ["papermill", "nbclient", "nbformat", "jupyter-client", "jupyter-core", "ipykernel", "traitlets", "tornado", "comm",
-           "debugpy", "ipython", "ipython-pygments-lexers", "jedi", "parso", "prompt-toolkit", "wcwidth", "pexpect",
-           "ptyprocess", "stack-data", "executing", "asttokens", "pure-eval", "decorator", "matplotlib-inline",
-           "nest-asyncio2", "fastjsonschema", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py",
-           "entrypoints", "tenacity", "platformdirs", "pyzmq"]
+# papermill and an IPython kernel, to run notebooks 04-06 themselves there (`run_gpu.sh notebook06` and `notebooks2b`):
+# the course env's versions; what the machine's image already has (pyyaml, requests, tqdm, click, aiohttp, pygments,
+# psutil, packaging, python-dateutil, attrs, typing-extensions) is left out. debugpy (4 MB) is left out too:
+# ipykernel imports it only for its debugger, inside a try.
+NOTEBOOK = ["papermill==2.7.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0", "jupyter-client==8.10.0",
+            "jupyter-core==5.9.1", "traitlets==5.16.1", "tornado==6.6.1", "comm==0.2.3", "ipython==9.18.1",
+            "ipython-pygments-lexers", "jedi==0.20.1", "parso==0.8.7", "prompt-toolkit==3.0.53", "wcwidth==0.9.4",
+            "pexpect==4.9.0", "ptyprocess==0.7.0", "stack-data==0.6.3", "executing==2.3.0", "asttokens==3.0.2",
+            "pure-eval==0.2.4", "decorator", "matplotlib-inline==0.2.2", "nest-asyncio2==1.7.4", "fastjsonschema==2.22.3",
+            "jsonschema==4.26.0", "jsonschema-specifications==2025.9.1", "referencing==0.37.0", "rpds-py==2026.9.1",
+            "entrypoints==0.4.2", "tenacity==9.2.1", "platformdirs==4.14.9", "pyzmq==27.3.0"]
+GROUPS = {"lmdeploy": LMDEPLOY, "xtuner": XTUNER, "notebook": NOTEBOOK}
 SDISTS = {"xtuner": ["deepspeed==0.16.2", "transformers-stream-generator==0.0.5"]}
 
 
@@ -89,11 +97,16 @@ def drop_from_wheel(whl: Path, keep) -> None:
     shutil.rmtree(tmp)
 
 
-def main() -> int:
-    for group, names in (("lmdeploy", LMDEPLOY), ("xtuner", XTUNER), ("jupyter", JUPYTER)):
+def main(argv: list[str] | None = None) -> int:
+    groups = (argv if argv is not None else sys.argv[1:]) or list(GROUPS)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        print(f"unknown group(s) {unknown}; choose from {list(GROUPS)}", file=sys.stderr)
+        return 2
+    for group in groups:
         dest = OUT / group
         dest.mkdir(parents=True, exist_ok=True)
-        download(names, dest)
+        download(GROUPS[group], dest)
         if group in SDISTS:
             build_sdists(SDISTS[group], dest)
     for whl in (OUT / "lmdeploy").glob("lmdeploy-*.whl"):
@@ -101,12 +114,21 @@ def main() -> int:
     for whl in (OUT / "xtuner").glob("bitsandbytes-*.whl"):
         drop_from_wheel(whl, lambda n: not n.endswith(".so") or "cpu" in n or "cuda130" in n)
     total = 0
-    for group in ("lmdeploy", "xtuner", "jupyter"):
+    for group in GROUPS:
         size = sum(f.stat().st_size for f in (OUT / group).glob("*.whl"))
         total += size
         print(f"{group}: {len(list((OUT / group).glob('*.whl')))} wheels, {size / 2**20:.1f} MiB")
-    print(f"total {total / 2**20:.1f} MiB (the device tool carries at most 64 MiB with the working tree)")
-    return 0
+    tree = working_tree_bytes()
+    print(f"wheels {total / 2**20:.1f} MiB + working tree {tree / 2**20:.1f} MiB = {(total + tree) / 2**20:.1f} MiB "
+          "carried with all of .whl (the device tool carries at most 64 MiB)")
+    return 0 if total + tree < 64 * 2**20 else 1
+
+
+def working_tree_bytes() -> int:
+    """Bytes of what the device tool sends besides `carry`: tracked files and untracked ones git does not ignore."""
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True,
+                         check=True).stdout.decode()
+    return sum((ROOT / name).stat().st_size for name in out.split("\0") if name and (ROOT / name).is_file())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 #   train:MODE:ZERO:GPUS (one training benchmark row, e.g. train:full:3:2 = full fine-tune, ZeRO-3, 2 GPUs;
 #   writes train-MODE-zeroZERO-GPUSgpu.json), serve:ROW,ROW (chosen serve rows, e.g. serve:lmdeploy,transformers),
 #   InternVL2-2B's shape: levers2b:ROW,ROW (labsupport.bench LEVER_ROWS, one XTuner run each; LEVERS_BUDGET_S,
-#   default 480) and serve2b:ROW,ROW (SERVE_BUDGET_S, default 300)
+#   default 480) and serve2b:ROW,ROW (SERVE_BUDGET_S, default 300),
+#   notebooks2b[:04,05,06]: the course notebooks themselves (papermill) on InternVL2-2B's shape with DEVICE cuda,
+#   as a learner with one GPU runs them (NB_N_TRAIN, default 600; NB_PARAMS: more "NAME VALUE" pairs)
 # Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}; mkdir -p "$OUT"
@@ -35,8 +37,8 @@ for step in "$@"; do
     notebook06)
       # notebook 06 itself, through the course runner, with LMDeploy's engine; carry artifacts/models
       # (the tiny and the fine-tuned model from notebooks 04-05) to compare them as a learner would
-      install lmdeploy && install jupyter || exit 1
-      export PYTHONPATH=/tmp/site-jupyter:/tmp/site-lmdeploy:$REPO JUPYTER_PATH=/tmp/kern/share/jupyter MPLBACKEND=Agg
+      install lmdeploy && install notebook || exit 1
+      export PYTHONPATH=/tmp/site-notebook:/tmp/site-lmdeploy:$REPO JUPYTER_PATH=/tmp/kern/share/jupyter MPLBACKEND=Agg
       python3 -m ipykernel install --prefix /tmp/kern --name internvl-deploy --display-name "Python (internvl-deploy)" >/dev/null
       python3 -m labsupport.course run --only 06 -p BACKEND lmdeploy 2>&1 | tee "$OUT/notebook06.log" | grep -v "Warming\|Loading weights" | tail -40
       cp artifacts/executed/06_deploy_lmdeploy.ipynb artifacts/course-report.md "$OUT/" ;;
@@ -89,6 +91,24 @@ for step in "$@"; do
         artifacts/models/internvl2-2b-random --rows "${step#serve2b:}" --budget-s "${SERVE_BUDGET_S:-300}" \
         --out artifacts/bench/serve-2b.json 2>&1 | tee "$OUT/serve-2b.log" | grep -v "Warning\|Loading weights" | tail -12
       cp artifacts/bench/serve-2b.json "$OUT/" ;;
+    notebooks2b|notebooks2b:*)
+      # notebooks 04 (XTuner's official 2B LoRA config, the measured GPU preset, ZeRO-2), 05 (convert, merge, compare)
+      # and 06 (LMDeploy pipeline, chat, batch, stream, api_server) through the course runner (papermill), with
+      # MODEL_PATH = InternVL2-2B's shape (bench build-2b, random weights) and DEVICE cuda. Each kernel gets its own
+      # wheel group (internvl-course: xtuner, internvl-deploy: lmdeploy) + the notebook group. A warm machine keeps
+      # artifacts/ (a link to /tmp/art) between calls, so notebooks2b:04,05 then notebooks2b:06 is one story.
+      picks=${step#notebooks2b}; picks=${picks#:}; picks=${picks:-04,05,06}
+      install xtuner && install lmdeploy && install notebook || exit 1
+      [ -e artifacts ] || { mkdir -p /tmp/art && ln -sfn /tmp/art artifacts; }
+      python3 scripts/device/notebooks_gpu.py kernels /tmp/kern /tmp/site-xtuner /tmp/site-lmdeploy /tmp/site-notebook || exit 1
+      PYTHONPATH=$REPO python3 -m labsupport.bench build-2b 2>&1 | tee -a "$OUT/bench-build-2b.log" | grep -v Warning || exit 1
+      read -r -a extra <<<"${NB_PARAMS:-}"
+      params=(-p MODEL_PATH "$REPO/artifacts/models/internvl2-2b-random" -p DEVICE cuda -p N_TRAIN "${NB_N_TRAIN:-600}")
+      for ((i = 0; i + 1 < ${#extra[@]}; i += 2)); do params+=(-p "${extra[i]}" "${extra[i+1]}"); done
+      JUPYTER_PATH=/tmp/kern JUPYTER_RUNTIME_DIR=/tmp/kern/runtime IPYTHONDIR=/tmp/kern/ipython \
+        PYTHONPATH=/tmp/site-notebook:$REPO python3 -m labsupport.course run --only ${picks//,/ } "${params[@]}" 2>&1 \
+        | tee "$OUT/notebooks2b.log" | grep -v "Warning\|warn(" | tail -30
+      PYTHONPATH=$REPO python3 scripts/device/notebooks_gpu.py summary artifacts "$OUT" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step took $(( $(date +%s) - start )) s"

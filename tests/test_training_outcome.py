@@ -1,0 +1,77 @@
+"""Notebook 04's record of what it trained, and how notebooks 05-07 follow it (labsupport.training_outcome)."""
+import json
+
+import pytest
+
+from labsupport import deploy, hub, modelcard, paths, training_outcome as T
+
+REASON = "XTuner 0.2.0's InternVL dataset refuses Qwen2ForCausalLM"
+
+
+def _model(tmp_path, name="InternVL2-1B", tiles=12):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"max_dynamic_patch": tiles, "llm_config": {}}))
+    return folder
+
+
+def test_a_skip_is_recorded_with_its_reason_for_that_model_only(tmp_path):
+    one_b, two_b = _model(tmp_path, "InternVL2-1B"), _model(tmp_path, "InternVL2-2B")
+    art = tmp_path / "art"
+    path = T.write_outcome(art, one_b, trained=False, reason=REASON)
+    assert path == art / T.OUTCOME_JSON and json.loads(path.read_text())["reason"] == REASON
+    assert T.skipped_training(art, one_b) == REASON
+    assert T.skipped_training(art, two_b) is None          # another model's record is not this one's
+    message = T.skip_message(art, one_b)
+    assert REASON in message and "base model" in message and T.skip_message(art, two_b) is None
+    T.write_outcome(art, one_b, trained=True, tiles=1)       # a later run that trained replaces the skip
+    assert T.skipped_training(art, one_b) is None and T.read_outcome(art, one_b)["tiles"] == 1
+
+
+def test_a_skip_without_reason_is_refused_and_a_broken_record_names_its_file(tmp_path):
+    with pytest.raises(ValueError, match="reason"):
+        T.write_outcome(tmp_path, "tiny", trained=False)
+    (tmp_path / "results").mkdir()
+    (tmp_path / T.OUTCOME_JSON).write_text("{not json")
+    with pytest.raises(ValueError, match="04_training.json"):
+        T.skipped_training(tmp_path, "tiny")
+
+
+def test_trained_tiles_come_from_the_run_for_the_fine_tune_and_from_config_for_the_base(tmp_path):
+    base = _model(tmp_path, "InternVL2-2B", tiles=12)
+    art = tmp_path / "art"
+    tuned = paths.finetuned_dir(art, base)
+    tuned.mkdir(parents=True)
+    (tuned / "config.json").write_text(json.dumps({"max_dynamic_patch": 12}))
+    assert T.trained_tiles(art, base, base)[0] == 12                     # the base model: its own config
+    assert T.trained_tiles(art, base, tuned)[0] == 12                    # no record yet: the folder's config
+    T.write_outcome(art, base, trained=True, tiles=2)
+    tiles, why = T.trained_tiles(art, base, tuned)
+    assert tiles == 2 and "notebook 04" in why
+    (art / T.BEFORE_AFTER).write_text(json.dumps({"model": str(tuned), "training": {"max_dynamic_patch": 1}}))
+    tiles, why = T.trained_tiles(art, base, tuned)
+    assert tiles == 1 and "notebook 05" in why
+    assert T.trained_tiles(art, base, base)[0] == 12                     # the base still tiles as its config says
+    other = paths.finetuned_dir(art, _model(tmp_path, "InternVL2-4B", tiles=6))
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"max_dynamic_patch": 6}))
+    assert T.trained_tiles(art, tmp_path / "InternVL2-4B", other)[0] == 6  # 05's record names another model
+
+
+def test_after_a_skip_06_and_07_use_the_base_model_and_say_why(tmp_path):
+    base = _model(tmp_path)
+    art = tmp_path / "art"
+    stale = paths.finetuned_dir(art, base)  # a folder from before: not what the last run of 04 produced
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    T.write_outcome(art, base, trained=False, reason=REASON)
+    served, why = deploy.finetuned_model_dir(art, base, str(base))
+    assert served == base and REASON in why and "nothing fine-tuned" in why
+    published, fine_tuned, why = hub.model_to_publish(art, str(base))
+    assert published == base and not fine_tuned and REASON in why
+
+
+def test_a_card_for_base_weights_claims_no_fine_tune():
+    card = str(modelcard.build_card("alice/InternVL2-1B-plates", None, None, max_num=12))
+    assert "not fine-tuned" in card and "fine-tuned with XTuner" not in card and "as training did" not in card
+    assert "max_num=12" in card
