@@ -33,7 +33,7 @@ from labsupport.paths import artifacts_dir
 # The course task: "plates"
 # ----------------------------------------------------------------------------------------------
 PLATES_VERSION = 3  # bump when the drawing or the questions change: it invalidates built copies (2: bigger objects;
-                    # 3: training images asked about every kind)
+                    # 3: training images asked about every kind, English questions end with the kind asked)
 
 COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色"}
 SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形"}
@@ -41,10 +41,14 @@ COUNTS = {"1": "1", "2": "2", "3": "3", "4": "4"}
 CLASSES = {"colour": COLOURS, "shape": SHAPES, "count": COUNTS}
 KINDS = ("colour", "shape", "count")
 
+# The English colour and shape questions end with the kind they ask for: with "Answer with one word." for both they
+# differed in their second word only, and the tiny model (XTuner LoRA, 600 iterations, seed 42) answered English colour
+# questions with a shape half the time (held-out 0.80, colour 0.60; the Chinese ones, whose kind word closes the
+# question sentence, were all right); ending with "one colour." / "one shape.": 0.98.
 QUESTIONS = {
-    ("colour", "en"): "What colour are the objects on the plate? Answer with one word.",
+    ("colour", "en"): "What colour are the objects on the plate? Answer with one colour.",
     ("colour", "zh"): "盘子上的物体是什么颜色？请用一个词回答。",
-    ("shape", "en"): "What shape are the objects on the plate? Answer with one word.",
+    ("shape", "en"): "What shape are the objects on the plate? Answer with one shape.",
     ("shape", "zh"): "盘子上的物体是什么形状？请用一个词回答。",
     ("count", "en"): "How many objects are on the plate? Answer with one digit.",
     ("count", "zh"): "盘子上有几个物体？请用一个数字回答。",

@@ -93,7 +93,7 @@ def dataset_names(training: dict | None) -> list[str]:
 
 
 EXAMPLE_IMAGE = "examples/plate.png"   # the card's example image, published inside the model repository
-EXAMPLE_QUESTION = "What colour are the objects on the plate? Answer with one word."
+EXAMPLE_QUESTION = "What colour are the objects on the plate? Answer with one colour."
 
 
 def usage_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6) -> str:

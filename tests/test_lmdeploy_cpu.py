@@ -132,7 +132,7 @@ def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, pl
 
 
 def test_show_prompts_lays_the_three_prompts_side_by_side(tiny):
-    table = deploy.show_prompts(tiny, "What colour are the objects on the plate? Answer with one word.").data
+    table = deploy.show_prompts(tiny, "What colour are the objects on the plate? Answer with one colour.").data
     assert "XTuner" in table and "LMDeploy" in table
 
 
