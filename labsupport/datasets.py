@@ -32,8 +32,8 @@ from labsupport.paths import artifacts_dir
 # ----------------------------------------------------------------------------------------------
 # The course task: "plates"
 # ----------------------------------------------------------------------------------------------
-PLATES_VERSION = 3  # bump when the drawing or the questions change: it invalidates built copies (2: bigger objects;
-                    # 3: training images asked about every kind, English questions end with the kind asked)
+PLATES_VERSION = 4  # bump when the drawing or the questions change: it invalidates built copies (2: bigger objects;
+                    # 3: training images asked about every kind; 4: English questions end with the kind asked)
 
 COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色"}
 SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形"}
@@ -196,11 +196,12 @@ def plates_records(n: int, split: str, kinds: Sequence[str] = KINDS, seed: int =
 
 
 def _stamp(**params: Any) -> str:
-    """Hash of what a built copy depends on: PARAMS, PLATES_VERSION and the drawing code with its sizes."""
+    """Hash of what a built copy depends on: PARAMS, PLATES_VERSION, the questions and the drawing code with its sizes."""
     import inspect
 
     drawing = inspect.getsource(draw_plate) + repr((OBJECT_SIZE, OBJECT_OFFSET, OBJECT_JITTER, _REACH, _RGB, _TABLES))
-    text = json.dumps({"version": PLATES_VERSION, "drawing": drawing, **params}, sort_keys=True)
+    questions = sorted((f"{kind}/{lang}", text) for (kind, lang), text in QUESTIONS.items())
+    text = json.dumps({"version": PLATES_VERSION, "drawing": drawing, "questions": questions, **params}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -244,3 +244,13 @@ def test_jsonl_splits_records_only_at_line_ends(tmp_path):
     crlf.write_bytes(b'{"id": "a"}\r\n{"id": "b"}\r{"id": "c"}')
     assert [r["id"] for r in D.load_records(crlf)] == ["a", "b", "c"]
     assert D.jsonl_lines("x\u2028y\nz\n") == ["x\u2028y", "z"]
+
+
+def test_a_changed_question_rebuilds_the_task(tmp_path, monkeypatch):
+    out = tmp_path / "plates"
+    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)
+    question = ("colour", "en")
+    monkeypatch.setitem(D.QUESTIONS, question, "Which colour? Answer with one colour.")
+    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)  # the same parameters: only the question changed
+    asked = [t["value"] for r in json.loads((out / "train.json").read_text(encoding="utf-8")) for t in r["conversations"]]
+    assert any(a.endswith("Which colour? Answer with one colour.") for a in asked)
