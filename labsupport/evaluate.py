@@ -16,8 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from labsupport.tiling import IMAGENET_MEAN, IMAGENET_STD
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labsupport.checkpoints import write_json_atomic
+from labsupport.tiling import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,7 +39,6 @@ RECORD = DATA / "tiny_vit_plates.json"
 PREFIX = "vision_model."
 RECIPE = {"images": 12000, "steps": 4000, "batch": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.05,
           "seed": 0, "flip": "horizontal, every second step", "heads": "linear colour/shape/count on the mean patch feature"}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ATTRIBUTES = ("colour", "shape", "count")
 
 
