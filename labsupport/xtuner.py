@@ -108,7 +108,7 @@ def _measured_entry(size: str, mode: str, gpu_memory_gib: float | None) -> tuple
     m = e["measured"]
     e["measured"].update(model=model, mode=mode, gpu_memory_gib=gib, gpu=where, why=e.get("why", ""), settings=e["settings"])
     return e, (f"measured on one H200: row {m['row']} of docs/gpu/{m['file']}, {m['tokens_per_s_per_gpu']:,.0f} tok/s/GPU, "
-               f"MFU {m['mfu']:.1%}, peak {m['peak_memory_gib']:.1f} GiB; chosen for {where}")
+               f"MFU {m['mfu']:.1%}, peak {m['peak_memory_gib']:.1f} GiB (+15 % headroom: {gpu_presets.needs_gib(e)} GiB); chosen for {where}")
 
 
 def _gpu_preset(size: str, mode: str, gpu_memory_gib: float | None = None) -> TrainSettings:
@@ -604,17 +604,21 @@ class TrainRun:
 
     @property
     def last_iter(self) -> int:
-        """The last iteration logged."""
-        return self.scalars[-1]["iter"] if self.scalars else 0
+        """The last iteration trained: the checkpoint's (iter_N.pth), which can follow the last logged one."""
+        m = re.fullmatch(r"iter_(\d+)\.pth", self.checkpoint.name)
+        logged = self.scalars[-1]["iter"] if self.scalars else 0
+        return max(logged, int(m.group(1))) if m else logged
 
     @property
     def loop_seconds(self) -> float:
-        """Seconds of the training iterations alone (mmengine's per-iteration `time` over each log window), without start-up."""
-        total, prev = 0.0, 0
+        """Seconds of the training iterations alone (mmengine's per-iteration `time` over each log window), without start-up;
+        iterations after the last log window count at that window's rate."""
+        total, prev, rate = 0.0, 0, 0.0
         for row in self.scalars:
-            total += row.get("time", 0.0) * (row["iter"] - prev)
+            rate = row.get("time", 0.0)
+            total += rate * (row["iter"] - prev)
             prev = row["iter"]
-        return total
+        return total + rate * max(0, self.last_iter - prev)
 
 
 def xtuner_tool(name: str) -> Path:

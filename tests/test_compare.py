@@ -367,8 +367,10 @@ def test_merge_identity_holds_per_layer_and_a_wrong_scale_breaks_it(lora_run):
     rows = C.merge_identity(run.base_model, out, state, C.lora_scale(run.config))
     assert rows and all(r["rank"] == 4 for r in rows)
     assert max(r["max_diff"] for r in rows) <= 1e-2 * max(r["update_max"] for r in rows)
+    assert C.merge_identity_holds(rows)
     wrong = C.merge_identity(run.base_model, out, state, C.lora_scale(run.config) / 2)
     assert max(r["max_diff"] for r in wrong) > 0.1 * max(r["update_max"] for r in wrong)
+    assert not C.merge_identity_holds(wrong)
 
 
 def test_checkpoint_bytes_counts_a_deepspeed_folder_too(tmp_path):

@@ -137,6 +137,13 @@ def test_loop_seconds_adds_up_the_logged_iteration_times(tmp_path):
     assert run.loop_seconds == pytest.approx(7.5) and run.last_iter == 20
 
 
+def test_iterations_after_the_last_log_window_count(tmp_path):
+    # measured on an H200: 38 iterations, logged every 10; the notebook said "Trained 30 iterations"
+    run = X.TrainRun(tmp_path, tmp_path / "iter_38.pth", tmp_path / "log", [{"iter": 10, "time": 1.0, "loss": 1.0},
+                                                                          {"iter": 30, "time": 2.0, "loss": 0.5}], 60.0, [])
+    assert run.last_iter == 38 and run.loop_seconds == pytest.approx(10 + 40 + 16)
+
+
 def test_warmup_ratio_gives_at_least_two_iterations():
     assert XC.warmup_ratio_for(0.03, 80, 4) * 20 >= 2
     assert XC.warmup_ratio_for(0.03, 2400, 4) == 0.03
