@@ -216,10 +216,10 @@ def _pretrained_vit(shapes: dict[str, tuple]) -> dict:
 
 
 def build_official_format(size: str, out_dir: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
-                          seed: int = 0) -> Path:
+                          seed: int = 0, pretrained_vit: bool = True) -> Path:
     """Build an InternVL2-SIZE ("1B", "2B", "4B", "8B") checkpoint in the official format with tiny weights (the
-    course's pre-trained ViT where its tensors fit, the rest random) from the published code in SOURCE (a clone of
-    OpenGVLab/InternVL); returns its folder (default official_dir)."""
+    course's pre-trained ViT where its tensors fit and PRETRAINED_VIT, the rest random) from the published code in
+    SOURCE (a clone of OpenGVLab/InternVL); returns its folder (default official_dir)."""
     import tempfile
 
     from .checkpoints import write_json_atomic
@@ -257,7 +257,7 @@ def build_official_format(size: str, out_dir: str | os.PathLike | None = None, s
         model_cls = get_class_from_dynamic_module("modeling_internvl_chat.InternVLChatModel", str(tmp))
         # a real (tiny) instance: the published ViT calls .item() while it builds, which the meta device refuses
         shapes = {n: tuple(t.shape) for n, t in model_cls(cfg).state_dict().items()}
-        vit = _pretrained_vit(shapes)
+        vit = _pretrained_vit(shapes) if pretrained_vit else {}
         _write_weights(config, tmp, seed, shapes, replace=vit)
         write_json_atomic(tmp / "SOURCE.json", {"remote_code": f"https://github.com/{SOURCE_REPO}",
                                                 "commit": SOURCE_COMMIT, "size": size, "seed": seed,
@@ -278,9 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sizes", nargs="*", default=list(SIZES))
     parser.add_argument("--source", default=str(DEFAULT_SOURCE), help=f"a clone of github.com/{SOURCE_REPO}")
     parser.add_argument("--artifacts", default=None)
+    parser.add_argument("--random-vit", action="store_true", help="random ViT weights too (as a checkpoint of unknown make)")
     a = parser.parse_args(argv)
     for size in a.sizes:
-        print(build_official_format(size, official_dir(size, a.artifacts), a.source))
+        out = official_dir(size, a.artifacts)
+        out = out.with_name(out.name + "-random-vit") if a.random_vit else out
+        print(build_official_format(size, out, a.source, pretrained_vit=not a.random_vit))
     return 0
 
 

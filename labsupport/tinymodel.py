@@ -453,6 +453,18 @@ def build_tiny_model(out_dir: str | os.PathLike | None = None, seed: int = 0, fo
     return _build_folder(out, stamp, seed, write, "build_tiny_model", force)
 
 
+def embedded_layout(model_dir: str | os.PathLike) -> str | None:
+    """The layout ("tiny", "tiny-4b") when MODEL_DIR is a current build_tiny_model folder with the pre-trained ViT, else None."""
+    from . import vit_pretrain
+
+    try:
+        record = json.loads((Path(model_dir) / STAMP_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    digest = vit_pretrain.weights_digest()[:16]
+    return next((name for name in LAYOUTS if record.get("stamp") == _stamp(record.get("seed", 0), name) + digest), None)
+
+
 INTERNLM2_TEXT_FILES = ("configuration_internlm2.py", "modeling_internlm2.py")
 
 

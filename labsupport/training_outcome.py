@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 OUTCOME_JSON = "results/04_training.json"     # notebook 04: {"model", "trained", "reason", "todo", "tiles", ...}
@@ -67,6 +68,47 @@ def skip_message(artifacts: str | os.PathLike, model_path: str | os.PathLike) ->
     if reason is None:
         return None
     return f"Notebook 04 did not train this model: {reason}\nWhat this means here: {SKIP_TODO}"
+
+
+LEARNED_OVER_CHANCE = 0.15  # a miniature of unknown make must beat guessing (0.25: 4 answers per kind) by this much
+
+
+@dataclass
+class AccuracyGoal:
+    """What a fine-tune's held-out accuracy must reach, and why that much."""
+
+    overall: float
+    per_kind: float | None
+    why: str
+
+    def met(self, accuracy: float, per_kind: dict[str, float]) -> bool:
+        """True when ACCURACY (and every kind's, where the goal has a per-kind bar) reaches the goal."""
+        return accuracy >= self.overall and (self.per_kind is None or min(per_kind.values(), default=0.0) >= self.per_kind)
+
+    def describe(self) -> str:
+        """The goal in words, for a checkpoint's name."""
+        kinds = f" and >= {self.per_kind} for each kind" if self.per_kind is not None else ""
+        return f"held-out accuracy >= {self.overall:.2f} overall{kinds}"
+
+
+def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None) -> AccuracyGoal:
+    """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model and for real weights (both
+    measured to reach it); for any other miniature, random weights the course never measured, beating chance by
+    LEARNED_OVER_CHANCE (a random vision tower tells colour but not shape or count, so no fixed bar can be promised)."""
+    from .params import count_parameters
+    from .tinymodel import embedded_layout
+    from .xtuner import MINIATURE_MAX_PARAMS
+
+    if count_parameters(Path(model_dir))["total"] >= MINIATURE_MAX_PARAMS:
+        return AccuracyGoal(overall, per_kind, "real weights: the course's goal for a fine-tune on the plates task")
+    layout = embedded_layout(model_dir)
+    if layout:
+        return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): its CPU preset was measured to reach it")
+    bar = round(0.25 + LEARNED_OVER_CHANCE, 2)
+    return AccuracyGoal(bar, None, (
+        f"a miniature checkpoint the course did not build (random weights): what its frozen vision tower can tell "
+        f"apart decides what LoRA can learn, so the goal is to beat guessing (0.25) by {LEARNED_OVER_CHANCE}, "
+        f"not {overall}"))
 
 
 def trained_tiles(artifacts: str | os.PathLike, model_path: str | os.PathLike,

@@ -124,3 +124,51 @@ def test_demo_answers_in_the_browser(demo_url, browser, artifacts, tmp_path):
 
     record.update(passed=True, question=question, image=image, answer=answer, refusal=refusal)
     write_json_atomic(out / "browser-check.json", record)
+
+
+@pytest.fixture(scope="module")
+def selfcog_demo_url(tmp_path_factory):
+    """Start notebook 08's demo (`python -m labsupport.selfcog_demo`) in the deploy env over the tiny chat model."""
+    from labsupport.tinymodel import build_tiny_internlm2_chat
+
+    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
+    if not python.exists():
+        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    model = build_tiny_internlm2_chat(tmp_path_factory.mktemp("chat") / "internlm2-chat-tiny")
+    port = free_port()
+    log = tmp_path_factory.mktemp("selfcog-demo") / "demo.log"
+    cmd = [str(python), "-m", "labsupport.selfcog_demo", "--port", str(port), "--base", str(model), "--model", str(model),
+           "--max-new-tokens", "8"]
+    env = dict(os.environ, PYTHONPATH=str(repo_root()), GRADIO_ANALYTICS_ENABLED="False")
+    proc = deploy.start_server(cmd, log, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deploy.wait_until_healthy(url, proc, timeout=300, log_path=log, path="/")
+        assert f"Running on local URL:  {url}" in log.read_text(), log.read_text()[-2000:]  # bound to loopback
+        yield url
+    finally:
+        deploy.stop_server(proc, timeout=10)
+
+
+@pytest.mark.deploy
+@pytest.mark.browser
+def test_self_cognition_demo_answers_in_the_browser(selfcog_demo_url, browser, artifacts, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from labsupport.selfcog_demo import TEXT_ONLY, TITLE
+
+    browser.get(selfcog_demo_url)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#ask textarea"))
+    assert TITLE in browser.page_source
+    answer = _send(browser, "你是谁？", None, wait_for=1)
+    out = artifacts / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(out / "selfcog-browser-test.png"))
+    assert answer.strip(), answer
+
+    picture = tmp_path / "plate.png"  # a real image: this model reads text only, and says so
+    from PIL import Image
+    Image.new("RGB", (32, 32), "red").save(picture)
+    refusal = _send(browser, "What is this?", picture, wait_for=2)
+    assert TEXT_ONLY.split(":")[0] in refusal, refusal

@@ -75,3 +75,27 @@ def test_a_card_for_base_weights_claims_no_fine_tune():
     card = str(modelcard.build_card("alice/InternVL2-1B-plates", None, None, max_num=12))
     assert "not fine-tuned" in card and "fine-tuned with XTuner" not in card and "as training did" not in card
     assert "max_num=12" in card
+
+
+# ---- the accuracy goal: measured targets for the embedded model and real weights, "beat chance" for other miniatures ---
+from labsupport import tinymodel  # noqa: E402
+
+
+def test_the_embedded_model_keeps_the_measured_targets(tmp_path):
+    goal = T.accuracy_goal(tinymodel.build_tiny_model(tmp_path / "tiny"), 0.9, 0.8)
+    assert (goal.overall, goal.per_kind) == (0.9, 0.8) and "embedded" in goal.why
+    assert goal.met(0.95, {"colour": 1.0, "shape": 0.85}) and not goal.met(0.95, {"colour": 1.0, "shape": 0.7})
+
+
+def test_a_miniature_the_course_did_not_build_must_beat_chance(tmp_path):
+    random_vit = tinymodel.build_tiny_model(tmp_path / "rv", pretrained_vision=False)
+    goal = T.accuracy_goal(random_vit, 0.9, 0.8)
+    assert goal.overall == 0.25 + T.LEARNED_OVER_CHANCE and goal.per_kind is None and "did not build" in goal.why
+    assert goal.met(0.45, {"colour": 0.9, "shape": 0.2}) and not goal.met(0.30, {"colour": 0.5})
+
+
+def test_a_stale_or_edited_stamp_is_not_the_embedded_model(tmp_path):
+    out = tinymodel.build_tiny_model(tmp_path / "tiny")
+    stamp = out / tinymodel.STAMP_FILE
+    stamp.write_text(stamp.read_text().replace('"stamp": "', '"stamp": "0'))
+    assert tinymodel.embedded_layout(out) is None and tinymodel.embedded_layout(tmp_path / "missing") is None
