@@ -704,6 +704,12 @@ def spread(records: Sequence[dict], n: int) -> list[dict]:
     return out
 
 
+def accuracy_by_kind(rows: list[dict], column: str) -> dict[str, float]:
+    """{question kind: share of side_by_side ROWS that COLUMN ("base" or "fine-tuned") answered correctly}."""
+    kinds = sorted({r["kind"] for r in rows})
+    return {k: sum(r[f"{column}_ok"] for r in rows if r["kind"] == k) / sum(r["kind"] == k for r in rows) for k in kinds}
+
+
 def side_by_side(records: Sequence[dict], base: Sequence[str], tuned: Sequence[str]) -> list[dict]:
     """One row per record: question, reference, both answers and whether each is right."""
     from labsupport.datasets import answer_matches

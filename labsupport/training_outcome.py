@@ -70,31 +70,39 @@ def skip_message(artifacts: str | os.PathLike, model_path: str | os.PathLike) ->
     return f"Notebook 04 did not train this model: {reason}\nWhat this means here: {SKIP_TODO}"
 
 
-LEARNED_OVER_CHANCE = 0.15  # a miniature of unknown make must beat guessing (0.25: 4 answers per kind) by this much
+LEARNED_KIND = 0.5  # a miniature of unknown make: some question kind answered at twice chance (4 answers per kind)
 
 
 @dataclass
 class AccuracyGoal:
-    """What a fine-tune's held-out accuracy must reach, and why that much."""
+    """What a fine-tune's held-out accuracy must reach, and why that much (a None bar is not checked)."""
 
-    overall: float
+    overall: float | None
     per_kind: float | None
     why: str
+    best_kind: float | None = None
 
     def met(self, accuracy: float, per_kind: dict[str, float]) -> bool:
-        """True when ACCURACY (and every kind's, where the goal has a per-kind bar) reaches the goal."""
-        return accuracy >= self.overall and (self.per_kind is None or min(per_kind.values(), default=0.0) >= self.per_kind)
+        """True when ACCURACY and PER_KIND ({kind: accuracy}) reach every bar the goal has."""
+        kinds = list(per_kind.values()) or [0.0]
+        return ((self.overall is None or accuracy >= self.overall)
+                and (self.per_kind is None or min(kinds) >= self.per_kind)
+                and (self.best_kind is None or max(kinds) >= self.best_kind))
 
     def describe(self) -> str:
         """The goal in words, for a checkpoint's name."""
-        kinds = f" and >= {self.per_kind} for each kind" if self.per_kind is not None else ""
-        return f"held-out accuracy >= {self.overall:.2f} overall{kinds}"
+        parts = [f"held-out accuracy >= {self.overall:.2f} overall"] if self.overall is not None else []
+        if self.per_kind is not None:
+            parts.append(f">= {self.per_kind} for each kind")
+        if self.best_kind is not None:
+            parts.append(f"held-out accuracy >= {self.best_kind} on at least one question kind")
+        return " and ".join(parts)
 
 
 def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None) -> AccuracyGoal:
     """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model and for real weights (both
-    measured to reach it); for any other miniature, random weights the course never measured, beating chance by
-    LEARNED_OVER_CHANCE (a random vision tower tells colour but not shape or count, so no fixed bar can be promised)."""
+    measured to reach it); for any other miniature, random weights the course never measured, one question kind
+    answered at LEARNED_KIND (a random vision tower tells colour apart but not shape or count)."""
     from .params import count_parameters
     from .tinymodel import embedded_layout
     from .xtuner import MINIATURE_MAX_PARAMS
@@ -104,11 +112,11 @@ def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float 
     layout = embedded_layout(model_dir)
     if layout:
         return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): its CPU preset was measured to reach it")
-    bar = round(0.25 + LEARNED_OVER_CHANCE, 2)
-    return AccuracyGoal(bar, None, (
-        f"a miniature checkpoint the course did not build (random weights): what its frozen vision tower can tell "
-        f"apart decides what LoRA can learn, so the goal is to beat guessing (0.25) by {LEARNED_OVER_CHANCE}, "
-        f"not {overall}"))
+    return AccuracyGoal(None, None, (
+        f"a miniature checkpoint the course did not build (random weights): a frozen random vision tower tells colour "
+        f"apart but not shape or count, so LoRA cannot learn those in minutes and {overall} cannot be promised; the goal "
+        f"is one kind at twice chance (measured: random-ViT InternVL2-2B miniature, colour 0.83, count 0.38, shape 0.13)"),
+        best_kind=LEARNED_KIND)
 
 
 def trained_tiles(artifacts: str | os.PathLike, model_path: str | os.PathLike,

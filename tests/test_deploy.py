@@ -278,3 +278,9 @@ def test_quiet_hides_what_a_checkpoints_own_code_logs(capsys):
         warnings.warn("Importing from timm.models.layers is deprecated, please import via timm.layers", FutureWarning)
     assert not seen and "hidden" in capsys.readouterr().out
     assert not logging.getLogger("transformers_modules.InternVL2-1B.modeling_intern_vit").isEnabledFor(logging.WARNING)
+
+
+def test_accuracy_by_kind_counts_each_kind_apart():
+    rows = [{"kind": "colour", "fine-tuned_ok": True}, {"kind": "colour", "fine-tuned_ok": False},
+            {"kind": "shape", "fine-tuned_ok": True}]
+    assert deploy.accuracy_by_kind(rows, "fine-tuned") == {"colour": 0.5, "shape": 1.0}
