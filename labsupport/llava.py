@@ -226,6 +226,8 @@ class LLaVAChat:
             feats = self.clip(pixels, output_hidden_states=True).hidden_states[self.layer][:, 1:]
             mm = prepare_inputs_labels_for_multimodal(llm=self.llm, input_ids=torch.tensor([ids]),
                                                       pixel_values=self.projector(feats))
+            if mm.get("attention_mask") is None:  # one unpadded sequence: every position counts
+                mm["attention_mask"] = torch.ones(mm["inputs_embeds"].shape[:2], dtype=torch.long)
             out = self.llm.generate(**mm, max_new_tokens=max_new_tokens, do_sample=False,
                                     eos_token_id=[stop, self.tokenizer.eos_token_id],
                                     pad_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id)
@@ -294,6 +296,15 @@ def save_results(artifacts: str | os.PathLike, results: dict) -> Path:
     return path
 
 
+def iterations(run) -> int:
+    """Iterations a finished XTuner RUN trained: the number in its last checkpoint's name (iter_N.pth; the log shows
+    only every tenth)."""
+    import re
+
+    m = re.search(r"iter_(\d+)", Path(run.checkpoint).name)
+    return int(m.group(1)) if m else int(run.last_iter)
+
+
 def trained_parameters(checkpoint: str | os.PathLike) -> int:
     """Parameters stored in an XTuner checkpoint: XTuner saves only what trains (projector, LoRA, unfrozen weights)."""
     import torch
@@ -309,14 +320,14 @@ def comparison(artifacts: str | os.PathLike, after: dict, runs: Sequence) -> lis
     from labsupport.xtuner import latest_checkpoint
 
     rows = [{"model": "LLaVA (CLIP + InternLM2), notebook 09", "accuracy": f"{after['accuracy']:.0%}",
-             "training s": round(sum(r.seconds for r in runs), 1), "iterations": sum(r.last_iter for r in runs),
+             "training s": round(sum(r.seconds for r in runs), 1), "iterations": sum(iterations(r) for r in runs),
              "parameters trained": f"{trained_parameters(runs[-1].checkpoint):,}"}]
     work = Path(artifacts) / hub.TRAIN_WORK_DIR
     training = modelcard.read_training(work)
     evaluation = modelcard.read_evaluation(Path(artifacts) / hub.EVAL_RESULTS_JSON)
     if training is None:
-        rows.append({"model": "InternVL2, notebook 04", "accuracy": "not run here",
-                     "training s": f"no saved run in {work}: run notebooks 04 and 05 first"})
+        rows.append({"model": "InternVL2, notebook 04", "accuracy": "not run here", "training s": "—", "iterations": "—",
+                     "parameters trained": "—", "note": f"no saved run in {work}: run notebooks 04 and 05 first"})
         return rows
     scalars = json.loads((work / "scalars.json").read_text()) if (work / "scalars.json").exists() else []
     ckpt = latest_checkpoint(work)
