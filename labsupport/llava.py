@@ -141,7 +141,8 @@ def config_edits(stage: str, llm: str, clip: str, data_json: str, image_folder: 
                       "LLM LoRA rank for a 128-wide tiny LLM (512 suits the 2048-wide 1.8B)"))
         if not vision_lora:
             e.append(Edit("    visual_encoder_lora=dict(\n        type=LoraConfig, r=64, lora_alpha=16, lora_dropout=0.05, bias=\"none\"\n    ),\n",
-                          "", "no LoRA on the vision tower: it halves the cost of an iteration on a CPU (the tower stays frozen)"))
+                          "", "no LoRA on the vision tower: it stays as pre-trained (tiny model, measured: 6 % less time per "
+                          "iteration, the same held-out accuracy)"))
     if stage == "finetune" and not group_by_length:
         e.append(Edit("from xtuner.dataset.samplers import LengthGroupedSampler",
                       "from mmengine.dataset import DefaultSampler", "random order instead of batches grouped by length"))
@@ -235,15 +236,21 @@ class LLaVAChat:
 
 
 def evaluate(chat: "LLaVAChat", records: Sequence[dict], image_folder: str | os.PathLike) -> dict:
-    """Accuracy of CHAT on plates RECORDS (datasets.answer_matches), with every reply."""
+    """Accuracy of CHAT on plates RECORDS (datasets.answer_matches), with every reply (asked on one CPU thread)."""
+    import torch
+
     from labsupport import datasets as D
 
-    rows = []
-    for rec in records:
-        q = rec["conversations"][0]["value"].replace("<image>", "").strip()
-        reply = chat.ask(Path(image_folder) / rec["image"], q)
-        rows.append({"id": rec["id"], "kind": rec["meta"]["kind"], "answer": rec["meta"]["answer"], "reply": reply,
-                     "correct": D.answer_matches(reply, rec["meta"])})
+    rows, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and on a busy machine far faster than two
+    try:
+        for rec in records:
+            q = rec["conversations"][0]["value"].replace("<image>", "").strip()
+            reply = chat.ask(Path(image_folder) / rec["image"], q)
+            rows.append({"id": rec["id"], "kind": rec["meta"]["kind"], "answer": rec["meta"]["answer"], "reply": reply,
+                         "correct": D.answer_matches(reply, rec["meta"])})
+    finally:
+        torch.set_num_threads(threads)
     return {"accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)), "n": len(rows), "rows": rows}
 
 
