@@ -11,12 +11,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from labsupport import vit_pretrain
 from labsupport.checkpoints import write_json_atomic
 from labsupport.vit_pretrain import CLIP_MEAN, CLIP_STD  # noqa: F401  CLIP's normalisation, kept importable from here
 from labsupport.xtuner_configs import Edit
+
+if TYPE_CHECKING:
+    from labsupport.xtuner import TrainRun
 
 PRETRAIN_CONFIG = "llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain"
 FINETUNE_CONFIG = "llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune"
@@ -303,7 +306,7 @@ def save_results(artifacts: str | os.PathLike, results: dict) -> Path:
     return path
 
 
-def iterations(run) -> int:
+def iterations(run: "TrainRun") -> int:
     """Iterations a finished XTuner RUN trained: the number in its last checkpoint's name (iter_N.pth; the log shows
     only every tenth)."""
     import re
@@ -319,6 +322,20 @@ def trained_parameters(checkpoint: str | os.PathLike) -> int:
     state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
     return int(sum(t.numel() for t in state.values() if hasattr(t, "numel")))
+
+
+def checkpoint_mode(checkpoint: str | os.PathLike) -> str:
+    """What an XTuner checkpoint trained, read from its tensor names: "LoRA" (adapters, maybe with a projector),
+    "projector only", or "full"."""
+    import torch
+
+    state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    names = list(state.get("state_dict", state))
+    if any("lora_" in n for n in names):
+        return "LoRA"
+    if names and all(n.split(".")[0] in ("projector", "mlp1") or ".mlp1." in n for n in names):
+        return "projector only"
+    return "full"
 
 
 def comparison(artifacts: str | os.PathLike, after: dict, runs: Sequence) -> list[dict]:
@@ -338,7 +355,8 @@ def comparison(artifacts: str | os.PathLike, after: dict, runs: Sequence) -> lis
         return rows
     scalars = json.loads((work / "scalars.json").read_text()) if (work / "scalars.json").exists() else []
     ckpt = latest_checkpoint(work)
-    rows.append({"model": f"InternVL2 ({training['mode']}), notebook 04",
+    mode = checkpoint_mode(ckpt) if ckpt else training["mode"]
+    rows.append({"model": f"InternVL2 ({mode}), notebook 04",
                  "accuracy": f"{evaluation['after']['accuracy']:.0%}" if evaluation else "notebook 05 not run",
                  "training s": scalars[-1].get("seconds", "?") if scalars else "?", "iterations": training["iters"],
                  "parameters trained": f"{trained_parameters(ckpt):,}" if ckpt else "no checkpoint"})

@@ -192,6 +192,10 @@ def test_trained_parts_and_a_comparison_without_notebook_04(converted, tmp_path)
     parts = llava.trained_parts(converted["pth"])
     assert parts["projector"] == 64 * 128 + 128 * 128 + 256 and set(parts) == {"projector", "llm"}
     assert parts["llm"] == sum(v.numel() for k, v in converted["state"].items() if k.startswith("llm."))
+    assert llava.checkpoint_mode(converted["pth"]) == "LoRA"
+    projector_only = tmp_path / "iter_2.pth"
+    torch.save({"state_dict": {k: v for k, v in converted["state"].items() if k.startswith("projector.")}}, projector_only)
+    assert llava.checkpoint_mode(projector_only) == "projector only"
     run = SimpleNamespace(seconds=12.5, last_iter=10, checkpoint=converted["pth"])
     rows = llava.comparison(tmp_path / "empty-artifacts", {"accuracy": 0.9}, [run, run])
     # iterations come from the checkpoint names (iter_1.pth, twice), not from the last logged iteration
