@@ -1,17 +1,23 @@
-"""The embedded tiny InternVL2's pre-trained vision tower: how it was trained, and the weights the builder uses.
+"""The embedded tiny models' pre-trained vision towers: how they were trained, and the weights the builders use.
 
-The real InternViT-300M was pre-trained on web images long before anyone fine-tuned InternVL2, and a LoRA
-fine-tune keeps it frozen. A randomly initialised tiny ViT sees colour (an average of pixels) but not shape or
-number: measured, a LoRA run on all three plates questions reached 0.28 after 600 iterations. So the tiny model
-ships a pre-trained tower too, trained by this module on plates images of its own (a namespace no course split
-uses) to tell colour, shape and count apart through three linear heads on its mean patch feature. The heads are
-thrown away; the projector (mlp1) and the LLM stay random, so the tiny model still answers nothing before
-notebook 04. Training needs a GPU (about 50 s on one H200); a 2-core CPU would need about a day, so the weights
-travel with the package (labsupport/data/tiny_vit_plates.safetensors, ~0.35 MB) with the record of their run.
+The real InternViT-300M (InternVL2) and CLIP ViT-L/14 (LLaVA) were pre-trained on web images long before anyone
+fine-tuned a multimodal model on them, and a LoRA fine-tune keeps them frozen. A randomly initialised tiny tower sees
+colour (an average of pixels) but not shape or number: measured, a LoRA run of the tiny InternVL2 on all three plates
+questions reached 0.28 after 600 iterations. So each tiny tower ships pre-trained, trained by this module on plates
+images of its own (a namespace no course split uses) to tell colour, shape and count apart through three linear heads
+on its mean patch feature. The heads are thrown away; projectors and LLMs stay random.
+
+* ``internvit`` (notebook 04's InternVL2, 448 px): needs a GPU (about 50 s on one H200; a 2-core CPU would need about
+  a day); labsupport/data/tiny_vit_plates.safetensors, ~0.35 MB.
+* ``clip`` (notebook 09's LLaVA, 112 px, the hidden state XTuner's LLaVA reads): about 6.5 minutes on one CPU
+  thread; labsupport/data/tiny_clip_plates.safetensors, ~0.3 MB.
+
+Each weights file travels with the record of its run (recipe, device, seconds, sha256, the heads' held-out accuracy).
 
     from labsupport import vit_pretrain
     weights = vit_pretrain.pretrained_weights()   # {"vision_model.…": bf16 tensor}, what build_tiny_model writes
-    python -m labsupport.vit_pretrain --device cuda           # train it again (writes labsupport/data/)
+    python -m labsupport.vit_pretrain --device cuda                      # train InternViT's again (writes labsupport/data/)
+    python -m labsupport.vit_pretrain --tower clip --device cpu --threads 1  # the tiny CLIP's
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from labsupport.checkpoints import write_json_atomic
 from labsupport.tiling import IMAGENET_MEAN, IMAGENET_STD
@@ -40,11 +47,42 @@ PREFIX = "vision_model."
 RECIPE = {"images": 12000, "steps": 4000, "batch": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.05,
           "seed": 0, "flip": "horizontal, every second step", "heads": "linear colour/shape/count on the mean patch feature"}
 ATTRIBUTES = ("colour", "shape", "count")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation (what CLIPImageProcessor uses)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def pretrain_sample(i: int) -> "tuple[np.ndarray, tuple[int, int, int]]":
-    """Plate I of the pre-training set: a 448x448 RGB uint8 array (JPEG-compressed like the course's images) and its
-    (colour, shape, count - 1) class indices."""
+@dataclass(frozen=True)
+class Tower:
+    """One tiny vision tower to pre-train: its input (SIZE px, MEAN/STD, padded to a square with FILL or resized),
+    the hidden state its model reads (LAYER, None: the last), its recipe and where its weights ship."""
+
+    name: str
+    size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    layer: int | None
+    fill: tuple[int, int, int] | None
+    recipe: dict
+    weights: Path
+    record: Path
+
+
+TOWERS = {
+    # InternVL2's InternViT: 448-px tiles, ImageNet normalisation, the last hidden state (mlp1 reads it), resized tiles
+    "internvit": Tower("internvit", 448, IMAGENET_MEAN, IMAGENET_STD, None, None, RECIPE, WEIGHTS, RECORD),
+    # LLaVA's CLIP: 112 px (the tiny clip-vit-*-patch14), CLIP's normalisation, the second-to-last hidden state
+    # (XTuner's visual_select_layer=-2), images padded to a square with the mean colour (pad_image_to_square)
+    "clip": Tower("clip", 112, CLIP_MEAN, CLIP_STD, -2, tuple(int(x * 255) for x in CLIP_MEAN),
+                  {**RECIPE, "steps": 5000, "lr": 2e-3},  # 1 CPU thread: ~6.5 min (see its record)
+                  DATA / "tiny_clip_plates.safetensors", DATA / "tiny_clip_plates.json"),
+}
+
+
+def pretrain_sample(i: int, size: int = 448, fill: "tuple[int, int, int] | None" = None
+                    ) -> "tuple[np.ndarray, tuple[int, int, int]]":
+    """Plate I of the pre-training set: a SIZExSIZE RGB uint8 array (JPEG-compressed like the course's images; padded
+    to a square with FILL first when given, as XTuner's pad_image_to_square does) and its (colour, shape, count - 1)
+    class indices."""
     import numpy as np
     from PIL import Image
 
@@ -56,45 +94,61 @@ def pretrain_sample(i: int) -> "tuple[np.ndarray, tuple[int, int, int]]":
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=95)
     buf.seek(0)
-    img = Image.open(buf).convert("RGB").resize((448, 448), Image.Resampling.BICUBIC)
+    img = Image.open(buf).convert("RGB")
+    if fill is not None and img.width != img.height:
+        square = Image.new("RGB", (max(img.size),) * 2, tuple(fill))
+        square.paste(img, ((square.width - img.width) // 2, (square.height - img.height) // 2))
+        img = square
+    img = img.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(img, dtype=np.uint8), (list(D.COLOURS).index(colour), list(D.SHAPES).index(shape), count - 1)
 
 
-def pretrain_set(n: int, start: int = 0, processes: int = 1) -> "tuple[torch.Tensor, torch.Tensor]":
-    """Plates START..START+N-1 as a uint8 tensor [N, 3, 448, 448] and their labels [N, 3] (drawn in PROCESSES)."""
+def pretrain_set(n: int, start: int = 0, processes: int = 1, size: int = 448,
+                 fill: "tuple[int, int, int] | None" = None) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Plates START..START+N-1 as a uint8 tensor [N, 3, SIZE, SIZE] and their labels [N, 3] (drawn in PROCESSES;
+    FILL: see pretrain_sample)."""
+    import functools
+
     import numpy as np
     import torch
 
     indices = range(start, start + n)
+    sample = functools.partial(pretrain_sample, size=size, fill=fill)
     if processes > 1:
         from multiprocessing import Pool
 
         with Pool(processes) as pool:
-            rows = pool.map(pretrain_sample, indices, chunksize=64)
+            rows = pool.map(sample, indices, chunksize=64)
     else:
-        rows = [pretrain_sample(i) for i in indices]
+        rows = [sample(i) for i in indices]
     images = torch.from_numpy(np.stack([r[0] for r in rows])).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor([r[1] for r in rows])
 
 
-def normalise(images: "torch.Tensor") -> "torch.Tensor":
-    """uint8 [N, 3, H, W] -> the float pixel values InternViT expects (ImageNet mean and std)."""
+def normalise(images: "torch.Tensor", mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> "torch.Tensor":
+    """uint8 [N, 3, H, W] -> float pixel values with MEAN and STD (InternViT's ImageNet ones by default; CLIP has its own)."""
     import torch
 
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255 - mean) / std
 
 
-def mean_patch_feature(vit, pixel_values: "torch.Tensor") -> "torch.Tensor":
-    """The tower's last hidden state averaged over its patch tokens ([CLS] left out): [N, hidden]."""
-    return vit(pixel_values=pixel_values).last_hidden_state[:, 1:].mean(1)
+def mean_patch_feature(vit, pixel_values: "torch.Tensor", layer: int | None = None) -> "torch.Tensor":
+    """The tower's last hidden state (or hidden state LAYER, e.g. -2, the one LLaVA's projector reads) averaged over
+    its patch tokens ([CLS] left out): [N, hidden]."""
+    if layer is None:
+        return vit(pixel_values=pixel_values).last_hidden_state[:, 1:].mean(1)
+    return vit(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:].mean(1)
 
 
 def train_tower(vit, images: "torch.Tensor", labels: "torch.Tensor", steps: int, batch: int, lr: float,
                 weight_decay: float, warmup: float, seed: int, val: "tuple[torch.Tensor, torch.Tensor] | None" = None,
-                log_every: int = 250) -> list[dict]:
-    """Train VIT (and three linear heads, then dropped) to classify colour, shape and count; return the log."""
+                log_every: int = 250, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                layer: int | None = None) -> list[dict]:
+    """Train VIT (and three linear heads, then dropped) to classify colour, shape and count from the mean patch
+    feature of hidden state LAYER (None: the last) of images normalised with MEAN and STD; return the log."""
     import torch
     from torch import nn
 
@@ -108,10 +162,10 @@ def train_tower(vit, images: "torch.Tensor", labels: "torch.Tensor", steps: int,
     vit.train()
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(images), (batch,), device=device, generator=gen)
-        pixels = normalise(images[idx])
+        pixels = normalise(images[idx], mean, std)
         if step % 2 == 0:
             pixels = pixels.flip(-1)  # a mirrored plate has the same colour, shape and count
-        feats = mean_patch_feature(vit, pixels)
+        feats = mean_patch_feature(vit, pixels, layer)
         loss = sum(nn.functional.cross_entropy(h(feats), labels[idx, k]) for k, h in enumerate(heads))
         opt.zero_grad()
         loss.backward()
@@ -120,7 +174,8 @@ def train_tower(vit, images: "torch.Tensor", labels: "torch.Tensor", steps: int,
         if val is not None and (step % log_every == 0 or step == steps):
             vit.eval()
             with torch.no_grad():
-                f = torch.cat([mean_patch_feature(vit, normalise(val[0][i:i + 128])) for i in range(0, len(val[0]), 128)])
+                f = torch.cat([mean_patch_feature(vit, normalise(val[0][i:i + 128], mean, std), layer)
+                               for i in range(0, len(val[0]), 128)])
                 acc = {a: round((h(f).argmax(-1) == val[1][:, k]).float().mean().item(), 3)
                        for k, (a, h) in enumerate(zip(ATTRIBUTES, heads))}
             vit.train()
@@ -159,9 +214,11 @@ def pretrained_weights(path: str | os.PathLike = WEIGHTS) -> "dict[str, torch.Te
 
     path = Path(path)
     if not path.exists():
+        tower = next((t for t in TOWERS.values() if t.weights.name == path.name), TOWERS["internvit"])
+        how = "--tower clip --device cpu --threads 1" if tower.name == "clip" else "--device cuda"
         raise FileNotFoundError(f"{path} is missing: it ships with labsupport (restore it with `git checkout -- "
-                                f"labsupport/data/{WEIGHTS.name}`), or train it again with "
-                                "`python -m labsupport.vit_pretrain --device cuda`")
+                                f"labsupport/data/{path.name}`), or train it again with "
+                                f"`python -m labsupport.vit_pretrain {how}`")
     return {PREFIX + k: v for k, v in load_file(str(path)).items()}
 
 
@@ -170,42 +227,68 @@ def weights_digest(path: str | os.PathLike = WEIGHTS) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def random_tower(tower: Tower, device: str = "cpu"):
+    """The starting point of TOWER's pre-training: the tiny model's vision tower with its seeded random weights."""
+    import torch
+    from transformers import AutoModel, CLIPVisionModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if tower.name == "clip":
+            from labsupport.llava import build_tiny_clip
+
+            return CLIPVisionModel.from_pretrained(build_tiny_clip(Path(tmp) / "clip", pretrained=False)).to(device)
+        from labsupport.tinymodel import build_tiny_model
+
+        base = build_tiny_model(Path(tmp) / "base", seed=0, pretrained_vision=False)
+        return AutoModel.from_pretrained(base, trust_remote_code=True, torch_dtype=torch.float32).vision_model.to(device)
+
+
+def tower_state(vit) -> "dict[str, torch.Tensor]":
+    """VIT's tensors without the "vision_model." prefix (CLIPVisionModel has it, InternViT's module does not), bf16."""
+    import torch
+
+    return {k.removeprefix(PREFIX): v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in vit.state_dict().items()}
+
+
 def main(argv: "list[str] | None" = None) -> None:
-    """Train the tiny tower again and write WEIGHTS and RECORD (in --out)."""
+    """Train a tiny tower (--tower internvit or clip) again and write its weights and record (in --out)."""
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoModel
-
-    from labsupport.tinymodel import build_tiny_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tower", choices=sorted(TOWERS), default="internvit")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=str(DATA), help="folder for tiny_vit_plates.safetensors/.json")
+    ap.add_argument("--out", default=str(DATA), help="folder for the weights (.safetensors) and the record (.json)")
     ap.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="processes drawing images")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on a CPU (0: torch's default)")
     for key in ("images", "steps", "batch", "lr"):
-        ap.add_argument(f"--{key}", type=type(RECIPE[key]), default=RECIPE[key])
+        ap.add_argument(f"--{key}", type=type(RECIPE[key]), default=None)
     args = ap.parse_args(argv)
-    recipe = {**RECIPE, **{k: getattr(args, k) for k in ("images", "steps", "batch", "lr")}}
+    tower = TOWERS[args.tower]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = {**tower.recipe, **{k: getattr(args, k) for k in ("images", "steps", "batch", "lr") if getattr(args, k)}}
     started = time.time()
-    images, labels = pretrain_set(recipe["images"] + 512, processes=args.processes)
-    print(f"drew {len(images)} plates in {time.time() - started:.0f} s", flush=True)
+    images, labels = pretrain_set(recipe["images"] + 512, processes=args.processes, size=tower.size, fill=tower.fill)
+    drawn = time.time() - started
+    print(f"drew {len(images)} plates in {drawn:.0f} s", flush=True)
     images, labels = images.to(args.device), labels.to(args.device)
-    with tempfile.TemporaryDirectory() as tmp:  # the tiny model with its random ViT: the starting point
-        base = build_tiny_model(Path(tmp) / "base", seed=0, pretrained_vision=False)
-        vit = AutoModel.from_pretrained(base, trust_remote_code=True, torch_dtype=torch.float32).vision_model.to(args.device)
+    vit = random_tower(tower, args.device)
     n = recipe["images"]
     log = train_tower(vit, images[:n], labels[:n], recipe["steps"], recipe["batch"], recipe["lr"], recipe["weight_decay"],
-                      recipe["warmup"], recipe["seed"], val=(images[n:], labels[n:]))
+                      recipe["warmup"], recipe["seed"], val=(images[n:], labels[n:]), mean=tower.mean, std=tower.std,
+                      layer=tower.layer)
     out = Path(args.out)
-    tmp = out / (WEIGHTS.name + ".partial")
-    save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in vit.state_dict().items()}, str(tmp),
-              metadata={"format": "pt"})
+    tmp = out / (tower.weights.name + ".partial")
+    save_file(tower_state(vit), str(tmp), metadata={"format": "pt"})
     tmp.chmod(0o644)  # safetensors writes a private file; the package's data is for everyone
-    os.replace(tmp, out / WEIGHTS.name)
-    write_json_atomic(out / RECORD.name, {"recipe": recipe, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                                          "torch": torch.__version__, "seconds": round(time.time() - started, 1),
-                                          "sha256": weights_digest(out / WEIGHTS.name), "log": log})
-    print(f"wrote {out / WEIGHTS.name} ({time.time() - started:.0f} s)")
+    os.replace(tmp, out / tower.weights.name)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    write_json_atomic(out / tower.record.name, {
+        "tower": tower.name, "recipe": recipe, "device": device, "torch": torch.__version__,
+        "seconds": round(time.time() - started, 1), "drawing_seconds": round(drawn, 1),
+        "sha256": weights_digest(out / tower.weights.name), "log": log})
+    print(f"wrote {out / tower.weights.name} ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":
