@@ -19,6 +19,32 @@ CARD_SETTINGS = ["path", "data_paths", "max_length", "max_dynamic_patch", "promp
 BASE_TAGS = ["internvl", "internvl2", "vision-language", "multimodal", "xtuner", "lmdeploy"]
 
 
+def _dict_call(node: ast.Call) -> dict:
+    """The literal keyword arguments of a dict(...) call node, nested dict(...) calls included."""
+    out = {}
+    for kw in node.keywords:
+        if kw.arg is None:
+            continue
+        if isinstance(kw.value, ast.Call):
+            out[kw.arg] = _dict_call(kw.value)
+            continue
+        try:
+            out[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            pass
+    return out
+
+
+def _model_settings(node: ast.Call) -> dict:
+    """freeze_llm / freeze_visual_encoder and the LLM's LoRA (lora_r, lora_alpha, lora_dropout) of a model=dict(...) node."""
+    model = _dict_call(node)
+    out = {k: model[k] for k in ("freeze_llm", "freeze_visual_encoder") if k in model}
+    lora = model.get("llm_lora")
+    if isinstance(lora, dict) and "r" in lora:
+        out.update(lora_r=lora["r"], lora_alpha=lora.get("lora_alpha"), lora_dropout=lora.get("lora_dropout"))
+    return out
+
+
 def read_config_settings(config_py: str | os.PathLike) -> dict:
     """The top-level `name = literal` settings of an XTuner/mmengine config file (PROMPT_TEMPLATE.x kept as its name)."""
     tree = ast.parse(Path(config_py).read_text(encoding="utf-8"))
@@ -28,6 +54,9 @@ def read_config_settings(config_py: str | os.PathLike) -> dict:
             continue
         names = [t.id for t in node.targets if isinstance(t, ast.Name)]
         targets = [t for t in node.targets if isinstance(t, ast.Tuple)]
+        if names == ["model"] and isinstance(node.value, ast.Call):
+            out.update(_model_settings(node.value))  # mmengine's dumped config: model=dict(freeze_llm=…, llm_lora=dict(r=…))
+            continue
         try:
             value = ast.literal_eval(node.value)
         except ValueError:

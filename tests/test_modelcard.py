@@ -126,3 +126,17 @@ def test_the_cards_snippet_runs_as_written_against_the_cards_own_model(tmp_path)
     ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.strip(), "the snippet printed no reply"
+
+
+def test_read_training_reads_mmengines_dumped_config(tmp_path):
+    # what train.py leaves in the work dir: top-level names resolved, the LoRA only inside model=dict(llm_lora=dict(...))
+    lora = ("lr = 0.001\nbatch_size = 4\nmodel = dict(\n    freeze_llm=True,\n    freeze_visual_encoder=True,\n"
+            "    llm_lora=dict(lora_alpha=64, lora_dropout=0.0, r=32, type='peft.LoraConfig'),\n"
+            "    model_path='/m/tiny', type='xtuner.model.InternVL_V1_5')\n")
+    (tmp_path / "run.py").write_text(lora)
+    got = modelcard.read_training(tmp_path)
+    assert got["mode"] == "LoRA" and got["settings"]["lora_r"] == 32 and got["settings"]["lora_alpha"] == 64
+    (tmp_path / "run.py").write_text(lora.replace("freeze_llm=True", "freeze_llm=False")
+                                     .replace("llm_lora=dict(lora_alpha=64, lora_dropout=0.0, r=32, type='peft.LoraConfig')",
+                                              "llm_lora=None"))
+    assert modelcard.read_training(tmp_path)["mode"] == "full"
