@@ -284,14 +284,14 @@ def chat_system_message(model_dir: str | os.PathLike) -> str:
 
 
 def swift_template(model_dir: str | os.PathLike) -> str:
-    """ms-swift's template name for an InternVL2 checkpoint: internvl2 (InternLM2 LLM), internvl2_phi3 (Phi-3 LLM)."""
+    """ms-swift's template name for an InternVL2 checkpoint: internvl2 (InternLM2 or Qwen2 LLM), internvl2_phi3 (Phi-3 LLM)."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     arch = (cfg.get("llm_config", {}).get("architectures") or [""])[0]
     if arch.startswith("Phi3"):
         return "internvl2_phi3"
-    if arch.startswith("InternLM2"):
+    if arch.startswith(("InternLM2", "Qwen2")):  # ms-swift's model list: InternVL2-1B (Qwen2), -2B and -8B -> internvl2
         return "internvl2"
-    raise ValueError(f"{model_dir}: LLM {arch or '?'} is neither InternLM2 nor Phi-3; pick ms-swift's --template yourself "
+    raise ValueError(f"{model_dir}: LLM {arch or '?'} is not InternLM2, Qwen2 or Phi-3; pick ms-swift's --template yourself "
                      "(`swift sft --help`, or ms-swift's list of supported models)")
 
 

@@ -180,7 +180,10 @@ def test_chat_side_system_message_prompt_and_template(tmp_path):
     cfg["llm_config"]["architectures"] = ["InternLM2ForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg))
     assert msswift.swift_template(d) == "internvl2"
-    cfg["llm_config"]["architectures"] = ["Qwen2ForCausalLM"]
+    cfg["llm_config"]["architectures"] = ["Qwen2ForCausalLM"]  # InternVL2-1B: ms-swift lists it under internvl2
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert msswift.swift_template(d) == "internvl2"
+    cfg["llm_config"]["architectures"] = ["LlamaForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="--template"):
         msswift.swift_template(d)
