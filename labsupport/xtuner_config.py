@@ -74,7 +74,7 @@ def official_config_for(model_path: str | os.PathLike, mode: str = "lora", param
                       "template branch in xtuner/dataset/internvl_dataset.py), so notebook 04 skips training and 05-07 "
                       "work on the base model. What to do: fine-tune "
                       "InternVL2-2B or -4B with this XTuner, or InternVL2-1B with InternVL's own scripts "
-                      "(internvl_chat/shell/internvl2.0/2nd_finetune) or ms-swift.")
+                      "(internvl_chat/shell/internvl2.0/2nd_finetune) or ms-swift (notebook 10 runs it with MODEL_PATH unchanged).")
 
 
 def xtuner_cli() -> list[str]:
