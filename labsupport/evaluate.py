@@ -100,8 +100,9 @@ def question_of(record: dict) -> str:
 def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], image_folder: str | os.PathLike | None = None,
              max_num: int = 1, batch_size: int = 8, max_new_tokens: int = 8, limit: int | None = None,
              progress: bool = True, match: Callable[[str, dict], bool] | None = None,
-             load_image: Callable | None = None) -> dict:
-    """Accuracy of MODEL on RECORDS (overall, per question kind and per class) with the replies, asked through batch_chat/chat."""
+             load_image: Callable | None = None, system: str | None = None) -> dict:
+    """Accuracy of MODEL on RECORDS (overall, per question kind and per class) with the replies, asked through batch_chat/chat;
+    SYSTEM, when given, is the system prompt chat() uses (`model.system_message`, as InternVL's model card shows)."""
     import torch
 
     records, folder = load_records(records, image_folder)
@@ -116,6 +117,8 @@ def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], imag
         from labsupport.progress import bar
         batches = bar(batches, "evaluating", unit="batch")
     replies: list[str] = []
+    if system is not None:
+        model.system_message = system
     with torch.inference_mode():
         for batch in batches:
             pixels = [load_image(folder / (r["image"][0] if isinstance(r["image"], list) else r["image"]), input_size=448, max_num=max_num)

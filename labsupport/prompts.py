@@ -99,6 +99,14 @@ def xtuner_prompt(model_dir: str | os.PathLike, question: str = QUESTION, histor
     return text, ds._system
 
 
+def training_system(model_dir: str | os.PathLike) -> str | None:
+    """The system prompt XTuner trains MODEL_DIR with (its InternVL dataset's), or None where XTuner cannot train it."""
+    try:
+        return xtuner_prompt(model_dir)[1]
+    except NotImplementedError:
+        return None
+
+
 def lmdeploy_prompt(model_dir: str | os.PathLike, question: str = QUESTION, history: Sequence[tuple[str, str]] = (),
                     system: str | None = None, image: bool = True) -> str:
     """The prompt LMDeploy 0.18 renders from the tokenizer's chat_template (SYSTEM as a system message, which is

@@ -73,3 +73,22 @@ def test_simple_load_image_normalises_like_imagenet(tmp_path):
     x = E.simple_load_image(tmp_path / "grey.png")
     assert x.shape == (1, 3, 448, 448)
     assert x.abs().max() < 0.02  # (124,116,104)/255 is ImageNet's mean
+
+
+def test_evaluate_asks_with_the_given_system_prompt():
+    class Model:  # records what chat() would build its prompt from
+        system_message = "conversation.py's own"
+
+        def parameters(self):
+            import torch
+            yield torch.zeros(1)
+
+        def chat(self, tokenizer, pixels, question, gen):
+            return self.system_message
+
+    from labsupport import datasets as D
+
+    recs = D.plates_records(2, "heldout", kinds=("colour",))
+    folder = D.build_course_task(n_train=8, n_heldout=2, progress=False)["image_folder"]
+    got = E.evaluate(Model(), None, recs, folder, batch_size=1, progress=False, system="XTuner's")
+    assert {r["reply"] for r in got["rows"]} == {"XTuner's"}

@@ -87,3 +87,14 @@ def test_official_format_prompts(size, tmp_path):
     assert after.lmdeploy == after.xtuner  # served as trained once the chat_template matches
     if size in ("2B", "8B"):
         assert after.system_that_agrees == INTERNLM2_SYSTEM  # chat() needs only model.system_message
+
+
+def test_training_system_is_xtuners_and_none_where_xtuner_cannot_train(embedded, monkeypatch):
+    layout, path = embedded
+    assert prompts.training_system(path) == (INTERNLM2_SYSTEM if layout == "tiny" else PHI3_SYSTEM)
+
+    def refuses(model_dir, *a, **k):
+        raise NotImplementedError("Qwen2")
+
+    monkeypatch.setattr(prompts, "xtuner_prompt", refuses)
+    assert prompts.training_system(path) is None
