@@ -23,16 +23,18 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1280,1000"]
 
 
-@pytest.fixture(scope="module")
-def demo_url(artifacts, tmp_path_factory):
-    """Start `python -m labsupport.demo_app` in the deploy env on a free 127.0.0.1 port; stop it afterwards."""
+def _deploy_python() -> Path:
+    """The deploy env's python (LABSUPPORT_DEPLOY_PYTHON); skips the test when it is missing."""
     python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
     if not python.exists():
         pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    return python
+
+
+def _serve(module: str, args: list[str], log: Path):
+    """Run `python -m MODULE --port P ARGS` in the deploy env; yield its 127.0.0.1 URL once healthy, stop it afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("demo") / "demo.log"
-    cmd = [str(python), "-m", "labsupport.demo_app", "--port", str(port), "--backend", "transformers",
-           "--max-new-tokens", "6", "--max-tiles", "1", "--max-file-size", "1mb", "--artifacts", str(artifacts)]
+    cmd = [str(_deploy_python()), "-m", module, "--port", str(port), *args]
     env = dict(os.environ, PYTHONPATH=str(repo_root()), GRADIO_ANALYTICS_ENABLED="False")
     proc = deploy.start_server(cmd, log, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -42,6 +44,14 @@ def demo_url(artifacts, tmp_path_factory):
         yield url
     finally:
         deploy.stop_server(proc, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def demo_url(artifacts, tmp_path_factory):
+    """Start `python -m labsupport.demo_app` in the deploy env on a free 127.0.0.1 port; stop it afterwards."""
+    yield from _serve("labsupport.demo_app", ["--backend", "transformers", "--max-new-tokens", "6", "--max-tiles", "1",
+                                              "--max-file-size", "1mb", "--artifacts", str(artifacts)],
+                      tmp_path_factory.mktemp("demo") / "demo.log")
 
 
 @pytest.fixture(scope="module")
@@ -131,23 +141,10 @@ def selfcog_demo_url(tmp_path_factory):
     """Start notebook 08's demo (`python -m labsupport.selfcog_demo`) in the deploy env over the tiny chat model."""
     from labsupport.tinymodel import build_tiny_internlm2_chat
 
-    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
-    if not python.exists():
-        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    _deploy_python()  # skip before building a model nobody will serve
     model = build_tiny_internlm2_chat(tmp_path_factory.mktemp("chat") / "internlm2-chat-tiny")
-    port = free_port()
-    log = tmp_path_factory.mktemp("selfcog-demo") / "demo.log"
-    cmd = [str(python), "-m", "labsupport.selfcog_demo", "--port", str(port), "--base", str(model), "--model", str(model),
-           "--max-new-tokens", "8"]
-    env = dict(os.environ, PYTHONPATH=str(repo_root()), GRADIO_ANALYTICS_ENABLED="False")
-    proc = deploy.start_server(cmd, log, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deploy.wait_until_healthy(url, proc, timeout=300, log_path=log, path="/")
-        assert f"Running on local URL:  {url}" in log.read_text(), log.read_text()[-2000:]  # bound to loopback
-        yield url
-    finally:
-        deploy.stop_server(proc, timeout=10)
+    yield from _serve("labsupport.selfcog_demo", ["--base", str(model), "--model", str(model), "--max-new-tokens", "8"],
+                      tmp_path_factory.mktemp("selfcog-demo") / "demo.log")
 
 
 @pytest.mark.deploy
