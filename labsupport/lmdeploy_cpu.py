@@ -207,14 +207,40 @@ def _worker(model_path: str, device: str, tiles: str) -> None:
             print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), file=replies, flush=True)
 
 
+def check_engine_config(model_path: str | Path, trust_remote_code: bool = False) -> None:
+    """Read MODEL_PATH's config as LMDeploy's PyTorch engine checks it before loading; raise ValueError with the fix if it would stop."""
+    model_path = Path(model_path)
+    try:
+        from lmdeploy.hf_configs import config_from_pretrained
+        from lmdeploy.pytorch.config import ModelConfig
+    except ImportError:  # no lmdeploy here: apply the rule its config check follows (below)
+        config_from_pretrained = None
+    if config_from_pretrained is None:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+        if config.get("auto_map") and not trust_remote_code:
+            raise ValueError(_REMOTE_CODE_FIX.format(path=model_path, why="its config class is remote code"))
+        return
+    try:  # device_type "cpu": the same reading, without asking for a CUDA driver
+        ModelConfig.from_hf_config(config_from_pretrained(str(model_path), trust_remote_code=trust_remote_code),
+                                   model_path=str(model_path), dtype="auto", device_type="cpu")
+    except Exception as exc:  # LMDeploy's engine logs this and exits; here the learner gets the reason and the fix
+        fix = _REMOTE_CODE_FIX if not trust_remote_code else "LMDeploy cannot read {path}/config.json ({why})"
+        raise ValueError(fix.format(path=model_path, why=f"{type(exc).__name__}: {exc}")) from exc
+
+
+_REMOTE_CODE_FIX = ("LMDeploy's engine check cannot read {path}/config.json without the folder's own code ({why}): "
+                    "pass trust_remote_code=True to pipeline() (`--trust-remote-code` for lmdeploy serve/chat)")
+
+
 class CPUPipeline:
     """LMDeploy's pipeline call shape on a CPU: __call__ (one prompt or a batch), chat, stream_infer, close."""
 
     def __init__(self, model_path: str | Path, backend_config=None, chat_template_config=None, device: str = "cpu",
-                 max_dynamic_patch: int | None = None, **_ignored):
+                 max_dynamic_patch: int | None = None, trust_remote_code: bool = False, **_ignored):
         from labsupport.deploy import _Transformers, read_chat_template, remote_llm_generates
 
         self.model_path = Path(model_path)
+        check_engine_config(self.model_path, trust_remote_code)  # LMDeploy's default is False, as in lmdeploy.pipeline
         config = json.loads((self.model_path / "config.json").read_text(encoding="utf-8"))
         self.default_tiles = int(max_dynamic_patch or config.get("max_dynamic_patch", 12))
         read_chat_template(self.model_path)  # the template LMDeploy would use must exist (raises with the fix)

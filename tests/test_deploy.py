@@ -240,6 +240,13 @@ assert not deploy.cpu_server_support(model)[0]
 pipe = deploy.pipeline(model, backend="auto", gen=deploy.GenSettings(max_new_tokens=3), max_tiles=1)
 assert pipe.backend == "transformers", pipe.reason  # no CUDA on the test machines
 assert isinstance(pipe.ask("What colour?", deploy.as_image(sys.argv[2])), str)
+from labsupport import lmdeploy_cpu
+lmdeploy_cpu.check_engine_config(model, trust_remote_code=True)   # LMDeploy's own config reading passes
+try:  # lmdeploy.pipeline's default: the engine check on the GPU stopped with 'dict' ... 'hidden_size'
+    lmdeploy_cpu.check_engine_config(model)
+    raise SystemExit("LMDeploy read an InternVL2 config without trust_remote_code")
+except ValueError as exc:
+    assert "trust_remote_code=True" in str(exc) and "hidden_size" in str(exc), exc
 print("DEPLOY-OK")
 """
 

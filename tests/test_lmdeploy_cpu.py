@@ -40,6 +40,14 @@ def test_parse_prompt_reads_every_lmdeploy_prompt_form(plate):
         lmdeploy_cpu.parse_prompt(42)
 
 
+def test_the_stand_in_stops_like_lmdeploy_without_trust_remote_code(tiny):
+    """lmdeploy.pipeline defaults to trust_remote_code=False, and its engine check then cannot read an InternVL2 config."""
+    with pytest.raises(ValueError, match="trust_remote_code=True") as err:
+        lmdeploy_cpu.cpu_pipeline(tiny, backend_config=None, chat_template_config=None)
+    assert str(tiny) in str(err.value)
+    lmdeploy_cpu.check_engine_config(tiny, trust_remote_code=True)
+
+
 def test_gen_settings_follow_lmdeploys_generation_config():
     greedy = lmdeploy_cpu.gen_settings(SimpleNamespace(max_new_tokens=5, do_sample=False, temperature=0.8, top_p=1.0,
                                                        top_k=0, repetition_penalty=1.0, random_seed=None))
@@ -51,7 +59,7 @@ def test_gen_settings_follow_lmdeploys_generation_config():
 
 
 def test_the_stand_in_has_lmdeploys_call_shape_and_serves_openai(tiny, plate):
-    pipe = lmdeploy_cpu.cpu_pipeline(tiny, backend_config=None, chat_template_config=None)
+    pipe = lmdeploy_cpu.cpu_pipeline(tiny, backend_config=None, chat_template_config=None, trust_remote_code=True)
     assert "stood in for lmdeploy.pipeline" in lmdeploy_cpu.which(pipe)
     gen = SimpleNamespace(max_new_tokens=4, do_sample=False, temperature=1.0, top_p=1.0, top_k=0,
                           repetition_penalty=1.0, random_seed=None)
@@ -118,7 +126,7 @@ def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, pl
     assert not generates and "course env" in why
     assert deploy.remote_llm_generates(tiny)[0]         # the course's own code inherits GenerationMixin
     monkeypatch.setattr(deploy, "remote_llm_generates", lambda path: (False, "forced for the test"))
-    pipe = lmdeploy_cpu.cpu_pipeline(tiny)
+    pipe = lmdeploy_cpu.cpu_pipeline(tiny, trust_remote_code=True)
     gen = deploy.GenSettings(max_new_tokens=4)
     try:
         assert "forced for the test" in lmdeploy_cpu.which(pipe)
@@ -146,7 +154,7 @@ def test_the_course_env_worker_answers_official_code_that_prints_to_stdout(plate
     if two_b is None:
         pytest.skip("no official-format InternVL2-2B folder: build it with `python -m labsupport.official 2B`")
     monkeypatch.setattr(transformers, "__version__", "5.23.0")  # what the deploy env has: the worker answers
-    pipe = lmdeploy_cpu.cpu_pipeline(two_b)
+    pipe = lmdeploy_cpu.cpu_pipeline(two_b, trust_remote_code=True)
     try:
         assert "course env" in lmdeploy_cpu.which(pipe)
         assert isinstance(pipe(_msg("Colour?", plate), gen_config=deploy.GenSettings(max_new_tokens=3)).text, str)
