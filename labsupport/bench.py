@@ -709,7 +709,7 @@ _PLAIN_OPTIM = ("    type=OptimWrapper,  # AmpOptimWrapper needs CUDA and fails 
 
 
 def apply_levers(config_path: Path, checkpointing: bool = True, attention: str | None = None,
-                 group_by_length: bool = True, amp: bool = False) -> list[str]:
+                 group_by_length: bool = True, amp: bool = False, profile: bool = False) -> list[str]:
     """Edit a generated GPU config for the speed levers XTuner's own config cannot set; return what changed.
 
     CHECKPOINTING False or ATTENTION ("sdpa"/"eager") swap XTuner's InternVL_V1_5 for
@@ -717,6 +717,8 @@ def apply_levers(config_path: Path, checkpointing: bool = True, attention: str |
     (batches of similar length, XTuner's default) for mmengine's DefaultSampler (random order). AMP (a config
     without DeepSpeed) trains float32 master weights under mmengine's AmpOptimWrapper with bfloat16 autocast
     (XTuner loads bf16 weights, whose gradients AmpOptimWrapper cannot unscale) in a one-process group.
+    PROFILE adds labsupport.xtuner_shims.ProfileSummaryHook (mmengine's ProfilerHook over iterations 6-8),
+    which writes profile.json beside the config.
     """
     text = config_path.read_text(encoding="utf-8")
     changed = []
@@ -746,10 +748,20 @@ def apply_levers(config_path: Path, checkpointing: bool = True, attention: str |
         text = text.replace("from xtuner.dataset.samplers import LengthGroupedSampler\n",
                             "from mmengine.dataset import DefaultSampler\nfrom xtuner.dataset.samplers import LengthGroupedSampler\n")
         changed.append("sampler=DefaultSampler")
+    if profile:
+        out_file = config_path.with_name(PROFILE_FILE)
+        text += ("\n# where an iteration's time goes (labsupport.bench profile row)\n"
+                 "from labsupport.xtuner_shims import ProfileSummaryHook\n"
+                 f"custom_hooks = custom_hooks + [dict(type=ProfileSummaryHook, out_file={str(out_file)!r}, "
+                 f"wait={PROFILE_WAIT}, active={PROFILE_ACTIVE})]\n")
+        changed.append("custom_hooks+=ProfileSummaryHook")
     tmp = config_path.with_name(config_path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, config_path)
     return changed
+
+
+PROFILE_FILE, PROFILE_WAIT, PROFILE_ACTIVE = "profile.json", 4, 3  # iterations 0-3 skipped (stalls), 4 warms the profiler
 
 
 def estimate_for_run(shape: "memory.VLMShape", mode: str, zero: int, gpus: int, batch: int, stats: dict,
@@ -764,7 +776,7 @@ def estimate_for_run(shape: "memory.VLMShape", mode: str, zero: int, gpus: int, 
 def write_train_config(path: Path, model_dir: str, mode: str, data: "xtuner.DataSpec", total_iters: int, batch: int = 4,
                        zero: int = 2, nproc: int = 1, max_dynamic_patch: int = 6, lora_r: int = 128, device: str = "cuda",
                        checkpointing: bool = True, attention: str | None = None, group_by_length: bool = True,
-                       num_workers: int = 4, accumulative_counts: int = 1, amp: bool = False
+                       num_workers: int = 4, accumulative_counts: int = 1, amp: bool = False, profile: bool = False
                        ) -> tuple["xtuner.TrainSettings", Path, list[str]]:
     """Write the XTuner config of one benchmark run to PATH (train_mode's levers, see there); (settings, PATH, what the levers changed)."""
     from . import xtuner
@@ -785,7 +797,7 @@ def write_train_config(path: Path, model_dir: str, mode: str, data: "xtuner.Data
     cfg_path = xtuner.write_config(s, path)
     _no_optimizer_in_checkpoint(cfg_path)
     if device != "cpu":
-        notes += apply_levers(cfg_path, checkpointing, attention, group_by_length, amp)
+        notes += apply_levers(cfg_path, checkpointing, attention, group_by_length, amp, profile)
     return s, cfg_path, notes
 
 
@@ -793,13 +805,15 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
                zero: int = 2, nproc: int = 1, peak_flops: float = DEFAULT_PEAK_FLOPS, max_dynamic_patch: int = 6,
                lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, keep_checkpoint: bool = False,
                checkpointing: bool = True, attention: str | None = None, group_by_length: bool = True,
-               num_workers: int = 4, tag: str | None = None, accumulative_counts: int = 1, amp: bool = False) -> dict:
+               num_workers: int = 4, tag: str | None = None, accumulative_counts: int = 1, amp: bool = False,
+               profile: bool = False) -> dict:
     """Fine-tune MODEL_DIR with XTuner in MODE for WARMUP + ITERS iterations; tokens/s/GPU, MFU, data vs compute, memory.
 
     The levers: CHECKPOINTING (gradient checkpointing), ATTENTION (the LLM's kernel, None: what XTuner asks
     for), GROUP_BY_LENGTH (XTuner's LengthGroupedSampler), NUM_WORKERS (data-loader processes),
     ACCUMULATIVE_COUNTS (micro-batches per optimizer step; an iteration is one micro-batch, so tokens/s counts
     every one), AMP (ZERO 0 only: mmengine's AmpOptimWrapper, bf16 autocast over float32 weights, no DeepSpeed).
+    PROFILE: a profiler summary of three iterations under "profile" (the profiler slows the row's own timing).
     """
     from . import xtuner
 
@@ -809,7 +823,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
         shutil.rmtree(work)
     s, cfg_path, notes = write_train_config(work / "config.py", model_dir, mode, data, warmup + iters, batch, zero, nproc,
                                             max_dynamic_patch, lora_r, device, checkpointing, attention, group_by_length,
-                                            num_workers, accumulative_counts, amp)
+                                            num_workers, accumulative_counts, amp, profile)
     stats = dataset_stats(cfg_path)
     print(f"[train:{mode}] data: {stats['mean_tokens']:.0f} tokens and {stats['mean_tiles']:.2f} tiles per sample "
           f"(max {stats['max_tokens']})", flush=True)
@@ -822,6 +836,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
     attn = attention or _llm_attention(config)
     est = estimate_for_run(vlm_shape(config, Path(model_dir).name), mode, s.deepspeed, s.nproc, s.batch_size, stats,
                            s.lora_r, checkpointing=checkpointing, freeze_vit=s.freeze_vit, attention=attn)
+    profiled = json.loads((work / PROFILE_FILE).read_text()) if profile else None
     if not keep_checkpoint:
         for ckpt in work.glob("iter_*.pth"):
             shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
@@ -834,7 +849,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
             "checkpointing": checkpointing, "attention": attn, "group_by_length": group_by_length,
             "accumulative_counts": accumulative_counts, "optimizer": "AmpOptimWrapper" if amp else
             ("DeepSpeed" if s.deepspeed else "OptimWrapper"),
-            "num_workers": s.num_workers, "shape": shape_name(config),
+            "num_workers": s.num_workers, "shape": shape_name(config), **({"profile": profiled} if profile else {}),
             "notes": notes, "config": str(cfg_path), "log": str(run.log)}
 
 
@@ -914,10 +929,12 @@ LEVER_ROWS: dict[str, dict] = {
                              "mode": "lora", "batch": 16, "checkpointing": False, "accumulative_counts": 4},
     "full-b16-w8-zero1": {"base": "full-b16-w8", "lever": "DeepSpeed ZeRO-1 instead of ZeRO-2", "mode": "full",
                           "batch": 16, "num_workers": 8, "zero": 1},
+    "full-b16-w8-profile": {"base": "full-b16-w8", "lever": "mmengine's ProfilerHook over 3 iterations (where the time "
+                            "goes; profiling slows this row)", "mode": "full", "batch": 16, "num_workers": 8, "profile": True},
     "full-b16-w8-amp": {"base": "full-b16-w8", "lever": "no DeepSpeed: mmengine AmpOptimWrapper, bf16 autocast, fp32 weights",
                         "mode": "full", "batch": 16, "num_workers": 8, "zero": 0, "amp": True},
 }
-_LEVER_KEYS = ("checkpointing", "attention", "group_by_length", "num_workers", "accumulative_counts", "amp")
+_LEVER_KEYS = ("checkpointing", "attention", "group_by_length", "num_workers", "accumulative_counts", "amp", "profile")
 
 
 def levers(model_dir: str, rows: Sequence[str], iters: int = 8, warmup: int = 4, zero: int = 2,
@@ -959,6 +976,8 @@ def levers(model_dir: str, rows: Sequence[str], iters: int = 8, warmup: int = 4,
         results["runs"].append(row)
         write_json_atomic(path, results)
         print(levers_table(results), flush=True)
+        if row.get("profile"):
+            print(profile_table(row), flush=True)
     results["seconds"] = round(time.time() - started, 1)
     write_json_atomic(path, results)
     print(f"[levers] wrote {path} in {results['seconds']:.0f} s")
@@ -984,6 +1003,21 @@ def levers_table(results: dict) -> str:
     return (f"MFU against {results['peak_flops'] / 1e12:.0f} TFLOPS; one GPU; ZeRO 0 = no DeepSpeed; acc = micro-batches "
             "per optimizer step (s/iter and tok/s per micro-batch); x base = tok/s / the row it changes\n"
             + format_table(rows, cols, digits=2))
+
+
+def profile_table(row: dict, top: int = 10) -> str:
+    """A profiled lever row as text: wall-clock against GPU-busy time per iteration, kernel launches, forward passes, top ops."""
+    p = row["profile"]
+    wall, busy = p["wall_s_per_iter"], p["gpu_busy_s_per_iter"]
+    fwd = p.get("forward_gpu_s_per_iter", {})
+    head = (f"{row['row']}: {wall:.3f} s per iteration under the profiler, the GPU busy {busy:.3f} s "
+            f"({100 * busy / wall:.0f} %), {p['kernels_per_iter']:,.0f} kernels per iteration "
+            f"(mean {1e6 * busy / max(p['kernels_per_iter'], 1):.0f} µs each); host ops {p['cpu_ops_s_per_iter']:.3f} s; "
+            f"forward on the GPU: ViT {fwd.get('vit.forward', 0):.3f} s, LLM {fwd.get('llm.forward', 0):.3f} s")
+    rows = [{"op": o["op"][:60], "gpu_ms": 1e3 * o["gpu_s_per_iter"], "share": 100 * o["gpu_s_per_iter"] / busy if busy else None,
+             "calls": o["calls_per_iter"]} for o in p["top_ops"][:top]]
+    return head + "\n" + format_table(rows, [("op", "op"), ("gpu_ms", "GPU ms/iter"), ("share", "% of GPU busy"),
+                                             ("calls", "calls/iter")], digits=1)
 
 
 def train_table(results: dict) -> str:

@@ -19,12 +19,17 @@ It also defines the classes a CPU config names instead of XTuner's own:
   code runs as SDPA when flash_attn is missing), and ``dtype="float32"`` (master weights for a run with
   mmengine's AmpOptimWrapper instead of DeepSpeed, in a one-process group). labsupport.bench measures
   each lever with it; labsupport.gpu_presets' settings without checkpointing need it.
+* ``ProfileSummaryHook``: mmengine's ``ProfilerHook`` that writes a JSON summary of a few iterations
+  (GPU busy time against wall-clock time, kernel launches, the ViT's and the LLM's forward, top ops),
+  for the bench's profile row.
 * ``CourseInternVLDataset``: XTuner's ``InternVL_V1_5_Dataset`` with ``max_dynamic_patch`` as a
   parameter (XTuner reads it from the model's config.json only).
 """
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -33,9 +38,14 @@ if not hasattr(torch.cpu, "is_bf16_supported"):
     torch.cpu.is_bf16_supported = lambda including_emulation=True: True  # bf16 runs (emulated) on any CPU
 
 
+def launched() -> bool:
+    """True under a launcher (torchrun sets WORLD_SIZE); XTuner's train.py sets LOCAL_RANK itself, so that says nothing."""
+    return "WORLD_SIZE" in os.environ
+
+
 def ensure_process_group() -> bool:
-    """Start a one-process gloo process group unless one exists or a launcher runs several; True if started."""
-    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    """Start a one-process gloo process group unless one exists or a launcher will start one; True if started."""
+    if not dist.is_available() or dist.is_initialized() or launched():
         return False
     dist.init_process_group(backend="gloo", store=dist.HashStore(), rank=0, world_size=1)
     return True
@@ -43,6 +53,7 @@ def ensure_process_group() -> bool:
 
 from xtuner.dataset import InternVL_V1_5_Dataset, LLaVADataset  # noqa: E402  (after the torch patch above)
 from xtuner.model import InternVL_V1_5, LLaVAModel, SupervisedFinetune  # noqa: E402
+from mmengine.hooks import ProfilerHook  # noqa: E402
 
 
 class CPULLaVAModel(LLaVAModel):
@@ -97,8 +108,7 @@ class LeverInternVL(InternVL_V1_5):
 
     def __init__(self, *args, gradient_checkpointing: bool = True, llm_attn: str | None = None,
                  dtype: str | None = None, **kwargs):
-        if "LOCAL_RANK" not in os.environ:  # no launcher (a run without DeepSpeed): XTuner still calls get_rank()
-            ensure_process_group()
+        ensure_process_group()  # no launcher (a run without DeepSpeed): XTuner still calls get_rank() in every forward
         super().__init__(*args, **kwargs)
         if dtype == "float32":  # master weights for mmengine's AmpOptimWrapper (bf16 autocast computes)
             self.model.float()
@@ -108,6 +118,67 @@ class LeverInternVL(InternVL_V1_5):
             self.gradient_checkpointing_disable()
         if llm_attn:
             set_llm_attention(self.model.language_model, llm_attn)
+
+
+def _label_forward(module, label: str) -> None:
+    """Run MODULE's forward inside a profiler range named LABEL (its kernels' GPU time then adds up under LABEL)."""
+    original = module.forward
+
+    def forward(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return original(*args, **kwargs)
+
+    module.forward = forward
+
+
+class ProfileSummaryHook(ProfilerHook):
+    """mmengine's ProfilerHook over ACTIVE iterations after WAIT; writes OUT_FILE: GPU busy time, kernel launches, ViT/LLM forward, top ops."""
+
+    def __init__(self, out_file: str, wait: int = 4, active: int = 3, top: int = 15):
+        self.out_file, self.active, self.top, self._stamps = out_file, active, top, []
+        super().__init__(by_epoch=False, profile_times=wait + 1 + active, activity_with_cuda=torch.cuda.is_available(),
+                         schedule=dict(wait=wait, warmup=1, active=active, repeat=1), on_trace_ready=self._write)
+        self._first_active = wait + 1
+
+    def before_run(self, runner) -> None:
+        model = getattr(runner.model, "module", runner.model)
+        for label, suffix in (("vit.forward", "vision_model"), ("llm.forward", "language_model")):
+            found = sorted((n for n, _ in model.named_modules() if n.endswith(suffix)), key=len)
+            if found:
+                _label_forward(model.get_submodule(found[0]), label)
+        super().before_run(runner)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # iteration boundaries in wall-clock time, for the GPU's busy share
+        self._stamps.append(time.perf_counter())
+        super().after_train_iter(runner, batch_idx, data_batch, outputs)
+
+    def _write(self, prof) -> None:
+        events = prof.key_averages()
+        per_iter = 1e-6 / self.active  # microseconds over the active iterations -> seconds per iteration
+        cuda, annotation = torch.autograd.DeviceType.CUDA, (lambda e: getattr(e, "is_user_annotation", False))
+        kernels = [e for e in events if e.device_type == cuda and not annotation(e)]
+        ops = sorted((e for e in events if e.device_type != cuda and not annotation(e)),
+                     key=lambda e: (e.self_device_time_total, e.self_cpu_time_total), reverse=True)
+        stamps = self._stamps[self._first_active - 1:self._first_active + self.active]
+        wall = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else None
+        ranges = {}
+        for e in events:  # the CPU-side range and (newer torch) its GPU-side copy: the larger total is the range's
+            if e.key in ("vit.forward", "llm.forward"):
+                ranges[e.key] = max(ranges.get(e.key, 0.0), e.device_time_total * per_iter)
+        summary = {"active_iters": self.active, "wall_s_per_iter": wall,
+                   "gpu_busy_s_per_iter": sum(e.self_device_time_total for e in kernels) * per_iter,
+                   "kernels_per_iter": sum(e.count for e in kernels) / self.active,
+                   "cpu_ops_s_per_iter": sum(e.self_cpu_time_total for e in ops) * per_iter,
+                   "forward_gpu_s_per_iter": ranges,
+                   "top_ops": [{"op": e.key, "gpu_s_per_iter": e.self_device_time_total * per_iter,
+                                "cpu_s_per_iter": e.self_cpu_time_total * per_iter, "calls_per_iter": e.count / self.active}
+                               for e in ops[:self.top]]}
+        tmp = f"{self.out_file}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(tmp, self.out_file)
 
 
 class CourseInternVLDataset(InternVL_V1_5_Dataset):

@@ -452,7 +452,54 @@ def test_every_lever_row_writes_a_config_that_mmengine_loads(name, tmp_path):
     if spec.get("amp"):  # no DeepSpeed: float32 master weights under bf16 autocast
         assert cfg.optim_wrapper.type.__name__ == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "bfloat16"
         assert cfg.model.dtype == "float32" and "optim_wrapper=AmpOptimWrapper(bfloat16)" in notes
+    hooks = [h.type.__name__ for h in cfg.custom_hooks]
+    assert ("ProfileSummaryHook" in hooks) == bool(spec.get("profile")) and "DatasetInfoHook" in hooks
+    if spec.get("profile"):  # the summary lands beside the config, where train_mode reads it
+        profiler = cfg.custom_hooks[-1]
+        assert profiler.out_file == str(tmp_path / bench.PROFILE_FILE) and profiler.wait + 1 + profiler.active <= 12
     assert spec["base"] is None or spec["base"] in bench.LEVER_ROWS
+
+
+def test_profile_table_reads_the_hooks_summary():
+    row = {"row": "p", "profile": {"active_iters": 3, "wall_s_per_iter": 1.2, "gpu_busy_s_per_iter": 0.9,
+                                   "kernels_per_iter": 9000.0, "cpu_ops_s_per_iter": 0.7,
+                                   "forward_gpu_s_per_iter": {"vit.forward": 0.05, "llm.forward": 0.2},
+                                   "top_ops": [{"op": "aten::mm", "gpu_s_per_iter": 0.45, "cpu_s_per_iter": 0.01,
+                                                "calls_per_iter": 700.0}]}}
+    text = bench.profile_table(row)
+    assert "(75 %)" in text and "9,000 kernels" in text and "100 µs each" in text and "ViT 0.050 s" in text
+    assert "aten::mm" in text and "50.0" in text  # 0.45 of 0.9 s busy
+
+
+def test_the_profile_hook_writes_its_summary(tmp_path):
+    """mmengine's ProfilerHook with the course's summary, on a CPU: wall-clock per iteration, forward ranges, top ops."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from labsupport.xtuner_shims import ProfileSummaryHook
+
+    class Inner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_model, self.language_model = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+
+    model = torch.nn.Module()
+    model.model = Inner()
+    runner = SimpleNamespace(model=model, max_iters=12, max_epochs=1, iter=0, logger=logging.getLogger("test"),
+                             work_dir=str(tmp_path))
+    hook = ProfileSummaryHook(str(tmp_path / "profile.json"), wait=2, active=3)
+    hook.before_run(runner)
+    for i in range(7):
+        runner.iter = i
+        inner = model.model
+        inner.language_model(inner.vision_model(torch.randn(8, 32))).sum().backward()
+        hook.after_train_iter(runner, i)
+    summary = json.loads((tmp_path / "profile.json").read_text())
+    assert summary["active_iters"] == 3 and summary["wall_s_per_iter"] > 0
+    assert set(summary["forward_gpu_s_per_iter"]) == {"vit.forward", "llm.forward"}
+    assert any(o["op"] == "aten::addmm" and o["calls_per_iter"] == 2 for o in summary["top_ops"])
 
 
 def test_amp_needs_a_run_without_deepspeed(tmp_path):

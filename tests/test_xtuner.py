@@ -205,12 +205,23 @@ def test_ansi_colour_codes_are_stripped_from_mmengine_lines():
     assert X.ANSI_ESCAPE.sub("", coloured) == "12/01 22:28:40 - mmengine - INFO - Num train samples 96\n"
 
 
+def test_a_run_without_launcher_gets_its_own_process_group(monkeypatch):
+    """XTuner's train.py sets LOCAL_RANK=0 even without a launcher (the AMP lever row then had no process group)."""
+    from labsupport import xtuner_shims
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not xtuner_shims.launched()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun, even with one process
+    assert xtuner_shims.launched() and xtuner_shims.ensure_process_group() is False
+
+
 def test_lever_internvl_switches_checkpointing_off_and_keeps_float32_master_weights(tiny, monkeypatch):
     import torch
 
     from labsupport.xtuner_shims import LeverInternVL
 
-    monkeypatch.setenv("LOCAL_RANK", "0")  # as under a launcher: no process group of its own in this test process
+    monkeypatch.setenv("WORLD_SIZE", "1")  # as under a launcher: no process group of its own in this test process
     m = LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True, gradient_checkpointing=False,
                       dtype="float32")
     assert {p.dtype for p in m.model.parameters()} == {torch.float32}
