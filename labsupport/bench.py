@@ -837,6 +837,12 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
     est = estimate_for_run(vlm_shape(config, Path(model_dir).name), mode, s.deepspeed, s.nproc, s.batch_size, stats,
                            s.lora_r, checkpointing=checkpointing, freeze_vit=s.freeze_vit, attention=attn)
     profiled = json.loads((work / PROFILE_FILE).read_text()) if profile else None
+    if profiled and profiled.get("batch_per_iter", {}).get("samples"):
+        b = profiled["batch_per_iter"]  # MFU of the profiled iterations themselves (their batches differ from the mean)
+        flops = b["samples"] * train_flops_per_sample(config, mode, b["tokens"] / b["samples"], b["tiles"] / b["samples"],
+                                                      s.freeze_vit)
+        profiled["mfu_wall"] = flops / profiled["wall_s_per_iter"] / peak_flops
+        profiled["mfu_gpu_busy"] = flops / profiled["gpu_busy_s_per_iter"] / peak_flops
     if not keep_checkpoint:
         for ckpt in work.glob("iter_*.pth"):
             shutil.rmtree(ckpt) if ckpt.is_dir() else ckpt.unlink()
@@ -969,8 +975,9 @@ def levers(model_dir: str, rows: Sequence[str], iters: int = 8, warmup: int = 4,
             row = train_mode(model_dir, spec["mode"], data, iters, warmup, spec["batch"], spec.get("zero", zero), 1, peak_flops,
                              max_dynamic_patch, lora_r, "cuda", min(timeout_s, left), tag=f"lever-{name}", **kw)
         except Exception as exc:  # an out-of-memory row is a result too
+            first = str(exc).splitlines()[0] if str(exc) else ""  # the cause (xtuner.root_error), then the log's tail
             row = {"mode": spec["mode"], "zero": spec.get("zero", zero), "batch_per_gpu": spec["batch"],
-                   "error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
+                   "error": f"{type(exc).__name__}: {first[:600]}\n{str(exc)[-1200:]}"}
         row.update({"row": name, "lever": spec["lever"], "base": spec["base"]})
         row.pop("config", None), row.pop("log", None)  # machine paths
         results["runs"].append(row)
@@ -1010,10 +1017,14 @@ def profile_table(row: dict, top: int = 10) -> str:
     p = row["profile"]
     wall, busy = p["wall_s_per_iter"], p["gpu_busy_s_per_iter"]
     fwd = p.get("forward_gpu_s_per_iter", {})
+    b = p.get("batch_per_iter") or {}
+    batch = (f"; {b['samples']:.0f} samples, {b['tokens']:,.0f} tokens ({b['padded_tokens']:,.0f} with padding), "
+             f"{b['tiles']:.0f} tiles per iteration, MFU {100 * p['mfu_wall']:.1f} % of wall-clock time, "
+             f"{100 * p['mfu_gpu_busy']:.1f} % of GPU-busy time") if "mfu_wall" in p else ""
     head = (f"{row['row']}: {wall:.3f} s per iteration under the profiler, the GPU busy {busy:.3f} s "
             f"({100 * busy / wall:.0f} %), {p['kernels_per_iter']:,.0f} kernels per iteration "
             f"(mean {1e6 * busy / max(p['kernels_per_iter'], 1):.0f} µs each); host ops {p['cpu_ops_s_per_iter']:.3f} s; "
-            f"forward on the GPU: ViT {fwd.get('vit.forward', 0):.3f} s, LLM {fwd.get('llm.forward', 0):.3f} s")
+            f"forward on the GPU: ViT {fwd.get('vit.forward', 0):.3f} s, LLM {fwd.get('llm.forward', 0):.3f} s{batch}")
     rows = [{"op": o["op"][:60], "gpu_ms": 1e3 * o["gpu_s_per_iter"], "share": 100 * o["gpu_s_per_iter"] / busy if busy else None,
              "calls": o["calls_per_iter"]} for o in p["top_ops"][:top]]
     return head + "\n" + format_table(rows, [("op", "op"), ("gpu_ms", "GPU ms/iter"), ("share", "% of GPU busy"),

@@ -758,6 +758,15 @@ def _tail(path: Path, n: int = 30) -> str:
     return "\n".join(lines[-n:])
 
 
+_ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[\w.]+\.)?\w*(?:Error|Exception)\b:.*)$")
+
+
+def root_error(log_text: str) -> str | None:
+    """The last exception line of a training log (torch's launcher wrapper skipped), e.g. 'torch.OutOfMemoryError: CUDA out of memory. ...'."""
+    found = [m.group(1) for m in map(_ERROR_LINE.match, log_text.splitlines()) if m and "ChildFailedError" not in m.group(1)]
+    return found[-1] if found else None
+
+
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # mmengine colours its log levels; a saved notebook would show the codes
 
 
@@ -825,8 +834,9 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
     if plot:
         plot.update(scalars, force=True)
     if proc.returncode != 0:
-        raise TrainingFailed(f"XTuner's train.py exited with status {proc.returncode}. Last lines of {log_path}:\n"
-                             f"{_tail(log_path)}")
+        cause = root_error(log_path.read_text(encoding="utf-8", errors="replace"))
+        raise TrainingFailed(f"XTuner's train.py exited with status {proc.returncode}"
+                             + (f": {cause}" if cause else "") + f"\nLast lines of {log_path}:\n{_tail(log_path)}")
     ckpt = latest_checkpoint(work_dir)
     if ckpt is None:
         raise TrainingFailed(f"train.py exited 0 but left no checkpoint in {work_dir}. Last lines of {log_path}:\n"

@@ -120,6 +120,16 @@ class LeverInternVL(InternVL_V1_5):
             set_llm_attention(self.model.language_model, llm_attn)
 
 
+def _batch_size_of(data_batch) -> dict:
+    """Samples, real and padded tokens, and image tiles in one of XTuner's collated batches (zeros where a field is missing)."""
+    data = (data_batch or {}).get("data", data_batch) if isinstance(data_batch, dict) else {}
+    ids, mask, pixels = data.get("input_ids"), data.get("attention_mask"), data.get("pixel_values")
+    return {"samples": int(ids.shape[0]) if ids is not None else 0,
+            "tokens": int(mask.sum()) if mask is not None else int(ids.numel()) if ids is not None else 0,
+            "padded_tokens": int(ids.numel()) if ids is not None else 0,
+            "tiles": int(pixels.shape[0]) if pixels is not None else 0}
+
+
 def _label_forward(module, label: str) -> None:
     """Run MODULE's forward inside a profiler range named LABEL (its kernels' GPU time then adds up under LABEL)."""
     original = module.forward
@@ -135,7 +145,7 @@ class ProfileSummaryHook(ProfilerHook):
     """mmengine's ProfilerHook over ACTIVE iterations after WAIT; writes OUT_FILE: GPU busy time, kernel launches, ViT/LLM forward, top ops."""
 
     def __init__(self, out_file: str, wait: int = 4, active: int = 3, top: int = 15):
-        self.out_file, self.active, self.top, self._stamps = out_file, active, top, []
+        self.out_file, self.active, self.top, self._stamps, self._batches = out_file, active, top, [], []
         super().__init__(by_epoch=False, profile_times=wait + 1 + active, activity_with_cuda=torch.cuda.is_available(),
                          schedule=dict(wait=wait, warmup=1, active=active, repeat=1), on_trace_ready=self._write)
         self._first_active = wait + 1
@@ -152,6 +162,7 @@ class ProfileSummaryHook(ProfilerHook):
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # iteration boundaries in wall-clock time, for the GPU's busy share
         self._stamps.append(time.perf_counter())
+        self._batches.append(_batch_size_of(data_batch))
         super().after_train_iter(runner, batch_idx, data_batch, outputs)
 
     def _write(self, prof) -> None:
@@ -167,7 +178,9 @@ class ProfileSummaryHook(ProfilerHook):
         for e in events:  # the CPU-side range and (newer torch) its GPU-side copy: the larger total is the range's
             if e.key in ("vit.forward", "llm.forward"):
                 ranges[e.key] = max(ranges.get(e.key, 0.0), e.device_time_total * per_iter)
-        summary = {"active_iters": self.active, "wall_s_per_iter": wall,
+        window = self._batches[self._first_active:self._first_active + self.active]
+        sizes = {k: sum(b[k] for b in window) / len(window) for k in window[0]} if window else {}
+        summary = {"active_iters": self.active, "wall_s_per_iter": wall, "batch_per_iter": sizes,
                    "gpu_busy_s_per_iter": sum(e.self_device_time_total for e in kernels) * per_iter,
                    "kernels_per_iter": sum(e.count for e in kernels) / self.active,
                    "cpu_ops_s_per_iter": sum(e.self_cpu_time_total for e in ops) * per_iter,

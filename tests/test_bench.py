@@ -467,6 +467,10 @@ def test_profile_table_reads_the_hooks_summary():
                                    "top_ops": [{"op": "aten::mm", "gpu_s_per_iter": 0.45, "cpu_s_per_iter": 0.01,
                                                 "calls_per_iter": 700.0}]}}
     text = bench.profile_table(row)
+    assert "MFU" not in text.splitlines()[0]  # no batch sizes recorded: no MFU claimed
+    row["profile"].update(batch_per_iter={"samples": 16, "tokens": 20000, "padded_tokens": 21000, "tiles": 70},
+                          mfu_wall=0.3, mfu_gpu_busy=0.4)
+    assert "MFU 30.0 % of wall-clock time, 40.0 % of GPU-busy time" in bench.profile_table(row)
     assert "(75 %)" in text and "9,000 kernels" in text and "100 µs each" in text and "ViT 0.050 s" in text
     assert "aten::mm" in text and "50.0" in text  # 0.45 of 0.9 s busy
 
@@ -495,11 +499,17 @@ def test_the_profile_hook_writes_its_summary(tmp_path):
         runner.iter = i
         inner = model.model
         inner.language_model(inner.vision_model(torch.randn(8, 32))).sum().backward()
-        hook.after_train_iter(runner, i)
+        ids = torch.ones(2, 5 + i, dtype=torch.long)  # XTuner's collated batch: 2 samples, one padded token each
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        mask[:, -1] = False
+        hook.after_train_iter(runner, i, {"data": {"input_ids": ids, "attention_mask": mask,
+                                                   "pixel_values": torch.zeros(3, 3, 8, 8)}})
     summary = json.loads((tmp_path / "profile.json").read_text())
     assert summary["active_iters"] == 3 and summary["wall_s_per_iter"] > 0
     assert set(summary["forward_gpu_s_per_iter"]) == {"vit.forward", "llm.forward"}
     assert any(o["op"] == "aten::addmm" and o["calls_per_iter"] == 2 for o in summary["top_ops"])
+    # iterations 3-5 are active (wait 2, warm-up 1): lengths 8, 9, 10 -> padded 2 x 9 = 18, real 2 x 8 = 16 on average
+    assert summary["batch_per_iter"] == {"samples": 2, "tokens": 16, "padded_tokens": 18, "tiles": 3}
 
 
 def test_amp_needs_a_run_without_deepspeed(tmp_path):

@@ -231,3 +231,14 @@ def test_lever_internvl_switches_checkpointing_off_and_keeps_float32_master_weig
     assert xtuners.model.language_model.model.gradient_checkpointing is True
     with pytest.raises(ValueError, match="float32"):
         LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True, dtype="float16")
+
+
+def test_root_error_names_the_cause_not_the_launchers_wrapper():
+    log = ("Traceback (most recent call last):\n"
+           "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 10.62 GiB.\n"
+           "Traceback (most recent call last):\n"
+           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+           "/tmp/site-xtuner/xtuner/tools/train.py FAILED\n")
+    assert X.root_error(log) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 10.62 GiB."
+    assert X.root_error("ValueError: Default process group has not been initialized\n").startswith("ValueError:")
+    assert X.root_error("all fine\nIter(train) [10/20] loss: 1.0\n") is None
