@@ -835,7 +835,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
         train_flops_per_sample(config, mode, n, k, s.freeze_vit) for n, k in zip(stats["tokens"], stats["tiles"]))
     attn = attention or _llm_attention(config)
     est = estimate_for_run(vlm_shape(config, Path(model_dir).name), mode, s.deepspeed, s.nproc, s.batch_size, stats,
-                           s.lora_r, checkpointing=checkpointing, freeze_vit=s.freeze_vit, attention=attn)
+                           s.lora_r, checkpointing=checkpointing, freeze_vit=s.freeze_vit, attention=attn, amp=amp)
     profiled = json.loads((work / PROFILE_FILE).read_text()) if profile else None
     if profiled and profiled.get("batch_per_iter", {}).get("samples"):
         b = profiled["batch_per_iter"]  # MFU of the profiled iterations themselves (their batches differ from the mean)
@@ -1081,7 +1081,8 @@ def training_results(folder: str | os.PathLike | None = None) -> list[dict]:
             name = run.get("shape") or ("InternVL2-2B" if "-2b-" in path.name else "InternVL2-4B")
             est = estimate_for_run(shapes[name], run["mode"], run["zero"], run["gpus"], run["batch_per_gpu"],
                                    run["dataset"], run.get("lora_r") or 128, checkpointing=run.get("checkpointing", True),
-                                   attention="eager" if run.get("attention") == "eager" else "sdpa")
+                                   attention="eager" if run.get("attention") == "eager" else "sdpa",
+                                   amp=run.get("optimizer") == "AmpOptimWrapper")
             rows.append({"file": path.name, "machine": _machine(path), "gpu": data.get("gpu"), "shape": name,
                          "row": run.get("row"), "lever": run.get("lever"), "mode": run["mode"],
                          "checkpointing": run.get("checkpointing", True), "attention": run.get("attention") or "sdpa",

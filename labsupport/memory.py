@@ -161,9 +161,10 @@ class Estimate:
 
 def estimate(model: str | VLMShape, mode: str = "lora", zero: int = 0, gpus: int = 1, batch: int = 1,
              seq: int = 4096, checkpointing: bool = True, lora_r: int = 128, freeze_vit: bool = True,
-             tiles: int = 7, overhead_gb: float = 1.5, attention: str = "sdpa") -> Estimate:
+             tiles: int = 7, overhead_gb: float = 1.5, attention: str = "sdpa", amp: bool = False) -> Estimate:
     """GB per GPU to fine-tune MODEL in MODE (lora | qlora | full) with ZeRO stage ZERO (0 = no DeepSpeed) on GPUS GPUs;
-    ATTENTION "sdpa" (flash or memory-efficient kernels, what XTuner runs) or "eager" (stores the attention matrix)."""
+    ATTENTION "sdpa" (flash or memory-efficient kernels, what XTuner runs) or "eager" (stores the attention matrix);
+    AMP (ZERO 0 only): mmengine's AmpOptimWrapper over float32 master weights instead of XTuner's bfloat16 ones."""
     m = MODELS[model] if isinstance(model, str) else model
     if mode not in ("lora", "qlora", "full"):
         raise ValueError(f"mode must be 'lora', 'qlora' or 'full', not {mode!r}")
@@ -171,6 +172,8 @@ def estimate(model: str | VLMShape, mode: str = "lora", zero: int = 0, gpus: int
         raise ValueError(f"zero (DeepSpeed stage) must be 0, 1, 2 or 3, not {zero!r}")
     if attention not in ("sdpa", "eager"):
         raise ValueError(f"attention must be 'sdpa' or 'eager', not {attention!r}")
+    if amp and (zero or mode == "qlora"):
+        raise ValueError("amp is the run without DeepSpeed over float32 weights: pass zero=0 and mode lora or full")
     if gpus < 1 or batch < 1 or seq < 1:
         raise ValueError("gpus, batch and seq must be at least 1")
     llm_p, proj_p = m.llm.params(), m.projector_params()
@@ -187,11 +190,15 @@ def estimate(model: str | VLMShape, mode: str = "lora", zero: int = 0, gpus: int
         weights /= n
     grads = 2.0 * trainable / (n if zero >= 2 else 1)
     optim = (16.0 if zero else 4.0) * trainable / (n if zero >= 1 else 1)
+    if amp:  # the whole model in float32, float32 gradients and Adam moments for what trains
+        weights, grads, optim = 2.0 * weights, 4.0 * trainable, 8.0 * trainable
     h, a, L = m.llm.hidden, m.llm.heads, m.llm.layers
     per_layer = seq * batch * (m.llm.layer_bytes_per_token(mode) + (5 * a * seq if attention == "eager" else 0))
     acts = (2 * seq * batch * h * L + per_layer) if checkpointing else per_layer * L
     head_lora = mode in ("lora", "qlora") and m.llm.lora_on_head
     acts += batch * seq * m.llm.vocab * (8 + (4 if head_lora else 0))
+    if amp:  # autocast keeps a bfloat16 copy of every trained weight it cast, until the forward ends
+        acts += 2.0 * trainable
     if not freeze_vit:
         vit_seq = 1025
         vit_attn = 5 * 16 * vit_seq / m.vit_hidden if attention == "eager" else 0

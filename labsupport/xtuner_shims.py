@@ -127,7 +127,14 @@ def _batch_size_of(data_batch) -> dict:
     return {"samples": int(ids.shape[0]) if ids is not None else 0,
             "tokens": int(mask.sum()) if mask is not None else int(ids.numel()) if ids is not None else 0,
             "padded_tokens": int(ids.numel()) if ids is not None else 0,
-            "tiles": int(pixels.shape[0]) if pixels is not None else 0}
+            "tiles": _rows(pixels)}
+
+
+def _rows(x) -> int:
+    """Rows of a tensor, or of a list of tensors together (XTuner's InternVL collate keeps one pixel tensor per sample)."""
+    if x is None:
+        return 0
+    return sum(int(t.shape[0]) for t in x) if isinstance(x, (list, tuple)) else int(x.shape[0])
 
 
 def _label_forward(module, label: str) -> None:

@@ -503,7 +503,7 @@ def test_the_profile_hook_writes_its_summary(tmp_path):
         mask = torch.ones_like(ids, dtype=torch.bool)
         mask[:, -1] = False
         hook.after_train_iter(runner, i, {"data": {"input_ids": ids, "attention_mask": mask,
-                                                   "pixel_values": torch.zeros(3, 3, 8, 8)}})
+                                                   "pixel_values": [torch.zeros(1, 3, 8, 8), torch.zeros(2, 3, 8, 8)]}})
     summary = json.loads((tmp_path / "profile.json").read_text())
     assert summary["active_iters"] == 3 and summary["wall_s_per_iter"] > 0
     assert set(summary["forward_gpu_s_per_iter"]) == {"vit.forward", "llm.forward"}

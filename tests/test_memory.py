@@ -91,3 +91,15 @@ def test_layer_bytes_count_the_gated_mlp_and_the_lora_inputs():
     no_ckpt = M.estimate("InternVL2-2B", mode="full", batch=2, seq=512, checkpointing=False)
     ckpt = M.estimate("InternVL2-2B", mode="full", batch=2, seq=512)
     assert no_ckpt.activations > 5 * (ckpt.activations - 2 * 512 * llm.vocab * 8 / M.GB)
+
+
+def test_amp_counts_float32_master_weights_and_autocasts_copies():
+    """mmengine's AmpOptimWrapper without DeepSpeed: float32 weights, gradients and Adam moments, plus autocast's bf16 copies."""
+    bf16 = M.estimate("InternVL2-2B", mode="full", zero=0, batch=4, seq=1024)
+    amp = M.estimate("InternVL2-2B", mode="full", zero=0, batch=4, seq=1024, amp=True)
+    trainable = bf16.trainable_params_m * 1e6 / M.GB
+    assert amp.weights == pytest.approx(2 * bf16.weights) and amp.gradients == pytest.approx(2 * bf16.gradients)
+    assert amp.optimizer == pytest.approx(2 * bf16.optimizer)
+    assert amp.activations - bf16.activations == pytest.approx(2 * trainable, rel=1e-3)
+    with pytest.raises(ValueError, match="zero=0"):
+        M.estimate("InternVL2-2B", mode="full", zero=2, amp=True)
