@@ -709,7 +709,8 @@ _PLAIN_OPTIM = ("    type=OptimWrapper,  # AmpOptimWrapper needs CUDA and fails 
 
 
 def apply_levers(config_path: Path, checkpointing: bool = True, attention: str | None = None,
-                 group_by_length: bool = True, amp: bool = False, profile: bool = False) -> list[str]:
+                 group_by_length: bool = True, amp: bool = False, profile: bool = False,
+                 fused_rmsnorm: bool = False) -> list[str]:
     """Edit a generated GPU config for the speed levers XTuner's own config cannot set; return what changed.
 
     CHECKPOINTING False or ATTENTION ("sdpa"/"eager") swap XTuner's InternVL_V1_5 for
@@ -717,23 +718,26 @@ def apply_levers(config_path: Path, checkpointing: bool = True, attention: str |
     (batches of similar length, XTuner's default) for mmengine's DefaultSampler (random order). AMP (a config
     without DeepSpeed) trains float32 master weights under mmengine's AmpOptimWrapper with bfloat16 autocast
     (XTuner loads bf16 weights, whose gradients AmpOptimWrapper cannot unscale) in a one-process group.
+    FUSED_RMSNORM gives the LLM XTuner's Triton RMSNorm (through LeverInternVL).
     PROFILE adds labsupport.xtuner_shims.ProfileSummaryHook (mmengine's ProfilerHook over iterations 6-8),
     which writes profile.json beside the config.
     """
     text = config_path.read_text(encoding="utf-8")
     changed = []
-    if not checkpointing or attention or amp:
+    if not checkpointing or attention or amp or fused_rmsnorm:
         head = "model = dict(\n    type=InternVL_V1_5,\n"
         if text.count(head) != 1:
             raise RuntimeError(f"{config_path}: expected one 'model = dict(type=InternVL_V1_5' block (GPU config, "
                                "rendered with gradient checkpointing on?)")
         dtype = "\n    dtype='float32',  # master weights for AmpOptimWrapper" if amp else ""
+        if fused_rmsnorm:
+            dtype += "\n    fused_rmsnorm=True,  # XTuner's Triton RMSNorm kernel (its InternVL model does not dispatch it)"
         text = text.replace(head, "model = dict(\n    type=LeverInternVL,  # XTuner's InternVL_V1_5 + its levers\n"
                             f"    gradient_checkpointing={checkpointing!r},\n    llm_attn={attention!r},{dtype}\n")
         text = text.replace("from xtuner.model import InternVL_V1_5\n",
                             "from xtuner.model import InternVL_V1_5\nfrom labsupport.xtuner_shims import LeverInternVL\n")
         changed.append(f"model=LeverInternVL(gradient_checkpointing={checkpointing}, llm_attn={attention}"
-                       + (", dtype=float32)" if amp else ")"))
+                       + (", dtype=float32" if amp else "") + (", fused_rmsnorm=True" if fused_rmsnorm else "") + ")")
     if amp:
         if text.count(_PLAIN_OPTIM) != 1:
             raise RuntimeError(f"{config_path}: expected one plain OptimWrapper (a GPU config without DeepSpeed)")
@@ -776,8 +780,8 @@ def estimate_for_run(shape: "memory.VLMShape", mode: str, zero: int, gpus: int, 
 def write_train_config(path: Path, model_dir: str, mode: str, data: "xtuner.DataSpec", total_iters: int, batch: int = 4,
                        zero: int = 2, nproc: int = 1, max_dynamic_patch: int = 6, lora_r: int = 128, device: str = "cuda",
                        checkpointing: bool = True, attention: str | None = None, group_by_length: bool = True,
-                       num_workers: int = 4, accumulative_counts: int = 1, amp: bool = False, profile: bool = False
-                       ) -> tuple["xtuner.TrainSettings", Path, list[str]]:
+                       num_workers: int = 4, accumulative_counts: int = 1, amp: bool = False, profile: bool = False,
+                       fused_rmsnorm: bool = False) -> tuple["xtuner.TrainSettings", Path, list[str]]:
     """Write the XTuner config of one benchmark run to PATH (train_mode's levers, see there); (settings, PATH, what the levers changed)."""
     from . import xtuner
 
@@ -797,7 +801,7 @@ def write_train_config(path: Path, model_dir: str, mode: str, data: "xtuner.Data
     cfg_path = xtuner.write_config(s, path)
     _no_optimizer_in_checkpoint(cfg_path)
     if device != "cpu":
-        notes += apply_levers(cfg_path, checkpointing, attention, group_by_length, amp, profile)
+        notes += apply_levers(cfg_path, checkpointing, attention, group_by_length, amp, profile, fused_rmsnorm)
     return s, cfg_path, notes
 
 
@@ -806,7 +810,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
                lora_r: int = 128, device: str = "cuda", timeout_s: float = 190.0, keep_checkpoint: bool = False,
                checkpointing: bool = True, attention: str | None = None, group_by_length: bool = True,
                num_workers: int = 4, tag: str | None = None, accumulative_counts: int = 1, amp: bool = False,
-               profile: bool = False) -> dict:
+               profile: bool = False, fused_rmsnorm: bool = False) -> dict:
     """Fine-tune MODEL_DIR with XTuner in MODE for WARMUP + ITERS iterations; tokens/s/GPU, MFU, data vs compute, memory.
 
     The levers: CHECKPOINTING (gradient checkpointing), ATTENTION (the LLM's kernel, None: what XTuner asks
@@ -823,7 +827,7 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
         shutil.rmtree(work)
     s, cfg_path, notes = write_train_config(work / "config.py", model_dir, mode, data, warmup + iters, batch, zero, nproc,
                                             max_dynamic_patch, lora_r, device, checkpointing, attention, group_by_length,
-                                            num_workers, accumulative_counts, amp, profile)
+                                            num_workers, accumulative_counts, amp, profile, fused_rmsnorm)
     stats = dataset_stats(cfg_path)
     print(f"[train:{mode}] data: {stats['mean_tokens']:.0f} tokens and {stats['mean_tiles']:.2f} tiles per sample "
           f"(max {stats['max_tokens']})", flush=True)
@@ -853,7 +857,8 @@ def train_mode(model_dir: str, mode: str, data: "xtuner.DataSpec", iters: int = 
             "mfu": flops_per_iter / summary["s_per_iter"] / peak_flops, "dataset": stats,
             "estimate_gib": est.total, "estimate_parts": est.row(), "lora_r": s.lora_r if mode != "full" else None,
             "checkpointing": checkpointing, "attention": attn, "group_by_length": group_by_length,
-            "accumulative_counts": accumulative_counts, "optimizer": "AmpOptimWrapper" if amp else
+            "accumulative_counts": accumulative_counts, "fused_rmsnorm": fused_rmsnorm,
+            "optimizer": "AmpOptimWrapper" if amp else
             ("DeepSpeed" if s.deepspeed else "OptimWrapper"),
             "num_workers": s.num_workers, "shape": shape_name(config), **({"profile": profiled} if profile else {}),
             "notes": notes, "config": str(cfg_path), "log": str(run.log)}
@@ -937,10 +942,14 @@ LEVER_ROWS: dict[str, dict] = {
                           "batch": 16, "num_workers": 8, "zero": 1},
     "full-b16-w8-profile": {"base": "full-b16-w8", "lever": "mmengine's ProfilerHook over 3 iterations (where the time "
                             "goes; profiling slows this row)", "mode": "full", "batch": 16, "num_workers": 8, "profile": True},
+    "full-b16-w8-rmsnorm": {"base": "full-b16-w8", "lever": "XTuner's Triton RMSNorm kernel in the LLM (its SFT model "
+                            "dispatches it, InternVL_V1_5 does not)", "mode": "full", "batch": 16, "num_workers": 8,
+                            "fused_rmsnorm": True},
     "full-b16-w8-amp": {"base": "full-b16-w8", "lever": "no DeepSpeed: mmengine AmpOptimWrapper, bf16 autocast, fp32 weights",
                         "mode": "full", "batch": 16, "num_workers": 8, "zero": 0, "amp": True},
 }
-_LEVER_KEYS = ("checkpointing", "attention", "group_by_length", "num_workers", "accumulative_counts", "amp", "profile")
+_LEVER_KEYS = ("checkpointing", "attention", "group_by_length", "num_workers", "accumulative_counts", "amp", "profile",
+               "fused_rmsnorm")
 
 
 def levers(model_dir: str, rows: Sequence[str], iters: int = 8, warmup: int = 4, zero: int = 2,

@@ -17,7 +17,8 @@ It also defines the classes a CPU config names instead of XTuner's own:
   parameters: ``gradient_checkpointing`` (XTuner always switches it on), ``llm_attn``, the LLM's
   attention kernel ("sdpa" or "eager"; XTuner asks for flash_attention_2, which the course's InternLM2
   code runs as SDPA when flash_attn is missing), and ``dtype="float32"`` (master weights for a run with
-  mmengine's AmpOptimWrapper instead of DeepSpeed, in a one-process group). labsupport.bench measures
+  mmengine's AmpOptimWrapper instead of DeepSpeed, in a one-process group), and ``fused_rmsnorm`` (XTuner's
+  own Triton RMSNorm, which its SFT model dispatches and its InternVL model does not). labsupport.bench measures
   each lever with it; labsupport.gpu_presets' settings without checkpointing need it.
 * ``ProfileSummaryHook``: mmengine's ``ProfilerHook`` that writes a JSON summary of a few iterations
   (GPU busy time against wall-clock time, kernel launches, the ViT's and the LLM's forward, top ops),
@@ -107,7 +108,7 @@ class LeverInternVL(InternVL_V1_5):
     """XTuner's InternVL_V1_5 (GPU) with gradient checkpointing, the LLM's attention kernel and the weights' dtype as parameters."""
 
     def __init__(self, *args, gradient_checkpointing: bool = True, llm_attn: str | None = None,
-                 dtype: str | None = None, **kwargs):
+                 dtype: str | None = None, fused_rmsnorm: bool = False, **kwargs):
         ensure_process_group()  # no launcher (a run without DeepSpeed): XTuner still calls get_rank() in every forward
         super().__init__(*args, **kwargs)
         if dtype == "float32":  # master weights for mmengine's AmpOptimWrapper (bf16 autocast computes)
@@ -118,6 +119,20 @@ class LeverInternVL(InternVL_V1_5):
             self.gradient_checkpointing_disable()
         if llm_attn:
             set_llm_attention(self.model.language_model, llm_attn)
+        if fused_rmsnorm:
+            use_xtuner_rmsnorm_kernel(self.model.language_model)
+
+
+def use_xtuner_rmsnorm_kernel(language_model) -> int:
+    """Give LANGUAGE_MODEL's RMSNorms XTuner's fused Triton kernel, as XTuner's SFT model does (its InternVL model does not); how many."""
+    from xtuner.model.modules import dispatch
+
+    if not dispatch.SUPPORT_TRITON:
+        raise RuntimeError("fused_rmsnorm needs triton (it comes with torch's CUDA wheels)")
+    dispatch.USE_TRITON_KERNEL = True  # what the USE_TRITON_KERNEL=1 environment variable sets when XTuner is imported
+    dispatch.dispatch_rmsnorm_forward(language_model)
+    kernel = dispatch.RMS_DISPATCH_MAPPING["InternLM2RMSNorm"].build()
+    return sum(getattr(m.forward, "__func__", None) is kernel for m in language_model.modules())
 
 
 def _batch_size_of(data_batch) -> dict:

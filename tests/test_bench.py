@@ -444,7 +444,8 @@ def test_every_lever_row_writes_a_config_that_mmengine_loads(name, tmp_path):
     cfg = xtuner.load_config(path)
     assert cfg.train_dataloader.batch_size == spec["batch"] and s.deepspeed == spec.get("zero", 2)
     assert cfg.optim_wrapper.accumulative_counts == spec.get("accumulative_counts", 1) == s.accumulative_counts
-    levered = not spec.get("checkpointing", True) or spec.get("attention") or spec.get("amp")
+    levered = not spec.get("checkpointing", True) or spec.get("attention") or spec.get("amp") or spec.get("fused_rmsnorm")
+    assert cfg.model.get("fused_rmsnorm", False) == spec.get("fused_rmsnorm", False)
     assert cfg.model.type.__name__ == ("LeverInternVL" if levered else "InternVL_V1_5")
     assert cfg.model.get("gradient_checkpointing", True) == spec.get("checkpointing", True)
     amp_or_ds = spec.get("zero", 2) or spec.get("amp")  # DeepSpeed replaces AmpOptimWrapper; without it plain or AMP

@@ -242,3 +242,16 @@ def test_root_error_names_the_cause_not_the_launchers_wrapper():
     assert X.root_error(log) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 10.62 GiB."
     assert X.root_error("ValueError: Default process group has not been initialized\n").startswith("ValueError:")
     assert X.root_error("all fine\nIter(train) [10/20] loss: 1.0\n") is None
+
+
+def test_the_rmsnorm_lever_gives_every_llm_norm_xtuners_triton_kernel(tiny, monkeypatch):
+    """XTuner's own dispatch (what USE_TRITON_KERNEL=1 does for its SFT model), on the course's InternLM2: every RMSNorm."""
+    pytest.importorskip("triton")
+    from labsupport.xtuner_shims import LeverInternVL
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    m = LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True, fused_rmsnorm=True)
+    norms = [mod for mod in m.model.language_model.modules() if type(mod).__name__ == "InternLM2RMSNorm"]
+    assert norms and all(mod.forward.__func__.__name__ == "rms_norm_forward" for mod in norms)
+    with pytest.raises(RuntimeError, match="cpu"):  # the kernel is for CUDA tensors; it says so on a CPU
+        norms[0](torch.ones(1, norms[0].weight.shape[0]))
