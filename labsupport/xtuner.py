@@ -68,6 +68,7 @@ class TrainSettings:
     num_workers: int = 4
     log_interval: int = 10
     gradient_checkpointing: bool = True
+    fused_rmsnorm: bool = False        # XTuner's Triton RMSNorm kernel in the LLM (GPU only; labsupport.gpu_presets)
     group_by_length: bool = True       # XTuner's LengthGroupedSampler (batches of similar length); False: random order
     seed: int = 42
     template: str | None = None        # XTuner PROMPT_TEMPLATE name; None: from the model's LLM
@@ -119,7 +120,7 @@ def _gpu_preset(size: str, mode: str, gpu_memory_gib: float | None = None) -> Tr
     extra = {}
     if e:
         extra = dict(num_workers=e["settings"]["num_workers"], gradient_checkpointing=e["settings"]["gradient_checkpointing"],
-                     measured=e["measured"])
+                     fused_rmsnorm=e["settings"].get("fused_rmsnorm", False), measured=e["measured"])
     return TrainSettings(
         model_path=f"OpenGVLab/InternVL2-{size}", data=[DataSpec("data/train.json", "data/images")], mode=mode,
         batch_size=per_gpu, accumulative_counts=max(1, global_batch // (per_gpu * gpus)), nproc=gpus,
@@ -223,7 +224,7 @@ def settings_table(s: TrainSettings, preset_name: str) -> str:
     """SETTINGS next to PRESET_NAME's values, one knob a line, a '*' where they differ."""
     base = asdict(preset(preset_name))
     keys = ["mode", "lora_r", "lora_alpha", "lr", "batch_size", "accumulative_counts", "max_epochs", "nproc", "deepspeed",
-            "num_workers", "gradient_checkpointing", "max_dynamic_patch", "max_length", "freeze_vit", "device", "save_steps"]
+            "num_workers", "gradient_checkpointing", "fused_rmsnorm", "max_dynamic_patch", "max_length", "freeze_vit", "device", "save_steps"]
     lines = [f"{'setting':22s} {'effective':>14s}  {'preset ' + preset_name:>24s}"]
     for k in keys:
         eff, pre = getattr(s, k), base[k]
@@ -324,6 +325,9 @@ def cpu_compatible(s: TrainSettings) -> tuple[TrainSettings, list[str]]:
     if s.nproc > 1:
         reasons.append(f"{s.nproc} processes need {s.nproc} GPUs: training in one CPU process")
         s = replace(s, nproc=1)
+    if s.fused_rmsnorm:
+        reasons.append("XTuner's Triton RMSNorm kernel runs on CUDA tensors only: the model's own RMSNorm instead")
+        s = replace(s, fused_rmsnorm=False)
     if s.device != "cpu":
         s = replace(s, device="cpu")
     return s, reasons
@@ -371,8 +375,10 @@ def render_config(s: TrainSettings) -> str:
     if cpu and (s.mode == "qlora" or s.deepspeed or s.nproc > 1):
         raise ValueError("QLoRA, DeepSpeed and several processes need GPUs: pass the settings through cpu_compatible() first")
     by_iter = s.max_iters is not None
-    # XTuner's InternVL_V1_5 always switches gradient checkpointing on: without it, labsupport's LeverInternVL
-    model_cls = "CPUInternVL" if cpu else ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
+    # XTuner's InternVL_V1_5 always switches gradient checkpointing on and never dispatches XTuner's RMSNorm kernel:
+    # for either lever, labsupport's LeverInternVL
+    lever = not s.gradient_checkpointing or s.fused_rmsnorm
+    model_cls = "CPUInternVL" if cpu else ("LeverInternVL" if lever else "InternVL_V1_5")
     data_cls = "CourseInternVLDataset" if (cpu or s.max_dynamic_patch is not None) else "InternVL_V1_5_Dataset"
     lora = s.mode in ("lora", "qlora")
     L = []  # noqa: N806
@@ -461,7 +467,10 @@ def render_config(s: TrainSettings) -> str:
         a("    dtype='float32',  # CPU: train in float32 (XTuner loads bf16)")
         a(f"    gradient_checkpointing={s.gradient_checkpointing!r},")
     elif model_cls == "LeverInternVL":
-        a("    gradient_checkpointing=False,  # faster where the activations fit (labsupport.gpu_presets)")
+        if not s.gradient_checkpointing:
+            a("    gradient_checkpointing=False,  # faster where the activations fit (labsupport.gpu_presets)")
+        if s.fused_rmsnorm:
+            a("    fused_rmsnorm=True,  # XTuner's Triton RMSNorm kernel in the LLM (labsupport.gpu_presets)")
     a(")")
     a("")
     a("#" * 72)

@@ -202,15 +202,23 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
         edits.append(Edit('randomness = dict(seed=None, deterministic=False)',
                           [f'randomness = dict(seed={s.seed}, deterministic=False)'],
                           "a fixed seed: the accuracy checkpoint then checks a reproducible run"))
-    if not cpu and not s.gradient_checkpointing:
-        why = (f"measured: {m['why']} ({row}); this GPU has {m['gpu_memory_gib']} GiB"
-               if cites("gradient_checkpointing", False) else "gradient checkpointing off (an override)")
+    if not cpu and (not s.gradient_checkpointing or s.fused_rmsnorm):
+        lines, whys = ["type=LeverInternVL,  # XTuner's InternVL_V1_5, subclassed"], []
+        if not s.gradient_checkpointing:
+            lines.append("gradient_checkpointing=False,")
+            whys.append(f"measured: {m['why']} ({row}); this GPU has {m['gpu_memory_gib']} GiB"
+                        if cites("gradient_checkpointing", False) else "gradient checkpointing off (an override)")
+        if s.fused_rmsnorm:
+            lines.append("fused_rmsnorm=True,")
+            whys.append(f"XTuner's Triton RMSNorm kernel in the LLM, which XTuner's SFT model dispatches and InternVL_V1_5 "
+                        f"does not; measured: {m['why']} ({row})" if cites("fused_rmsnorm", True)
+                        else "XTuner's Triton RMSNorm kernel in the LLM (an override)")
         edits.append(Edit("from xtuner.model import InternVL_V1_5",
                           ["from xtuner.model import InternVL_V1_5", "from labsupport.xtuner_shims import LeverInternVL"],
                           "LeverInternVL lives in labsupport/xtuner_shims.py: XTuner's InternVL_V1_5 always switches "
-                          "gradient checkpointing on, this subclass takes it as a parameter"))
-        edits.append(Edit("type=InternVL_V1_5,", ["type=LeverInternVL,  # XTuner's InternVL_V1_5, subclassed",
-                                                  "gradient_checkpointing=False,"], why))
+                          "gradient checkpointing on and never uses XTuner's RMSNorm kernel; this subclass takes both "
+                          "as parameters"))
+        edits.append(Edit("type=InternVL_V1_5,", lines, "; ".join(whys)))
     if not s.group_by_length:
         edits.append(Edit("from xtuner.dataset.samplers import LengthGroupedSampler",
                           ["from mmengine.dataset import DefaultSampler",

@@ -19,6 +19,7 @@ def test_every_entry_matches_its_measured_row():
                 assert run["checkpointing"] == e["settings"]["gradient_checkpointing"]
                 assert run["num_workers"] == e["settings"]["num_workers"]
                 assert run["group_by_length"] == e["settings"]["group_by_length"]
+                assert run.get("fused_rmsnorm", False) == e["settings"].get("fused_rmsnorm", False)
                 assert m["tokens_per_s_per_gpu"] == pytest.approx(run["tokens_per_s_per_gpu"], abs=0.1)
                 assert m["mfu"] == pytest.approx(run["mfu"], abs=1e-4)
                 assert m["peak_memory_gib"] == pytest.approx(run["peak_memory_gib"], abs=0.01)
@@ -32,6 +33,7 @@ def test_best_is_the_fastest_that_fits_with_headroom():
     assert gpu_presets.best("InternVL2-2B", "lora", gpu_memory_gib=peak * 1.2)["gradient_checkpointing"] is False
     assert gpu_presets.best("InternVL2-2B", "lora", gpu_memory_gib=80)["gradient_checkpointing"] is True
     assert gpu_presets.best("InternVL2-2B", "full")["batch_size"] == 16
+    assert gpu_presets.best("InternVL2-2B", "full")["fused_rmsnorm"] is True  # full-b16-w8-rmsnorm, the fastest full row
     with pytest.raises(ValueError, match="fits"):
         gpu_presets.best("InternVL2-2B", "full", gpu_memory_gib=24)
     with pytest.raises(KeyError, match="InternVL2-8B"):
@@ -52,8 +54,9 @@ RECIPE_GLOBAL_BATCH = {"full": 128, "lora": 16, "qlora": 16}  # the official rec
 def test_2b_gpu_presets_carry_the_measured_values(mode, gib):
     s = X.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=gib)
     e = gpu_presets.entry("InternVL2-2B", mode, gib)
-    assert (s.batch_size, s.num_workers, s.gradient_checkpointing) == \
-        (e["settings"]["batch_size"], e["settings"]["num_workers"], e["settings"]["gradient_checkpointing"])
+    assert (s.batch_size, s.num_workers, s.gradient_checkpointing, s.fused_rmsnorm) == \
+        (e["settings"]["batch_size"], e["settings"]["num_workers"], e["settings"]["gradient_checkpointing"],
+         e["settings"].get("fused_rmsnorm", False))
     assert s.measured["row"] == e["measured"]["row"] and s.measured["file"] in s.preset_note
     assert s.batch_size != 4  # the unmeasured default per-GPU batch of 2B
     assert s.lr == 4e-5
@@ -83,13 +86,15 @@ def test_without_measurements_that_fit_the_preset_says_so():
 
 @pytest.mark.parametrize("name,gib", [("InternVL2-2B-lora", BIG), ("InternVL2-2B-lora", A100_80),
                                       ("InternVL2-2B-full", H200), ("InternVL2-4B-lora", H200)])
-def test_the_rendered_config_uses_lever_internvl_exactly_when_checkpointing_is_off(name, gib, tmp_path):
+def test_the_rendered_config_uses_lever_internvl_exactly_when_a_lever_needs_it(name, gib, tmp_path):
     s = X.preset(name, gpu_memory_gib=gib, model_path=str(tmp_path / "model"))
     path = X.write_config(s, tmp_path / "config.py")
-    assert ("LeverInternVL" in path.read_text()) == (not s.gradient_checkpointing)
+    lever = not s.gradient_checkpointing or s.fused_rmsnorm
+    assert ("LeverInternVL" in path.read_text()) == lever
     cfg = X.load_config(path)
-    assert cfg.model.type.__name__ == ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
+    assert cfg.model.type.__name__ == ("LeverInternVL" if lever else "InternVL_V1_5")
     assert cfg.model.get("gradient_checkpointing", True) == s.gradient_checkpointing
+    assert cfg.model.get("fused_rmsnorm", False) == s.fused_rmsnorm
     assert cfg.train_dataloader.batch_size == s.batch_size and cfg.train_dataloader.num_workers == s.num_workers
 
 
@@ -109,11 +114,14 @@ def test_the_edited_official_config_cites_the_measured_row_and_loads(official, m
     assert s.measured["file"] in by_line[batch_line] and f"{s.measured['mfu']:.1%}" in by_line[batch_line]
     assert (f"+batch_size = {s.batch_size}  # per_device") == batch_line
     lever = [ln for ln in by_line if "LeverInternVL" in ln]
-    assert bool(lever) == (not s.gradient_checkpointing)
-    if lever:
+    assert bool(lever) == (not s.gradient_checkpointing or s.fused_rmsnorm)
+    if not s.gradient_checkpointing:
         assert s.measured["row"] in by_line["+    gradient_checkpointing=False,"]
+    if s.fused_rmsnorm:
+        assert s.measured["row"] in by_line["+    fused_rmsnorm=True,"] and "Triton" in by_line["+    fused_rmsnorm=True,"]
     cfg = X.load_config(out)
-    assert cfg.model.type.__name__ == ("InternVL_V1_5" if s.gradient_checkpointing else "LeverInternVL")
+    assert cfg.model.type.__name__ == ("LeverInternVL" if lever else "InternVL_V1_5")
+    assert cfg.model.get("fused_rmsnorm", False) == s.fused_rmsnorm
     assert cfg.batch_size * s.nproc * cfg.accumulative_counts == RECIPE_GLOBAL_BATCH[mode]
     assert cfg.dataloader_num_workers == s.num_workers and cfg.lr == 4e-5
 
@@ -131,3 +139,8 @@ def test_gpu_memory_comes_from_torch_when_a_gpu_is_there(monkeypatch):
     assert X.preset("InternVL2-2B-lora").gradient_checkpointing is True  # 128.5 GiB without it: does not fit
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_presets.gpu_memory_gib()[0] == H200 and "H200" in gpu_presets.gpu_memory_gib()[1]
+
+
+def test_a_cpu_run_drops_the_triton_rmsnorm_and_says_why():
+    s, reasons = X.cpu_compatible(X.preset("InternVL2-2B-full"))
+    assert s.fused_rmsnorm is False and any("Triton" in r for r in reasons)
