@@ -297,6 +297,21 @@ def parse_value(text: str):
         return text
 
 
+PATH_PARAMETER = re.compile(r"(_PATH|_DIR)$")
+RELATIVE_BY_DESIGN = {"WORK_DIR"}  # notebook 05's: relative to ARTIFACTS (and ARTIFACTS itself: to the repo root)
+
+
+def cli_parameter(name: str, text: str):
+    """A `-p NAME VALUE` as the notebook gets it: a literal, with a relative path made absolute from where the command ran
+    (the notebooks run in notebooks/, where `artifacts/official/InternVL2-2B` would name nothing)."""
+    value = parse_value(text)
+    if (isinstance(value, str) and value and PATH_PARAMETER.search(name) and name not in RELATIVE_BY_DESIGN
+            and not os.path.isabs(value)
+            and ("/" in value or os.sep in value or os.path.exists(value))):
+        return str(Path(value).resolve())
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the course notebooks headless and report.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     if args.command == "run":
-        return run_course(args.only, args.artifacts, {k: parse_value(v) for k, v in args.parameter}, args.progress)
+        return run_course(args.only, args.artifacts, {k: cli_parameter(k, v) for k, v in args.parameter}, args.progress)
     return print_report(args.artifacts)
 
 

@@ -104,3 +104,19 @@ def test_kernel_start_is_quiet_but_notebook_warnings_still_show(tmp_path, need_k
     executed = (tmp_path / "art" / "executed" / "96_warns.ipynb").read_text()
     assert "a warning from the cell" in executed
     assert "bars off: 1" in executed  # libraries' own bars (transformers' "Loading weights") are off in headless runs
+
+
+def test_a_relative_path_parameter_is_taken_from_where_the_command_ran(tmp_path, monkeypatch):
+    """The notebooks run in notebooks/: `-p MODEL_PATH artifacts/official/InternVL2-2B` must still name that folder."""
+    from labsupport.course import cli_parameter
+
+    (tmp_path / "models" / "InternVL2-2B").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli_parameter("MODEL_PATH", "models/InternVL2-2B") == str(tmp_path / "models" / "InternVL2-2B")
+    assert cli_parameter("FOODIEQA_DIR", "data/foodieqa") == str(tmp_path / "data" / "foodieqa")  # need not exist yet
+    assert cli_parameter("ARTIFACTS", "runs/2b") == "runs/2b"      # relative to the repo root (paths.artifacts_dir)
+    assert cli_parameter("WORK_DIR", "xtuner/work_dirs/04") == "xtuner/work_dirs/04"   # relative to ARTIFACTS
+    assert cli_parameter("MODEL_PATH", "tiny") == "tiny"           # the embedded model's name, not a path
+    assert cli_parameter("MODEL_PATH", "/abs/InternVL2-8B") == "/abs/InternVL2-8B"
+    assert cli_parameter("REPO_NAME", "me/InternVL2-plates") == "me/InternVL2-plates"   # not a path parameter
+    assert cli_parameter("N_TRAIN", "600") == 600
