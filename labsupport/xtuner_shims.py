@@ -129,10 +129,13 @@ def use_xtuner_rmsnorm_kernel(language_model) -> int:
 
     if not dispatch.SUPPORT_TRITON:
         raise RuntimeError("fused_rmsnorm needs triton (it comes with torch's CUDA wheels)")
+    known = sum(type(m).__name__ in dispatch.RMS_DISPATCH_MAPPING for m in language_model.modules())
+    if not known:  # the lever would silently change nothing
+        raise ValueError(f"{type(language_model).__name__} has no RMSNorm XTuner's kernel is mapped to "
+                         f"({', '.join(sorted(dispatch.RMS_DISPATCH_MAPPING))}): set fused_rmsnorm=False")
     dispatch.USE_TRITON_KERNEL = True  # what the USE_TRITON_KERNEL=1 environment variable sets when XTuner is imported
     dispatch.dispatch_rmsnorm_forward(language_model)
-    kernel = dispatch.RMS_DISPATCH_MAPPING["InternLM2RMSNorm"].build()
-    return sum(getattr(m.forward, "__func__", None) is kernel for m in language_model.modules())
+    return known
 
 
 def _batch_size_of(data_batch) -> dict:
@@ -181,10 +184,11 @@ class ProfileSummaryHook(ProfilerHook):
         super().before_run(runner)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # iteration boundaries in wall-clock time, for the GPU's busy share
-        self._stamps.append(time.perf_counter())
-        self._batches.append(_batch_size_of(data_batch))
+        if not self._closed:  # once the summary is written, the rest of the run goes unsynchronised
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # iteration boundaries in wall-clock time, for the GPU's busy share
+            self._stamps.append(time.perf_counter())
+            self._batches.append(_batch_size_of(data_batch))
         super().after_train_iter(runner, batch_idx, data_batch, outputs)
 
     def _write(self, prof) -> None:

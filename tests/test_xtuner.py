@@ -255,3 +255,7 @@ def test_the_rmsnorm_lever_gives_every_llm_norm_xtuners_triton_kernel(tiny, monk
     assert norms and all(mod.forward.__func__.__name__ == "rms_norm_forward" for mod in norms)
     with pytest.raises(RuntimeError, match="cpu"):  # the kernel is for CUDA tensors; it says so on a CPU
         norms[0](torch.ones(1, norms[0].weight.shape[0]))
+    from labsupport.xtuner_shims import use_xtuner_rmsnorm_kernel
+
+    with pytest.raises(ValueError, match="fused_rmsnorm=False"):  # an LLM without a mapped RMSNorm: say so, change nothing
+        use_xtuner_rmsnorm_kernel(torch.nn.Sequential(torch.nn.LayerNorm(4)))
