@@ -2,14 +2,14 @@
 # they need first (the environments take several minutes the first time, seconds after).
 SHELL := /bin/bash
 PY ?= python3
-COURSE_PY = $$($(PY) -m labsupport.envs --python course)
+COURSE_PY = $$($(PY) -m labsupport.core.envs --python course)
 export MPLBACKEND ?= Agg
 export PYTHONUNBUFFERED = 1
 
 .PHONY: env course test learner report lab strip doctor system-deps clean
 
 env: system-deps        ## create or update the three environments and their Jupyter kernels
-	$(PY) -m labsupport.envs
+	$(PY) -m labsupport.core.envs
 
 # Debian packages the course uses outside Python: git-lfs (notebook 07's upload route),
 # chromium + its driver (the browser test of notebook 06's demo) and a CJK font (Chinese
@@ -30,19 +30,19 @@ test: env               ## unit tests, notebook runs and hygiene checks
 	$(COURSE_PY) -m pytest -ra
 
 learner: env            ## write the learner editions (solutions removed) to artifacts/learner/
-	$(COURSE_PY) -m labsupport.homework
+	$(COURSE_PY) -m labsupport.course.homework
 
 report: env             ## print the report card of the last `make course`
 	$(COURSE_PY) -m labsupport.course report
 
 doctor: env             ## check every environment against its pins
-	$(COURSE_PY) -m labsupport.doctor
+	$(COURSE_PY) -m labsupport.course.doctor
 
 lab: env                ## open the course in JupyterLab
 	$(COURSE_PY) -m jupyter lab notebooks/
 
 strip:                  ## remove outputs and execution counts from the committed notebooks
-	$(PY) -m labsupport.strip notebooks/*.ipynb
+	$(PY) -m labsupport.course.strip notebooks/*.ipynb
 
 clean:                  ## remove generated artifacts (keeps the environments)
 	rm -rf artifacts/

@@ -6,16 +6,16 @@ def main() -> int:
     """Dispatch to the module that does the work."""
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("help", [])
     if command == "report":
-        from .course import main as course
+        from labsupport.course.runner import main as course  # papermill: the course environment only
         return course(["report", *args])
     if command == "run":
-        from .course import main as course
+        from labsupport.course.runner import main as course  # papermill: the course environment only
         return course(["run", *args])
     if command == "learner":
-        from .homework import main as homework
+        from labsupport.course.homework import main as homework  # nbformat: the course environment only
         return homework(args)
     if command == "env":
-        from .envs import main as envs
+        from labsupport.core.envs import main as envs  # runs with a bare python3, before any environment exists
         return envs(args)
     print("usage: python -m labsupport {run|report|learner|env} [options]\n"
           "  run      execute the notebooks headless (make course)\n"

@@ -16,6 +16,6 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     """The artifacts folder of the regression runs (models and datasets built once are reused)."""
-    from labsupport.paths import artifacts_dir
+    from labsupport.core.paths import artifacts_dir
 
     return artifacts_dir()

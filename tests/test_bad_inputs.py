@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 from PIL import Image
 
-from labsupport import validate as V
+from labsupport.datasets import validate as V
 
 GOOD_IMAGE = "good.jpg"
 
@@ -336,7 +336,7 @@ def test_the_corpus_is_big_enough_and_covers_every_kind():
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_bad_input(name, tmp_path, image_root):
-    from labsupport.datastats import ApproxTokenizer
+    from labsupport.datasets.datastats import ApproxTokenizer
 
     case = CORPUS[name]
     data = case.build(tmp_path, image_root)

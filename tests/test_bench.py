@@ -1,12 +1,15 @@
-"""labsupport.bench on a CPU: the decode-bound arithmetic, tables and json, the checkpoint builder (tiny shape)."""
+"""benchmarks on a CPU: the decode-bound arithmetic, tables and json, the checkpoint builder (tiny shape)."""
 import json
 import math
 
 import pytest
 
-from labsupport import bench
-from labsupport.params import count_parameters, family
-from labsupport.tinymodel import tiny_config
+from benchmarks import build, serve, train
+from benchmarks.__main__ import main as bench_main
+from labsupport.evaluate import measured
+from labsupport.model import params
+from labsupport.model.params import count_parameters, family
+from labsupport.model.tinymodel import tiny_config
 
 # A hand-sized Phi-3-style LLM: hidden 8, 2 layers, 2 heads (kv 2), MLP 16, vocab 10, untied head.
 SMALL_LLM = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 8, "num_hidden_layers": 2,
@@ -17,36 +20,36 @@ SMALL_LLM = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden
 def test_decode_bytes_per_token_counts_every_weight_but_the_embedding_table():
     # per layer: q, k, v, o = 4 * 8*8 = 256; gate, up, down = 3 * 8*16 = 384; two RMSNorms = 16 -> 656
     # 2 layers = 1312; final norm 8; lm_head 10*8 = 80; one embedding row 8 -> 1408 parameters, bf16
-    assert bench.decode_bytes_per_token(SMALL_LLM) == 1408 * 2
-    assert bench.decode_bytes_per_token(SMALL_LLM, bytes_per_param=1) == 1408
+    assert build.decode_bytes_per_token(SMALL_LLM) == 1408 * 2
+    assert build.decode_bytes_per_token(SMALL_LLM, bytes_per_param=1) == 1408
 
 
 def test_decode_bound_is_bandwidth_over_bytes():
-    assert bench.decode_bound(3.0e12, 7.5e9) == pytest.approx(400.0)
+    assert build.decode_bound(3.0e12, 7.5e9) == pytest.approx(400.0)
     with pytest.raises(ValueError):
-        bench.decode_bound(3.0e12, 0)
+        build.decode_bound(3.0e12, 0)
 
 
 def test_4b_decode_bytes_is_close_to_the_llm_weights():
-    llm = bench.internvl2_4b_config()["llm_config"]
+    llm = params.internvl2_4b_config()["llm_config"]
     embedding = llm["vocab_size"] * llm["hidden_size"]
     # Phi-3-mini: 3.82B parameters of which 98M are the embedding table -> about 7.44 GB read per token
-    assert bench.decode_bytes_per_token(llm) == pytest.approx(2 * (3_820_809_216 - embedding), rel=1e-6)
+    assert build.decode_bytes_per_token(llm) == pytest.approx(2 * (3_820_809_216 - embedding), rel=1e-6)
 
 
 def test_decode_rate_excludes_the_first_token():
-    assert bench._decode_rate(256, 2.65, 0.1) == pytest.approx(255 / 2.55)
-    assert bench._decode_rate(256, 0.1, 0.2) is None  # nonsense timings give no rate
+    assert serve._decode_rate(256, 2.65, 0.1) == pytest.approx(255 / 2.55)
+    assert serve._decode_rate(256, 0.1, 0.2) is None  # nonsense timings give no rate
 
 
 def test_copy_bandwidth_on_cpu_counts_read_and_write():
-    r = bench.measure_copy_bandwidth(1 << 20, device="cpu", repeats=3)
+    r = build.measure_copy_bandwidth(1 << 20, device="cpu", repeats=3)
     assert r["bytes"] == 1 << 20 and r["repeats"] == 3
     assert r["bandwidth_bytes_per_s"] == pytest.approx(2 * (1 << 20) * 3 / r["seconds"])
 
 
 def test_format_table_aligns_and_marks_missing_values():
-    text = bench.format_table([{"row": "lmdeploy", "x": 1234.5}, {"row": "transformers-long", "x": None}],
+    text = measured.format_table([{"row": "lmdeploy", "x": 1234.5}, {"row": "transformers-long", "x": None}],
                               [("row", "row"), ("x", "tok/s")])
     lines = text.splitlines()
     assert lines[0].startswith("row") and lines[0].rstrip().endswith("tok/s")
@@ -55,30 +58,30 @@ def test_format_table_aligns_and_marks_missing_values():
 
 
 def test_save_results_is_atomic_json(tmp_path):
-    path = bench.save_results("serve", {"rows": [{"row": "a", "v": 1.5}]}, tmp_path / "out" / "serve.json")
+    path = build.save_results("serve", {"rows": [{"row": "a", "v": 1.5}]}, tmp_path / "out" / "serve.json")
     assert json.loads(path.read_text()) == {"rows": [{"row": "a", "v": 1.5}]}
     assert [p.name for p in path.parent.iterdir()] == ["serve.json"]  # no temporary file left behind
 
 
 def test_save_results_defaults_to_artifacts_bench(tmp_path, monkeypatch):
     monkeypatch.setenv("LABSUPPORT_ARTIFACTS", str(tmp_path))
-    path = bench.save_results("train", {"runs": []})
+    path = build.save_results("train", {"runs": []})
     assert path == tmp_path / "bench" / "train.json" and json.loads(path.read_text()) == {"runs": []}
 
 
 def test_serve_and_train_tables_show_rows_and_errors():
-    serve = {"gpu": "X", "bandwidth": {"bandwidth_bytes_per_s": 3e12}, "llm_bytes_per_token": 7.5e9, "new_tokens": 256,
+    served = {"gpu": "X", "bandwidth": {"bandwidth_bytes_per_s": 3e12}, "llm_bytes_per_token": 7.5e9, "new_tokens": 256,
              "concurrency": 64, "rows": [
                  {"row": "lmdeploy", "ttft_s": 0.05, "decode_tokens_per_s": 300.0, "decode_bound_tokens_per_s": 400.0,
                   "fraction_of_bound": 0.75, "batch_requests": 64, "throughput_tokens_per_s": 9000.0},
                  {"row": "transformers", "batch_requests": 32, "batch_truncated": True},
                  {"row": "lmdeploy-eager", "error": "timed out; last lines:\nboom"}]}
-    text = bench.serve_table(serve)
+    text = serve.serve_table(served)
     assert "3,000 GB/s" in text and "75.0" in text and "50.0" in text  # bandwidth, % of bound, TTFT in ms
     assert "32 (capped)" in text and "timed out" in text and "boom" not in text
-    train = {"peak_flops": 989e12, "runs": [{"mode": "lora", "zero": 2, "mfu": 0.25, "data_fraction": 0.1},
+    trained = {"peak_flops": 989e12, "runs": [{"mode": "lora", "zero": 2, "mfu": 0.25, "data_fraction": 0.1},
                                             {"mode": "full", "zero": 2, "error": "TrainingFailed: CUDA out of memory"}]}
-    text = bench.train_table(train)
+    text = train.train_table(trained)
     assert "989 TFLOPS" in text and "25.00" in text and "10.00" in text and "CUDA out of memory" in text
 
 
@@ -87,7 +90,7 @@ def test_serve_and_train_tables_show_rows_and_errors():
 def tiny_built(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tinyshape"
     config = tiny_config(3000, "tiny-4b")  # the Phi-3 layout the benchmark measures (InternVL2-4B's)
-    return out, config, bench.build_model(out, config, device="cpu")
+    return out, config, build.build_model(out, config, device="cpu")
 
 
 def test_build_model_writes_the_official_layout(tiny_built):
@@ -124,25 +127,25 @@ def test_build_model_values_follow_the_init_rule(tiny_built):
     emb = w["language_model.model.tok_embeddings.weight" if internlm2 else "language_model.model.embed_tokens.weight"]
     assert emb.float().std().item() == pytest.approx(config["llm_config"]["initializer_range"], rel=0.1)
     head = w["language_model.output.weight" if internlm2 else "language_model.lm_head.weight"].float()
-    known = json.loads((out / bench.BUILD_STAMP).read_text())["tokenizer_vocab"]
+    known = json.loads((out / build.BUILD_STAMP).read_text())["tokenizer_vocab"]
     assert known < head.shape[0]  # the tiny tokenizer is smaller than the padded vocabulary
     assert head[known:].abs().max().item() == 0.0 and head[:known].std().item() > 0.01  # unknown ids never win
 
 
 def test_build_model_skips_when_current_and_refuses_foreign_folders(tiny_built, tmp_path):
     out, config, _ = tiny_built
-    again = bench.build_model(out, config, device="cpu")
+    again = build.build_model(out, config, device="cpu")
     assert again["skipped"] is True
     foreign = tmp_path / "someone-elses"
     foreign.mkdir()
     (foreign / "weights.bin").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match="not written by labsupport.bench"):
-        bench.build_model(foreign, config, device="cpu")
+    with pytest.raises(FileExistsError, match="not written by benchmarks"):
+        build.build_model(foreign, config, device="cpu")
 
 
 def test_sharded_weights_have_a_complete_index(tiny_built, tmp_path):
     out, config, _ = tiny_built
-    info = bench.write_random_weights(config, tmp_path, device="cpu", shard_bytes=1_000_000)
+    info = build.write_random_weights(config, tmp_path, device="cpu", shard_bytes=1_000_000)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert info["shards"] > 1 and len(set(index["weight_map"].values())) == info["shards"]
     assert index["metadata"]["total_size"] == info["bytes"] == 2 * count_parameters(config)["total"]
@@ -151,12 +154,12 @@ def test_sharded_weights_have_a_complete_index(tiny_built, tmp_path):
 
 def test_shards_respect_the_size_limit():
     shapes = {"a": (10,), "b": (10,), "c": (30,), "d": (5,)}  # 20, 20, 60, 10 bytes in bf16
-    groups = bench._shards(shapes, shard_bytes=45)
+    groups = build._shards(shapes, shard_bytes=45)
     assert groups == [["a", "b"], ["c"], ["d"]]  # a tensor larger than a shard gets its own
 
 
 def test_4b_config_has_the_published_shape():
-    cfg = bench.internvl2_4b_config()
+    cfg = params.internvl2_4b_config()
     v, llm = cfg["vision_config"], cfg["llm_config"]
     assert (v["num_hidden_layers"], v["hidden_size"], v["num_attention_heads"], v["intermediate_size"]) == (24, 1024, 16, 4096)
     assert v["qkv_bias"] is True
@@ -168,9 +171,9 @@ def test_4b_config_has_the_published_shape():
 
 
 def test_4b_parameter_shapes_match_the_analytic_count():
-    from labsupport.tinymodel import parameter_shapes
+    from labsupport.model.tinymodel import parameter_shapes
 
-    cfg = bench.internvl2_4b_config()
+    cfg = params.internvl2_4b_config()
     shapes = parameter_shapes(cfg)  # meta device: no memory
     assert sum(math.prod(s) for s in shapes.values()) == count_parameters(cfg)["total"]
 
@@ -180,26 +183,26 @@ def test_train_flops_full_minus_lora_is_the_weight_gradients():
     cfg = tiny_config(3000)
     llm = cfg["llm_config"]
     n = count_parameters(cfg)["llm"] - llm["vocab_size"] * llm["hidden_size"]
-    full = bench.train_flops_per_sample(cfg, "full", 100, 1)
-    lora = bench.train_flops_per_sample(cfg, "lora", 100, 1)
+    full = train.train_flops_per_sample(cfg, "full", 100, 1)
+    lora = train.train_flops_per_sample(cfg, "lora", 100, 1)
     assert full - lora == pytest.approx(2 * n * 100)
 
 
 def test_train_flops_approach_6n_per_token_for_the_4b_llm():
-    cfg = bench.internvl2_4b_config()
+    cfg = params.internvl2_4b_config()
     llm = cfg["llm_config"]
     n = count_parameters(cfg)["llm"] - llm["vocab_size"] * llm["hidden_size"]
-    per_token = bench.train_flops_per_sample(cfg, "full", 512, 0) / 512
+    per_token = train.train_flops_per_sample(cfg, "full", 512, 0) / 512
     assert 6 * n < per_token < 6 * n * 1.05  # attention adds a few percent at 512 tokens
     with pytest.raises(ValueError):
-        bench.train_flops_per_sample(cfg, "dora", 512, 0)
+        train.train_flops_per_sample(cfg, "dora", 512, 0)
 
 
 def test_train_flops_grow_by_one_tile():
     cfg = tiny_config(3000)
     counts = count_parameters(cfg)
     v = cfg["vision_config"]
-    one = bench.train_flops_per_sample(cfg, "lora", 10, 1) - bench.train_flops_per_sample(cfg, "lora", 10, 0)
+    one = train.train_flops_per_sample(cfg, "lora", 10, 1) - train.train_flops_per_sample(cfg, "lora", 10, 0)
     vit_fwd = 2 * counts["vit"] * 1025 + 4 * v["num_hidden_layers"] * v["hidden_size"] * 1025 ** 2
     assert one == pytest.approx(vit_fwd + 256 * 6 * counts["projector"])
 
@@ -207,38 +210,38 @@ def test_train_flops_grow_by_one_tile():
 def test_summarize_scalars_skips_warmup_and_reports_peak_memory():
     rows = [{"iter": i, "loss": 1.0, "time": t, "data_time": d, "memory": m}
             for i, t, d, m in [(1, 9.0, 5.0, 1000), (2, 1.0, 0.1, 2048), (3, 3.0, 0.3, 1500), (4, 2.0, 0.2, 1024)]]
-    s = bench.summarize_scalars(rows, warmup=1)
+    s = train.summarize_scalars(rows, warmup=1)
     assert s["measured_iters"] == 3 and s["s_per_iter"] == 2.0 and s["data_s_per_iter"] == pytest.approx(0.2)
     assert s["peak_memory_gib"] == 2.0
     with pytest.raises(ValueError, match="warm-up"):
-        bench.summarize_scalars(rows, warmup=4)
+        train.summarize_scalars(rows, warmup=4)
 
 
 def test_summarize_scalars_prefers_the_wall_clock_between_log_lines():
     """mmengine's `time` is a moving average; the launch's own timestamps give the true mean after warm-up."""
     rows = [{"iter": i, "loss": 1.0, "time": 5.0, "data_time": 0.1, "seconds": sec}
             for i, sec in [(1, 10.0), (2, 20.0), (3, 21.0), (4, 22.5), (5, 24.0)]]
-    s = bench.summarize_scalars(rows, warmup=2)
+    s = train.summarize_scalars(rows, warmup=2)
     assert s["clock"] == "wall" and s["s_per_iter"] == pytest.approx(4.0 / 3) and s["mmengine_s_per_iter"] == 5.0
 
 
 def test_checkpoint_without_optimizer_edits_the_generated_config(tmp_path):
-    from labsupport import xtuner
+    from labsupport.train import xtuner_presets, xtuner_render
 
-    s = xtuner.preset("InternVL2-4B-full", model_path=str(tmp_path), max_iters=25, deepspeed=2, nproc=1)
+    s = xtuner_presets.preset("InternVL2-4B-full", model_path=str(tmp_path), max_iters=25, deepspeed=2, nproc=1)
     path = tmp_path / "config.py"
-    path.write_text(xtuner.render_config(s))
-    bench._no_optimizer_in_checkpoint(path)
+    path.write_text(xtuner_render.render_config(s))
+    train._no_optimizer_in_checkpoint(path)
     text = path.read_text()
     assert "save_optimizer=False" in text and "save_optimizer=True" not in text
     with pytest.raises(RuntimeError, match="save_optimizer=True"):
-        bench._no_optimizer_in_checkpoint(path)  # a second edit finds nothing to change: say so
+        train._no_optimizer_in_checkpoint(path)  # a second edit finds nothing to change: say so
 
 
 def test_vlm_shape_agrees_with_the_memory_table():
-    from labsupport import memory
+    from labsupport.train import memory
 
-    mine = bench.vlm_shape(bench.internvl2_4b_config(), "4b")
+    mine = build.vlm_shape(params.internvl2_4b_config(), "4b")
     table = memory.MODELS["InternVL2-4B"]
     assert mine.llm.params() == table.llm.params()
     assert mine.projector_params() == table.projector_params()
@@ -250,16 +253,16 @@ def test_gpu_paths_say_what_is_missing_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible here")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        bench.need_cuda("the serve benchmark")
+        build.need_cuda("the serve benchmark")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        bench.serve("/nonexistent", rows=["transformers"], device="cuda")
+        serve.serve("/nonexistent", rows=["transformers"], device="cuda")
 
 
 def test_serve_refuses_lmdeploy_rows_on_cpu_and_unknown_rows():
     with pytest.raises(ValueError, match="CUDA GPU"):
-        bench.serve("/nonexistent", rows=["lmdeploy"], device="cpu")
+        serve.serve("/nonexistent", rows=["lmdeploy"], device="cpu")
     with pytest.raises(ValueError, match="unknown serve rows"):
-        bench.serve("/nonexistent", rows=["vllm"], device="cpu")
+        serve.serve("/nonexistent", rows=["vllm"], device="cpu")
 
 
 def test_serve_lmdeploy_logic_with_a_stand_in_pipeline(monkeypatch):
@@ -268,7 +271,7 @@ def test_serve_lmdeploy_logic_with_a_stand_in_pipeline(monkeypatch):
     Where lmdeploy imports (the deploy env), its real GenerationConfig / PytorchEngineConfig /
     ChatTemplateConfig check the keyword names the benchmark passes."""
     import types
-    from dataclasses import dataclass, field
+    from dataclasses import dataclass
 
     try:
         from lmdeploy import ChatTemplateConfig, GenerationConfig, PytorchEngineConfig
@@ -315,8 +318,8 @@ def test_serve_lmdeploy_logic_with_a_stand_in_pipeline(monkeypatch):
     fake = types.SimpleNamespace(ChatTemplateConfig=ChatTemplateConfig, GenerationConfig=GenerationConfig,
                                  PytorchEngineConfig=PytorchEngineConfig, pipeline=Pipe)
     monkeypatch.setitem(__import__("sys").modules, "lmdeploy", fake)
-    monkeypatch.setattr(bench, "need_cuda", lambda what: None)
-    r = bench.serve_lmdeploy("/model", eager_mode=True, prefix_caching=False, new_tokens=32, concurrency=8)
+    monkeypatch.setattr(serve, "need_cuda", lambda what: None)
+    r = serve.serve_lmdeploy("/model", eager_mode=True, prefix_caching=False, new_tokens=32, concurrency=8)
     assert r["new_tokens"] == 32 and r["batch_requests"] == 8 and r["batch_tokens"] == 8 * 32
     assert r["throughput_tokens_per_s"] == pytest.approx(r["batch_tokens"] / r["batch_s"])
     full = [g for _, g in calls if g.max_new_tokens == 32]
@@ -341,7 +344,7 @@ def test_training_results_scale_against_one_gpu_of_the_same_machine(tmp_path):
     _train_file(tmp_path, "bench-train-full-a-h200.json", [_run("full", 2, 1, 9999.0)])
     _train_file(tmp_path, "bench-train-full-b-h200x2.json", [_run("full", 2, 1, 4000.0), _run("full", 3, 2, 3000.0),
                                                             {"mode": "lora", "zero": 2, "error": "OOM"}])
-    rows = bench.training_results(tmp_path)
+    rows = measured.training_results(tmp_path)
     assert len(rows) == 3  # the failed run is left out
     z3 = next(r for r in rows if r["zero"] == 3)
     assert z3["machine"] == "h200x2" and z3["scaling_efficiency"] == pytest.approx(0.75)  # not against the h200 file
@@ -357,7 +360,7 @@ def test_serving_results_compare_backends_within_one_run(tmp_path):
              "decode_bound_tokens_per_s": 600.0, "fraction_of_bound": 20 / 600},
             {"row": "lmdeploy-eager", "backend": "lmdeploy", "error": "timed out"}]
     (tmp_path / "bench-serve-x-h200.json").write_text(json.dumps({"gpu": "H200", "rows": rows}))
-    out = bench.serving_results(tmp_path)
+    out = measured.serving_results(tmp_path)
     assert [r["row"] for r in out] == ["lmdeploy", "transformers"]
     assert out[0]["x_transformers"] == pytest.approx(15.0) and out[1]["x_transformers"] is None
     assert out[0]["pct_of_bound"] == pytest.approx(50.0)
@@ -365,7 +368,7 @@ def test_serving_results_compare_backends_within_one_run(tmp_path):
 
 def test_the_estimator_is_within_15_percent_of_every_peak_measured_on_a_gpu():
     """The course's memory estimator, re-run now for the settings of each run kept in docs/gpu/."""
-    rows = bench.training_results()
+    rows = measured.training_results()
     assert rows, "docs/gpu/ holds no bench-train-*.json"
     assert {(r["mode"], r["gpus"]) for r in rows} >= {("lora", 1), ("full", 1), ("full", 2)}
     off = [(r["file"], r["mode"], round(r["estimate_error_pct"], 1)) for r in rows if abs(r["estimate_error_pct"]) > 15]
@@ -375,20 +378,20 @@ def test_the_estimator_is_within_15_percent_of_every_peak_measured_on_a_gpu():
 def test_report_prints_both_tables_and_draws_the_figure(tmp_path, capsys):
     import matplotlib
     matplotlib.use("Agg")
-    png = tmp_path / "bench.png"
-    assert bench.main(["report", "--plot", str(png)]) == 0
+    png = tmp_path / "build.png"
+    assert bench_main(["report", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "Serving" in out and "Fine-tuning" in out and "lmdeploy" in out and "scaling" in out
     assert png.stat().st_size > 10_000
     with pytest.raises(ValueError, match="parts"):
-        bench.measured_tables(parts=["speed"])
+        measured.measured_tables(parts=["speed"])
 
 
 # ---- InternVL2-2B's shape and the lever runs --------------------------------------------------------------
 def test_2b_config_has_the_published_shape_with_the_course_internlm2():
-    from labsupport.tinymodel import parameter_shapes
+    from labsupport.model.tinymodel import parameter_shapes
 
-    cfg = bench.internvl2_2b_config()
+    cfg = params.internvl2_2b_config()
     llm = cfg["llm_config"]
     assert llm["architectures"] == ["InternLM2ForCausalLM"] and cfg["template"] == "internlm2-chat"
     assert (llm["num_hidden_layers"], llm["hidden_size"], llm["num_attention_heads"], llm["num_key_value_heads"],
@@ -397,25 +400,25 @@ def test_2b_config_has_the_published_shape_with_the_course_internlm2():
     assert "language_model.model.tok_embeddings.weight" in shapes and "language_model.output.weight" in shapes
     assert sum(math.prod(s) for s in shapes.values()) == count_parameters(cfg)["total"]
     assert count_parameters(cfg)["total"] == pytest.approx(family()["InternVL2-2B"]["hub_params"], rel=0.005)
-    assert bench.shape_name(cfg) == "InternVL2-2B" and bench.shape_name(bench.internvl2_4b_config()) == "InternVL2-4B"
+    assert build.shape_name(cfg) == "InternVL2-2B" and build.shape_name(params.internvl2_4b_config()) == "InternVL2-4B"
 
 
 def test_apply_levers_edits_only_what_it_names(tmp_path):
-    from labsupport import xtuner
+    from labsupport.train import xtuner_presets, xtuner_render
 
-    s = xtuner.preset("InternVL2-2B-full", model_path=str(tmp_path), max_iters=10, nproc=1, max_dynamic_patch=6,
+    s = xtuner_presets.preset("InternVL2-2B-full", model_path=str(tmp_path), max_iters=10, nproc=1, max_dynamic_patch=6,
                       fused_rmsnorm=False)  # XTuner's own InternVL_V1_5: the bench's levers start from it
     path = tmp_path / "config.py"
-    path.write_text(xtuner.render_config(s))
+    path.write_text(xtuner_render.render_config(s))
     before = path.read_text()
-    assert bench.apply_levers(path) == [] and path.read_text() == before  # defaults: XTuner's own config
-    changed = bench.apply_levers(path, checkpointing=False, attention="eager", group_by_length=False)
+    assert train.apply_levers(path) == [] and path.read_text() == before  # defaults: XTuner's own config
+    changed = train.apply_levers(path, checkpointing=False, attention="eager", group_by_length=False)
     assert len(changed) == 2
-    cfg = xtuner.load_config(path)
+    cfg = xtuner_render.load_config(path)
     assert cfg.model.type.__name__ == "LeverInternVL" and cfg.model.gradient_checkpointing is False
     assert cfg.model.llm_attn == "eager" and cfg.train_dataloader.sampler.type.__name__ == "DefaultSampler"
     with pytest.raises(RuntimeError, match="LengthGroupedSampler"):
-        bench.apply_levers(path, group_by_length=False)  # nothing left to change: say so
+        train.apply_levers(path, group_by_length=False)  # nothing left to change: say so
 
 
 def test_levers_table_compares_each_row_with_its_base():
@@ -424,25 +427,25 @@ def test_levers_table_compares_each_row_with_its_base():
             {"row": "b", "lever": "batch 16", "base": "a", "batch_per_gpu": 16, "s_per_iter": 2.0, "data_fraction": 0.01,
              "tokens_per_s_per_gpu": 250.0, "mfu": 0.25, "peak_memory_gib": 30.0, "estimate_gib": 31.0},
             {"row": "c", "lever": "checkpointing off", "base": "b", "error": "TrainingFailed: CUDA out of memory"}]
-    text = bench.levers_table({"peak_flops": 989e12, "runs": runs})
+    text = train.levers_table({"peak_flops": 989e12, "runs": runs})
     assert "2.50" in text and "25.00" in text and "CUDA out of memory" in text
 
 
 def test_levers_refuses_unknown_rows():
     with pytest.raises(ValueError, match="unknown lever rows"):
-        bench.levers("x", ["full-b4", "fastest"])
+        train.levers("x", ["full-b4", "fastest"])
 
 
-@pytest.mark.parametrize("name", list(bench.LEVER_ROWS))
+@pytest.mark.parametrize("name", list(train.LEVER_ROWS))
 def test_every_lever_row_writes_a_config_that_mmengine_loads(name, tmp_path):
-    from labsupport import xtuner
+    from labsupport.train import xtuner_presets, xtuner_render
 
-    spec = bench.LEVER_ROWS[name]
-    kw = {k: spec[k] for k in bench._LEVER_KEYS if k in spec}
-    data = xtuner.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"))
-    s, path, notes = bench.write_train_config(tmp_path / "config.py", str(tmp_path / "model"), spec["mode"], data, 12,
+    spec = train.LEVER_ROWS[name]
+    kw = {k: spec[k] for k in train._LEVER_KEYS if k in spec}
+    data = xtuner_presets.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"))
+    s, path, notes = train.write_train_config(tmp_path / "config.py", str(tmp_path / "model"), spec["mode"], data, 12,
                                               spec["batch"], spec.get("zero", 2), **kw)
-    cfg = xtuner.load_config(path)
+    cfg = xtuner_render.load_config(path)
     assert cfg.train_dataloader.batch_size == spec["batch"] and s.deepspeed == spec.get("zero", 2)
     assert cfg.optim_wrapper.accumulative_counts == spec.get("accumulative_counts", 1) == s.accumulative_counts
     levered = not spec.get("checkpointing", True) or spec.get("attention") or spec.get("amp") or spec.get("fused_rmsnorm")
@@ -458,8 +461,8 @@ def test_every_lever_row_writes_a_config_that_mmengine_loads(name, tmp_path):
     assert ("ProfileSummaryHook" in hooks) == bool(spec.get("profile")) and "DatasetInfoHook" in hooks
     if spec.get("profile"):  # the summary lands beside the config, where train_mode reads it
         profiler = cfg.custom_hooks[-1]
-        assert profiler.out_file == str(tmp_path / bench.PROFILE_FILE) and profiler.wait + 1 + profiler.active <= 12
-    assert spec["base"] is None or spec["base"] in bench.LEVER_ROWS
+        assert profiler.out_file == str(tmp_path / train.PROFILE_FILE) and profiler.wait + 1 + profiler.active <= 12
+    assert spec["base"] is None or spec["base"] in train.LEVER_ROWS
 
 
 def test_profile_table_reads_the_hooks_summary():
@@ -468,11 +471,11 @@ def test_profile_table_reads_the_hooks_summary():
                                    "forward_gpu_s_per_iter": {"vit.forward": 0.05, "llm.forward": 0.2},
                                    "top_ops": [{"op": "aten::mm", "gpu_s_per_iter": 0.45, "cpu_s_per_iter": 0.01,
                                                 "calls_per_iter": 700.0}]}}
-    text = bench.profile_table(row)
+    text = train.profile_table(row)
     assert "MFU" not in text.splitlines()[0]  # no batch sizes recorded: no MFU claimed
     row["profile"].update(batch_per_iter={"samples": 16, "tokens": 20000, "padded_tokens": 21000, "tiles": 70},
                           mfu_wall=0.3, mfu_gpu_busy=0.4)
-    assert "MFU 30.0 % of wall-clock time, 40.0 % of GPU-busy time" in bench.profile_table(row)
+    assert "MFU 30.0 % of wall-clock time, 40.0 % of GPU-busy time" in train.profile_table(row)
     assert "(75 %)" in text and "9,000 kernels" in text and "100 µs each" in text and "ViT 0.050 s" in text
     assert "aten::mm" in text and "50.0" in text  # 0.45 of 0.9 s busy
 
@@ -484,7 +487,7 @@ def test_the_profile_hook_writes_its_summary(tmp_path):
 
     import torch
 
-    from labsupport.xtuner_shims import ProfileSummaryHook
+    from labsupport.train.xtuner_shims import ProfileSummaryHook
 
     class Inner(torch.nn.Module):
         def __init__(self):
@@ -515,8 +518,8 @@ def test_the_profile_hook_writes_its_summary(tmp_path):
 
 
 def test_amp_needs_a_run_without_deepspeed(tmp_path):
-    from labsupport import xtuner
+    from labsupport.train import xtuner_presets
 
-    data = xtuner.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"))
+    data = xtuner_presets.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"))
     with pytest.raises(ValueError, match="zero=0"):
-        bench.write_train_config(tmp_path / "c.py", str(tmp_path), "full", data, 12, 16, zero=2, amp=True)
+        train.write_train_config(tmp_path / "c.py", str(tmp_path), "full", data, 12, 16, zero=2, amp=True)

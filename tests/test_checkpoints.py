@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from labsupport.checkpoints import Checkpoints, CheckpointsFailed, load_results, write_json_atomic
+from labsupport.core.checkpoints import Checkpoints, CheckpointsFailed, load_results, write_json_atomic
 
 
 def test_pass_fail_skip_are_recorded_and_printed(tmp_path, capsys):
@@ -57,7 +57,7 @@ def test_atomic_writes_get_ordinary_permissions_and_leave_no_temp_file_on_failur
     import os
     import stat
 
-    from labsupport.checkpoints import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from labsupport.core.checkpoints import write_bytes_atomic, write_json_atomic, write_text_atomic
 
     old = os.umask(0o022)
     try:

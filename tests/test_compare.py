@@ -1,4 +1,4 @@
-"""labsupport.compare: finding notebook 04's run, complete folders, the tensor-change table, the by-hand merge, the logits check."""
+"""labsupport.evaluate.compare: finding notebook 04's run, complete folders, the tensor-change table, the by-hand merge, the logits check."""
 import json
 import shutil
 from pathlib import Path
@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from labsupport import compare as C
+from labsupport.evaluate import compare as C, conversion
 
 
 @pytest.fixture(scope="module")
 def tiny(artifacts) -> Path:
-    from labsupport.tinymodel import resolve_model
+    from labsupport.model.tinymodel import resolve_model
 
     return resolve_model("tiny", artifacts)
 
@@ -24,18 +24,18 @@ def _copy(src: Path, dst: Path) -> Path:
 # ---- the folder check ------------------------------------------------------------------------------
 
 def test_the_tiny_model_folder_is_complete(tiny):
-    assert C.check_model_folder(tiny) == []
-    assert {"modeling_internvl_chat.py", "configuration_internvl_chat.py", "modeling_intern_vit.py"} <= set(C.remote_code_files(tiny))
+    assert conversion.check_model_folder(tiny) == []
+    assert {"modeling_internvl_chat.py", "configuration_internvl_chat.py", "modeling_intern_vit.py"} <= set(conversion.remote_code_files(tiny))
 
 
 def test_missing_modeling_file_is_named_with_the_fix(tiny, tmp_path):
     folder = _copy(tiny, tmp_path / "m")
     (folder / "modeling_intern_vit.py").unlink()  # imported by modeling_internvl_chat.py, not named in auto_map
-    with pytest.raises(C.IncompleteModelFolder) as err:
-        C.require_complete(folder, base=tiny)
+    with pytest.raises(conversion.IncompleteModelFolder) as err:
+        conversion.require_complete(folder, base=tiny)
     msg = str(err.value)
     assert "modeling_intern_vit.py" in msg and f"copy modeling_intern_vit.py from the base model folder {tiny}" in msg
-    assert len(C.check_model_folder(folder)) == 1
+    assert len(conversion.check_model_folder(folder)) == 1
 
 
 @pytest.mark.parametrize("remove, named, fix", [
@@ -47,7 +47,7 @@ def test_missing_modeling_file_is_named_with_the_fix(tiny, tmp_path):
 def test_missing_tokenizer_or_other_file_is_named_with_the_fix(tiny, tmp_path, remove, named, fix):
     folder = _copy(tiny, tmp_path / "m")
     (folder / remove).unlink()
-    problems = C.check_model_folder(folder)
+    problems = conversion.check_model_folder(folder)
     assert len(problems) == 1 and named in problems[0] and fix in problems[0], problems
 
 
@@ -56,7 +56,7 @@ def test_a_tokenizer_without_chat_template_is_reported(tiny, tmp_path):
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     del cfg["chat_template"]
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
-    assert any("chat template" in p for p in C.check_model_folder(folder))
+    assert any("chat template" in p for p in conversion.check_model_folder(folder))
 
 
 def test_fill_from_base_copies_only_what_is_missing(tiny, tmp_path):
@@ -64,9 +64,9 @@ def test_fill_from_base_copies_only_what_is_missing(tiny, tmp_path):
     (folder / "conversation.py").unlink()
     (folder / "generation_config.json").unlink()
     (folder / "modeling_internvl_chat.py").write_text("# edited\n")
-    assert sorted(C.fill_from_base(folder, tiny)) == ["conversation.py", "generation_config.json"]
+    assert sorted(conversion.fill_from_base(folder, tiny)) == ["conversation.py", "generation_config.json"]
     assert (folder / "modeling_internvl_chat.py").read_text() == "# edited\n"  # present files are left alone
-    assert C.check_model_folder(folder) == []
+    assert conversion.check_model_folder(folder) == []
 
 
 def test_remote_code_files_follow_relative_imports(tmp_path):
@@ -74,26 +74,26 @@ def test_remote_code_files_follow_relative_imports(tmp_path):
     (tmp_path / "cfg_a.py").write_text("import os\n")
     (tmp_path / "mod_b.py").write_text("from .helper_c import x\nfrom .cfg_a import A\n")
     (tmp_path / "helper_c.py").write_text("from .deep_d import y\n")
-    assert C.remote_code_files(tmp_path) == ["cfg_a.py", "mod_b.py", "helper_c.py", "deep_d.py"]
-    assert [p for p in C.check_model_folder(tmp_path) if "deep_d.py" in p]
+    assert conversion.remote_code_files(tmp_path) == ["cfg_a.py", "mod_b.py", "helper_c.py", "deep_d.py"]
+    assert [p for p in conversion.check_model_folder(tmp_path) if "deep_d.py" in p]
 
 
 # ---- finding notebook 04's run -------------------------------------------------------------------
 
 def test_no_work_dir_tells_the_learner_to_run_notebook_04(tmp_path):
-    with pytest.raises(C.TrainingRunMissing, match="run notebooks/04_finetune_xtuner.ipynb first"):
-        C.find_training_run(tmp_path)
-    (tmp_path / C.TRAIN_WORK_DIR).mkdir(parents=True)
-    with pytest.raises(C.TrainingRunMissing, match="no checkpoint"):
-        C.find_training_run(tmp_path)
+    with pytest.raises(conversion.TrainingRunMissing, match="run notebooks/04_finetune_xtuner.ipynb first"):
+        conversion.find_training_run(tmp_path)
+    (tmp_path / conversion.TRAIN_WORK_DIR).mkdir(parents=True)
+    with pytest.raises(conversion.TrainingRunMissing, match="no checkpoint"):
+        conversion.find_training_run(tmp_path)
     (tmp_path / "mine").mkdir()
-    with pytest.raises(C.TrainingRunMissing, match=f"{tmp_path / 'mine'} holds no checkpoint"):
-        C.find_training_run(tmp_path, "mine")  # a relative WORK_DIR lives under ARTIFACTS
-    shutil.rmtree(tmp_path / C.TRAIN_WORK_DIR)
+    with pytest.raises(conversion.TrainingRunMissing, match=f"{tmp_path / 'mine'} holds no checkpoint"):
+        conversion.find_training_run(tmp_path, "mine")  # a relative WORK_DIR lives under ARTIFACTS
+    shutil.rmtree(tmp_path / conversion.TRAIN_WORK_DIR)
     (tmp_path / "xtuner" / "work_dirs" / "InternVL2-2B-lora").mkdir(parents=True)
     (tmp_path / "xtuner" / "work_dirs" / "InternVL2-2B-lora" / "last_checkpoint").write_text("iter_5.pth")
-    with pytest.raises(C.TrainingRunMissing, match="does not exist.*set WORK_DIR to one of the runs found: .*InternVL2-2B-lora"):
-        C.find_training_run(tmp_path)
+    with pytest.raises(conversion.TrainingRunMissing, match="does not exist.*set WORK_DIR to one of the runs found: .*InternVL2-2B-lora"):
+        conversion.find_training_run(tmp_path)
 
 
 # ---- the tensor-change table ---------------------------------------------------------------------
@@ -226,12 +226,12 @@ def test_gallery_shows_both_replies(tmp_path):
 
 # ---- end to end: XTuner's converter on a hand-made checkpoint, then every check ---------------------
 
-def _fake_run(tiny: Path, work_dir: Path, mode: str) -> "C.TrainingRun":
+def _fake_run(tiny: Path, work_dir: Path, mode: str) -> "conversion.TrainingRun":
     """A work dir as XTuner leaves it (config + iter_1.pth) whose checkpoint holds hand-made trained tensors (qlora: a GPU config)."""
-    from labsupport import xtuner as xt
+    from labsupport.train import xtuner_presets, xtuner_render
 
-    xt.write_config(xt.preset("tiny-cpu", model_path=str(tiny), mode=mode, freeze_vit=True, freeze_llm=mode != "full",
-                              lora_r=4, lora_alpha=8, data=[xt.DataSpec(str(work_dir / "task" / "train.json"), "unused")],
+    xtuner_render.write_config(xtuner_presets.preset("tiny-cpu", model_path=str(tiny), mode=mode, freeze_vit=True, freeze_llm=mode != "full",
+                              lora_r=4, lora_alpha=8, data=[xtuner_presets.DataSpec(str(work_dir / "task" / "train.json"), "unused")],
                               device="cuda" if mode == "qlora" else "cpu"), work_dir / "run.py")
     model = C.load_model(tiny)
     gen = torch.Generator().manual_seed(1)
@@ -246,13 +246,13 @@ def _fake_run(tiny: Path, work_dir: Path, mode: str) -> "C.TrainingRun":
             else:
                 state[f"model.language_model.{name}.weight"] = noise(mod.weight, 0.01)
     torch.save({"meta": {}, "state_dict": state}, work_dir / "iter_1.pth")
-    return C.find_training_run(work_dir.parent, work_dir=work_dir)
+    return conversion.find_training_run(work_dir.parent, work_dir=work_dir)
 
 
 @pytest.fixture(scope="module")
 def lora_run(tiny, tmp_path_factory):
     run = _fake_run(tiny, tmp_path_factory.mktemp("work"), "lora")
-    out = C.convert(run, run.work_dir.parent / "converted")
+    out = conversion.convert(run, run.work_dir.parent / "converted")
     return run, out
 
 
@@ -263,7 +263,7 @@ def test_conversion_gives_a_complete_loadable_folder(lora_run):
     assert run.mode == "lora" and not run.vit_trained and run.max_num == 1
     assert run.heldout == run.work_dir / "task" / "heldout.json"
     assert C.training_summary(run)["lora_r"] == 4 and C.training_summary(run)["checkpoint"].endswith("iter_1.pth")
-    assert C.check_model_folder(out) == []
+    assert conversion.check_model_folder(out) == []
     model = AutoModel.from_pretrained(str(out), trust_remote_code=True)
     tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     assert type(model).__name__ == "InternVLChatModel" and tok.chat_template
@@ -320,9 +320,9 @@ def test_merged_logits_equal_base_plus_adapter_and_a_wrong_merge_fails(lora_run)
 
 @pytest.mark.notebook
 def test_notebook_05_without_a_training_run_stops_early_with_the_fix(repo, tmp_path):
-    from labsupport import course
+    from labsupport.course import runner
 
-    result = course.run_notebook(repo / "notebooks" / "05_convert_and_compare.ipynb", tmp_path, progress=False)
+    result = runner.run_notebook(repo / "notebooks" / "05_convert_and_compare.ipynb", tmp_path, progress=False)
     assert result.status == "fail" and "TrainingRunMissing" in result.error, result.error
     assert "run notebooks/04_finetune_xtuner.ipynb first" in result.error
     assert result.failed_cell <= 6  # right after the set-up, before any conversion
@@ -333,7 +333,7 @@ def test_full_fine_tune_converts_and_matches_its_checkpoint(tiny, tmp_path):
 
     run = _fake_run(tiny, tmp_path / "work", "full")
     assert run.mode == "full" and C.lora_scale(run.config) is None
-    out = C.convert(run, tmp_path / "converted")
+    out = conversion.convert(run, tmp_path / "converted")
     rows = C.weight_changes(run.base_model, out)
     assert C.changed_groups(rows) >= {("llm", "linear"), ("projector", "linear")}
     assert not [r for r in rows if r["changed"] and r["part"] == "vision"]
@@ -351,7 +351,7 @@ def test_a_qlora_run_converts_on_a_cpu_into_base_plus_adapter(tiny, tmp_path):
 
     run = _fake_run(tiny, tmp_path / "work", "qlora")
     assert run.mode == "qlora" and "quantization_llm=True" in run.config.read_text()
-    out = C.convert(run, tmp_path / "converted")
+    out = conversion.convert(run, tmp_path / "converted")
     assert C.unexpected_changes(C.weight_changes(run.base_model, out), run.mode) == []
     tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     merged, base = C.load_model(out), C.load_model(run.base_model)
@@ -374,7 +374,7 @@ def test_merge_identity_holds_per_layer_and_a_wrong_scale_breaks_it(lora_run):
 
 
 def test_checkpoint_bytes_counts_a_deepspeed_folder_too(tmp_path):
-    from labsupport import compare
+    from labsupport.evaluate import compare
 
     single = tmp_path / "iter_10.pth"
     single.write_bytes(b"x" * 100)

@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from labsupport import course
+from labsupport.course import runner
 
 KERNEL = {"name": "internvl-course", "display_name": "Python (internvl-course)", "language": "python"}
 
@@ -19,14 +19,14 @@ def make_notebook(path, cells):
 
 @pytest.fixture
 def need_kernel():
-    if "internvl-course" not in course.known_kernels():
+    if "internvl-course" not in runner.known_kernels():
         pytest.skip("kernel internvl-course is not registered (run make env)")
 
 
 def test_failing_cell_is_named(tmp_path, need_kernel):
     code = nbformat.v4.new_code_cell
     nb = make_notebook(tmp_path / "98_broken.ipynb", [code("ARTIFACTS = ''"), code("x = 1"), code("raise ValueError('injected failure')")])
-    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    result = runner.run_notebook(nb, tmp_path / "art", progress=False)
     assert result.status == "fail"
     assert "injected failure" in result.error and "ValueError" in result.error
     assert result.failed_cell == 3, "cell 3 of the committed notebook is the one that raised"
@@ -38,14 +38,14 @@ def test_passing_notebook_records_its_checkpoints_and_reports(tmp_path, need_ker
     code = nbformat.v4.new_code_cell
     nb = make_notebook(tmp_path / "97_fine.ipynb", [
         code("ARTIFACTS = ''"),
-        code("from labsupport.checkpoints import Checkpoints\nbook = Checkpoints('97_fine', ARTIFACTS)\n"
+        code("from labsupport.core.checkpoints import Checkpoints\nbook = Checkpoints('97_fine', ARTIFACTS)\n"
              "book.check('one', True, hint='')\nbook.skip('gpu', reason='no GPU')\nbook.finish()"),
     ])
     art = tmp_path / "art"
-    result = course.run_notebook(nb, art, progress=False)
+    result = runner.run_notebook(nb, art, progress=False)
     assert result.status == "pass", result.error
     assert [c["status"] for c in result.checkpoints] == ["pass", "skipped"]
-    report = course.write_reports([result], art)
+    report = runner.write_reports([result], art)
     assert report["passed"] is True
     saved = json.loads((art / "course-report.json").read_text())
     assert saved["notebooks"][0]["checkpoints"][1]["detail"] == "no GPU"
@@ -62,7 +62,7 @@ def test_figures_land_in_the_executed_copy_even_when_the_runner_says_agg(tmp_pat
              "fig, ax = plt.subplots()\nax.plot([1, 2, 3])\ndisplay(fig)\nplt.close(fig)"),
         code("plt.plot([3, 2, 1])\nplt.show()"),
     ])
-    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    result = runner.run_notebook(nb, tmp_path / "art", progress=False)
     assert result.status == "pass", result.error
     executed = nbformat.read(tmp_path / "art" / "executed" / "95_plot.ipynb", as_version=4)
     pngs = [o for c in executed.cells[2:] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
@@ -75,21 +75,21 @@ def test_unknown_kernel_fails_with_the_fix(tmp_path):
     data = json.loads(nb.read_text())
     data["metadata"]["kernelspec"]["name"] = "no-such-kernel"
     nb.write_text(json.dumps(data))
-    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    result = runner.run_notebook(nb, tmp_path / "art", progress=False)
     assert result.status == "fail" and "make env" in result.error
 
 
 def test_failed_report_renders_the_error(tmp_path):
-    failed = course.NotebookResult("05_x", "X", "internvl-course", status="fail", error="cell 3: boom")
-    report = course.write_reports([failed], tmp_path)
+    failed = runner.NotebookResult("05_x", "X", "internvl-course", status="fail", error="cell 3: boom")
+    report = runner.write_reports([failed], tmp_path)
     assert report["passed"] is False
     assert "cell 3: boom" in (tmp_path / "course-report.md").read_text()
 
 
 def test_parse_value_reads_numbers_and_keeps_paths():
-    assert course.parse_value("300") == 300 and course.parse_value("0.5") == 0.5
-    assert course.parse_value("/models/InternVL2-2B") == "/models/InternVL2-2B"
-    assert course.parse_value("True") is True
+    assert runner.parse_value("300") == 300 and runner.parse_value("0.5") == 0.5
+    assert runner.parse_value("/models/InternVL2-2B") == "/models/InternVL2-2B"
+    assert runner.parse_value("True") is True
 
 
 def test_kernel_start_is_quiet_but_notebook_warnings_still_show(tmp_path, need_kernel, capfd):
@@ -98,7 +98,7 @@ def test_kernel_start_is_quiet_but_notebook_warnings_still_show(tmp_path, need_k
     nb = make_notebook(tmp_path / "96_warns.ipynb", [code("ARTIFACTS = ''"),
                                                      code("import warnings\nwarnings.warn('a warning from the cell')"),
                                                      code("import os\nprint('bars off:', os.environ.get('HF_HUB_DISABLE_PROGRESS_BARS'))")])
-    result = course.run_notebook(nb, tmp_path / "art", progress=False)
+    result = runner.run_notebook(nb, tmp_path / "art", progress=False)
     assert result.status == "pass", result.error
     assert "without encryption" not in capfd.readouterr().err
     executed = (tmp_path / "art" / "executed" / "96_warns.ipynb").read_text()
@@ -108,7 +108,7 @@ def test_kernel_start_is_quiet_but_notebook_warnings_still_show(tmp_path, need_k
 
 def test_a_relative_path_parameter_is_taken_from_where_the_command_ran(tmp_path, monkeypatch):
     """The notebooks run in notebooks/: `-p MODEL_PATH artifacts/official/InternVL2-2B` must still name that folder."""
-    from labsupport.course import cli_parameter
+    from labsupport.course.runner import cli_parameter
 
     (tmp_path / "models" / "InternVL2-2B").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

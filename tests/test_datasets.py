@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labsupport import datasets as D
+from labsupport.datasets import formats as D, plates as plates_task
 
 
 # ---------------------------------------------------------------- the plates course task
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory):
-    return D.build_course_task(tmp_path_factory.mktemp("plates") / "plates", n_train=48, n_heldout=24, progress=False)
+    return plates_task.build_course_task(tmp_path_factory.mktemp("plates") / "plates", n_train=48, n_heldout=24, progress=False)
 
 
 def test_plates_files_and_format(plates):
@@ -38,20 +38,20 @@ def test_training_images_are_asked_every_kind_in_their_own_order(plates):
     orders = set()
     for rec in train:
         turns = rec["conversations"]
-        asked = [next(k for (k, lang), q in D.QUESTIONS.items() if q in t["value"] and lang == rec["meta"]["lang"])
+        asked = [next(k for (k, lang), q in plates_task.QUESTIONS.items() if q in t["value"] and lang == rec["meta"]["lang"])
                  for t in turns[0::2]]
-        assert sorted(asked) == sorted(D.KINDS) and asked[0] == rec["meta"]["kind"]
+        assert sorted(asked) == sorted(plates_task.KINDS) and asked[0] == rec["meta"]["kind"]
         for kind, answer in zip(asked, turns[1::2]):
-            assert answer["value"] == D.plates_answer(kind, str(rec["meta"][kind]), rec["meta"]["lang"])
+            assert answer["value"] == plates_task.plates_answer(kind, str(rec["meta"][kind]), rec["meta"]["lang"])
         assert sum("<image>" in t["value"] for t in turns) == 1
         orders.add(tuple(asked[1:]))
     assert len(orders) > 1  # the later questions come in more than one order
-    single = D.plates_records(48, "train")  # the same plates, one question each
+    single = plates_task.plates_records(48, "train")  # the same plates, one question each
     assert [r["meta"] for r in single] == [r["meta"] for r in train]
 
 
 def test_plates_balanced_bilingual_chance_quarter():
-    recs = D.plates_records(120, "train", seed=3)
+    recs = plates_task.plates_records(120, "train", seed=3)
     by_kind = collections.defaultdict(collections.Counter)
     for r in recs:
         by_kind[r["meta"]["kind"]][r["meta"]["value"]] += 1
@@ -70,16 +70,16 @@ def test_plates_balanced_bilingual_chance_quarter():
 
 
 def test_plates_kinds_parameter_and_determinism():
-    a = D.plates_records(16, "train", kinds=("colour",), seed=1)
+    a = plates_task.plates_records(16, "train", kinds=("colour",), seed=1)
     assert {r["meta"]["kind"] for r in a} == {"colour"}
-    assert a == D.plates_records(16, "train", kinds=("colour",), seed=1)
-    assert a != D.plates_records(16, "train", kinds=("colour",), seed=2)
+    assert a == plates_task.plates_records(16, "train", kinds=("colour",), seed=1)
+    assert a != plates_task.plates_records(16, "train", kinds=("colour",), seed=2)
     with pytest.raises(ValueError, match="kinds"):
-        D.plates_records(4, "train", kinds=("size",))
+        plates_task.plates_records(4, "train", kinds=("size",))
 
 
 def test_draw_plate_shows_the_colour():
-    img = D.draw_plate("red", "square", 4, (448, 448), seed=5)
+    img = plates_task.draw_plate("red", "square", 4, (448, 448), seed=5)
     px = np.asarray(img.convert("RGB")).astype(int)
     r, g, b = px[..., 0], px[..., 1], px[..., 2]
     reddish = int(((r > 170) & (g < 90) & (b < 90)).sum())
@@ -89,11 +89,11 @@ def test_draw_plate_shows_the_colour():
 
 def test_plates_stamp_skips_rebuild_and_rebuilds_on_change(tmp_path):
     out = tmp_path / "p"
-    D.build_course_task(out, n_train=12, n_heldout=12, progress=False)
+    plates_task.build_course_task(out, n_train=12, n_heldout=12, progress=False)
     mtime = (out / "train.json").stat().st_mtime_ns
-    D.build_course_task(out, n_train=12, n_heldout=12, progress=False)
+    plates_task.build_course_task(out, n_train=12, n_heldout=12, progress=False)
     assert (out / "train.json").stat().st_mtime_ns == mtime
-    D.build_course_task(out, n_train=24, n_heldout=12, progress=False)
+    plates_task.build_course_task(out, n_train=24, n_heldout=12, progress=False)
     assert len(json.loads((out / "train.json").read_text())) == 24
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".p.")]  # no temporary folders left behind
 
@@ -101,10 +101,10 @@ def test_plates_stamp_skips_rebuild_and_rebuilds_on_change(tmp_path):
 def test_plates_rebuild_when_the_drawing_changes(tmp_path, monkeypatch):
     """A copy drawn with other object sizes is stale even though the parameters match."""
     out = tmp_path / "p"
-    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)
+    plates_task.build_course_task(out, n_train=4, n_heldout=4, progress=False)
     mtime = (out / "train.json").stat().st_mtime_ns
-    monkeypatch.setattr(D, "OBJECT_SIZE", (0.2, 0.25))
-    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)
+    monkeypatch.setattr(plates_task, "OBJECT_SIZE", (0.2, 0.25))
+    plates_task.build_course_task(out, n_train=4, n_heldout=4, progress=False)
     assert (out / "train.json").stat().st_mtime_ns != mtime
 
 
@@ -112,21 +112,21 @@ def test_objects_cover_a_visible_share_of_the_plate():
     """One object (the smallest case) must cover enough image tokens for the tiny model to find its colour."""
     import numpy as np
 
-    for shape in D.SHAPES:
-        img = np.asarray(D.draw_plate("blue", shape, 1, (448, 448), seed=3)).astype(int)
+    for shape in plates_task.SHAPES:
+        img = np.asarray(plates_task.draw_plate("blue", shape, 1, (448, 448), seed=3)).astype(int)
         blue = (img[..., 2] > 150) & (img[..., 0] < 110) & (img[..., 1] < 150)
         assert blue.mean() > 0.02, f"one {shape} covers only {blue.mean():.1%} of the image"
 
 
 def test_answer_matches_both_languages():
     meta = {"kind": "colour", "value": "red"}
-    assert D.answer_matches("Red.", meta) and D.answer_matches("红色", meta) and D.answer_matches("红", meta)
-    assert not D.answer_matches("blue", meta)
-    assert D.answer_matches(" 3 ", {"kind": "count", "value": "3"})
+    assert plates_task.answer_matches("Red.", meta) and plates_task.answer_matches("红色", meta) and plates_task.answer_matches("红", meta)
+    assert not plates_task.answer_matches("blue", meta)
+    assert plates_task.answer_matches(" 3 ", {"kind": "count", "value": "3"})
 
 
 def test_plates_texts_cover_questions_and_answers():
-    texts = D.plates_texts()
+    texts = plates_task.plates_texts()
     assert "星形" in texts["zh"] and "triangle" in texts["en"] and len(texts["en"]) == 3 + 12
 
 
@@ -187,7 +187,7 @@ def test_from_llava_and_repeat():
 
 
 def test_swift_round_trip_is_lossless(tmp_path):
-    recs = D.plates_records(12, "train") + D.self_cognition("Ada", n=2) + [
+    recs = plates_task.plates_records(12, "train") + D.self_cognition("Ada", n=2) + [
         {"id": "multi", "image": ["a.jpg"], "conversations": [
             {"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "A1"},
             {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]},
@@ -248,9 +248,9 @@ def test_jsonl_splits_records_only_at_line_ends(tmp_path):
 
 def test_a_changed_question_rebuilds_the_task(tmp_path, monkeypatch):
     out = tmp_path / "plates"
-    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)
+    plates_task.build_course_task(out, n_train=4, n_heldout=4, progress=False)
     question = ("colour", "en")
-    monkeypatch.setitem(D.QUESTIONS, question, "Which colour? Answer with one colour.")
-    D.build_course_task(out, n_train=4, n_heldout=4, progress=False)  # the same parameters: only the question changed
+    monkeypatch.setitem(plates_task.QUESTIONS, question, "Which colour? Answer with one colour.")
+    plates_task.build_course_task(out, n_train=4, n_heldout=4, progress=False)  # the same parameters: only the question changed
     asked = [t["value"] for r in json.loads((out / "train.json").read_text(encoding="utf-8")) for t in r["conversations"]]
     assert any(a.endswith("Which colour? Answer with one colour.") for a in asked)

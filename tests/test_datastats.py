@@ -1,4 +1,4 @@
-"""Tests of labsupport.datastats: token and tile statistics, plots, the sample grid."""
+"""Tests of labsupport.datasets.datastats: token and tile statistics, plots, the sample grid."""
 from __future__ import annotations
 
 import matplotlib
@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from labsupport import datastats as S  # noqa: E402
+from labsupport.datasets import datastats as S  # noqa: E402
 
 
 @pytest.fixture()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from labsupport import deploy
-from labsupport.checkpoints import write_json_atomic
-from labsupport.demo_app import course_examples, free_port
-from labsupport.paths import repo_root
+from labsupport.serve import endpoint
+from labsupport.core.checkpoints import write_json_atomic
+from labsupport.serve.demo_app import course_examples, free_port
+from labsupport.core.paths import repo_root
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -36,20 +36,20 @@ def _serve(module: str, args: list[str], log: Path):
     port = free_port()
     cmd = [str(_deploy_python()), "-m", module, "--port", str(port), *args]
     env = dict(os.environ, PYTHONPATH=str(repo_root()), GRADIO_ANALYTICS_ENABLED="False")
-    proc = deploy.start_server(cmd, log, env=env)
+    proc = endpoint.start_server(cmd, log, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deploy.wait_until_healthy(url, proc, timeout=300, log_path=log, path="/")
+        endpoint.wait_until_healthy(url, proc, timeout=300, log_path=log, path="/")
         assert f"Running on local URL:  {url}" in log.read_text(), log.read_text()[-2000:]  # bound to loopback
         yield url
     finally:
-        deploy.stop_server(proc, timeout=10)
+        endpoint.stop_server(proc, timeout=10)
 
 
 @pytest.fixture(scope="module")
 def demo_url(artifacts, tmp_path_factory):
-    """Start `python -m labsupport.demo_app` in the deploy env on a free 127.0.0.1 port; stop it afterwards."""
-    yield from _serve("labsupport.demo_app", ["--backend", "transformers", "--max-new-tokens", "6", "--max-tiles", "1",
+    """Start `python -m labsupport.serve.demo_app` in the deploy env on a free 127.0.0.1 port; stop it afterwards."""
+    yield from _serve("labsupport.serve.demo_app", ["--backend", "transformers", "--max-new-tokens", "6", "--max-tiles", "1",
                                               "--max-file-size", "1mb", "--artifacts", str(artifacts)],
                       tmp_path_factory.mktemp("demo") / "demo.log")
 
@@ -138,12 +138,12 @@ def test_demo_answers_in_the_browser(demo_url, browser, artifacts, tmp_path):
 
 @pytest.fixture(scope="module")
 def selfcog_demo_url(tmp_path_factory):
-    """Start notebook 08's demo (`python -m labsupport.selfcog_demo`) in the deploy env over the tiny chat model."""
-    from labsupport.tinymodel import build_tiny_internlm2_chat
+    """Start notebook 08's demo (`python -m labsupport.sidetracks.selfcog_demo`) in the deploy env over the tiny chat model."""
+    from labsupport.model.tinymodel import build_tiny_internlm2_chat
 
     _deploy_python()  # skip before building a model nobody will serve
     model = build_tiny_internlm2_chat(tmp_path_factory.mktemp("chat") / "internlm2-chat-tiny")
-    yield from _serve("labsupport.selfcog_demo", ["--base", str(model), "--model", str(model), "--max-new-tokens", "8"],
+    yield from _serve("labsupport.sidetracks.selfcog_demo", ["--base", str(model), "--model", str(model), "--max-new-tokens", "8"],
                       tmp_path_factory.mktemp("selfcog-demo") / "demo.log")
 
 
@@ -153,7 +153,7 @@ def test_self_cognition_demo_answers_in_the_browser(selfcog_demo_url, browser, a
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from labsupport.selfcog_demo import TEXT_ONLY, TITLE
+    from labsupport.sidetracks.selfcog_demo import TEXT_ONLY, TITLE
 
     browser.get(selfcog_demo_url)
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#ask textarea"))

@@ -5,7 +5,7 @@ import tracemalloc
 
 from PIL import Image
 
-from labsupport import demo_app
+from labsupport.serve import demo_app
 from test_bad_inputs import header_only_png
 
 

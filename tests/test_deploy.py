@@ -1,4 +1,4 @@
-"""Tests of labsupport.deploy and the demo's request handling (course env; LMDeploy's side in the deploy env)."""
+"""Tests of labsupport.serve.deploy and the demo's request handling (course env; LMDeploy's side in the deploy env)."""
 import base64
 import io
 import json
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from labsupport import demo_app, deploy
-from labsupport.datasets import draw_plate
-from labsupport.paths import repo_root
-from labsupport.tinymodel import build_tiny_model
+from labsupport.model import prompts
+from labsupport.serve import demo_app, deploy, endpoint
+from labsupport.datasets.plates import draw_plate
+from labsupport.core.paths import repo_root
+from labsupport.model.tinymodel import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +67,23 @@ def test_choose_backend(monkeypatch):
 
 # ---- chat template and prompts ---------------------------------------------------------------------
 def test_read_chat_template(tiny, tmp_path):
-    assert "<|im_start|>assistant" in deploy.read_chat_template(tiny)
+    assert "<|im_start|>assistant" in prompts.read_chat_template(tiny)
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
     with pytest.raises(ValueError, match="no chat template"):
-        deploy.read_chat_template(bare)
+        prompts.read_chat_template(bare)
     (bare / "chat_template.jinja").write_text("{{ messages }}")
-    assert deploy.read_chat_template(bare) == "{{ messages }}"
+    assert prompts.read_chat_template(bare) == "{{ messages }}"
 
 
 def test_tokenizer_template_matches_the_models_own_template(pipe, tiny):
     history = [("What colour are the objects on the plate?", "red")]
     for hist in ([], history):
-        jinja = deploy.render_prompt(pipe.tokenizer, "How many?", hist)
-        assert jinja == deploy.model_prompt(tiny, "How many?", hist)
-        assert jinja.count(deploy.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|im_start|>assistant\n")
-    assert deploy.IMAGE_PLACEHOLDER not in deploy.render_prompt(pipe.tokenizer, "hi", image=False)
+        jinja = prompts.render_prompt(pipe.tokenizer, "How many?", hist)
+        assert jinja == prompts.model_prompt(tiny, "How many?", hist)
+        assert jinja.count(prompts.IMAGE_PLACEHOLDER) == 1 and jinja.endswith("<|im_start|>assistant\n")
+    assert prompts.IMAGE_PLACEHOLDER not in prompts.render_prompt(pipe.tokenizer, "hi", image=False)
 
 
 def test_split_accepts_both_orders(plate):
@@ -141,17 +142,17 @@ def test_finetuned_model_dir_falls_back_with_a_reason(tmp_path, tiny):
 
 # ---- serving helpers -------------------------------------------------------------------------------
 def test_openai_messages_put_the_image_first_as_a_data_url(plate):
-    (msg,) = deploy.openai_messages("What colour?", plate)
+    (msg,) = endpoint.openai_messages("What colour?", plate)
     image_part, text_part = msg["content"]
     assert text_part == {"type": "text", "text": "What colour?"}
     header, data = image_part["image_url"]["url"].split(",", 1)
     assert header == "data:image/jpeg;base64"
     assert Image.open(io.BytesIO(base64.b64decode(data))).size == (512, 384)
-    assert deploy.openai_messages("hi") == [{"role": "user", "content": "hi"}]
+    assert endpoint.openai_messages("hi") == [{"role": "user", "content": "hi"}]
 
 
 def test_api_server_command_is_local_and_names_the_template(tiny, tmp_path):
-    cmd = deploy.api_server_command(tiny, 23999, model_name="m")
+    cmd = endpoint.api_server_command(tiny, 23999, model_name="m")
     assert cmd[1:5] == ["-m", "lmdeploy", "serve", "api_server"]
     for flag, value in (("--server-name", "127.0.0.1"), ("--server-port", "23999"), ("--chat-template", "hf"),
                         ("--backend", "pytorch"), ("--model-name", "m")):
@@ -159,30 +160,30 @@ def test_api_server_command_is_local_and_names_the_template(tiny, tmp_path):
     assert "--trust-remote-code" in cmd
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(ValueError, match="no chat template"):
-        deploy.api_server_command(tmp_path, 23999)
+        endpoint.api_server_command(tmp_path, 23999)
 
 
 def test_server_start_health_stop(tmp_path):
     port = demo_app.free_port()
     cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
-    proc = deploy.start_server(cmd, tmp_path / "server.log")
+    proc = endpoint.start_server(cmd, tmp_path / "server.log")
     try:
-        waited = deploy.wait_until_healthy(f"http://127.0.0.1:{port}", proc, timeout=60, path="/")
+        waited = endpoint.wait_until_healthy(f"http://127.0.0.1:{port}", proc, timeout=60, path="/")
         assert 0 <= waited < 60
     finally:
-        deploy.stop_server(proc, timeout=10)
+        endpoint.stop_server(proc, timeout=10)
     assert proc.poll() is not None
-    dying = deploy.start_server([sys.executable, "-c", "print('boom', flush=True); raise SystemExit(3)"],
+    dying = endpoint.start_server([sys.executable, "-c", "print('boom', flush=True); raise SystemExit(3)"],
                                 tmp_path / "dying.log")
     with pytest.raises(RuntimeError, match="(?s)exited with code 3.*boom"):
-        deploy.wait_until_healthy("http://127.0.0.1:9", dying, timeout=60, log_path=tmp_path / "dying.log")
+        endpoint.wait_until_healthy("http://127.0.0.1:9", dying, timeout=60, log_path=tmp_path / "dying.log")
 
 
 def test_cpu_server_support(tiny, tmp_path):
-    ok, reason = deploy.cpu_server_support(tiny)
+    ok, reason = endpoint.cpu_server_support(tiny)
     assert not ok and "InternVLChatModel" in reason
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
-    assert deploy.cpu_server_support(tmp_path)[0]
+    assert endpoint.cpu_server_support(tmp_path)[0]
 
 
 # ---- the demo's request handling (no gradio needed) -----------------------------------------------
@@ -221,26 +222,27 @@ def test_course_examples_come_from_the_heldout_split(artifacts):
 # ---- LMDeploy's side, in the deploy environment ---------------------------------------------------
 DEPLOY_SCRIPT = r"""
 import sys
-from labsupport import deploy
+from labsupport.model import prompts
+from labsupport.serve import deploy, endpoint
 from transformers import AutoTokenizer
 model = sys.argv[1]
 tok = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
 template = deploy.chat_template_config(model).chat_template(trust_remote_code=True)
 assert type(template).__name__ == "HFChatTemplate", type(template)
-messages = [{"role": "user", "content": deploy.IMAGE_PLACEHOLDER + "What colour?"},
+messages = [{"role": "user", "content": prompts.IMAGE_PLACEHOLDER + "What colour?"},
             {"role": "assistant", "content": "red"}, {"role": "user", "content": "How many?"}]
-assert template.messages2prompt(messages) == deploy.render_prompt(tok, "How many?", [("What colour?", "red")])
-assert deploy.guessed_template("work_dirs/llava-v1.5-7b-finetune") != "hf"
+assert template.messages2prompt(messages) == prompts.render_prompt(tok, "How many?", [("What colour?", "red")])
+assert prompts.guessed_template("work_dirs/llava-v1.5-7b-finetune") != "hf"
 g = deploy.GenSettings(max_new_tokens=7, temperature=0.5, top_p=0.8, seed=3).to_lmdeploy()
 assert (g.max_new_tokens, g.do_sample, g.temperature, g.top_p, g.random_seed) == (7, True, 0.5, 0.8, 3)
 assert deploy.GenSettings().to_lmdeploy().do_sample is False
 assert type(deploy.engine_config(model)).__name__ == "PytorchEngineConfig"
 assert type(deploy.engine_config(model, "turbomind")).__name__ == "TurbomindEngineConfig"
-assert not deploy.cpu_server_support(model)[0]
+assert not endpoint.cpu_server_support(model)[0]
 pipe = deploy.pipeline(model, backend="auto", gen=deploy.GenSettings(max_new_tokens=3), max_tiles=1)
 assert pipe.backend == "transformers", pipe.reason  # no CUDA on the test machines
 assert isinstance(pipe.ask("What colour?", deploy.as_image(sys.argv[2])), str)
-from labsupport import lmdeploy_cpu
+from labsupport.serve import lmdeploy_cpu
 lmdeploy_cpu.check_engine_config(model, trust_remote_code=True)   # LMDeploy's own config reading passes
 try:  # lmdeploy.pipeline's default: the engine check on the GPU stopped with 'dict' ... 'hidden_size'
     lmdeploy_cpu.check_engine_config(model)

@@ -1,4 +1,4 @@
-"""scripts/device/notebooks_gpu.py: the kernels and the summary of `run_gpu.sh notebooks2b` (the GPU run itself is not here)."""
+"""benchmarks/device/notebooks_gpu.py: the kernels and the summary of `run_gpu.sh notebooks2b` (the GPU run itself is not here)."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from labsupport import course
-from labsupport.paths import repo_root
+from labsupport.course import runner
+from labsupport.core.paths import repo_root
 
 ROOT = repo_root()
-SCRIPT = ROOT / "scripts" / "device" / "notebooks_gpu.py"
+SCRIPT = ROOT / "benchmarks" / "device" / "notebooks_gpu.py"
 spec = importlib.util.spec_from_file_location("notebooks_gpu", SCRIPT)
 NG = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(NG)
 
 
 def test_the_kernels_are_the_ones_notebooks_04_to_06_ask_for():
-    wanted = {course.notebook_kernel(p) for p in course.course_notebooks() if p.name[:2] in ("04", "05", "06")}
+    wanted = {runner.notebook_kernel(p) for p in runner.course_notebooks() if p.name[:2] in ("04", "05", "06")}
     assert wanted == set(NG.KERNELS)
 
 
@@ -35,7 +35,7 @@ def test_kernels_get_their_own_wheel_group_and_jupyter_finds_them(tmp_path, monk
         assert spec["env"]["PATH"].startswith(sites[group] + "/bin:")
         assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"] and "{connection_file}" in spec["argv"]
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "kern"))
-    assert {"internvl-course", "internvl-deploy"} <= course.known_kernels()
+    assert {"internvl-course", "internvl-deploy"} <= runner.known_kernels()
 
 
 def _executed(path: Path, image_bytes: int) -> None:
@@ -71,7 +71,7 @@ def test_summary_keeps_the_numbers_and_shrinks_what_the_tool_cannot_bring_back(t
 
 
 def test_run_gpu_sh_parses_and_knows_the_notebooks_step():
-    sh = ROOT / "scripts" / "device" / "run_gpu.sh"
+    sh = ROOT / "benchmarks" / "device" / "run_gpu.sh"
     assert subprocess.run(["bash", "-n", str(sh)]).returncode == 0
     text = sh.read_text()
     assert "notebooks2b|notebooks2b:*)" in text and "install notebook" in text and "notebooks_gpu.py kernels" in text

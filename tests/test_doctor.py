@@ -1,5 +1,6 @@
-"""labsupport.doctor: every environment file is checked, the ms-swift one included."""
-from labsupport import doctor, envs
+"""labsupport.course.doctor: every environment file is checked, the ms-swift one included."""
+from labsupport.core import envs
+from labsupport.course import doctor
 
 
 def test_check_pins_of_the_swift_environment(repo):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from labsupport import envs
+from labsupport.core import envs
 
 
 def test_course_deploy_and_swift_files_parse(repo):
@@ -124,9 +124,9 @@ def test_doctor_catches_a_missing_timm(tmp_path):
     import os
     import sys
 
-    from labsupport import doctor
-    from labsupport.envs import load_specs
-    from labsupport.tinymodel import build_tiny_model
+    from labsupport.course import doctor
+    from labsupport.core.envs import load_specs
+    from labsupport.model.tinymodel import build_tiny_model
 
     course = next(s for s in load_specs() if s.name == "internvl-course")
     found = doctor.installed_versions()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from labsupport import evaluate as E
+from labsupport.evaluate import scoring as E
 
 
 def records(tmp_path, n=4):
@@ -86,9 +86,9 @@ def test_evaluate_asks_with_the_given_system_prompt():
         def chat(self, tokenizer, pixels, question, gen):
             return self.system_message
 
-    from labsupport import datasets as D
+    from labsupport.datasets import plates
 
-    recs = D.plates_records(2, "heldout", kinds=("colour",))
-    folder = D.build_course_task(n_train=8, n_heldout=2, progress=False)["image_folder"]
+    recs = plates.plates_records(2, "heldout", kinds=("colour",))
+    folder = plates.build_course_task(n_train=8, n_heldout=2, progress=False)["image_folder"]
     got = E.evaluate(Model(), None, recs, folder, batch_size=1, progress=False, system="XTuner's")
     assert {r["reply"] for r in got["rows"]} == {"XTuner's"}

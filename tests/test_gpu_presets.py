@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from labsupport import bench, gpu_presets
+from labsupport.evaluate import measured
+from labsupport.train import gpu_presets
 
 
 def test_every_entry_matches_its_measured_row():
@@ -12,7 +13,7 @@ def test_every_entry_matches_its_measured_row():
         for mode, entries in modes.items():
             for e in entries:
                 m = e["measured"]
-                runs = json.loads((bench.measured_dir() / m["file"]).read_text())["runs"]
+                runs = json.loads((measured.measured_dir() / m["file"]).read_text())["runs"]
                 run = next(r for r in runs if r.get("row") == m["row"])
                 assert run["mode"] == mode and "error" not in run
                 assert run["batch_per_gpu"] == e["settings"]["batch_size"]
@@ -40,9 +41,9 @@ def test_best_is_the_fastest_that_fits_with_headroom():
         gpu_presets.best("InternVL2-8B", "full")
 
 
-# ---- the GPU presets of labsupport.xtuner use the measured entries ---------------------------------------------------
-from labsupport import xtuner as X  # noqa: E402
-from labsupport import xtuner_config as XC  # noqa: E402
+# ---- the GPU presets of labsupport.train.xtuner use the measured entries ---------------------------------------------------
+from labsupport.train import xtuner_presets, xtuner_render  # noqa: E402
+from labsupport.train import xtuner_config as XC  # noqa: E402
 
 H200, A100_80 = gpu_presets.H200_GIB, 80.0
 BIG = 160.0  # a card whose memory leaves the no-checkpointing LoRA entry its headroom
@@ -52,7 +53,7 @@ RECIPE_GLOBAL_BATCH = {"full": 128, "lora": 16, "qlora": 16}  # the official rec
 @pytest.mark.parametrize("mode", ["full", "lora"])
 @pytest.mark.parametrize("gib", [BIG, H200, A100_80])
 def test_2b_gpu_presets_carry_the_measured_values(mode, gib):
-    s = X.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=gib)
+    s = xtuner_presets.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=gib)
     e = gpu_presets.entry("InternVL2-2B", mode, gib)
     assert (s.batch_size, s.num_workers, s.gradient_checkpointing, s.fused_rmsnorm) == \
         (e["settings"]["batch_size"], e["settings"]["num_workers"], e["settings"]["gradient_checkpointing"],
@@ -66,20 +67,20 @@ def test_2b_gpu_presets_carry_the_measured_values(mode, gib):
 @pytest.mark.parametrize("mode", ["full", "lora", "qlora"])
 @pytest.mark.parametrize("gib", [H200, A100_80, 24.0])
 def test_every_gpu_preset_keeps_the_recipes_global_batch(size, mode, gib):
-    s = X.preset(f"InternVL2-{size}-{mode}", gpu_memory_gib=gib)
+    s = xtuner_presets.preset(f"InternVL2-{size}-{mode}", gpu_memory_gib=gib)
     assert s.batch_size * s.nproc * s.accumulative_counts == RECIPE_GLOBAL_BATCH[mode], s
     assert s.preset_note
 
 
 def test_lora_keeps_checkpointing_unless_the_card_leaves_headroom(tmp_path):
-    big, h200, small = (X.preset("InternVL2-2B-lora", gpu_memory_gib=g) for g in (BIG, H200, A100_80))
+    big, h200, small = (xtuner_presets.preset("InternVL2-2B-lora", gpu_memory_gib=g) for g in (BIG, H200, A100_80))
     assert big.gradient_checkpointing is False and h200.gradient_checkpointing is small.gradient_checkpointing is True
     assert small.measured["peak_memory_gib"] < A100_80 < big.measured["peak_memory_gib"]
     assert "80.0 GiB" in small.preset_note and "headroom" in small.preset_note
 
 
 def test_without_measurements_that_fit_the_preset_says_so():
-    s = X.preset("InternVL2-2B-full", gpu_memory_gib=24.0)
+    s = xtuner_presets.preset("InternVL2-2B-full", gpu_memory_gib=24.0)
     assert s.measured is None and s.batch_size == 4 and s.gradient_checkpointing is True
     assert "fits 24.0 GiB" in s.preset_note
 
@@ -87,11 +88,11 @@ def test_without_measurements_that_fit_the_preset_says_so():
 @pytest.mark.parametrize("name,gib", [("InternVL2-2B-lora", BIG), ("InternVL2-2B-lora", A100_80),
                                       ("InternVL2-2B-full", H200), ("InternVL2-4B-lora", H200)])
 def test_the_rendered_config_uses_lever_internvl_exactly_when_a_lever_needs_it(name, gib, tmp_path):
-    s = X.preset(name, gpu_memory_gib=gib, model_path=str(tmp_path / "model"))
-    path = X.write_config(s, tmp_path / "config.py")
+    s = xtuner_presets.preset(name, gpu_memory_gib=gib, model_path=str(tmp_path / "model"))
+    path = xtuner_render.write_config(s, tmp_path / "config.py")
     lever = not s.gradient_checkpointing or s.fused_rmsnorm
     assert ("LeverInternVL" in path.read_text()) == lever
-    cfg = X.load_config(path)
+    cfg = xtuner_render.load_config(path)
     assert cfg.model.type.__name__ == ("LeverInternVL" if lever else "InternVL_V1_5")
     assert cfg.model.get("gradient_checkpointing", True) == s.gradient_checkpointing
     assert cfg.model.get("fused_rmsnorm", False) == s.fused_rmsnorm
@@ -104,7 +105,7 @@ def test_the_rendered_config_uses_lever_internvl_exactly_when_a_lever_needs_it(n
 def test_the_edited_official_config_cites_the_measured_row_and_loads(official, mode, gib, tmp_path):
     pytest.importorskip("xtuner")
     src = XC.official_config_path(official)
-    s = X.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=gib, model_path=str(tmp_path / "model"))
+    s = xtuner_presets.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=gib, model_path=str(tmp_path / "model"))
     edits = XC.edits_for(s, src.read_text(), tmp_path / "plates")
     out = XC.write_edited_config(src, edits, tmp_path / "trained.py")
     explained = XC.explain_diff(XC.config_diff(src, out), edits)
@@ -119,7 +120,7 @@ def test_the_edited_official_config_cites_the_measured_row_and_loads(official, m
         assert s.measured["row"] in by_line["+    gradient_checkpointing=False,"]
     if s.fused_rmsnorm:
         assert s.measured["row"] in by_line["+    fused_rmsnorm=True,"] and "Triton" in by_line["+    fused_rmsnorm=True,"]
-    cfg = X.load_config(out)
+    cfg = xtuner_render.load_config(out)
     assert cfg.model.type.__name__ == ("LeverInternVL" if lever else "InternVL_V1_5")
     assert cfg.model.get("fused_rmsnorm", False) == s.fused_rmsnorm
     assert cfg.batch_size * s.nproc * cfg.accumulative_counts == RECIPE_GLOBAL_BATCH[mode]
@@ -136,11 +137,11 @@ def test_gpu_memory_comes_from_torch_when_a_gpu_is_there(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
     gib, where = gpu_presets.gpu_memory_gib()
     assert gib == pytest.approx(79.3, abs=0.05) and "A100" in where and "torch.cuda" in where
-    assert X.preset("InternVL2-2B-lora").gradient_checkpointing is True  # 128.5 GiB without it: does not fit
+    assert xtuner_presets.preset("InternVL2-2B-lora").gradient_checkpointing is True  # 128.5 GiB without it: does not fit
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_presets.gpu_memory_gib()[0] == H200 and "H200" in gpu_presets.gpu_memory_gib()[1]
 
 
 def test_a_cpu_run_drops_the_triton_rmsnorm_and_says_why():
-    s, reasons = X.cpu_compatible(X.preset("InternVL2-2B-full"))
+    s, reasons = xtuner_presets.cpu_compatible(xtuner_presets.preset("InternVL2-2B-full"))
     assert s.fused_rmsnorm is False and any("Triton" in r for r in reasons)

@@ -3,7 +3,7 @@ import json
 import nbformat
 import pytest
 
-from labsupport import homework
+from labsupport.course import homework
 
 
 def test_solution_block_becomes_none_placeholders():

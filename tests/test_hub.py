@@ -1,4 +1,4 @@
-"""labsupport.hub: tokens never shown, pre-flight checks, and a real git + git-lfs round trip to a local remote."""
+"""labsupport.publish.hub: tokens never shown, pre-flight checks, and a real git + git-lfs round trip to a local remote."""
 import hashlib
 import json
 import os
@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from labsupport import hub
+from labsupport.core import credentials
+from labsupport.publish import hub
 
 needs_lfs = pytest.mark.skipif(hub.git_lfs_version() is None, reason="git-lfs is not installed (apt-get install git-lfs)")
 
@@ -44,8 +45,8 @@ def staged(model_dir, tmp_path):
 # ---------------------------------------------------------------------------------------- tokens
 def test_token_never_prints_its_value():
     value = fake_token()
-    tok = hub.Token(value, "test")
-    for shown in (str(tok), repr(tok), f"{tok}", f"{tok!r}", hub.mask(value)):
+    tok = credentials.Token(value, "test")
+    for shown in (str(tok), repr(tok), f"{tok}", f"{tok!r}", credentials.mask(value)):
         assert value not in shown and value[3:] not in shown
     assert "hf_****" in str(tok)
     assert tok.reveal() == value
@@ -54,7 +55,7 @@ def test_token_never_prints_its_value():
 def test_redact_masks_given_tokens_and_hf_shaped_strings():
     value, other = fake_token(), "ms-" + secrets.token_hex(16)
     text = f"Authorization: Bearer {value}; cookie={other}; leaked {fake_token()}"
-    clean = hub.redact(text, [hub.Token(other, "env")])
+    clean = credentials.redact(text, [credentials.Token(other, "env")])
     assert value not in clean and other not in clean
     assert clean.count("hf_****") == 2 and "****" in clean.split("cookie=")[1]
 
@@ -65,22 +66,22 @@ def test_find_token_reads_environment_then_login_cache(monkeypatch, tmp_path):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODELSCOPE_API_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
-    assert hub.find_token("huggingface") is None
-    assert hub.find_token("modelscope") is None
+    assert credentials.find_token("huggingface") is None
+    assert credentials.find_token("modelscope") is None
 
     cached = fake_token()
     (tmp_path / "token").write_text(cached)
-    tok = hub.find_token("huggingface")
+    tok = credentials.find_token("huggingface")
     assert tok.reveal() == cached and "login cache" in tok.source
 
     env_value = fake_token()
     monkeypatch.setenv("HF_TOKEN", env_value)
-    tok = hub.find_token("huggingface")
+    tok = credentials.find_token("huggingface")
     assert tok.reveal() == env_value and tok.source == "environment variable HF_TOKEN"
     monkeypatch.setenv("MODELSCOPE_API_TOKEN", "abc-123")
-    assert hub.find_token("modelscope").reveal() == "abc-123"
+    assert credentials.find_token("modelscope").reveal() == "abc-123"
     with pytest.raises(ValueError, match="unknown hub"):
-        hub.find_token("github")
+        credentials.find_token("github")
 
 
 # ------------------------------------------------------------------------------------- pre-flight
@@ -188,7 +189,7 @@ def test_git_lfs_round_trip_to_a_local_remote(staged, tmp_path):
     assert "model.safetensors" in str(err.value)
 
     # with git lfs track, the push goes through and only a pointer lives in git
-    token = hub.Token(fake_token(), "test")  # exercises the credential path; must not land anywhere
+    token = credentials.Token(fake_token(), "test")  # exercises the credential path; must not land anywhere
     pushed = hub.git_push(staged, remote, tmp_path / "work", use_lfs=True, token=token)
     assert pushed["lfs_files"] == ["model.safetensors"]
     pointer = subprocess.run(["git", "cat-file", "-p", "main:model.safetensors"], cwd=remote, capture_output=True,
@@ -200,7 +201,7 @@ def test_git_lfs_round_trip_to_a_local_remote(staged, tmp_path):
     back = hub.clone_and_compare(remote, tmp_path / "clone", staged)
     assert back["identical"] and back["lfs_files"] == ["model.safetensors"], back
     assert hashlib.sha256((tmp_path / "clone" / "model.safetensors").read_bytes()).hexdigest() == want
-    assert hub.scan_for_secrets(tmp_path, [token]) == []
+    assert credentials.scan_for_secrets(tmp_path, [token]) == []
 
 
 @needs_lfs
@@ -242,7 +243,7 @@ def test_hub_errors_come_back_masked_and_unchained(monkeypatch, staged):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", leaky)
     monkeypatch.setattr(huggingface_hub.HfApi, "whoami", leaky)
-    token = hub.Token(value, "test")
+    token = credentials.Token(value, "test")
     for call in (lambda: hub.upload_huggingface(staged, "alice/InternVL2-test", token), lambda: hub.hub_user(token)):
         with pytest.raises(RuntimeError) as err:
             call()
@@ -253,4 +254,4 @@ def test_hub_errors_come_back_masked_and_unchained(monkeypatch, staged):
 @pytest.mark.skipif(hub.modelscope_available(), reason="the ModelScope SDK is installed here")
 def test_modelscope_route_says_how_to_install_it(staged):
     with pytest.raises(RuntimeError, match="pip install modelscope"):
-        hub.upload_modelscope(staged, "alice/InternVL2-test", hub.Token("ms-secret", "test"))
+        hub.upload_modelscope(staged, "alice/InternVL2-test", credentials.Token("ms-secret", "test"))

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from labsupport import envs
-from labsupport.course import course_notebooks
+from labsupport.core import envs
+from labsupport.course.runner import course_notebooks
 
 NOTEBOOKS = course_notebooks()
 

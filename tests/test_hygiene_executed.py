@@ -1,7 +1,7 @@
-"""labsupport.hygiene: each rule for executed copies can fail, and a clean notebook passes."""
+"""labsupport.course.hygiene: each rule for executed copies can fail, and a clean notebook passes."""
 import json
 
-from labsupport import hygiene
+from labsupport.course import hygiene
 
 
 def notebook(tmp_path, outputs, name="nb"):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from labsupport.remote_code.configuration_internlm2 import InternLM2Config
-from labsupport.remote_code.modeling_internlm2 import InternLM2ForCausalLM, right_padded_only
+from labsupport.model.remote_code.configuration_internlm2 import InternLM2Config
+from labsupport.model.remote_code.modeling_internlm2 import InternLM2ForCausalLM, right_padded_only
 
 
 def _model(attn: str) -> InternLM2ForCausalLM:

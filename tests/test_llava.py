@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from labsupport import datasets as D, llava, vit_pretrain, xtuner_configs as XC
+from labsupport.datasets import plates
+from labsupport.model import towers, vit_pretrain
+from labsupport.sidetracks import llava
+from labsupport.train import xtuner_configs as XC
 
 
 def _official(name: str, tmp_path: Path) -> Path:
@@ -19,23 +22,23 @@ def _official(name: str, tmp_path: Path) -> Path:
 def test_tiny_clip_is_an_official_clip_folder(tmp_path):
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
-    out = llava.build_tiny_clip(tmp_path / "clip")
+    out = towers.build_tiny_clip(tmp_path / "clip")
     model = CLIPVisionModel.from_pretrained(out)
     proc = CLIPImageProcessor.from_pretrained(out)
-    assert model.config.image_size == proc.crop_size["height"] == llava.TINY_CLIP["image_size"]
-    again = llava.build_tiny_clip(tmp_path / "clip2")
+    assert model.config.image_size == proc.crop_size["height"] == towers.TINY_CLIP["image_size"]
+    again = towers.build_tiny_clip(tmp_path / "clip2")
     assert (out / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()  # deterministic
 
 
 def test_plates_in_llava_format_with_captions():
-    recs = D.plates_records(8, "train", kinds=("colour",))
+    recs = plates.plates_records(8, "train", kinds=("colour",))
     qa, cap = llava.to_llava(recs), llava.to_llava(recs, captions=True)
     assert set(qa[0]) == {"id", "image", "conversations"} and qa[0]["conversations"][0]["value"].startswith("<image>")
     for rec, c in zip(recs, cap):
         m = rec["meta"]
         text = c["conversations"][1]["value"]
         assert c["conversations"][0]["value"] == "<image>"
-        assert (m["colour"] in text) if m["lang"] == "en" else (D.COLOURS[m["colour"]] in text)
+        assert (m["colour"] in text) if m["lang"] == "en" else (plates.COLOURS[m["colour"]] in text)
 
 
 @pytest.mark.parametrize("stage,cpu", [("pretrain", True), ("finetune", True), ("finetune", False)])
@@ -75,9 +78,9 @@ def test_the_cpu_speed_and_sampler_edits_apply_and_load(tmp_path, checkpointing,
 # --- the shipped CLIP tower -------------------------------------------------------------------------------
 
 def test_the_clip_record_describes_the_shipped_weights():
-    tower = vit_pretrain.TOWERS["clip"]
+    tower = towers.TOWERS["clip"]
     record = json.loads(tower.record.read_text())
-    assert record["sha256"] == vit_pretrain.weights_digest(tower.weights)
+    assert record["sha256"] == towers.weights_digest(tower.weights)
     assert record["tower"] == "clip" and record["recipe"] == tower.recipe  # `--tower clip` reproduces it
     assert record["log"][-1]["step"] == tower.recipe["steps"]
     assert min(record["log"][-1]["val_accuracy"].values()) >= 0.9
@@ -87,9 +90,9 @@ def test_the_clip_record_describes_the_shipped_weights():
 def test_build_tiny_clip_loads_the_shipped_tower(tmp_path):
     from safetensors.torch import load_file
 
-    shipped = vit_pretrain.pretrained_weights(vit_pretrain.TOWERS["clip"].weights)
-    warm = load_file(str(llava.build_tiny_clip(tmp_path / "warm") / "model.safetensors"))
-    cold = load_file(str(llava.build_tiny_clip(tmp_path / "cold", pretrained=False) / "model.safetensors"))
+    shipped = towers.pretrained_weights(towers.TOWERS["clip"].weights)
+    warm = load_file(str(towers.build_tiny_clip(tmp_path / "warm") / "model.safetensors"))
+    cold = load_file(str(towers.build_tiny_clip(tmp_path / "cold", pretrained=False) / "model.safetensors"))
     assert set(shipped) <= set(warm)
     for name, value in shipped.items():
         assert torch.equal(warm[name].to(value.dtype), value), name
@@ -100,7 +103,7 @@ def test_build_tiny_clip_loads_the_shipped_tower(tmp_path):
 def _clip_features(folder, images):
     from transformers import CLIPVisionModel
 
-    tower = vit_pretrain.TOWERS["clip"]
+    tower = towers.TOWERS["clip"]
     model = CLIPVisionModel.from_pretrained(folder).eval()
     with torch.no_grad():
         return torch.cat([vit_pretrain.mean_patch_feature(model, vit_pretrain.normalise(images[i:i + 64], tower.mean, tower.std),
@@ -109,11 +112,11 @@ def _clip_features(folder, images):
 
 def test_the_shipped_clip_sees_shape_and_count_where_a_random_one_does_not(tmp_path):
     # plates the tower never saw (its training used indices below 12,512), at the hidden layer XTuner's LLaVA reads
-    tower = vit_pretrain.TOWERS["clip"]
+    tower = towers.TOWERS["clip"]
     images, labels = vit_pretrain.pretrain_set(400, start=1_000_000, size=tower.size, fill=tower.fill)
-    warm = vit_pretrain.probe_accuracy(_clip_features(llava.build_tiny_clip(tmp_path / "w"), images), labels, n_fit=300)
+    warm = vit_pretrain.probe_accuracy(_clip_features(towers.build_tiny_clip(tmp_path / "w"), images), labels, n_fit=300)
     cold = vit_pretrain.probe_accuracy(
-        _clip_features(llava.build_tiny_clip(tmp_path / "c", pretrained=False), images), labels, n_fit=300)
+        _clip_features(towers.build_tiny_clip(tmp_path / "c", pretrained=False), images), labels, n_fit=300)
     assert warm["shape"] >= 0.8 and warm["count"] >= 0.85 and warm["colour"] >= 0.9, warm
     assert cold["shape"] < warm["shape"] - 0.2 and cold["count"] < warm["count"] - 0.2, (cold, warm)
 
@@ -129,15 +132,16 @@ def converted(artifacts, tmp_path_factory):
     value), through `xtuner convert pth_to_hf`."""
     from xtuner.registry import BUILDER
 
-    from labsupport import chatllm, selfcog
+    from labsupport.model import chatllm
+    from labsupport.sidetracks import selfcog
 
     tmp = tmp_path_factory.mktemp("llava")
-    llm, clip = chatllm.build_chat_llm(artifacts), llava.build_tiny_clip(tmp / "clip")
+    llm, clip = chatllm.build_chat_llm(artifacts), towers.build_tiny_clip(tmp / "clip")
     stage1 = tmp / "iter_0.pth"  # a stage-1 checkpoint: the projector only
     torch.save({"state_dict": {"projector.model.0.weight": torch.full((128, 64), 0.02), "projector.model.0.bias": torch.zeros(128),
                                "projector.model.2.weight": torch.eye(128), "projector.model.2.bias": torch.zeros(128)}}, stage1)
     image = tmp / "plate.jpg"
-    D.draw_plate("red", "star", 3, seed=1).save(image)
+    plates.draw_plate("red", "star", 3, seed=1).save(image)
     edits = llava.config_edits("finetune", llm=str(llm), clip=str(clip), data_json=str(tmp / "none.json"), image_folder=str(tmp),
                                eval_image=str(image), eval_question="q", pretrained_pth=str(stage1), llm_lora_r=8,
                                llm_lora_alpha=16, vision_lora=False)
@@ -160,22 +164,22 @@ def test_converted_folders_load_with_transformers_and_chat(converted):
     lora = dict(chat.llm.named_parameters())[_LORA_KEY.removeprefix("llm.")]
     # the adapter holds the checkpoint's LoRA weights (pth_to_hf saves them in float16: equal to its precision)
     assert torch.allclose(lora.float(), converted["state"][_LORA_KEY].float(), rtol=1e-3, atol=0)  # the adapter holds the checkpoint's LoRA weights
-    reply = chat.ask(converted["image"], D.QUESTIONS[("colour", "en")])
+    reply = chat.ask(converted["image"], plates.QUESTIONS[("colour", "en")])
     assert isinstance(reply, str)
     with pytest.raises(RuntimeError, match="no projector"):
         llava.LLaVAChat(converted["llm"], converted["clip"], None).ask(converted["image"], "q")
 
 
 def test_evaluate_scores_every_record_and_restores_the_threads(converted, tmp_path):
-    records = D.plates_records(3, "heldout")
+    records = plates.plates_records(3, "heldout")
     (tmp_path / "images").mkdir()
     for rec in records:
         m = rec["meta"]
-        D.draw_plate(m["colour"], m["shape"], m["count"], tuple(rec["image_wh"]), seed=m["draw_seed"]).save(tmp_path / rec["image"])
+        plates.draw_plate(m["colour"], m["shape"], m["count"], tuple(rec["image_wh"]), seed=m["draw_seed"]).save(tmp_path / rec["image"])
     threads = torch.get_num_threads()
     result = llava.evaluate(llava.LLaVAChat(converted["llm"], converted["clip"], converted["hf"]), records, tmp_path)
     assert torch.get_num_threads() == threads and result["n"] == 3
-    assert result["accuracy"] == sum(D.answer_matches(r["reply"], rec["meta"]) for r, rec in zip(result["rows"], records)) / 3
+    assert result["accuracy"] == sum(plates.answer_matches(r["reply"], rec["meta"]) for r, rec in zip(result["rows"], records)) / 3
 
 
 def test_xtuner_chat_cli_answers_about_the_image(converted):
@@ -211,13 +215,13 @@ def test_accuracy_by_kind():
 def test_vit_pretrain_retrains_the_clip_tower_into_a_folder(tmp_path):
     vit_pretrain.main(["--tower", "clip", "--device", "cpu", "--threads", "1", "--processes", "1", "--steps", "2",
                        "--images", "16", "--batch", "4", "--out", str(tmp_path)])
-    tower = vit_pretrain.TOWERS["clip"]
+    tower = towers.TOWERS["clip"]
     record = json.loads((tmp_path / tower.record.name).read_text())
     assert record["tower"] == "clip" and record["recipe"]["steps"] == 2 and record["log"][-1]["step"] == 2
-    weights = vit_pretrain.pretrained_weights(tmp_path / tower.weights.name)
-    assert set(weights) == set(vit_pretrain.pretrained_weights(tower.weights))  # the shipped file's names and shapes
+    weights = towers.pretrained_weights(tmp_path / tower.weights.name)
+    assert set(weights) == set(towers.pretrained_weights(tower.weights))  # the shipped file's names and shapes
     with pytest.raises(FileNotFoundError, match="--tower clip"):
-        vit_pretrain.pretrained_weights(tmp_path / "gone" / tower.weights.name)
+        towers.pretrained_weights(tmp_path / "gone" / tower.weights.name)
 
 
 def test_notebook_09_runs_the_seeds_xtuner_commands_in_the_seeds_order(repo):

@@ -1,4 +1,4 @@
-"""Tests of labsupport.lmdeploy_cpu (the CPU stand-in with LMDeploy's call shape) and notebook 06's helpers in deploy."""
+"""Tests of labsupport.serve.lmdeploy_cpu (the CPU stand-in with LMDeploy's call shape) and notebook 06's helpers in deploy."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from labsupport import deploy, lmdeploy_cpu
-from labsupport.datasets import build_course_task, draw_plate, load_records
-from labsupport.tinymodel import build_tiny_model
+from labsupport.model import prompts
+from labsupport.serve import deploy, endpoint, lmdeploy_cpu
+from labsupport.datasets.plates import build_course_task, draw_plate
+from labsupport.datasets.formats import load_records
+from labsupport.model.tinymodel import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_parse_prompt_reads_every_lmdeploy_prompt_form(plate):
     assert lmdeploy_cpu.parse_prompt(("Q?", plate)) == ("Q?", plate, None)
     q, img, tiles = lmdeploy_cpu.parse_prompt(_msg("Colour?", plate, 2))
     assert (q, img, tiles) == ("Colour?", plate, 2)
-    q, img, tiles = lmdeploy_cpu.parse_prompt(deploy.openai_messages("Colour?", plate, 1))
+    q, img, tiles = lmdeploy_cpu.parse_prompt(endpoint.openai_messages("Colour?", plate, 1))
     assert q == "Colour?" and img.size == plate.size and tiles == 1
     with pytest.raises(TypeError):
         lmdeploy_cpu.parse_prompt(42)
@@ -77,7 +79,7 @@ def test_the_stand_in_has_lmdeploys_call_shape_and_serves_openai(tiny, plate):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as resp:
             assert json.load(resp)["data"][0]["id"]
-        body = json.dumps({"model": "m", "messages": deploy.openai_messages("Colour?", plate, 1), "max_tokens": 4}).encode()
+        body = json.dumps({"model": "m", "messages": endpoint.openai_messages("Colour?", plate, 1), "max_tokens": 4}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(req) as resp:
             assert json.load(resp)["choices"][0]["message"]["content"]
@@ -140,7 +142,7 @@ def test_remote_code_for_old_transformers_is_answered_by_the_course_env(tiny, pl
 
 
 def test_show_prompts_lays_the_three_prompts_side_by_side(tiny):
-    table = deploy.show_prompts(tiny, "What colour are the objects on the plate? Answer with one colour.").data
+    table = prompts.show_prompts(tiny, "What colour are the objects on the plate? Answer with one colour.").data
     assert "XTuner" in table and "LMDeploy" in table
 
 
@@ -148,11 +150,11 @@ def test_the_course_env_worker_answers_official_code_that_prints_to_stdout(plate
     """The published InternLM2 code prints its attention fallback on import: the worker's replies must stay parseable."""
     import transformers
 
-    from labsupport import official
+    from labsupport.model import official
 
     two_b = official.available().get("2B")
     if two_b is None:
-        pytest.skip("no official-format InternVL2-2B folder: build it with `python -m labsupport.official 2B`")
+        pytest.skip("no official-format InternVL2-2B folder: build it with `python -m labsupport.model.official 2B`")
     monkeypatch.setattr(transformers, "__version__", "5.23.0")  # what the deploy env has: the worker answers
     pipe = lmdeploy_cpu.cpu_pipeline(two_b, trust_remote_code=True)
     try:

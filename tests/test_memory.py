@@ -1,7 +1,7 @@
-"""Tests of labsupport.memory: the ZeRO model-state formulas, parameter counts, and the table."""
+"""Tests of labsupport.train.memory: the ZeRO model-state formulas, parameter counts, and the table."""
 import pytest
 
-from labsupport import memory as M
+from labsupport.train import memory as M
 
 GB = 1024**3
 

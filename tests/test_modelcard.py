@@ -1,10 +1,10 @@
-"""labsupport.modelcard: the card's facts come from the results files, and the checker catches a card that disagrees."""
+"""labsupport.publish.modelcard: the card's facts come from the results files, and the checker catches a card that disagrees."""
 import json
 
 import pytest
 import yaml
 
-from labsupport import modelcard
+from labsupport.publish import modelcard
 
 CONFIG = """from xtuner.utils import PROMPT_TEMPLATE
 path = '/home/someone/artifacts/models/internvl2-tiny'
@@ -111,12 +111,13 @@ def test_the_cards_snippet_runs_as_written_against_the_cards_own_model(tmp_path)
     import sys
     from pathlib import Path
 
-    from labsupport import datasets, tinymodel
+    from labsupport.datasets import plates
+    from labsupport.model import tinymodel
 
     repo = tmp_path / "InternVL2-tiny-plates"
     shutil.copytree(tinymodel.resolve_model("tiny"), repo)
     (repo / "examples").mkdir()
-    datasets.draw_plate("red", "circle", 2, seed=1).save(repo / modelcard.EXAMPLE_IMAGE)
+    plates.draw_plate("red", "circle", 2, seed=1).save(repo / modelcard.EXAMPLE_IMAGE)
     card = modelcard.build_card(str(repo), None, None, max_num=1)
     (repo / "README.md").write_text(str(card), encoding="utf-8")
     snippet = modelcard.python_blocks((repo / "README.md").read_text(encoding="utf-8"))[0]

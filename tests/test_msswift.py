@@ -1,4 +1,4 @@
-"""labsupport.msswift: building ms-swift commands, running them, and reading what ms-swift and XTuner wrote."""
+"""labsupport.sidetracks.msswift: building ms-swift commands, running them, and reading what ms-swift and XTuner wrote."""
 import json
 import sys
 import textwrap
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labsupport import msswift
+from labsupport.sidetracks import msswift
 
 
 def test_command_turns_flags_into_swift_arguments():
@@ -262,7 +262,8 @@ def test_adapter_reference_applies_lora_without_merging(tmp_path, artifacts):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from labsupport import compare, tinymodel
+    from labsupport.evaluate import compare
+    from labsupport.model import tinymodel
 
     base_dir = tinymodel.resolve_model("tiny", artifacts=artifacts)
     model = compare.load_model(base_dir)

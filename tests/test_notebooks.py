@@ -1,16 +1,16 @@
 """Regression: every notebook runs headless with its default parameters and passes its checkpoints."""
 import pytest
 
-from labsupport import course, homework
-from labsupport.checkpoints import load_results
+from labsupport.course import homework, runner
+from labsupport.core.checkpoints import load_results
 
-NOTEBOOKS = course.course_notebooks()
+NOTEBOOKS = runner.course_notebooks()
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_passes_its_checkpoints(path, artifacts):
-    result = course.run_notebook(path, artifacts, progress=False)
+    result = runner.run_notebook(path, artifacts, progress=False)
     print(f"{path.name}: {result.status} in {result.seconds:.1f} s")
     assert result.status == "pass", f"{path.name} failed: {result.error} (executed copy: {result.executed})"
     assert result.checkpoints, f"{path.name} recorded no checkpoints"
@@ -20,7 +20,7 @@ def test_notebook_runs_and_passes_its_checkpoints(path, artifacts):
 @pytest.mark.notebook
 def test_learner_edition_of_02_fails_its_exercise_with_the_hint(repo, tmp_path):
     learner = homework.learner_edition(repo / "notebooks" / "02_environment.ipynb", tmp_path / "learner")
-    result = course.run_notebook(learner, tmp_path / "art", progress=False)
+    result = runner.run_notebook(learner, tmp_path / "art", progress=False)
     assert result.status == "fail" and "CheckpointsFailed" in result.error
     saved = load_results("02_environment", tmp_path / "art")
     failed = [c for c in saved["checkpoints"] if c["status"] == "fail"]
@@ -36,25 +36,26 @@ def test_learner_edition_of_02_fails_its_exercise_with_the_hint(repo, tmp_path):
 @pytest.mark.parametrize("stem", ["01_architecture", "02_environment"])
 def test_notebook_runs_on_the_phi3_layout(stem, repo, tmp_path):
     path = repo / "notebooks" / f"{stem}.ipynb"
-    result = course.run_notebook(path, tmp_path / "art", parameters={"MODEL_PATH": "tiny-4b"})
+    result = runner.run_notebook(path, tmp_path / "art", parameters={"MODEL_PATH": "tiny-4b"})
     assert result.status == "pass", f"{path.name} with MODEL_PATH=tiny-4b failed: {result.error}"
     assert not [c for c in result.checkpoints if c["status"] == "fail"]
 
 
 # InternVL2-1B (Qwen2): XTuner 0.2.0 cannot train it, so notebook 04 skips training with its reason, and 05 must follow
 # that skip (print the reason and what to do, skip each step and checkpoint) instead of stopping with "run 04 first".
-# Needs the official-format 1B folder (python -m labsupport.official 1B, from a clone of OpenGVLab/InternVL); about 30 s.
+# Needs the official-format 1B folder (python -m labsupport.model.official 1B, from a clone of OpenGVLab/InternVL); about 30 s.
 @pytest.mark.notebook
 def test_05_follows_notebook_04s_skip_on_the_official_1b_layout(repo, tmp_path):
-    from labsupport import official, training_outcome
-    from labsupport.checkpoints import SKIP
+    from labsupport.model import official
+    from labsupport.train import training_outcome
+    from labsupport.core.checkpoints import SKIP
 
     one_b = official.available().get("1B")
     if one_b is None:
-        pytest.skip("no official-format InternVL2-1B folder: build it with `python -m labsupport.official 1B`")
+        pytest.skip("no official-format InternVL2-1B folder: build it with `python -m labsupport.model.official 1B`")
     art = tmp_path / "art"
     for stem in ("04_finetune_xtuner", "05_convert_and_compare"):
-        result = course.run_notebook(repo / "notebooks" / f"{stem}.ipynb", art, parameters={"MODEL_PATH": str(one_b)})
+        result = runner.run_notebook(repo / "notebooks" / f"{stem}.ipynb", art, parameters={"MODEL_PATH": str(one_b)})
         assert result.status == "pass", f"{stem} on {one_b} failed: {result.error} (executed copy: {result.executed})"
     reason = training_outcome.skipped_training(art, one_b)
     assert reason and "Qwen2ForCausalLM" in reason and "What to do" in reason

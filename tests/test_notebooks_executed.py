@@ -6,9 +6,9 @@ glob, so a notebook added later is covered without editing this file.
 """
 import pytest
 
-from labsupport import course, hygiene
+from labsupport.course import hygiene, runner
 
-NOTEBOOKS = course.course_notebooks()
+NOTEBOOKS = runner.course_notebooks()
 
 
 @pytest.mark.notebook

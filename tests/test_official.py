@@ -1,6 +1,6 @@
-"""Tests of labsupport.official: official-format checkpoints (published remote code, tiny random weights).
+"""Tests of labsupport.model.official: official-format checkpoints (published remote code, tiny random weights).
 
-The checkpoints are built from a local clone of OpenGVLab/InternVL (`python -m labsupport.official`); where
+The checkpoints are built from a local clone of OpenGVLab/InternVL (`python -m labsupport.model.official`); where
 they are absent (CI has no network) the tests that need them skip and say why.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from labsupport import official
+from labsupport.model import official
 
 
 def test_flatten_imports_makes_package_imports_relative():
@@ -29,7 +29,7 @@ def built() -> dict:
     found = official.available()
     if not found:
         pytest.skip(f"no official-format checkpoints under {official.official_dir('2B').parent}: build them with "
-                    f"`python -m labsupport.official --source <clone of github.com/{official.SOURCE_REPO}>`")
+                    f"`python -m labsupport.model.official --source <clone of github.com/{official.SOURCE_REPO}>`")
     return found
 
 
@@ -39,7 +39,7 @@ def test_official_format_checkpoint_loads_and_chats(size):
 
     path = built().get(size)
     if path is None:
-        pytest.skip(f"InternVL2-{size} official-format checkpoint not built (python -m labsupport.official {size})")
+        pytest.skip(f"InternVL2-{size} official-format checkpoint not built (python -m labsupport.model.official {size})")
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["llm_config"]["architectures"] == [official.LAYOUTS[size]["llm"]]
     assert json.loads((path / "SOURCE.json").read_text())["commit"] == official.SOURCE_COMMIT

@@ -1,4 +1,4 @@
-"""Tests of labsupport.params: analytic counts against hand arithmetic, real modules on the meta device,
+"""Tests of labsupport.model.params: analytic counts against hand arithmetic, real modules on the meta device,
 and the published sizes of InternVL2-1B/2B/4B/8B."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from labsupport import params
+from labsupport.model import params
 
 
 def meta_numel(build) -> int:
@@ -116,9 +116,9 @@ def test_main_prints_the_table(capsys):
 
 
 def test_tiny_model_count_matches_its_architecture():
-    from labsupport import tinymodel
-    from labsupport.remote_code.configuration_internvl_chat import InternVLChatConfig
-    from labsupport.remote_code.modeling_internvl_chat import InternVLChatModel
+    from labsupport.model import tinymodel
+    from labsupport.model.remote_code.configuration_internvl_chat import InternVLChatConfig
+    from labsupport.model.remote_code.modeling_internvl_chat import InternVLChatModel
 
     cfg = tinymodel.tiny_config(vocab_size=1000)
     counts = params.count_parameters(cfg)

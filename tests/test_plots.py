@@ -10,7 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from labsupport import params, plots  # noqa: E402
+from labsupport.core import plots
+from labsupport.model import params  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

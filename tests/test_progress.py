@@ -1,5 +1,5 @@
-"""labsupport.progress: a summary line in a headless kernel, a bar in a terminal, nothing when disabled."""
-from labsupport import progress
+"""labsupport.core.progress: a summary line in a headless kernel, a bar in a terminal, nothing when disabled."""
+from labsupport.core import progress
 
 
 def test_disabled_returns_the_items_themselves():

@@ -1,4 +1,4 @@
-"""Tests of labsupport.prompts: XTuner's, chat()'s and LMDeploy's prompts side by side, for every layout."""
+"""Tests of labsupport.model.prompts: XTuner's, chat()'s and LMDeploy's prompts side by side, for every layout."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from labsupport import deploy, official, prompts
-from labsupport.tinymodel import INTERNLM2_SYSTEM, PHI3_SYSTEM, build_tiny_model
+from labsupport.model import official, prompts
+from labsupport.model.tinymodel import INTERNLM2_SYSTEM, PHI3_SYSTEM, build_tiny_model
 
 pytest.importorskip("xtuner")
 
@@ -24,7 +24,7 @@ def test_embedded_models_agree_everywhere(embedded):
         assert r.agree and r.xtuner == r.chat == r.lmdeploy, r.markdown()
         system = INTERNLM2_SYSTEM if layout == "tiny" else PHI3_SYSTEM
         assert r.systems == {"xtuner": system, "chat": system, "lmdeploy": system}
-        assert r.xtuner.count(deploy.IMAGE_PLACEHOLDER) == 1 and "How many objects" in r.markdown()
+        assert r.xtuner.count(prompts.IMAGE_PLACEHOLDER) == 1 and "How many objects" in r.markdown()
 
 
 def test_a_different_system_prompt_is_found_and_named(embedded, tmp_path):
@@ -50,19 +50,19 @@ def test_missing_pieces_name_the_file_and_a_fix_that_works(tmp_path):
     del cfg["chat_template"]
     (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="tokenizer_config.json") as err:
-        deploy.read_chat_template(bare)
+        prompts.read_chat_template(bare)
     assert "write_chat_template" in str(err.value)
     prompts.write_chat_template(bare)  # the fix works although the base (the same files) had none to copy
-    assert deploy.read_chat_template(bare) == deploy.read_chat_template(path)
+    assert prompts.read_chat_template(bare) == prompts.read_chat_template(path)
     (bare / "conversation.py").unlink()
     with pytest.raises(FileNotFoundError, match="conversation.py"):
-        deploy.model_prompt(bare, "q")
+        prompts.model_prompt(bare, "q")
     shutil.copyfile(path / "conversation.py", bare / "conversation.py")
     conf = json.loads((bare / "config.json").read_text())
     conf["template"] = "internlm2_chat"  # XTuner's name, not conversation.py's
     (bare / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ValueError, match="internlm2-chat") as err:
-        deploy.model_prompt(bare, "q")
+        prompts.model_prompt(bare, "q")
     assert "config.json" in str(err.value)
 
 
@@ -71,7 +71,7 @@ def test_official_format_prompts(size, tmp_path):
     path = official.available().get(size)
     if path is None:
         pytest.skip(f"no official-format InternVL2-{size} under {official.official_dir(size).parent} "
-                    f"(build it with `python -m labsupport.official {size}`)")
+                    f"(build it with `python -m labsupport.model.official {size}`)")
     r = prompts.prompt_parity(path)
     assert not r.agree  # the published files disagree (DESIGN.md, facts about official checkpoints)
     assert "InternVL" in r.systems["chat"]  # conversation.py: InternVL's own system prompt

@@ -9,20 +9,22 @@ import sys
 
 import pytest
 
-from labsupport import course, hub
+from labsupport.core import credentials
+from labsupport.course import runner
+from labsupport.publish import hub
 
-NOTEBOOK = course.course_notebooks()[0].parent / "07_publish.ipynb"
+NOTEBOOK = runner.course_notebooks()[0].parent / "07_publish.ipynb"
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    tinymodel = pytest.importorskip("labsupport.tinymodel", reason="labsupport.tinymodel (the tiny model builder) is not merged yet")
+    tinymodel = pytest.importorskip("labsupport.model.tinymodel", reason="labsupport.model.tinymodel (the tiny model builder) is not merged yet")
     return tinymodel.resolve_model("tiny")
 
 
 def plant_results_of_notebooks_04_05(art, tiny_model):
     """What notebooks 04-05 would leave: a fine-tuned model folder, an XTuner work dir, before/after accuracy."""
-    from labsupport.paths import finetuned_dir
+    from labsupport.core.paths import finetuned_dir
 
     shutil.copytree(tiny_model, finetuned_dir(art, "tiny"))
     work = art / hub.TRAIN_WORK_DIR
@@ -44,8 +46,8 @@ def test_fake_token_is_never_exposed(tiny_model, tmp_path):
     env = {**os.environ, "HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf_home"),
            "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there: the upload fails at once, offline
            "PYTHONPATH": str(NOTEBOOK.parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    kernel = course.notebook_kernel(NOTEBOOK)
-    kernel = kernel if kernel in course.known_kernels() else "python3"
+    kernel = runner.notebook_kernel(NOTEBOOK)
+    kernel = kernel if kernel in runner.known_kernels() else "python3"
     proc = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "-k", kernel, "--log-output",
                            "--cwd", str(NOTEBOOK.parent), "-p", "ARTIFACTS", str(art), "-p", "MODEL_PATH", str(tiny_model)],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -67,5 +69,5 @@ def test_fake_token_is_never_exposed(tiny_model, tmp_path):
     # ... and it is nowhere: not in the notebook, the logs, nor any file written (the git remote's internals included)
     assert token not in executed and token[3:] not in executed
     assert token not in logs and token[3:] not in logs
-    assert hub.scan_for_secrets(art, [token]) == []
+    assert credentials.scan_for_secrets(art, [token]) == []
     assert (art / "publish" / "remote" / "InternVL2-tiny-plates.git" / "lfs" / "objects").is_dir()

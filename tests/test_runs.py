@@ -1,4 +1,4 @@
-"""Tests of labsupport.runs: intact checkpoints, the last good run kept, data refused before XTuner starts."""
+"""Tests of labsupport.train.runs: intact checkpoints, the last good run kept, data refused before XTuner starts."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labsupport import runs
+from labsupport.train import runs
 
 
 def sha(path: Path) -> str:
@@ -70,7 +70,7 @@ def test_keep_last_good_run_restores_it_when_the_new_run_fails(tmp_path):
 def test_a_config_inside_the_work_dir_travels_into_the_new_run(tmp_path):
     wd = tmp_path / "wd"
     fake_checkpoints(wd)
-    (wd / "config.py").write_text("max_iters = 6\n")  # labsupport.bench writes its config there
+    (wd / "config.py").write_text("max_iters = 6\n")  # benchmarks writes its config there
     with runs.keep_last_good_run(wd, say=None, carry=(wd / "config.py", tmp_path / "elsewhere.py")):
         assert sorted(p.name for p in wd.iterdir()) == ["config.py"]
         assert (wd / "config.py").read_text() == "max_iters = 6\n"
@@ -92,32 +92,32 @@ xtuner = pytest.importorskip("xtuner")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from labsupport.tinymodel import build_tiny_model
+    from labsupport.model.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "internvl2-tiny")
 
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory) -> dict:
-    from labsupport.datasets import build_course_task
+    from labsupport.datasets.plates import build_course_task
 
     return build_course_task(tmp_path_factory.mktemp("data") / "plates", n_train=16, n_heldout=4,
                              kinds=("colour",), progress=False)
 
 
 def config_for(tiny, data_json, images, tmp_path, name="cfg.py", **kw):
-    from labsupport import xtuner as X
+    from labsupport.train import xtuner_presets, xtuner_render
 
-    s = X.preset("tiny-cpu", model_path=str(tiny), mode="full", max_iters=6, save_steps=2, save_total_limit=2,
+    s = xtuner_presets.preset("tiny-cpu", model_path=str(tiny), mode="full", max_iters=6, save_steps=2, save_total_limit=2,
                  log_interval=1, batch_size=2, warmup_ratio=0.0, max_epochs=1,
-                 data=[X.DataSpec(str(data_json), str(images))])
+                 data=[xtuner_presets.DataSpec(str(data_json), str(images))])
     from dataclasses import replace
 
-    return X.write_config(replace(s, **kw), tmp_path / name)
+    return xtuner_render.write_config(replace(s, **kw), tmp_path / name)
 
 
 def test_data_with_errors_is_refused_before_xtuner_starts(tiny, plates, tmp_path):
-    from labsupport import xtuner as X
+    from labsupport.train import xtuner as X
 
     recs = json.loads(Path(plates["train"]).read_text())
     recs[1] = None                                    # a null record
@@ -139,9 +139,9 @@ def test_too_long_is_measured_with_xtuners_own_template(tiny, plates, tmp_path):
     cfg = config_for(tiny, plates["train"], plates["root"], tmp_path, max_length=300)
     with pytest.raises(runs.DataInvalid, match="too_long"):
         runs.check_training_data(cfg, say=None)
-    from labsupport import xtuner as X
+    from labsupport.train import xtuner_render
 
-    dataset = runs.xtuner_dataset(X.load_config(cfg), tmp_path)
+    dataset = runs.xtuner_dataset(xtuner_render.load_config(cfg), tmp_path)
     rec = json.loads(Path(plates["train"]).read_text())[0]
     n = runs.xtuner_length(dataset)(rec, tuple(rec["image_wh"]))
     image = dataset.patch_token  # max_dynamic_patch=1: one tile, no thumbnail
@@ -158,7 +158,7 @@ def test_too_long_is_measured_with_xtuners_own_template(tiny, plates, tmp_path):
 
 def test_failed_rerun_keeps_the_last_checkpoint_and_a_cut_save_resumes_from_the_one_before(tiny, plates, tmp_path):
     """Train, re-run with a failing setting (previous checkpoint intact), then cut the newest save and resume."""
-    from labsupport import xtuner as X
+    from labsupport.train import xtuner as X
 
     wd = tmp_path / "wd"
     good_cfg = config_for(tiny, plates["train"], plates["root"], tmp_path)

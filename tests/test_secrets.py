@@ -9,7 +9,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labsupport import course, hub
+from labsupport.core import credentials
+from labsupport.course import runner
+from labsupport.publish import hub
 
 needs_lfs = pytest.mark.skipif(hub.git_lfs_version() is None, reason="git-lfs is not installed (apt-get install git-lfs)")
 TOKEN = "hf_" + "Zq7" * 12  # shaped like a Hugging Face token (never a real one)
@@ -52,7 +54,7 @@ def model_folder(folder: Path) -> Path:
 ])
 def test_every_publish_route_refuses_a_folder_holding_a_token(tmp_path, plant, monkeypatch):
     secret = TOKEN if TOKEN in next(iter(plant.values())) else ODD_TOKEN
-    token = hub.Token(secret, "test")
+    token = credentials.Token(secret, "test")
     if secret == ODD_TOKEN:  # the learner's token is in the environment (where find_token reads it)
         monkeypatch.setenv("MODELSCOPE_API_TOKEN", ODD_TOKEN)
     stage = hub.stage_folder(model_folder(tmp_path / "model"), tmp_path / "stage", "# InternVL2-test\n")
@@ -74,7 +76,7 @@ def test_every_publish_route_refuses_a_folder_holding_a_token(tmp_path, plant, m
             with pytest.raises(hub.PublishRefused):
                 upload(stage, "me/InternVL2-test", token, **kwargs)
     assert everything_holding(tmp_path, secret, skip=stage) == []
-    assert hub.scan_for_secrets(remote, [token]) == []
+    assert credentials.scan_for_secrets(remote, [token]) == []
 
 
 @needs_lfs
@@ -100,13 +102,13 @@ def test_a_token_committed_earlier_is_found_in_compressed_git_objects(tmp_path):
     (repo / "a.txt").unlink()
     raw = [p for p in (repo / ".git" / "objects").rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert raw == [], "git compresses objects: a byte search of .git misses the token"
-    hits = hub.scan_for_secrets(tmp_path, [])
+    hits = credentials.scan_for_secrets(tmp_path, [])
     assert any("(git blob" in h for h in hits), hits
 
 
 @pytest.fixture
 def need_kernel():
-    if "internvl-course" not in course.known_kernels():
+    if "internvl-course" not in runner.known_kernels():
         pytest.skip("kernel internvl-course is not registered (run make env)")
 
 
@@ -124,13 +126,13 @@ def test_a_token_given_as_a_parameter_reaches_the_kernel_but_no_written_file(tmp
     path.parent.mkdir()
     nbformat.write(nb, path)
     art = tmp_path / "art"
-    result = course.run_notebook(path, art, {"HF_TOKEN": TOKEN, "NAME": "y", "OTHER": 1}, progress=False)
+    result = runner.run_notebook(path, art, {"HF_TOKEN": TOKEN, "NAME": "y", "OTHER": 1}, progress=False)
     assert result.status == "pass", result.error
     executed = nbformat.read(art / "executed" / "96_secrets.ipynb", as_version=4)
     outputs = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "token in the environment: True" in outputs and "name y" in outputs
     assert executed.metadata["papermill"]["parameters"] == {"ARTIFACTS": str(art), "NAME": "y"}
-    course.write_reports([result], art)
+    runner.write_reports([result], art)
     assert everything_holding(tmp_path, TOKEN, skip=None) == []
     assert "HF_TOKEN" not in os.environ or os.environ["HF_TOKEN"] != TOKEN, "the runner must restore its environment"
 
@@ -141,7 +143,7 @@ def test_split_parameters_keeps_secrets_and_unknown_names_out(tmp_path):
     nb.cells[0].metadata["tags"] = ["parameters"]
     nb.metadata["kernelspec"] = {"name": "internvl-course", "display_name": "x", "language": "python"}
     nbformat.write(nb, path)
-    inject, secrets, unknown = course.split_parameters(path, {"MODEL_PATH": "/m", "HF_TOKEN": "abc", "REPO_NAME": TOKEN,
+    inject, secrets, unknown = runner.split_parameters(path, {"MODEL_PATH": "/m", "HF_TOKEN": "abc", "REPO_NAME": TOKEN,
                                                               "MODELSCOPE_API_TOKEN": "z", "STEPS": 3})
     assert inject == {"MODEL_PATH": "/m"} and unknown == ["STEPS"]
     assert secrets == {"HF_TOKEN": "abc", "REPO_NAME": TOKEN, "MODELSCOPE_API_TOKEN": "z"}
@@ -158,13 +160,13 @@ def test_ask_token_uses_a_hidden_prompt_and_copes_without_stdin(monkeypatch):
     import getpass
 
     monkeypatch.setattr(getpass, "getpass", lambda prompt: f"  {TOKEN} ")
-    token = hub.ask_token()
+    token = credentials.ask_token()
     assert token.reveal() == TOKEN and TOKEN not in repr(token)
 
     def headless(prompt):
         raise RuntimeError("stdin is not allowed")
 
     monkeypatch.setattr(getpass, "getpass", headless)
-    assert hub.ask_token() is None
+    assert credentials.ask_token() is None
     monkeypatch.setattr(getpass, "getpass", lambda prompt: "")
-    assert hub.ask_token() is None
+    assert credentials.ask_token() is None

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from labsupport import chatllm, datasets as D, selfcog, xtuner_configs as XC
+from labsupport.datasets import formats as D
+from labsupport.model import chatllm
+from labsupport.sidetracks import selfcog
+from labsupport.train import xtuner_configs, xtuner_configs as XC
 
 
 def test_generator_repeats_the_seed_pair_with_the_name():
@@ -86,13 +89,13 @@ def test_unexplained_change_and_stale_edit_are_caught(tmp_path):
 
 
 def test_parse_chat_transcript():
-    mark = selfcog._PROMPT_MARK
+    mark = xtuner_configs._PROMPT_MARK
     out = (f"Load LLM from m\n\n{mark}我是Ada的小助手<|im_end|>\nRemove the memory of history responses, since it "
            f"exceeds the length limitation 48.\n\n{mark}Log: History responses have been removed!\n\n{mark}"
            f"Paris.<|im_end|>\n\n{mark}Log: History responses have been removed!\n\n{mark}Log: Exit!\n")
-    assert selfcog.parse_chat_transcript(out, 2) == ["我是Ada的小助手", "Paris."]
+    assert xtuner_configs.parse_chat_transcript(out, 2) == ["我是Ada的小助手", "Paris."]
     with pytest.raises(RuntimeError, match="answered 2 of 3"):
-        selfcog.parse_chat_transcript(out, 3)
+        xtuner_configs.parse_chat_transcript(out, 3)
 
 
 def test_train_convert_merge_and_chat(artifacts, tmp_path):
@@ -102,7 +105,7 @@ def test_train_convert_merge_and_chat(artifacts, tmp_path):
                                 evaluation_freq=1000, evaluation_inputs=["你是谁"])  # notebook 08's recipe
     src = _official(tmp_path)
     cfg = XC.edit_config(src, tmp_path / "self.py", selfcog.config_edits(s))
-    from labsupport import xtuner
+    from labsupport.train import xtuner
 
     run = xtuner.launch(cfg, tmp_path / "wd", live=False, show="none")
     assert run.last_iter >= 30 and run.checkpoint.exists()
@@ -113,13 +116,13 @@ def test_train_convert_merge_and_chat(artifacts, tmp_path):
     assert type(model).__name__ == "InternLM2ForCausalLM" and not any("lora" in n for n, _ in model.named_parameters())
     reply = chatllm.chat(model, tok, "请做一下自我介绍")  # a trained question: this test is about the conversion
     assert "Ada" in reply, reply
-    cli = selfcog.xtuner_chat(merged, ["Please introduce yourself."])
+    cli = xtuner_configs.xtuner_chat(merged, ["Please introduce yourself."])
     assert "Ada" in cli[0], cli
     assert selfcog.hook_samples(run.log)  # EvaluateChatHook answered before and after training
 
 
 def test_text_chat_pipeline_has_the_demo_shape(artifacts):
-    from labsupport.selfcog_demo import TEXT_ONLY, TextChatPipeline
+    from labsupport.sidetracks.selfcog_demo import TEXT_ONLY, TextChatPipeline
 
     pipe = TextChatPipeline(chatllm.build_chat_llm(artifacts), name="base")
     assert "InternLM2" in pipe.ask("Who are you?")

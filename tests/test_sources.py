@@ -1,9 +1,9 @@
-"""labsupport.sources: the real datasets' download commands, the gated-repo error, and the Oogiri-GO converter."""
+"""labsupport.datasets.sources: the real datasets' download commands, the gated-repo error, and the Oogiri-GO converter."""
 import json
 
 import pytest
 
-from labsupport import datasets, sources, validate
+from labsupport.datasets import formats, sources, validate
 
 
 def test_the_gated_demo_raises_huggingface_hubs_own_gated_error():
@@ -35,10 +35,10 @@ def test_oogiri_converter_on_the_sample_lines():
 
 def test_converted_samples_validate(tmp_path):
     clot = sources.sample_dir("clot")
-    out = datasets.save_records(tmp_path / "oogiri.json", sources.from_oogiri(clot / "cn.jsonl"))
+    out = formats.save_records(tmp_path / "oogiri.json", sources.from_oogiri(clot / "cn.jsonl"))
     assert validate.validate(out, clot, progress=False).ok
     food = sources.sample_dir("foodieqa")
-    out = datasets.save_records(tmp_path / "food.json", datasets.from_foodieqa(food / "sivqa_tidy.json"))
+    out = formats.save_records(tmp_path / "food.json", formats.from_foodieqa(food / "sivqa_tidy.json"))
     assert validate.validate(out, food, progress=False).ok
     assert validate.validate(clot / "ex_cn.json", clot, progress=False).ok
 

@@ -1,4 +1,4 @@
-"""Tests of labsupport.tiling against InternVL's published tiling rule (cases worked out by hand)."""
+"""Tests of labsupport.core.tiling against InternVL's published tiling rule (cases worked out by hand)."""
 from __future__ import annotations
 
 import random
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from labsupport import tiling
+from labsupport.core import tiling
 
 S = 448
 

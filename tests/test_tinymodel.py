@@ -1,4 +1,4 @@
-"""Tests of labsupport.tinymodel and the project's InternVL2 remote code (course env; one check in the deploy env)."""
+"""Tests of labsupport.model.tinymodel and the project's InternVL2 remote code (course env; one check in the deploy env)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,10 +14,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from labsupport.paths import repo_root
-from labsupport.remote_code.conversation import get_conv_template
-from labsupport.remote_code.modeling_internvl_chat import pixel_shuffle
-from labsupport.tinymodel import build_tiny_internlm2_chat, build_tiny_model, parameter_counts, resolve_model
+from labsupport.core.paths import repo_root
+from labsupport.model.remote_code.conversation import get_conv_template
+from labsupport.model.remote_code.modeling_internvl_chat import pixel_shuffle
+from labsupport.model.tinymodel import build_tiny_internlm2_chat, build_tiny_model, parameter_counts, resolve_model
 
 GEN = dict(max_new_tokens=6, do_sample=False)
 PY_FILES = ["configuration_intern_vit.py", "configuration_internlm2.py", "configuration_internvl_chat.py",
@@ -178,8 +177,8 @@ def test_state_dict_names_follow_official_checkpoints(loaded):
 
 def test_wqkv_rows_are_grouped_by_kv_head():
     """Per KV head: its query heads, then its key, then its value -- the published weight layout."""
-    from labsupport.remote_code.configuration_internlm2 import InternLM2Config
-    from labsupport.remote_code.modeling_internlm2 import InternLM2Attention
+    from labsupport.model.remote_code.configuration_internlm2 import InternLM2Config
+    from labsupport.model.remote_code.modeling_internlm2 import InternLM2Attention
 
     cfg = InternLM2Config(hidden_size=8, num_attention_heads=4, num_key_value_heads=2, bias=False,
                           attn_implementation="eager")
@@ -398,14 +397,14 @@ def test_internlm2_matches_the_published_implementation(tiny, max_positions):
     from safetensors.torch import load_file
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from labsupport import official
-    from labsupport.remote_code.configuration_internlm2 import InternLM2Config
-    from labsupport.remote_code.modeling_internlm2 import InternLM2ForCausalLM
+    from labsupport.model import official
+    from labsupport.model.remote_code.configuration_internlm2 import InternLM2Config
+    from labsupport.model.remote_code.modeling_internlm2 import InternLM2ForCausalLM
 
     folder = official.available().get("2B")
     if folder is None:
         pytest.skip(f"no official-format InternVL2-2B under {official.official_dir('2B').parent} to compare with "
-                    "(build it with `python -m labsupport.official 2B`)")
+                    "(build it with `python -m labsupport.model.official 2B`)")
     kw = {k: v for k, v in json.loads((tiny / "config.json").read_text())["llm_config"].items()
           if k not in ("architectures", "auto_map", "model_type")}
     kw["max_position_embeddings"] = max_positions

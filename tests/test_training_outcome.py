@@ -1,9 +1,12 @@
-"""Notebook 04's record of what it trained, and how notebooks 05-07 follow it (labsupport.training_outcome)."""
+"""Notebook 04's record of what it trained, and how notebooks 05-07 follow it (labsupport.train.training_outcome)."""
 import json
 
 import pytest
 
-from labsupport import deploy, hub, modelcard, paths, training_outcome as T
+from labsupport.core import paths
+from labsupport.publish import hub, modelcard
+from labsupport.serve import deploy
+from labsupport.train import training_outcome as T
 
 REASON = "XTuner 0.2.0's InternVL dataset refuses Qwen2ForCausalLM"
 
@@ -78,7 +81,7 @@ def test_a_card_for_base_weights_claims_no_fine_tune():
 
 
 # ---- the accuracy goal: measured targets for the embedded model and real weights, "beat chance" for other miniatures ---
-from labsupport import tinymodel  # noqa: E402
+from labsupport.model import tinymodel  # noqa: E402
 
 
 def test_the_embedded_model_keeps_the_measured_targets(tmp_path):

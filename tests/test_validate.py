@@ -1,4 +1,4 @@
-"""Tests of labsupport.validate: one crafted bad record for each problem kind, the report, the clean file."""
+"""Tests of labsupport.datasets.validate: one crafted bad record for each problem kind, the report, the clean file."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from labsupport import validate as V
+from labsupport.datasets import exercises, validate as V
 
 
 def good(i: int = 0) -> dict:
@@ -136,12 +136,12 @@ def test_input_untouched_and_clean_file_written(tmp_path, root):
 
 
 def test_broken_copy_plants_every_record_kind_and_validator_finds_each(tmp_path):
-    from labsupport import datasets as D
-    from labsupport.datastats import ApproxTokenizer
+    from labsupport.datasets import plates
+    from labsupport.datasets.datastats import ApproxTokenizer
 
-    src = D.build_course_task(tmp_path / "plates", n_train=12, n_heldout=12, progress=False)
+    src = plates.build_course_task(tmp_path / "plates", n_train=12, n_heldout=12, progress=False)
     before = hashlib.sha256(src["train"].read_bytes()).hexdigest()
-    b = V.make_broken_copy(src["train"], src["image_folder"], tmp_path / "broken", n_good=8, max_length=4096)
+    b = exercises.make_broken_copy(src["train"], src["image_folder"], tmp_path / "broken", n_good=8, max_length=4096)
     assert hashlib.sha256(src["train"].read_bytes()).hexdigest() == before
     report = V.validate(b["json"], b["image_root"], tokenizer=ApproxTokenizer(), max_length=4096, progress=False)
     found = {(p.index, p.kind) for p in report.problems}
@@ -159,7 +159,7 @@ def test_broken_copy_plants_every_record_kind_and_validator_finds_each(tmp_path)
 
 
 def test_template_tokens_are_added_to_lengths(tmp_path, root):
-    from labsupport.datastats import ApproxTokenizer
+    from labsupport.datasets.datastats import ApproxTokenizer
 
     plain = run(tmp_path, root, good(1), tokenizer=ApproxTokenizer())
     more = run(tmp_path, root, good(1), tokenizer=ApproxTokenizer(), template_tokens=30, max_length=plain.lengths[0] + 10)
@@ -179,9 +179,9 @@ def test_lone_surrogates_are_counted_with_a_real_fast_tokenizer():
 
 def test_counting_a_too_long_text_does_not_warn(capsys, caplog):
     """The validator measures over-long texts on purpose: transformers' 'longer than' warning is not for the learner."""
-    from labsupport import datastats
+    from labsupport.model import tinymodel
 
-    tok = datastats.load_tokenizer("tiny")
+    tok = tinymodel.load_tokenizer("tiny")
     text = "plate " * (tok.model_max_length + 10)
     n = V.count_text_tokens(tok, text)
     assert n > tok.model_max_length

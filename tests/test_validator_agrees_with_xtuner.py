@@ -21,8 +21,8 @@ import pytest
 
 pytest.importorskip("xtuner")
 
-from labsupport import runs  # noqa: E402
-from labsupport import validate as V  # noqa: E402
+from labsupport.train import runs  # noqa: E402
+from labsupport.datasets import validate as V  # noqa: E402
 from test_bad_inputs import GOOD_IMAGE, make_images  # noqa: E402  (the corpus's images, drawn in tmp_path)
 
 N_RECORDS = 600
@@ -129,15 +129,15 @@ def generate(n: int, seed: int = SEED) -> list:
 
 @pytest.fixture(scope="module")
 def xtuner_setup(tmp_path_factory):
-    from labsupport import xtuner as X
-    from labsupport.tinymodel import build_tiny_model
+    from labsupport.train import xtuner_presets, xtuner_render
+    from labsupport.model.tinymodel import build_tiny_model
 
     tmp = tmp_path_factory.mktemp("fuzz")
     tiny = build_tiny_model(tmp / "internvl2-tiny")
     make_images(tmp / "images")
-    s = X.preset("tiny-cpu", model_path=str(tiny), max_length=MAX_LENGTH, max_iters=2,
-                 data=[X.DataSpec(str(tmp / "probe.json"), str(tmp / "images"))])
-    cfg = X.load_config(X.write_config(s, tmp / "cfg.py"))
+    s = xtuner_presets.preset("tiny-cpu", model_path=str(tiny), max_length=MAX_LENGTH, max_iters=2,
+                 data=[xtuner_presets.DataSpec(str(tmp / "probe.json"), str(tmp / "images"))])
+    cfg = xtuner_render.load_config(xtuner_render.write_config(s, tmp / "cfg.py"))
     dataset = runs.xtuner_dataset(cfg, tmp)
     return {"tmp": tmp, "cfg": cfg, "dataset": dataset, "images": tmp / "images"}
 

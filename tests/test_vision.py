@@ -1,4 +1,4 @@
-"""Pixel shuffle as InternVL2 publishes it, and the helpers that explain it (labsupport.vision).
+"""Pixel shuffle as InternVL2 publishes it, and the helpers that explain it (labsupport.model.vision).
 
 The expected layout is worked out from InternVL's published steps (view to [N, H, W/2, 2C], swap the
 spatial axes, view to [N, W/2, H/2, 4C], swap back for ps_version 'v2'):
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labsupport import vision
+from labsupport.model import vision
 
 
 def test_shapes_32x32_to_16x16_with_4x_channels():
@@ -74,9 +74,9 @@ def test_shuffle_shape_explains_bad_sizes():
 
 
 def test_trace_shapes_follows_a_tile_to_the_llm():
-    from labsupport import tinymodel
-    from labsupport.remote_code.configuration_internvl_chat import InternVLChatConfig
-    from labsupport.remote_code.modeling_internvl_chat import InternVLChatModel
+    from labsupport.model import tinymodel
+    from labsupport.model.remote_code.configuration_internvl_chat import InternVLChatConfig
+    from labsupport.model.remote_code.modeling_internvl_chat import InternVLChatModel
 
     torch.manual_seed(0)
     cfg = InternVLChatConfig(**tinymodel.tiny_config(vocab_size=300))

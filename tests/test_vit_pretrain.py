@@ -5,18 +5,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from labsupport import tinymodel, vit_pretrain
+from labsupport.model import tinymodel, towers, vit_pretrain
 
 
 def test_the_record_describes_the_shipped_weights():
-    record = json.loads(vit_pretrain.RECORD.read_text())
-    assert record["sha256"] == vit_pretrain.weights_digest()  # the record is of this very file
+    record = json.loads(towers.RECORD.read_text())
+    assert record["sha256"] == towers.weights_digest()  # the record is of this very file
     assert record["recipe"]["steps"] == record["log"][-1]["step"]
     assert min(record["log"][-1]["val_accuracy"].values()) >= 0.9
 
 
 def test_the_builder_writes_the_pretrained_vit_and_a_random_rest(tmp_path):
-    shipped = vit_pretrain.pretrained_weights()
+    shipped = towers.pretrained_weights()
     warm = load_file(str(tinymodel.build_tiny_model(tmp_path / "warm") / "model.safetensors"))
     cold = load_file(str(tinymodel.build_tiny_model(tmp_path / "cold", pretrained_vision=False) / "model.safetensors"))
     assert set(shipped) == {k for k in warm if k.startswith("vision_model.")}
@@ -38,7 +38,7 @@ def test_weights_of_the_wrong_shape_are_refused(tmp_path):
 
 def test_a_missing_weights_file_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="vit_pretrain --device cuda"):
-        vit_pretrain.pretrained_weights(tmp_path / "nothing.safetensors")
+        towers.pretrained_weights(tmp_path / "nothing.safetensors")
 
 
 def _features(model_dir, images):
@@ -70,5 +70,5 @@ def test_train_tower_changes_the_tower_and_logs(tmp_path):
     log = vit_pretrain.train_tower(vit, images[:4], labels[:4], steps=4, batch=2, lr=1e-3, weight_decay=0.0,
                                    warmup=0.5, seed=0, val=(images[4:], labels[4:]), log_every=1)
     assert [row["step"] for row in log] == [1, 2, 3, 4]
-    assert set(log[-1]["val_accuracy"]) == set(vit_pretrain.ATTRIBUTES)
+    assert set(log[-1]["val_accuracy"]) == set(towers.ATTRIBUTES)
     assert not torch.equal(before, vit.embeddings.patch_embedding.weight)

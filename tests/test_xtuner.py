@@ -1,4 +1,4 @@
-"""Tests of labsupport.xtuner: generated configs, the launcher's honesty, resume, conversion (course env).
+"""Tests of labsupport.train.xtuner: generated configs, the launcher's honesty, resume, conversion (course env).
 
 The training tests run XTuner's own train.py on the tiny model for a handful of iterations; they
 take about a minute each on a 2-core CPU.
@@ -15,37 +15,37 @@ from pathlib import Path
 import pytest
 import torch
 
-from labsupport import xtuner as X
+from labsupport.train import xtuner as X, xtuner_presets, xtuner_render
 
 pytest.importorskip("xtuner")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from labsupport.tinymodel import build_tiny_model
+    from labsupport.model.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "internvl2-tiny")
 
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory) -> dict:
-    from labsupport.datasets import build_course_task
+    from labsupport.datasets.plates import build_course_task
 
     return build_course_task(tmp_path_factory.mktemp("data") / "plates", n_train=24, n_heldout=8,
                              kinds=("colour",), progress=False)
 
 
-def fake_settings(name: str, tmp_path: Path) -> X.TrainSettings:
-    s = X.preset(name, data=[X.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"), 2)])
+def fake_settings(name: str, tmp_path: Path) -> xtuner_presets.TrainSettings:
+    s = xtuner_presets.preset(name, data=[xtuner_presets.DataSpec(str(tmp_path / "train.json"), str(tmp_path / "images"), 2)])
     return replace(s, model_path=str(tmp_path / "model")) if name == "tiny-cpu" else s
 
 
-@pytest.mark.parametrize("name", list(X.PRESETS))
+@pytest.mark.parametrize("name", list(xtuner_presets.PRESETS))
 def test_every_preset_writes_a_config_that_mmengine_loads(name, tmp_path):
     s = fake_settings(name, tmp_path)
     path = tmp_path / f"{name}.py"
-    path.write_text(X.render_config(s))
-    cfg = X.load_config(path)
+    path.write_text(xtuner_render.render_config(s))
+    cfg = xtuner_render.load_config(path)
     assert cfg.train_dataloader.batch_size == s.batch_size
     assert cfg.optim_wrapper.accumulative_counts == s.accumulative_counts
     assert cfg.optim_wrapper.optimizer.lr == s.lr
@@ -57,8 +57,8 @@ def test_every_preset_writes_a_config_that_mmengine_loads(name, tmp_path):
 
 def test_cpu_config_makes_the_cpu_choices(tmp_path):
     path = tmp_path / "cpu.py"
-    path.write_text(X.render_config(replace(fake_settings("tiny-cpu", tmp_path), max_iters=50)))
-    cfg = X.load_config(path)
+    path.write_text(xtuner_render.render_config(replace(fake_settings("tiny-cpu", tmp_path), max_iters=50)))
+    cfg = xtuner_render.load_config(path)
     assert cfg.model.type.__name__ == "CPUInternVL" and cfg.model.dtype == "float32"
     assert cfg.optim_wrapper.type.__name__ == "OptimWrapper"
     assert cfg.env_cfg.dist_cfg.backend == "gloo"
@@ -70,8 +70,8 @@ def test_cpu_config_makes_the_cpu_choices(tmp_path):
 def test_gpu_only_choices_are_refused_on_cpu_and_dropped_with_reasons(tmp_path):
     s = replace(fake_settings("InternVL2-2B-qlora", tmp_path), device="cpu")
     with pytest.raises(ValueError, match="cpu_compatible"):
-        X.render_config(s)
-    fixed, reasons = X.cpu_compatible(fake_settings("InternVL2-8B-qlora", tmp_path))
+        xtuner_render.render_config(s)
+    fixed, reasons = xtuner_presets.cpu_compatible(fake_settings("InternVL2-8B-qlora", tmp_path))
     assert (fixed.mode, fixed.deepspeed, fixed.nproc, fixed.device) == ("lora", 0, 1, "cpu")
     assert any("QLoRA" in r for r in reasons) and any("DeepSpeed" in r for r in reasons)
 
@@ -84,8 +84,8 @@ def test_generated_schedule_reaches_the_full_learning_rate(max_iters, ratio, tmp
 
     s = replace(fake_settings("tiny-cpu", tmp_path), max_iters=max_iters, warmup_ratio=ratio, lr=1e-3)
     path = tmp_path / "sched.py"
-    path.write_text(X.render_config(s))
-    cfg = X.load_config(path)
+    path.write_text(xtuner_render.render_config(s))
+    cfg = xtuner_render.load_config(path)
     opt = OptimWrapper(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr))
     scheds = [PARAM_SCHEDULERS.build(dict(c, optimizer=opt)) for c in cfg.param_scheduler]
     lrs = []
@@ -132,10 +132,10 @@ def test_launch_fails_loudly_on_a_broken_config(tmp_path):
 
 
 def test_launch_fails_loudly_on_a_missing_dataset(tiny, tmp_path):
-    s = X.preset("tiny-cpu", model_path=str(tiny), max_iters=2,
-                 data=[X.DataSpec(str(tmp_path / "nowhere" / "train.json"), str(tmp_path))])
-    cfg = X.write_config(s, tmp_path / "cfg.py")
-    from labsupport.runs import DataInvalid
+    s = xtuner_presets.preset("tiny-cpu", model_path=str(tiny), max_iters=2,
+                 data=[xtuner_presets.DataSpec(str(tmp_path / "nowhere" / "train.json"), str(tmp_path))])
+    cfg = xtuner_render.write_config(s, tmp_path / "cfg.py")
+    from labsupport.train.runs import DataInvalid
 
     with pytest.raises(DataInvalid) as err:  # refused by the data check, before XTuner starts
         X.launch(cfg, tmp_path / "wd", live=False, show="none")
@@ -144,11 +144,11 @@ def test_launch_fails_loudly_on_a_missing_dataset(tiny, tmp_path):
 
 
 def test_lora_trains_through_xtuner_and_the_converted_model_chats(tiny, plates, tmp_path):
-    from labsupport.evaluate import load_model, simple_load_image
+    from labsupport.evaluate.scoring import load_model, simple_load_image
 
-    s = X.preset("tiny-cpu", model_path=str(tiny), mode="lora", max_iters=10, save_steps=10, log_interval=1,
-                 batch_size=2, data=[X.DataSpec(str(plates["train"]), str(plates["root"]))])
-    cfg = X.write_config(s, tmp_path / "lora.py")
+    s = xtuner_presets.preset("tiny-cpu", model_path=str(tiny), mode="lora", max_iters=10, save_steps=10, log_interval=1,
+                 batch_size=2, data=[xtuner_presets.DataSpec(str(plates["train"]), str(plates["root"]))])
+    cfg = xtuner_render.write_config(s, tmp_path / "lora.py")
     run = X.launch(cfg, tmp_path / "wd", live=False, show="none")
     assert run.checkpoint.name == "iter_10.pth"
     assert [r["iter"] for r in run.scalars] == list(range(1, 11))
@@ -166,9 +166,9 @@ def test_lora_trains_through_xtuner_and_the_converted_model_chats(tiny, plates, 
 
 
 def test_killed_run_resumes_from_its_checkpoint_and_completes(tiny, plates, tmp_path):
-    s = X.preset("tiny-cpu", model_path=str(tiny), max_iters=8, save_steps=3, log_interval=1, batch_size=2,
-                 data=[X.DataSpec(str(plates["train"]), str(plates["root"]))])
-    cfg = X.write_config(s, tmp_path / "full.py")
+    s = xtuner_presets.preset("tiny-cpu", model_path=str(tiny), max_iters=8, save_steps=3, log_interval=1, batch_size=2,
+                 data=[xtuner_presets.DataSpec(str(plates["train"]), str(plates["root"]))])
+    cfg = xtuner_render.write_config(s, tmp_path / "full.py")
     wd = tmp_path / "wd"
     wd.mkdir()
     proc = subprocess.Popen(X.train_command(cfg, wd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -207,7 +207,7 @@ def test_ansi_colour_codes_are_stripped_from_mmengine_lines():
 
 def test_a_run_without_launcher_gets_its_own_process_group(monkeypatch):
     """XTuner's train.py sets LOCAL_RANK=0 even without a launcher (the AMP lever row then had no process group)."""
-    from labsupport import xtuner_shims
+    from labsupport.train import xtuner_shims
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("LOCAL_RANK", "0")
@@ -219,7 +219,7 @@ def test_a_run_without_launcher_gets_its_own_process_group(monkeypatch):
 def test_lever_internvl_switches_checkpointing_off_and_keeps_float32_master_weights(tiny, monkeypatch):
     import torch
 
-    from labsupport.xtuner_shims import LeverInternVL
+    from labsupport.train.xtuner_shims import LeverInternVL
 
     monkeypatch.setenv("WORLD_SIZE", "1")  # as under a launcher: no process group of its own in this test process
     m = LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True, gradient_checkpointing=False,
@@ -247,7 +247,7 @@ def test_root_error_names_the_cause_not_the_launchers_wrapper():
 def test_the_rmsnorm_lever_gives_every_llm_norm_xtuners_triton_kernel(tiny, monkeypatch):
     """XTuner's own dispatch (what USE_TRITON_KERNEL=1 does for its SFT model), on the course's InternLM2: every RMSNorm."""
     pytest.importorskip("triton")
-    from labsupport.xtuner_shims import LeverInternVL
+    from labsupport.train.xtuner_shims import LeverInternVL
 
     monkeypatch.setenv("WORLD_SIZE", "1")
     m = LeverInternVL(model_path=str(tiny), freeze_llm=True, freeze_visual_encoder=True, fused_rmsnorm=True)
@@ -255,7 +255,7 @@ def test_the_rmsnorm_lever_gives_every_llm_norm_xtuners_triton_kernel(tiny, monk
     assert norms and all(mod.forward.__func__.__name__ == "rms_norm_forward" for mod in norms)
     with pytest.raises(RuntimeError, match="cpu"):  # the kernel is for CUDA tensors; it says so on a CPU
         norms[0](torch.ones(1, norms[0].weight.shape[0]))
-    from labsupport.xtuner_shims import use_xtuner_rmsnorm_kernel
+    from labsupport.train.xtuner_shims import use_xtuner_rmsnorm_kernel
 
     with pytest.raises(ValueError, match="fused_rmsnorm=False"):  # an LLM without a mapped RMSNorm: say so, change nothing
         use_xtuner_rmsnorm_kernel(torch.nn.Sequential(torch.nn.LayerNorm(4)))

@@ -1,4 +1,4 @@
-"""Tests of labsupport.xtuner_config (XTuner's own config, edited with reasons) and of preset choice by model size."""
+"""Tests of labsupport.train.xtuner_config (XTuner's own config, edited with reasons) and of preset choice by model size."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from mmengine.dataset import DefaultSampler
 
-from labsupport import params
-from labsupport import xtuner as X
-from labsupport import xtuner_config as XC
+from labsupport.model import params
+from labsupport.train import xtuner as X, xtuner_presets, xtuner_render
+from labsupport.train import xtuner_config as XC
 
 pytest.importorskip("xtuner")
 
@@ -35,35 +35,35 @@ def _miniature(cfg: dict) -> dict:
 @pytest.mark.parametrize("name", ["InternVL2-1B", "InternVL2-2B", "InternVL2-4B", "InternVL2-8B"])
 def test_a_real_size_checkpoint_never_gets_the_cpu_preset(name, tmp_path):
     folder = _checkpoint(tmp_path, params.family()[name], "tiny")  # a misleading folder name on purpose
-    choice = X.choose_preset(folder, device="cpu")
+    choice = xtuner_presets.choose_preset(folder, device="cpu")
     assert not choice.miniature and choice.name != "tiny-cpu"
     assert choice.name.startswith(name + "-"), choice
-    assert X.preset(choice.name).device == "cuda"
-    assert X.training_skip_reason(choice, "cpu", folder, 1200) is not None
-    assert X.training_skip_reason(choice, "cuda", folder, 1200) is None
+    assert xtuner_presets.preset(choice.name).device == "cuda"
+    assert xtuner_presets.training_skip_reason(choice, "cpu", folder, 1200) is not None
+    assert xtuner_presets.training_skip_reason(choice, "cuda", folder, 1200) is None
 
 
 @pytest.mark.parametrize("name", ["InternVL2-1B", "InternVL2-2B", "InternVL2-4B", "InternVL2-8B"])
 def test_a_miniature_official_format_checkpoint_gets_the_cpu_preset(name, tmp_path):
     folder = _checkpoint(tmp_path, _miniature(params.family()[name]), "InternVL2-8B")  # name says 8B, sizes say toy
-    choice = X.choose_preset(folder, device="cpu")
+    choice = xtuner_presets.choose_preset(folder, device="cpu")
     assert choice.miniature and choice.name == "tiny-cpu"
-    assert X.training_skip_reason(choice, "cpu", folder, 1200) is None
-    assert X.preset(choice.name).mode == "lora"
+    assert xtuner_presets.training_skip_reason(choice, "cpu", folder, 1200) is None
+    assert xtuner_presets.preset(choice.name).mode == "lora"
 
 
 def test_every_preset_value_can_be_overridden_and_nproc_1_beats_a_two_gpu_preset():
-    assert X.preset("InternVL2-4B-lora").nproc == 2  # no measured 4B entry: the recipe's 2 GPUs
-    s, rows = X.effective_settings("InternVL2-4B-lora", {"nproc": 1, "lr": None, "batch_size": 1})
-    assert s.nproc == 1 and s.batch_size == 1 and s.lr == X.preset("InternVL2-4B-lora").lr
+    assert xtuner_presets.preset("InternVL2-4B-lora").nproc == 2  # no measured 4B entry: the recipe's 2 GPUs
+    s, rows = xtuner_presets.effective_settings("InternVL2-4B-lora", {"nproc": 1, "lr": None, "batch_size": 1})
+    assert s.nproc == 1 and s.batch_size == 1 and s.lr == xtuner_presets.preset("InternVL2-4B-lora").lr
     assert {r[0] for r in rows} == {"nproc", "batch_size", "accumulative_counts"}  # the global batch 16 is kept
-    assert s.accumulative_counts == 16 and "*" in X.settings_table(s, "InternVL2-4B-lora")
-    one, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1})
-    assert (one.batch_size, one.accumulative_counts) == (X.preset("InternVL2-2B-full").batch_size, 8)
-    mine, _ = X.effective_settings("InternVL2-2B-full", {"nproc": 1, "accumulative_counts": 2})
+    assert s.accumulative_counts == 16 and "*" in xtuner_presets.settings_table(s, "InternVL2-4B-lora")
+    one, _ = xtuner_presets.effective_settings("InternVL2-2B-full", {"nproc": 1})
+    assert (one.batch_size, one.accumulative_counts) == (xtuner_presets.preset("InternVL2-2B-full").batch_size, 8)
+    mine, _ = xtuner_presets.effective_settings("InternVL2-2B-full", {"nproc": 1, "accumulative_counts": 2})
     assert mine.accumulative_counts == 2  # an explicit value wins
-    cpu, _ = X.effective_settings("tiny-cpu", {"batch_size": 2})
-    assert cpu.accumulative_counts == X.preset("tiny-cpu").accumulative_counts  # the CPU preset is left alone
+    cpu, _ = xtuner_presets.effective_settings("tiny-cpu", {"batch_size": 2})
+    assert cpu.accumulative_counts == xtuner_presets.preset("tiny-cpu").accumulative_counts  # the CPU preset is left alone
 
 
 def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_path):
@@ -87,7 +87,7 @@ def test_official_config_follows_the_layout_and_refuses_qwen2_with_a_reason(tmp_
 ])
 def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(official, mode, device, tmp_path):
     src = XC.official_config_path(official)
-    s = X.preset("tiny-cpu" if device == "cpu" else "InternVL2-2B-lora", model_path=str(tmp_path / "model"), mode=mode,
+    s = xtuner_presets.preset("tiny-cpu" if device == "cpu" else "InternVL2-2B-lora", model_path=str(tmp_path / "model"), mode=mode,
                  gpu_memory_gib=139.8)
     edits = XC.edits_for(s, src.read_text(), tmp_path / "plates", max_dynamic_patch=1 if device == "cpu" else None)
     out = XC.write_edited_config(src, edits, tmp_path / "trained.py")
@@ -95,7 +95,7 @@ def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(officia
     explained = XC.explain_diff(diff, edits)
     assert explained and all(reason for _, reason in explained), [ln for ln, r in explained if not r]
     assert "UNEXPLAINED" not in XC.diff_table(diff, edits)
-    cfg = X.load_config(out)
+    cfg = xtuner_render.load_config(out)
     assert cfg.model.model_path == str(tmp_path / "model")
     assert cfg.llava_dataset.data_paths == str(tmp_path / "plates") + "/train.json"
     assert cfg.train_dataloader.batch_size == s.batch_size and cfg.lr == s.lr
@@ -114,7 +114,7 @@ def test_the_diff_names_only_explained_lines_and_the_edited_config_loads(officia
 
 def test_an_unexplained_change_is_reported(tmp_path):
     src = XC.official_config_path("internvl_v2_internlm2_2b_lora_finetune")
-    s = X.preset("tiny-cpu", model_path=str(tmp_path / "model"))
+    s = xtuner_presets.preset("tiny-cpu", model_path=str(tmp_path / "model"))
     edits = XC.edits_for(s, src.read_text(), tmp_path)
     out = XC.write_edited_config(src, edits, tmp_path / "trained.py")
     out.write_text(out.read_text().replace("max_norm = 1", "max_norm = 5"))

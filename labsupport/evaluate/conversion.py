@@ -1,0 +1,190 @@
+"""Notebook 04's training run found and converted to the official format, and the folder checked before use."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from labsupport.core.paths import finetuned_dir as rule
+from labsupport.train.xtuner import convert_to_official, latest_checkpoint
+from labsupport.train.xtuner_render import load_config
+
+# ---- where the notebooks meet (ONE place: the lead adjusts these at merge) ---------------------------------
+TRAIN_WORK_DIR = "xtuner/work_dirs/04_finetune"    # notebook 04's XTuner work dir, relative to ARTIFACTS
+HELDOUT_NAME = "heldout.json"                        # the held-out split lies beside the training json the config names
+
+
+class TrainingRunMissing(FileNotFoundError):
+    """Notebook 04 has not left a finished training run where notebook 05 looks for it."""
+
+
+class IncompleteModelFolder(FileNotFoundError):
+    """A converted model folder lacks a file that loading or serving it needs."""
+
+
+# ---- 1. what notebook 04 left -------------------------------------------------------------------------------
+
+@dataclass
+class TrainingRun:
+    """A finished XTuner run: its work dir, the config it ran, its last checkpoint and the base model it started from."""
+
+    work_dir: Path
+    config: Path
+    checkpoint: Path
+    base_model: Path
+    mode: str  # lora | qlora | full
+    vit_trained: bool = False  # whether the InternViT was unfrozen
+    train_json: Path | None = None  # the (first) training json the config names
+    max_num: int = 6  # tiles per image in training (max_dynamic_patch): evaluate with the same
+
+    @property
+    def heldout(self) -> Path | None:
+        """The held-out split beside the training json (the course task writes train.json and heldout.json together)."""
+        return self.train_json.parent / HELDOUT_NAME if self.train_json else None
+
+
+def training_mode(config: str | os.PathLike) -> str:
+    """'lora', 'qlora' or 'full', read from an XTuner config's model section."""
+
+    model = load_config(config).model
+    if model.get("quantization_llm"):
+        return "qlora"
+    return "lora" if model.get("llm_lora") is not None else "full"
+
+
+def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> TrainingRun:
+    """The training run notebook 04 left under ARTIFACTS (or in WORK_DIR, relative to ARTIFACTS); raises TrainingRunMissing with the fix."""
+
+    work_dir = Path(artifacts) / (work_dir or TRAIN_WORK_DIR)  # an absolute WORK_DIR replaces ARTIFACTS
+    fix = "run notebooks/04_finetune_xtuner.ipynb first (it trains the model this notebook converts)"
+    found = [*(Path(artifacts) / "xtuner").glob("*/last_checkpoint"), *(Path(artifacts) / "xtuner").glob("work_dirs/*/last_checkpoint")]
+    others = sorted(str(p.parent) for p in found if p.parent != work_dir)
+    if others:
+        fix += f", or set WORK_DIR to one of the runs found: {', '.join(others)}"
+    if not work_dir.is_dir():
+        raise TrainingRunMissing(f"no training run: {work_dir} does not exist. {fix}.")
+    ckpt = latest_checkpoint(work_dir)
+    if ckpt is None:
+        raise TrainingRunMissing(f"{work_dir} holds no checkpoint (iter_*.pth): training did not finish. {fix}.")
+    # mmengine copies the config it ran here; DeepSpeed adds its own zero_to_fp32.py script beside it
+    configs = sorted((p for p in work_dir.glob("*.py") if p.name != "zero_to_fp32.py"), key=lambda p: p.stat().st_mtime)
+    if not configs:
+        raise TrainingRunMissing(f"{work_dir} holds a checkpoint but not the config that produced it (*.py). {fix}.")
+    config = configs[-1]
+    cfg = load_config(config)
+    model = cfg.model
+    base = Path(model.model_path)
+    if not (base / "config.json").exists():
+        raise TrainingRunMissing(f"the base model {base} named in {config.name} is gone: rebuild it (notebook 04 builds 'tiny'), then {fix}.")
+    dataset = cfg.get("llava_dataset") or cfg.train_dataloader.dataset
+    data = dataset.get("data_paths") or cfg.get("data_paths") or []
+    data = [data] if isinstance(data, str) else list(data)
+    # tiles per image: the dataset's own argument (the CPU shim), else what XTuner reads, the model's config.json
+    tiles = dataset.get("max_dynamic_patch") or cfg.get("max_dynamic_patch") \
+        or json.loads((base / "config.json").read_text()).get("max_dynamic_patch") or 6
+    return TrainingRun(work_dir, config, ckpt, base, training_mode(config), not model.get("freeze_visual_encoder", False),
+                       Path(data[0]) if data else None, int(tiles))
+
+
+def finetuned_dir(artifacts: str | os.PathLike, model_path: str = "tiny") -> Path:
+    """Where the converted fine-tune of MODEL_PATH goes: ARTIFACTS/models/<model name>-finetuned (labsupport.core.paths)."""
+
+    return rule(artifacts, model_path)
+
+
+# ---- 2. conversion and a complete folder --------------------------------------------------------------------
+
+def convert(run: TrainingRun, save_dir: str | os.PathLike) -> Path:
+    """Convert RUN's checkpoint with XTuner's convert_to_official.py (through labsupport.train.xtuner) and check the result is complete."""
+
+    out = convert_to_official(run.config, run.checkpoint, save_dir, model_path=run.base_model)
+    copied = fill_from_base(out, run.base_model)
+    if copied:
+        print(f"[convert] copied from the base model what the script did not write: {', '.join(copied)}")
+    require_complete(out, run.base_model)
+    return out
+
+
+def fill_from_base(folder: str | os.PathLike, base: str | os.PathLike) -> list[str]:
+    """Copy the generation config and any missing remote-code .py file from BASE into FOLDER; return the names copied."""
+    folder, base = Path(folder), Path(base)
+    names = ["generation_config.json"] + [p.name for p in base.glob("*.py")]
+    copied = [n for n in names if (base / n).exists() and not (folder / n).exists()]
+    for name in copied:
+        shutil.copy2(base / name, folder / name)
+    return copied
+
+
+_REL_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import", re.MULTILINE)
+
+
+def remote_code_files(folder: str | os.PathLike) -> list[str]:
+    """The .py files FOLDER's config.json points at (auto_map), with the files they import relatively, in order."""
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    todo = [ref.split(".")[0].split("--")[-1] + ".py" for ref in (cfg.get("auto_map") or {}).values()]
+    seen: list[str] = []
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.append(name)
+        path = folder / name
+        if path.exists():
+            todo += [m + ".py" for m in _REL_IMPORT.findall(path.read_text(encoding="utf-8"))]
+    return seen
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+
+
+def check_model_folder(folder: str | os.PathLike, base: str | os.PathLike | None = None) -> list[str]:
+    """Every problem that keeps FOLDER from loading with AutoModel/AutoTokenizer or chatting, one line each with the fix ([] = complete)."""
+    folder = Path(folder)
+    src = f"the base model folder {base}" if base else "the base model folder"
+    if not folder.is_dir():
+        return [f"{folder} does not exist: convert the checkpoint first (compare.convert)"]
+    if not (folder / "config.json").exists():
+        return [f"{folder / 'config.json'} is missing: the conversion did not finish; run compare.convert again"]
+    problems = []
+    weights = _weight_files(folder)
+    if not weights:
+        problems.append(f"no weights (*.safetensors or pytorch_model*.bin) in {folder}: the conversion did not finish; run compare.convert again")
+    for index in folder.glob("*.index.json"):
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        problems += [f"weight shard {folder / s} (listed in {index.name}) is missing: run compare.convert again"
+                     for s in sorted(shards) if not (folder / s).exists()]
+    for name in remote_code_files(folder):
+        if not (folder / name).exists():
+            problems.append(f"modeling file {folder / name} is missing (config.json's auto_map needs it; XTuner's "
+                            f"convert_to_official.py does not copy remote code): copy {name} from {src}")
+    tok_cfg = folder / "tokenizer_config.json"
+    fix_tok = f"save the tokenizer there: AutoTokenizer.from_pretrained(<{src}>, trust_remote_code=True).save_pretrained('{folder}')"
+    if not tok_cfg.exists():
+        problems.append(f"tokenizer file {tok_cfg} is missing: {fix_tok}")
+    else:
+        if not any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+            problems.append(f"tokenizer vocabulary {folder / 'tokenizer.json'} (or tokenizer.model) is missing: {fix_tok}")
+        has_template = "chat_template" in json.loads(tok_cfg.read_text(encoding="utf-8")) or any(
+            (folder / n).exists() for n in ("chat_template.jinja", "chat_template.json"))
+        if not has_template:
+            problems.append(f"no chat template in {tok_cfg} (LMDeploy then falls back to a bare prompt): {fix_tok}")
+    if not (folder / "generation_config.json").exists():
+        problems.append(f"{folder / 'generation_config.json'} is missing (stop tokens for chat and serving): copy it from {src}")
+    return problems
+
+
+def require_complete(folder: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
+    """Raise IncompleteModelFolder naming each missing file and its fix, unless FOLDER is complete; return FOLDER."""
+    problems = check_model_folder(folder, base)
+    if problems:
+        raise IncompleteModelFolder(f"the model folder {folder} is not complete:\n  - " + "\n  - ".join(problems))
+    return Path(folder)
+
+
+def folder_listing(folder: str | os.PathLike) -> list[tuple[str, int]]:
+    """(file name, size in bytes) of every file in FOLDER, sorted by name."""
+    return [(p.name, p.stat().st_size) for p in sorted(Path(folder).iterdir()) if p.is_file()]

@@ -1,0 +1,143 @@
+"""What notebook 04's last run did for a model (trained, or skipped and why), for notebooks 05-07 to follow honestly.
+
+    write_outcome(ARTIFACTS, MODEL_PATH, trained=False, reason=SKIP)       # notebook 04, after its training cell
+    skipped_training(ARTIFACTS, MODEL_PATH)   # notebooks 05-07: 04's reason when it skipped training, else None
+    trained_tiles(ARTIFACTS, model_dir)       # (tiles per image, where that number comes from)
+
+The record is ARTIFACTS/results/04_training.json. It names the model it is about (labsupport.core.paths.model_name), so a
+record left by another MODEL_PATH in the same ARTIFACTS is never taken for this one's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from labsupport.core.checkpoints import write_json_atomic
+from labsupport.core.paths import finetuned_dir, model_name
+from labsupport.model.params import count_parameters
+from labsupport.model.tinymodel import embedded_layout
+from labsupport.train.xtuner_presets import MINIATURE_MAX_PARAMS
+
+OUTCOME_JSON = "results/04_training.json"     # notebook 04: {"model", "trained", "reason", "todo", "tiles", ...}
+BEFORE_AFTER = "results/before_after.json"    # notebook 05: its "training" block names the run's base and tiling
+SKIP_TODO = ("notebooks 05-07 work on the base model instead: 05 converts nothing, 06 serves the base model in both "
+             "columns, 07 publishes the base weights and says so. To fine-tune, run notebook 04 where it can train "
+             "this model (the reason above says where), then 05-07 again.")
+
+
+def write_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike, trained: bool, reason: str | None = None,
+                  tiles: int | None = None, work_dir: str | os.PathLike | None = None) -> Path:
+    """Record (atomically) whether notebook 04 trained MODEL_PATH, with the reason when it did not; returns the file."""
+
+    if not trained and not reason:
+        raise ValueError("a skipped training needs its reason: the notebooks after 04 print it")
+    record = {"model": model_name(model_path), "model_path": str(model_path), "trained": bool(trained),
+              "reason": None if trained else reason, "todo": None if trained else SKIP_TODO,
+              "tiles": int(tiles) if tiles else None, "work_dir": str(work_dir) if work_dir else None,
+              "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path = Path(artifacts) / OUTCOME_JSON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    return path
+
+
+def read_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike) -> dict | None:
+    """Notebook 04's record for MODEL_PATH, or None when 04 has not run for this model (or left no record)."""
+
+    path = Path(artifacts) / OUTCOME_JSON
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): delete it and run notebook 04 again") from exc
+    return record if record.get("model") == model_name(model_path) else None
+
+
+def skipped_training(artifacts: str | os.PathLike, model_path: str | os.PathLike) -> str | None:
+    """Notebook 04's reason for not training MODEL_PATH (its last run for this model skipped), or None."""
+    record = read_outcome(artifacts, model_path)
+    if record is None or record.get("trained"):
+        return None
+    return str(record.get("reason") or "notebook 04 skipped training without saying why: run it again")
+
+
+def skip_message(artifacts: str | os.PathLike, model_path: str | os.PathLike) -> str | None:
+    """The paragraph notebooks 05-07 print when 04 skipped training MODEL_PATH: the reason and what to do; else None."""
+    reason = skipped_training(artifacts, model_path)
+    if reason is None:
+        return None
+    return f"Notebook 04 did not train this model: {reason}\nWhat this means here: {SKIP_TODO}"
+
+
+LEARNED_KIND = 0.5  # a miniature of unknown make: some question kind answered at twice chance (4 answers per kind)
+
+
+@dataclass
+class AccuracyGoal:
+    """What a fine-tune's held-out accuracy must reach, and why that much (a None bar is not checked)."""
+
+    overall: float | None
+    per_kind: float | None
+    why: str
+    best_kind: float | None = None
+
+    def met(self, accuracy: float, per_kind: dict[str, float]) -> bool:
+        """True when ACCURACY and PER_KIND ({kind: accuracy}) reach every bar the goal has."""
+        kinds = list(per_kind.values()) or [0.0]
+        return ((self.overall is None or accuracy >= self.overall)
+                and (self.per_kind is None or min(kinds) >= self.per_kind)
+                and (self.best_kind is None or max(kinds) >= self.best_kind))
+
+    def describe(self) -> str:
+        """The goal in words, for a checkpoint's name."""
+        parts = [f"held-out accuracy >= {self.overall:.2f} overall"] if self.overall is not None else []
+        if self.per_kind is not None:
+            parts.append(f">= {self.per_kind} for each kind")
+        if self.best_kind is not None:
+            parts.append(f"held-out accuracy >= {self.best_kind} on at least one question kind")
+        return " and ".join(parts)
+
+
+def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None) -> AccuracyGoal:
+    """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model and for real weights (both
+    measured to reach it); for any other miniature, random weights the course never measured, one question kind
+    answered at LEARNED_KIND (a random vision tower tells colour apart but not shape or count)."""
+
+    if count_parameters(Path(model_dir))["total"] >= MINIATURE_MAX_PARAMS:
+        return AccuracyGoal(overall, per_kind, "real weights: the course's goal for a fine-tune on the plates task")
+    layout = embedded_layout(model_dir)
+    if layout:
+        return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): its CPU preset was measured to reach it")
+    return AccuracyGoal(None, None, (
+        f"a miniature checkpoint the course did not build: its random weights were never measured, and what LoRA learns "
+        f"in minutes depends on them (a random vision tower, for one, tells colour apart but not shape or count), so "
+        f"{overall} cannot be promised; the goal is one kind at twice chance (measured on official-format InternVL2-2B "
+        f"miniatures: random ViT colour 0.83 / count 0.38 / shape 0.13; the course's ViT colour 0.40 / count 0.98 / shape 0.45)"),
+        best_kind=LEARNED_KIND)
+
+
+def trained_tiles(artifacts: str | os.PathLike, model_path: str | os.PathLike,
+                  model_dir: str | os.PathLike) -> tuple[int, str]:
+    """(most 448-px tiles per image, where that number comes from) for MODEL_DIR, as it was trained.
+
+    MODEL_DIR is notebook 05's fine-tune of MODEL_PATH: the tiling of its run (05's record, else 04's). Any other folder
+    (the base model, also when notebook 04 skipped training): max_dynamic_patch of its own config.json (12 when absent,
+    InternVL2's chat default)."""
+
+    model_dir = Path(model_dir)
+    if model_dir.resolve() == finetuned_dir(artifacts, model_path).resolve():
+        record = Path(artifacts) / BEFORE_AFTER
+        if record.is_file():
+            data = json.loads(record.read_text(encoding="utf-8"))
+            tiles = (data.get("training") or {}).get("max_dynamic_patch")
+            if tiles and data.get("model") and Path(data["model"]).resolve() == model_dir.resolve():
+                return int(tiles), f"the tiling of the training run, as notebook 05 recorded it in {record}"
+        outcome = read_outcome(artifacts, model_path)
+        if outcome and outcome.get("trained") and outcome.get("tiles"):
+            return int(outcome["tiles"]), f"the tiling notebook 04 trained with ({Path(artifacts) / OUTCOME_JSON})"
+    config = model_dir / "config.json"
+    tiles = json.loads(config.read_text(encoding="utf-8")).get("max_dynamic_patch") or 12
+    return int(tiles), f"max_dynamic_patch of {config} (no training run of this folder recorded under {artifacts})"
