@@ -7,6 +7,8 @@
 Each record is asked its question (with the image) via ``model.batch_chat`` (``model.chat`` one by one
 when the model has no batch_chat); the reply counts as right when it matches the record's
 ``meta`` answer (labsupport.datasets.plates.answer_matches: either language, case and punctuation ignored).
+A learner's own records (no ``meta``) are scored against their first gpt turn with the scorer
+labsupport.evaluate.answers chose for them: pass ``match=answers.matcher(name)``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from labsupport.core.tiling import IMAGENET_MEAN, IMAGENET_STD
 from labsupport.core.tiling import load_image
 from labsupport.datasets.plates import answer_matches
 from labsupport.core.progress import bar
+from labsupport.evaluate.answers import with_meta
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):
@@ -80,10 +83,7 @@ def load_records(records: str | os.PathLike | Sequence[dict], image_folder: str 
         if image_folder is None:
             raise ValueError("records given as a list: pass image_folder too")
         folder = Path(image_folder)
-    missing = [i for i, r in enumerate(records) if "meta" not in r]
-    if missing:
-        raise ValueError(f"record #{missing[0]} has no 'meta' with the reference answer; evaluate() needs the course task's records")
-    return list(records), folder
+    return with_meta(records), folder  # the learner's own records: the first gpt turn is the reference answer
 
 
 def question_of(record: dict) -> str:

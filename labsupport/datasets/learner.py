@@ -1,0 +1,113 @@
+"""The learner's own dataset (`DATA`, `HELDOUT`): checked, split reproducibly, and recorded for notebooks 05-07.
+
+    task = split_own_data("my_train.jsonl", heldout="", image_folder="", artifacts=ARTIFACTS)
+    task["train"], task["heldout"], task["image_folder"]      # what XTuner's config and the scorer read
+    write_training_data(ARTIFACTS, task, scorer="exact", tiles=6, system="...")   # notebook 04, after training
+    read_training_data(ARTIFACTS)                                                 # notebooks 05, 06, 07
+
+The learner's file is never modified: both splits are new files under ARTIFACTS/data/own/, written atomically,
+whose records keep their image paths (relative to IMAGE_FOLDER, or to the file's own folder when it is empty).
+Without HELDOUT the held-out slice is fixed by the records' content (the HELDOUT_SHARE of records whose sha256
+is smallest, at most HELDOUT_MAX), so it does not move when the file is re-ordered or another record is added.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from labsupport.core.checkpoints import write_json_atomic
+from labsupport.datasets.formats import load_records
+from labsupport.datasets.validate import validate
+
+HELDOUT_SHARE = 0.10
+HELDOUT_MAX = 200
+HELDOUT_MIN_TRAIN = 4              # fewer training records than this is not a fine-tune
+TRAINING_DATA = "results/training_data.json"   # notebook 04 writes it; 05, 06 and 07 read it
+
+
+class OwnDataInvalid(ValueError):
+    """The learner's file would crash XTuner or the scorer: the message names the file, the records and the fix."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of the file at PATH, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_key(record: dict) -> str:
+    """A record's content hash: what fixes the held-out slice independently of the file's order."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def heldout_slice(records: list[dict], share: float = HELDOUT_SHARE, cap: int = HELDOUT_MAX) -> tuple[list[dict], list[dict]]:
+    """(train, heldout): the SHARE of RECORDS with the smallest content hashes held out (at least 1, at most CAP)."""
+    n_held = min(cap, max(1, round(share * len(records))))
+    order = sorted(range(len(records)), key=lambda i: record_key(records[i]))
+    held = set(order[:n_held])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def check_own_file(path: Path, image_folder: Path, role: str) -> list[dict]:
+    """The records of the learner's PATH after the course validator found nothing that would stop XTuner."""
+    if not path.is_file():
+        raise OwnDataInvalid(f"{role} = {str(path)!r} is not a file: give the path of an InternVL-format .json or .jsonl "
+                             "(a relative path starts from where you run the command, or from notebooks/ in JupyterLab)")
+    report = validate(path, image_folder)
+    if not report.ok:
+        raise OwnDataInvalid(f"{role} {path} cannot be trained on as it is ({len(report.errors)} problems; the file "
+                             f"was not changed):\n{report}")
+    return load_records(path)
+
+
+def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", image_folder: str | os.PathLike = "",
+                   artifacts: str | os.PathLike = "artifacts") -> dict:
+    """The learner's DATA (and HELDOUT, or a fixed slice of DATA) as course-task files under ARTIFACTS/data/own/."""
+    data = Path(data).expanduser().resolve()
+    folder = Path(image_folder).expanduser().resolve() if image_folder else data.parent
+    records = check_own_file(data, folder, "DATA")
+    digest = file_sha256(data)
+    if heldout:
+        held_path = Path(heldout).expanduser().resolve()
+        held = check_own_file(held_path, folder, "HELDOUT")
+        train, how = records, f"HELDOUT = {held_path.name} ({len(held)} records)"
+        digest = hashlib.sha256((digest + file_sha256(held_path)).encode()).hexdigest()
+    else:
+        train, held = heldout_slice(records)
+        how = (f"a fixed slice of {data.name}: the {len(held)} records (of {len(records)}) whose content hash is smallest "
+               f"({HELDOUT_SHARE:.0%}, at most {HELDOUT_MAX})")
+    if len(train) < HELDOUT_MIN_TRAIN:
+        raise OwnDataInvalid(f"DATA {data} leaves {len(train)} records to train on after holding out {len(held)}: "
+                             f"give at least {HELDOUT_MIN_TRAIN + 1} records, or pass HELDOUT as a separate file")
+    out = Path(artifacts) / "data" / "own" / f"{data.stem}-{digest[:8]}"
+    write_json_atomic(out / "train.json", train)
+    write_json_atomic(out / "heldout.json", held)
+    return {"name": data.stem, "train": out / "train.json", "heldout": out / "heldout.json", "image_folder": folder,
+            "source": data, "sha256": digest, "n_train": len(train), "n_heldout": len(held), "held_out_by": how}
+
+
+def write_training_data(artifacts: str | os.PathLike, task: dict, scorer: str, tiles: int, system: str | None,
+                        model_path: str = "") -> Path:
+    """Record what notebook 04 trained on (data, hashes, split sizes, scorer, tiles, system prompt) for 05-07."""
+    path = Path(artifacts) / TRAINING_DATA
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in task.items()}
+    record.update({"scorer": scorer, "tiles": tiles, "system": system, "model_path": str(model_path)})
+    write_json_atomic(path, record)
+    return path
+
+
+def read_training_data(artifacts: str | os.PathLike) -> dict | None:
+    """What notebook 04 recorded about its training data, or None when it has not run."""
+    path = Path(artifacts) / TRAINING_DATA
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("train", "heldout", "image_folder", "source"):
+        if record.get(key):
+            record[key] = Path(record[key])
+    return record
