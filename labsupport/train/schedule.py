@@ -1,0 +1,78 @@
+"""A schedule that fits the data: epochs, batch, LoRA rank and learning rate from the dataset's size and the checkpoint.
+
+    settings, rules = fit_schedule(settings, n_train=len(train), miniature=choice.miniature, own_data=bool(DATA))
+    for rule in rules: print(rule)          # every change with the rule behind it and where the rule comes from
+
+Where the numbers come from:
+- InternVL's own second-stage LoRA recipe for InternVL2-2B (OpenGVLab/InternVL,
+  internvl_chat/shell/internvl2.0/2nd_finetune/internvl2_2b_internlm2_1_8b_dynamic_res_2nd_finetune_lora.sh):
+  LoRA r=16 on the LLM, lr 4e-5, global batch 16, 1 epoch, warmup 3 %, cosine, weight decay 0.01, <= 6 tiles.
+- XTuner 0.2.0's configs/internvl/v2/*_lora_finetune.py: LoRA r=128 / alpha 256, global batch 16, 1 epoch (and lr 1e-6,
+  which the course does not take: with r=128 it barely moves the adapters in a few hundred steps).
+Both run one epoch because they assume a large dataset (the InternVL2 fine-tuning mixtures have ~1M samples). One
+epoch of a learner's 600 records at a global batch of 16 is 38 optimizer steps, too few to learn anything, so the rule
+here keeps the recipes' batch and learning rate and adds epochs until the run has MIN_STEPS steps (at most
+MAX_EPOCHS passes, beyond which a small set is memorised rather than learned); a very small set also gets a smaller
+global batch. A set of more than LARGE_SET records keeps XTuner's rank 128; smaller sets take InternVL's rank 16.
+The embedded miniature keeps its CPU preset (measured on the plates: 600 iterations at batch 4); on a learner's own
+images its vision tower, pre-trained on plates only, is trained too (XTuner's freeze_visual_encoder=False).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from labsupport.train.xtuner_presets import TrainSettings
+
+MIN_STEPS = 200          # optimizer steps a fine-tune should get at least
+MAX_EPOCHS = 10          # more passes over a small set memorise it
+LARGE_SET = 20_000       # records above which XTuner's rank 128 is kept
+SMALL_BATCH = 4          # the global batch for a set too small to give MIN_STEPS at 16 within MAX_EPOCHS
+INTERNVL_LORA = dict(lora_r=16, lora_alpha=32, lr=4e-5, weight_decay=0.01)  # InternVL's 2B LoRA script
+TINY_ITERATIONS = 600    # the miniature's measured CPU run (xtuner_presets._tiny_cpu)
+
+
+def global_batch(s: TrainSettings) -> int:
+    """Samples per optimizer step: per-GPU batch x accumulation x GPUs."""
+    return s.batch_size * s.accumulative_counts * s.nproc
+
+
+def steps(s: TrainSettings, n_train: int) -> int:
+    """Optimizer steps S makes over N_TRAIN records."""
+    return math.ceil(n_train / global_batch(s)) * s.max_epochs
+
+
+def fit_schedule(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tuple[TrainSettings, list[str]]:
+    """S with its epochs (and for real weights its batch, rank and lr) fitted to N_TRAIN records; the rules that fired."""
+    if n_train < 1:
+        raise ValueError("no training records: the schedule needs at least one")
+    rules: list[str] = []
+    if miniature:
+        if not own_data:
+            return s, [f"the plates task on a miniature: the measured CPU preset as it is ({steps(s, n_train)} steps)"]
+        per_epoch = math.ceil(n_train / global_batch(s))
+        epochs = max(1, min(MAX_EPOCHS, math.ceil(TINY_ITERATIONS / per_epoch)))
+        s = replace(s, max_epochs=epochs, freeze_vit=False)
+        rules.append(f"{epochs} epochs of {n_train} records at batch {global_batch(s)} = {steps(s, n_train)} steps: the "
+                     f"miniature's measured preset runs about {TINY_ITERATIONS} iterations (at most {MAX_EPOCHS} epochs)")
+        rules.append("vision tower trained (freeze_visual_encoder=False): the embedded InternViT was pre-trained on "
+                     "plates only, so it must learn your images' features; a real InternViT-300M stays frozen")
+        return s, rules
+    if n_train <= LARGE_SET and s.mode in ("lora", "qlora"):
+        s = replace(s, **INTERNVL_LORA)
+        rules.append(f"LoRA r={s.lora_r}, alpha {s.lora_alpha}, lr {s.lr:g}, weight decay {s.weight_decay}: InternVL's own "
+                     f"2B LoRA recipe, for a set of {n_train} records (XTuner's r=128 is kept above {LARGE_SET:,})")
+    if math.ceil(n_train / global_batch(s)) * MAX_EPOCHS < MIN_STEPS and global_batch(s) > SMALL_BATCH:
+        s = replace(s, accumulative_counts=max(1, SMALL_BATCH // (s.batch_size * s.nproc)),
+                    batch_size=min(s.batch_size, SMALL_BATCH))
+        rules.append(f"global batch {global_batch(s)} (the recipes' 16 would give fewer than {MIN_STEPS} steps in "
+                     f"{MAX_EPOCHS} epochs of {n_train} records)")
+    per_epoch = math.ceil(n_train / global_batch(s))
+    epochs = max(s.max_epochs, min(MAX_EPOCHS, math.ceil(MIN_STEPS / per_epoch)))
+    if epochs != s.max_epochs:
+        rules.append(f"{epochs} epochs instead of the recipes' {s.max_epochs}: {per_epoch} steps per epoch, at least "
+                     f"{MIN_STEPS} steps wanted (at most {MAX_EPOCHS} epochs)")
+    s = replace(s, max_epochs=epochs)
+    rules.append(f"schedule: {n_train} records x {s.max_epochs} epochs / global batch {global_batch(s)} = "
+                 f"{steps(s, n_train)} optimizer steps")
+    return s, rules

@@ -1,0 +1,39 @@
+"""The schedule rule: epochs, batch, rank and lr fitted to the dataset's size and the checkpoint."""
+from labsupport.train import schedule, xtuner_presets
+
+
+def gpu(mode="lora"):
+    return xtuner_presets.preset(f"InternVL2-2B-{mode}", gpu_memory_gib=140)
+
+
+def test_a_small_set_on_real_weights_gets_enough_steps_and_internvl_rank():
+    s, rules = schedule.fit_schedule(gpu(), 600, miniature=False, own_data=True)
+    assert schedule.global_batch(s) == 16 and s.lora_r == 16 and s.lr == 4e-5
+    assert schedule.steps(s, 600) >= schedule.MIN_STEPS and s.max_epochs <= schedule.MAX_EPOCHS
+    assert any("InternVL's own" in r for r in rules) and any("optimizer steps" in r for r in rules)
+
+
+def test_a_large_set_keeps_one_epoch_and_xtuners_rank():
+    s, _ = schedule.fit_schedule(gpu(), 50_000, miniature=False, own_data=True)
+    assert s.max_epochs == 1 and s.lora_r == 128
+
+
+def test_a_tiny_set_gets_a_smaller_batch_and_at_most_max_epochs():
+    s, rules = schedule.fit_schedule(gpu(), 40, miniature=False, own_data=True)
+    assert schedule.global_batch(s) == schedule.SMALL_BATCH and s.max_epochs == schedule.MAX_EPOCHS
+    assert any("global batch" in r for r in rules)
+
+
+def test_full_fine_tuning_keeps_its_rank_fields_and_lr():
+    full = gpu("full")
+    s, _ = schedule.fit_schedule(full, 2000, miniature=False, own_data=True)
+    assert s.lr == full.lr and s.lora_r == full.lora_r and schedule.steps(s, 2000) >= 16
+
+
+def test_the_miniature_keeps_its_measured_preset_on_plates_and_trains_its_vit_on_new_images():
+    tiny = xtuner_presets.preset("tiny-cpu")
+    same, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=False)
+    assert same == tiny and "measured CPU preset" in rules[0]
+    own, rules = schedule.fit_schedule(tiny, 300, miniature=True, own_data=True)
+    assert own.freeze_vit is False and abs(schedule.steps(own, 300) - schedule.TINY_ITERATIONS) <= 75
+    assert any("pre-trained on plates only" in r for r in rules)
