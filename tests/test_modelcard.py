@@ -79,7 +79,7 @@ def test_card_carries_the_results_and_parses_as_the_hub_reads_it(work_dir, resul
     assert "| colour | 50.0 % | 100.0 % |" in text and "| count | 0.0 % | 75.0 % |" in text
     assert "from [OpenGVLab/InternVL2-2B](https://huggingface.co/OpenGVLab/InternVL2-2B)" in text
     assert "120 iterations" in text and "loss 3.250 → 0.500" in text
-    assert "AutoModel.from_pretrained" in text and 'pipeline("alice/InternVL2-tiny-plates"' in text
+    assert "AutoModel.from_pretrained" in text and 'path = "alice/InternVL2-tiny-plates"' in text and "pipeline(path," in text
     assert modelcard.check_card(card, training, evaluation) == []
 
 
@@ -122,9 +122,12 @@ def test_the_cards_snippet_runs_as_written_against_the_cards_own_model(tmp_path)
     (repo / "README.md").write_text(str(card), encoding="utf-8")
     snippet = modelcard.python_blocks((repo / "README.md").read_text(encoding="utf-8"))[0]
     assert "pixel_values = load_image(" in snippet and "plate" in snippet
-    root = Path(modelcard.__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
-    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert "labsupport" not in snippet  # a user outside the course has the model's own requirements only
+    (tmp_path / "snippet.py").write_text(snippet, encoding="utf-8")
+    # the course package made unimportable (sys.modules entry None), so an import of it anywhere would fail here
+    runner = "import sys; sys.modules['labsupport'] = None; exec(compile(open('snippet.py').read(), 'snippet.py', 'exec'))"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    ran = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.strip(), "the snippet printed no reply"
 
@@ -141,3 +144,65 @@ def test_read_training_reads_mmengines_dumped_config(tmp_path):
                                      .replace("llm_lora=dict(lora_alpha=64, lora_dropout=0.0, r=32, type='peft.LoraConfig')",
                                               "llm_lora=None"))
     assert modelcard.read_training(tmp_path)["mode"] == "full"
+
+
+@pytest.mark.parametrize("size,max_num", [((448, 448), 6), ((640, 360), 6), ((360, 900), 12), ((1000, 300), 4), ((512, 384), 1)])
+def test_the_cards_inline_tiling_is_the_courses(tmp_path, size, max_num):
+    """The card's few lines of preprocessing give the tensors the course trained with (labsupport.core.tiling)."""
+    import torch
+    from PIL import Image
+
+    from labsupport.core import tiling
+
+    path = tmp_path / "img.png"
+    Image.effect_noise(size, 60).convert("RGB").save(path)
+    scope = {"torch": torch}
+    exec(modelcard.IMAGE_HELPERS, scope)
+    mine, course = scope["load_image"](str(path), max_num), tiling.load_image(path, max_num=max_num)
+    assert mine.shape == course.shape and torch.allclose(mine, course, atol=1e-6)
+
+
+def test_the_cards_snippets_pass_the_trained_prompt_and_tiling():
+    card = str(modelcard.build_card("me/InternVL2-x", None, None, max_num=6, system="Be brief."))
+    transformers_block, lmdeploy_block = modelcard.python_blocks(card)
+    assert "model.system_message = 'Be brief.'" in transformers_block and "max_num=6" in transformers_block
+    assert "trust_remote_code=True" in lmdeploy_block and '"max_dynamic_patch": 6' in lmdeploy_block
+    assert '"role": "system", "content": \'Be brief.\'' in lmdeploy_block
+    assert "--trust-remote-code" in card and "127.0.0.1" in card
+
+
+CARD_LMDEPLOY_CHECK = r"""
+import ast, sys
+from lmdeploy import ChatTemplateConfig
+from labsupport.serve import lmdeploy_cpu
+model, block = sys.argv[1], open(sys.argv[2]).read()
+call = next(n for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "pipeline")
+assert any(k.arg == "trust_remote_code" and k.value.value is True for k in call.keywords), "pipeline() without trust_remote_code"
+lmdeploy_cpu.check_engine_config(model, trust_remote_code=True)   # LMDeploy's own reading of the config passes
+messages = eval(block.split("messages = ")[1].split("\nprint(")[0], {"os": __import__("os"), "path": model})
+text_only = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
+              "<img><IMG_CONTEXT></img>\n" + m["content"][0]["text"]} for m in messages]
+prompt = ChatTemplateConfig("hf", model_path=model).chat_template(trust_remote_code=True).messages2prompt(text_only)
+assert "Be brief." in prompt, prompt
+print("CARD-LMDEPLOY-OK")
+"""
+
+
+@pytest.mark.deploy
+def test_the_cards_lmdeploy_snippet_passes_lmdeploys_own_checks(tmp_path):
+    """In the deploy env: pipeline() trusts the remote code, LMDeploy reads the config, its chat template keeps the system prompt."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from labsupport.core.paths import repo_root
+    from labsupport.model import tinymodel
+
+    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
+    if not python.exists():
+        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    block = modelcard.python_blocks(modelcard.build_card("me/InternVL2-x", None, None, max_num=6, system="Be brief."))[1]
+    (tmp_path / "block.py").write_text(block, encoding="utf-8")
+    proc = subprocess.run([str(python), "-c", CARD_LMDEPLOY_CHECK, str(tinymodel.resolve_model("tiny")), str(tmp_path / "block.py")],
+                          capture_output=True, text=True, timeout=400, env=dict(os.environ, PYTHONPATH=str(repo_root())))
+    assert proc.returncode == 0 and "CARD-LMDEPLOY-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -125,13 +125,45 @@ EXAMPLE_IMAGE = "examples/plate.png"   # the card's example image, published ins
 EXAMPLE_QUESTION = "What colour are the objects on the plate? Answer with one colour."
 
 
-def usage_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6) -> str:
-    """The card's transformers snippet as plain Python: it runs as written on the Hub id or a local copy of the repo."""
+IMAGE_HELPERS = '''import torchvision.transforms as T
+from PIL import Image
+from torchvision.transforms.functional import InterpolationMode
+
+MEAN, STD, TILE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 448  # InternVL2's ImageNet normalisation, 448-px tiles
+
+
+def tiles(image, max_num):
+    """InternVL's dynamic tiling: the grid of at most MAX_NUM tiles closest to the image's aspect ratio, plus a thumbnail."""
+    w, h = image.size
+    grids = sorted({(c, r) for n in range(1, max_num + 1) for c in range(1, n + 1) for r in range(1, n + 1)
+                    if c * r <= max_num}, key=lambda g: g[0] * g[1])
+    best, best_diff = (1, 1), float("inf")
+    for c, r in grids:  # closest ratio wins; a tie goes to the larger grid when the image is big enough to fill it
+        diff = abs(w / h - c / r)
+        if diff < best_diff or (diff == best_diff and w * h > 0.5 * TILE * TILE * c * r):
+            best, best_diff = (c, r), diff
+    cols, rows = best
+    big = image.resize((TILE * cols, TILE * rows))
+    out = [big.crop((x * TILE, y * TILE, (x + 1) * TILE, (y + 1) * TILE)) for y in range(rows) for x in range(cols)]
+    return out + [image.resize((TILE, TILE))] if len(out) > 1 else out
+
+
+def load_image(path, max_num):
+    """The image at PATH as the [tiles, 3, 448, 448] tensor InternVL2's chat() takes."""
+    norm = T.Compose([T.Resize((TILE, TILE), interpolation=InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize(MEAN, STD)])
+    return torch.stack([norm(t) for t in tiles(Image.open(path).convert("RGB"), max_num)])
+'''
+
+
+def usage_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6,
+                  system: str | None = None) -> str:
+    """The card's transformers snippet: plain Python on the model's own code (no course package), as trained."""
+    sys_line = (f"model.system_message = {system!r}  # the system prompt the fine-tune was trained with\n"
+                if system else "")
     return f'''import os
 import torch
 from transformers import AutoModel, AutoTokenizer
-from labsupport.core.tiling import load_image  # the course's copy of InternVL's loader: dynamic tiling + ImageNet normalisation
-
+{IMAGE_HELPERS}
 path = "{repo_id}"  # the Hub id, or the folder you downloaded or cloned it into
 if not os.path.isdir(path):
     from huggingface_hub import snapshot_download
@@ -140,9 +172,31 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = torch.bfloat16 if device == "cuda" else torch.float32
 model = AutoModel.from_pretrained(path, torch_dtype=dtype, trust_remote_code=True).eval().to(device)
 tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-pixel_values = load_image(os.path.join(path, "{image}"), max_num={max_num}).to(device, dtype)  # [tiles, 3, 448, 448]
-question = "<image>\\n{question}"
-print(model.chat(tokenizer, pixel_values, question, dict(max_new_tokens=8, do_sample=False)))
+{sys_line}pixel_values = load_image(os.path.join(path, "{image}"), max_num={max_num}).to(device, dtype)  # as trained: <= {max_num} tiles
+print(model.chat(tokenizer, pixel_values, "<image>\\n" + {question!r}, dict(max_new_tokens=64, do_sample=False)))
+'''
+
+
+def lmdeploy_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6,
+                     system: str | None = None) -> str:
+    """The card's LMDeploy snippet: remote code trusted, the trained tiling per image, the trained system prompt."""
+    sys_msg = f'{{"role": "system", "content": {system!r}}},  # the system prompt the fine-tune was trained with\n    ' if system else ""
+    return f'''import os
+from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+
+path = "{repo_id}"  # the Hub id, or the folder you downloaded or cloned it into
+if not os.path.isdir(path):
+    from huggingface_hub import snapshot_download
+    path = snapshot_download(path)
+# LMDeploy reads InternVL2's config only through its remote code, and takes the tokenizer's chat template
+pipe = pipeline(path, backend_config=PytorchEngineConfig(tp=1), trust_remote_code=True)
+messages = [  # the trained tiling: at most {max_num} tiles per image
+    {sys_msg}{{"role": "user", "content": [
+        {{"type": "text", "text": {question!r}}},
+        {{"type": "image_url", "image_url": {{"url": os.path.join(path, "{image}"), "max_dynamic_patch": {max_num}}}}},
+    ]}},
+]
+print(pipe(messages, gen_config=GenerationConfig(max_new_tokens=64, do_sample=False)).text)
 '''
 
 
@@ -154,39 +208,37 @@ def python_blocks(card_text: str) -> list[str]:
 
 
 def _usage(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6,
-           fine_tuned: bool = True) -> str:
-    """The usage snippets of the card: transformers and LMDeploy."""
-    asked = ("the question one the fine-tuning taught; `load_image` cuts it into 448-px tiles exactly as training did"
-             if fine_tuned else "a question of the course task; `load_image` cuts it into 448-px tiles as the model's "
-             "config.json says")
+           fine_tuned: bool = True, system: str | None = None) -> str:
+    """The usage snippets of the card: transformers, LMDeploy's pipeline and its OpenAI-compatible server."""
+    asked = ("the question the fine-tuning taught, cut into 448-px tiles exactly as training did"
+             if fine_tuned else "a question of the course task, cut into 448-px tiles")
+    prompt = (f" and the system prompt it was trained with ({system!r})" if system else "")
     return f"""## How to use
 
 With transformers (the model ships its own code, hence `trust_remote_code=True`). The image is the example
-published with the model (`{image}`), {asked} (at most {max_num}), it comes with the course's `labsupport` package:
+published with the model (`{image}`), {asked} (at most {max_num}){prompt}; the few lines of preprocessing are
+InternVL's own recipe, written out so that nothing beyond the model's requirements is needed:
 
 ```python
-{usage_snippet(repo_id, question, image, max_num)}```
+{usage_snippet(repo_id, question, image, max_num, system)}```
 
-With LMDeploy (GPU):
+With LMDeploy (GPU), the same tiling and prompt:
 
 ```python
-from lmdeploy import pipeline, PytorchEngineConfig
-from lmdeploy.vl import load_image
+{lmdeploy_snippet(repo_id, question, image, max_num, system)}```
 
-pipe = pipeline("{repo_id}", backend_config=PytorchEngineConfig(tp=1))
-print(pipe(("{question}", load_image("{image}"))).text)
-```
-
-or as an OpenAI-compatible server: `lmdeploy serve api_server {repo_id} --backend pytorch`.
+or as an OpenAI-compatible server, asked with the same messages (a `system` message first):
+`lmdeploy serve api_server {repo_id} --backend pytorch --trust-remote-code --server-name 127.0.0.1`.
 """
 
 
 def build_card(repo_id: str, training: dict | None, evaluation: dict | None, base_model: str | None = None,
                license: str = "mit", language: list[str] | None = None, model_note: str = "",
-               question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6):
+               question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6, system: str | None = None):
     """A huggingface_hub ModelCard for REPO_ID: metadata (base model, licence, datasets, tags, eval results) and text from the results.
 
-    QUESTION, IMAGE (a path inside the repository) and MAX_NUM make the usage snippet ask what the model was tuned for."""
+    QUESTION, IMAGE (a path inside the repository), MAX_NUM and SYSTEM make the usage snippets ask what the model was
+    tuned for, with the tiling and the system prompt it was trained with."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     name = repo_id.split("/")[-1]
@@ -233,7 +285,7 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
     else:
         body.append("No training record was found (notebook 04 has not run, or did not train this model): these are "
                     "the base weights.")
-    body += ["", _usage(repo_id, question, image, max_num, fine_tuned), "## Licence", "",
+    body += ["", _usage(repo_id, question, image, max_num, fine_tuned, system), "## Licence", "",
              f"{license.upper() if license == 'mit' else license}, like the InternVL2 code; the language model inside keeps its own licence."]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
     return ModelCard(content)
