@@ -21,6 +21,7 @@ MCQ = "Which dish is this?\nA. dumplings\nB. noodles\nC. rice\nD. soup\nAnswer w
 
 def test_scorer_follows_the_answers():
     assert answers.choose_scorer([rec(MCQ, "B"), rec(MCQ, "(D)")])[0] == "choice"
+    assert answers.choose_scorer([rec(MCQ, "C. rice"), rec(MCQ, "A. dumplings")])[0] == "choice"  # FoodieQA's shape
     assert answers.choose_scorer([rec("What digit is this?", "7"), rec("这是什么？", "饺子")])[0] == "exact"
     long = "A steaming bowl of hand-pulled noodles in a clear beef broth, topped with coriander and chilli oil."
     name, why = answers.choose_scorer([rec("Describe the dish.", long)] * 5)
@@ -54,6 +55,7 @@ def test_each_scorer_marks_right_and_wrong():
     zh = plates.plates_answer(meta["kind"], meta["value"], "zh")
     assert exact(zh, meta)  # the plates rule: the answer in the other language counts too
     assert choice("The answer is B.", {"answer": "B"}) and not choice("A", {"answer": "B"})
+    assert choice("C. 新疆菜", {"answer": "C. 新疆菜"}) and choice("答案是C", {"answer": "C. 新疆菜"})
     ref = "A bowl of beef noodle soup with coriander."
     assert text(ref, {"answer": ref}) and not text("A red square.", {"answer": ref})
 
@@ -120,3 +122,14 @@ def test_training_record_round_trip(own_file, tmp_path):
     back = learner.read_training_data(tmp_path)
     assert back["heldout"] == task["heldout"] and back["scorer"] == "exact" and back["sha256"] == task["sha256"]
     assert learner.read_training_data(tmp_path / "none") is None
+
+
+def test_foodieqa_records_get_the_multiple_choice_scorer():
+    """03b's FoodieQA conversion (options in the question, "C. 新疆菜" as the answer) is scored, not a KeyError."""
+    from labsupport.datasets import formats, sources
+
+    food = formats.from_foodieqa(sources.sample_dir("foodieqa") / "sivqa_tidy.json", lang="zh", with_choices=True)
+    assert answers.choose_scorer(food)[0] == "choice"
+    scored = answers.with_meta(food)
+    match = answers.matcher("choice")
+    assert all(match(answers.reference(r), r["meta"]) for r in scored)

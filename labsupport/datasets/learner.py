@@ -53,28 +53,29 @@ def heldout_slice(records: list[dict], share: float = HELDOUT_SHARE, cap: int = 
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def check_own_file(path: Path, image_folder: Path, role: str) -> list[dict]:
-    """The records of the learner's PATH after the course validator found nothing that would stop XTuner."""
+def check_own_file(path: Path, image_folder: Path, role: str, **validate_kwargs) -> tuple[list[dict], object]:
+    """(records, report) of the learner's PATH once the course validator found nothing that would stop XTuner."""
     if not path.is_file():
         raise OwnDataInvalid(f"{role} = {str(path)!r} is not a file: give the path of an InternVL-format .json or .jsonl "
                              "(a relative path starts from where you run the command, or from notebooks/ in JupyterLab)")
-    report = validate(path, image_folder)
+    report = validate(path, image_folder, **validate_kwargs)
     if not report.ok:
         raise OwnDataInvalid(f"{role} {path} cannot be trained on as it is ({len(report.errors)} problems; the file "
                              f"was not changed):\n{report}")
-    return load_records(path)
+    return load_records(path), report
 
 
 def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", image_folder: str | os.PathLike = "",
-                   artifacts: str | os.PathLike = "artifacts") -> dict:
-    """The learner's DATA (and HELDOUT, or a fixed slice of DATA) as course-task files under ARTIFACTS/data/own/."""
+                   artifacts: str | os.PathLike = "artifacts", **validate_kwargs) -> dict:
+    """The learner's DATA (and HELDOUT, or a fixed slice of DATA) as course-task files under ARTIFACTS/data/own/;
+    VALIDATE_KWARGS (tokenizer, max_length, max_num) go to the validator, whose report comes back as "report"."""
     data = Path(data).expanduser().resolve()
     folder = Path(image_folder).expanduser().resolve() if image_folder else data.parent
-    records = check_own_file(data, folder, "DATA")
+    records, report = check_own_file(data, folder, "DATA", **validate_kwargs)
     digest = file_sha256(data)
     if heldout:
         held_path = Path(heldout).expanduser().resolve()
-        held = check_own_file(held_path, folder, "HELDOUT")
+        held, _ = check_own_file(held_path, folder, "HELDOUT", **validate_kwargs)
         train, how = records, f"HELDOUT = {held_path.name} ({len(held)} records)"
         digest = hashlib.sha256((digest + file_sha256(held_path)).encode()).hexdigest()
     else:
@@ -88,14 +89,15 @@ def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", ima
     write_json_atomic(out / "train.json", train)
     write_json_atomic(out / "heldout.json", held)
     return {"name": data.stem, "train": out / "train.json", "heldout": out / "heldout.json", "image_folder": folder,
-            "source": data, "sha256": digest, "n_train": len(train), "n_heldout": len(held), "held_out_by": how}
+            "source": data, "sha256": digest, "n_train": len(train), "n_heldout": len(held), "held_out_by": how,
+            "report": report}
 
 
 def write_training_data(artifacts: str | os.PathLike, task: dict, scorer: str, tiles: int, system: str | None,
                         model_path: str = "") -> Path:
     """Record what notebook 04 trained on (data, hashes, split sizes, scorer, tiles, system prompt) for 05-07."""
     path = Path(artifacts) / TRAINING_DATA
-    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in task.items()}
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in task.items() if k != "report"}
     record.update({"scorer": scorer, "tiles": tiles, "system": system, "model_path": str(model_path)})
     write_json_atomic(path, record)
     return path

@@ -26,6 +26,7 @@ SCORERS = ("exact", "choice", "text")
 TEXT_PASS = 50.0        # chrF at which an open answer counts as right in the per-record table (0-100 scale)
 SHORT_WORDS = 3         # an answer of at most this many words (or CJK characters x 3) is a short answer
 _LETTER = re.compile(r"^\(?([A-Ha-h])\)?[.)]?$")
+_LETTER_AND_TEXT = re.compile(r"^\(?([A-H])\)?[.)、:：]\s*\S")  # "C. 新疆菜": FoodieQA's answers, the option repeated
 _OPTION = re.compile(r"(?m)(?:^|\s)\(?([A-H])[.)：:、]\s*\S")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
@@ -57,10 +58,17 @@ def is_short(answer: str) -> bool:
     return len(answer.split()) <= SHORT_WORDS and cjk <= 3 * SHORT_WORDS and 0 < len(answer.strip()) <= 40
 
 
+def answer_letter(answer: str) -> str | None:
+    """The option letter an expected ANSWER names ("B", "(B)", "B." or "B. noodles"), else None."""
+    text = unicodedata.normalize("NFKC", answer).strip()
+    m = _LETTER.match(text) or _LETTER_AND_TEXT.match(text)
+    return m.group(1).upper() if m else None
+
+
 def is_choice(record: dict) -> bool:
-    """Whether RECORD is multiple choice: a one-letter answer that is among the options its question lists."""
-    m = _LETTER.match(reference(record).strip())
-    return bool(m) and m.group(1).upper() in set(_OPTION.findall(question(record)))
+    """Whether RECORD is multiple choice: its answer names an option letter that its question lists."""
+    letter = answer_letter(reference(record))
+    return letter is not None and letter in set(_OPTION.findall(question(record)))
 
 
 def choose_scorer(records: Sequence[dict], override: str = "") -> tuple[str, str]:
@@ -76,13 +84,13 @@ def choose_scorer(records: Sequence[dict], override: str = "") -> tuple[str, str
     n = len(records)
     choice = sum(is_choice(r) for r in records)
     if choice >= 0.9 * n:
-        return "choice", (f"{choice} of {n} held-out answers are one option letter listed in the question: "
+        return "choice", (f"{choice} of {n} held-out answers name an option letter their question lists: "
                           "multiple choice, accuracy of the letter parsed from the reply")
     short = sum(is_short(reference(r)) for r in records)
     if short >= 0.9 * n:
         return "exact", (f"{short} of {n} held-out answers have at most {SHORT_WORDS} words: short answers, "
                          "normalised exact match")
-    return "text", (f"only {short} of {n} held-out answers are short and {choice} are option letters: open answers, "
+    return "text", (f"only {short} of {n} held-out answers are short and {choice} name an option: open answers, "
                     "chrF (sacrebleu) against the reference")
 
 
@@ -111,7 +119,7 @@ def matcher(name: str) -> Callable[[str, dict], bool]:
             return normalise(first) == normalise(str(meta["answer"])) or normalise(reply) == normalise(str(meta["answer"]))
         return exact
     if name == "choice":
-        return lambda reply, meta: parse_choice(reply) == str(meta["answer"]).strip().strip("().").upper()
+        return lambda reply, meta: parse_choice(reply) == answer_letter(str(meta["answer"]))
     if name == "text":
         return lambda reply, meta: chrf(reply, str(meta["answer"])) >= TEXT_PASS
     raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
