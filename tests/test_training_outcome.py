@@ -103,3 +103,12 @@ def test_a_stale_or_edited_stamp_is_not_the_embedded_model(tmp_path):
     stamp = out / tinymodel.STAMP_FILE
     stamp.write_text(stamp.read_text().replace('"stamp": "', '"stamp": "0'))
     assert tinymodel.embedded_layout(out) is None and tinymodel.embedded_layout(tmp_path / "missing") is None
+
+
+def test_own_data_goal_asks_for_a_gain_over_the_base():
+    from labsupport.train.training_outcome import own_data_goal
+
+    goal = own_data_goal("chrF", margin=0.1)
+    assert goal.met(0.5, {"all": 0.5}, before=0.35) and not goal.met(0.5, {"all": 0.5}, before=0.45)
+    assert not goal.met(0.9, {"all": 0.9})  # without the base model's score nothing is shown
+    assert "0.10 above the base model's" in goal.describe() and "chrF" in goal.describe()
