@@ -321,7 +321,12 @@ class _Transformers:
         self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
         dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in 5.0
-        self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
+        from labsupport import quantize
+
+        if quantize.is_awq(model_dir):  # transformers would load AWQ's packed tensors as nothing: dequantize them
+            self.model = quantize.load_dequantized(model_dir, self.dtype)
+        else:
+            self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
         self.model = self.model.eval().to(device)
         self.max_tiles = max_tiles
 

@@ -255,6 +255,12 @@ class CPUPipeline:
             self._model = _Transformers(self.model_path, device, self.default_tiles)
             self.ran = (f"labsupport.lmdeploy_cpu.cpu_pipeline: no CUDA GPU, so the model's own chat() through "
                         f"transformers {transformers.__version__} on the CPU stood in for lmdeploy.pipeline")
+        from labsupport.quantize import awq_config
+
+        awq = awq_config(self.model_path)
+        if awq:  # the stand-in has no 4-bit kernels: it computes with the weights the packed ones stand for
+            self.ran += (f"; its AWQ {awq['bits']}-bit weights (group {awq['group_size']}) were dequantized to "
+                         "float (labsupport.quantize.load_dequantized)")
 
     def _one(self, prompt, gen) -> Response:
         question, image, tiles = parse_prompt(prompt)
