@@ -517,3 +517,8 @@ def check_awq_card(card, result: dict) -> list[str]:
     if "awq" not in (parsed.data.tags or []):
         problems.append("tag 'awq' missing")
     return problems
+
+
+if __name__ == "__main__":  # python -m labsupport.quantize: the measured GPU rows kept in docs/gpu
+    _rows = measured_rows()
+    print(measured_table(_rows) if _rows else "no docs/gpu/bench-quant-*.json yet: bash scripts/device/run_gpu.sh quant2b")
