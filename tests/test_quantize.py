@@ -131,6 +131,57 @@ def test_measured_rows_read_the_json_and_compare_with_bf16(tmp_path):
     assert abs(step["step_ms"] - 2.857) < 0.01 and abs(step["read_ms"] - 0.791) < 0.01
 
 
+def test_turbomind_status_names_the_reason(tmp_path, monkeypatch):
+    from labsupport import deploy
+
+    phi3 = tmp_path / "phi3"
+    phi3.mkdir()
+    (phi3 / "config.json").write_text(json.dumps({"llm_config": {"architectures": ["Phi3ForCausalLM"]}}))
+    monkeypatch.setattr(deploy, "lmdeploy_version", lambda: None)
+    assert quantize.turbomind_status(phi3) == (False, "lmdeploy is not installed in this environment")
+    monkeypatch.setattr(deploy, "lmdeploy_version", lambda: "0.18.0")
+    ok, why = quantize.turbomind_status(phi3)
+    assert not ok and "Phi3ForCausalLM" in why and "PyTorch engine" in why
+
+
+def _awq_result(ft_dir: Path) -> dict:
+    return {"model": str(ft_dir) + "-awq", "quantized_from": str(ft_dir), "tiles": 1, "n": 24,
+            "quantization_config": {"bits": 4, "group_size": 128, "quant_method": "awq", "version": "gemm", "zero_point": True},
+            "calibration": {"data": "train.json", "samples": 8, "seqlen": 128}, "bytes": {"before": 2_700_000, "after": 2_200_000},
+            "before": {"accuracy": 0.9583, "per_kind": {"colour": 1.0, "count": 0.875, "shape": 1.0}},
+            "after": {"accuracy": 0.9167, "per_kind": {"colour": 1.0, "count": 0.75, "shape": 1.0}},
+            "flips": [{"kind": "count"}], "ran": {"after": "the CPU stand-in, AWQ weights dequantized"}}
+
+
+def test_awq_card_carries_the_measured_accuracy_and_how_to_serve_it(tmp_path):
+    result = _awq_result(tmp_path / "ft")
+    card = quantize.awq_card("me/InternVL2-tiny-plates-AWQ", result, "me/InternVL2-tiny-plates")
+    assert quantize.check_awq_card(card, result) == []
+    text = str(card)
+    assert "95.8 %" in text and "91.7 %" in text and "| count | 87.5 % | 75.0 % |" in text
+    assert "base_model: me/InternVL2-tiny-plates" in text and "quantized" in text
+    wrong = dict(result, after={**result["after"], "accuracy": 0.5})
+    assert any("accuracy" in p for p in quantize.check_awq_card(card, wrong))
+
+
+def test_awq_publish_reason_says_why_not(tmp_path):
+    from labsupport.paths import finetuned_dir
+
+    art = tmp_path / "art"
+    ft = finetuned_dir(art, "tiny")
+    assert "nothing fine-tuned" in quantize.awq_publish_reason(art, "tiny", ft, fine_tuned=False)
+    assert "run notebook 06b first" in quantize.awq_publish_reason(art, "tiny", ft, fine_tuned=True)
+    awq = quantize.awq_model_dir(art, "tiny")
+    awq.mkdir(parents=True)
+    (awq / "config.json").write_text(json.dumps({"llm_config": {"quantization_config": {"quant_method": "awq"}}}))
+    assert "run notebook 06b to the end" in quantize.awq_publish_reason(art, "tiny", ft, fine_tuned=True)
+    (art / quantize.AWQ_RESULTS_JSON).parent.mkdir(parents=True)
+    (art / quantize.AWQ_RESULTS_JSON).write_text(json.dumps(_awq_result(tmp_path / "another")))
+    assert "not of" in quantize.awq_publish_reason(art, "tiny", ft, fine_tuned=True)
+    (art / quantize.AWQ_RESULTS_JSON).write_text(json.dumps(_awq_result(ft)))
+    assert quantize.awq_publish_reason(art, "tiny", ft, fine_tuned=True) == ""
+
+
 DEPLOY_SCRIPT = r"""
 import json, sys, time, torch
 from pathlib import Path
