@@ -39,8 +39,8 @@ def quantized_widths(model_dir: str | os.PathLike) -> dict[str, int]:
     hidden, inter = int(llm["hidden_size"]), int(llm["intermediate_size"])
     heads = int(llm["num_attention_heads"])
     head_dim = int(llm.get("head_dim") or hidden // heads)
-    return {"hidden_size (attention in, MLP in)": hidden, "num_heads x head_dim (attention out proj in)": heads * head_dim,
-            "intermediate_size (MLP down proj in)": inter}
+    return {"hidden_size (into wqkv, w1, w3)": hidden, "heads x head_dim (into wo)": heads * head_dim,
+            "intermediate_size (into w2)": inter}
 
 
 def valid_group_sizes(model_dir: str | os.PathLike, choices: Sequence[int] = GROUP_CHOICES) -> list[int]:
@@ -60,10 +60,10 @@ def check_group_size(model_dir: str | os.PathLike, w_group_size: int) -> dict[st
         valid = valid_group_sizes(model_dir)
         why = (f"it does not divide {', '.join(f'{k} = {w}' for k, w in bad.items())}" if bad else
                f"LMDeploy's AWQ kernels take {list(GROUP_CHOICES)}")
-        raise ValueError(f"w_group_size={w_group_size} cannot quantize {model_dir}: {why}. Each group of that many input "
-                         f"channels shares one scale and zero, so it must divide every width AWQ packs "
-                         f"({', '.join(f'{k} {w}' for k, w in widths.items())}). Valid choices here: {valid or 'none'}"
-                         f" (set W_GROUP_SIZE to one of them; 128 is LMDeploy's default for real sizes).")
+        raise ValueError(f"w_group_size={w_group_size} cannot quantize {model_dir}: {why}. A group of that many input "
+                         "channels shares one scale and one zero, so it must divide every input width AWQ packs "
+                         f"({', '.join(f'{k} {w}' for k, w in widths.items())}). Valid choices here: {valid or 'none'}; "
+                         "set W_GROUP_SIZE to one of them (128 is LMDeploy's default for real sizes).")
     return widths
 
 

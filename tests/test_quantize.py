@@ -38,8 +38,9 @@ def test_group_size_check_names_the_widths_and_the_valid_choices(tiny):
     with pytest.raises(ValueError) as err:
         quantize.check_group_size(tiny, 256)  # divides the MLP's 256 but not the hidden size 128
     text = str(err.value)
-    assert "w_group_size=256" in text and "hidden_size (attention in, MLP in) = 128" in text
-    assert "Valid choices here: [32, 64, 128]" in text and str(tiny) in text
+    assert "w_group_size=256" in text and "hidden_size (into wqkv, w1, w3) = 128" in text
+    assert "intermediate_size (into w2) = 256" not in text  # 256 divides that one: only the widths it fails are named
+    assert "Valid choices here: [32, 64, 128];" in text and str(tiny) in text
     with pytest.raises(ValueError, match="LMDeploy's AWQ kernels take"):
         quantize.check_group_size(tiny, 16)  # divides every width, but no kernel tiles by it
 
@@ -241,7 +242,7 @@ try:
     quantize.check_group_size(tiny, 256)
     raise SystemExit("check_group_size accepted 256")
 except ValueError as exc:
-    assert "Valid choices here: [32, 64, 128]" in str(exc)
+    assert "Valid choices here: [32, 64, 128];" in str(exc)
 print("QUANT-OK")
 """
 
