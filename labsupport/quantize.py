@@ -386,7 +386,7 @@ def measured_table(rows: Sequence[dict]) -> str:
 
     cols = [("row", "row"), ("machine", "machine"), ("disk_gib", "disk GiB"), ("gpu_used_gib", "GPU GiB used"),
             ("kv_bytes_per_token", "KV bytes/token"), ("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"),
-            ("x_bf16_decode", "x bf16"), ("throughput_tokens_per_s", "64 requests tok/s"), ("x_bf16_batch", "x bf16 "),
+            ("x_bf16_decode", "x bf16 decode"), ("throughput_tokens_per_s", "64 requests tok/s"), ("x_bf16_batch", "x bf16 batch"),
             ("note", "note")]
     out = []
     for r in rows:

@@ -80,7 +80,8 @@ def run(model_dir: str, out: str, rows: list[str], budget_s: float, row_timeout_
             code, tail = _run_child([sys.executable, __file__, *args, "--result", str(result)], timeout, prefix)
             if code == 0 and result.is_file():
                 return json.loads(result.read_text())
-            return {"error": f"{'timed out' if code is None else f'exit status {code}'}; last lines:\n{tail[-1500:]}"}
+            last = (tail.strip().splitlines() or [""])[-1]  # the cause first: the table shows one line
+            return {"error": f"{'timed out' if code is None else f'exit status {code}'}: {last}\n{tail[-1500:]}"}
 
     bw = child(["bandwidth", model_dir], 60, "bandwidth")
     results.update(bandwidth=bw, gpu=bw.get("gpu"), versions=bw.get("versions"))
