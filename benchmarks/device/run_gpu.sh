@@ -7,6 +7,7 @@
 #   writes train-MODE-zeroZERO-GPUSgpu.json), serve:ROW,ROW (chosen serve rows, e.g. serve:lmdeploy,transformers),
 #   InternVL2-2B's shape: levers2b:ROW,ROW (benchmarks LEVER_ROWS, one XTuner run each; LEVERS_BUDGET_S,
 #   default 480) and serve2b:ROW,ROW (SERVE_BUDGET_S, default 300),
+#   quant2b[:ROW,...]: notebook 06b's rows (AWQ built on the GPU; bf16, awq, kv-int8, kv-int4; QUANT_BUDGET_S, default 360),
 #   notebooks2b[:04,05,06]: the course notebooks themselves (papermill) on InternVL2-2B's shape with DEVICE cuda,
 #   as a learner with one GPU runs them (NB_N_TRAIN, default 600; NB_PARAMS: more "NAME VALUE" pairs)
 # Results land in $OUT (the device tool brings that folder back) or ./gpu-results.
@@ -91,6 +92,17 @@ for step in "$@"; do
         artifacts/models/internvl2-2b-random --rows "${step#serve2b:}" --budget-s "${SERVE_BUDGET_S:-300}" \
         --out artifacts/bench/serve-2b.json 2>&1 | tee "$OUT/serve-2b.log" | grep -v "Warning\|Loading weights" | tail -12
       cp artifacts/bench/serve-2b.json "$OUT/" ;;
+    quant2b|quant2b:*)
+      # notebook 06b's GPU rows (docs/gpu/bench-quant-2b-*.json): InternVL2-2B's shape, auto_awq built on the GPU with the
+      # course's calibration loader, then rows bf16, awq (w4a16), kv-int8, kv-int4 each in a fresh process at one
+      # cache_max_entry_count (QUANT_BUDGET_S, default 360; rows: quant2b:bf16,awq,kv-int8)
+      install lmdeploy || exit 1
+      PYTHONPATH=$REPO python3 -m benchmarks build-2b 2>&1 | tee -a "$OUT/bench-build-2b.log" | grep -v Warning || exit 1
+      rows=${step#quant2b}; rows=${rows#:}
+      PYTHONPATH=/tmp/site-lmdeploy:$REPO python3 benchmarks/device/quant_gpu.py run artifacts/models/internvl2-2b-random \
+        artifacts/bench/quant-2b.json --rows "${rows:-bf16,awq,kv-int8,kv-int4}" --budget-s "${QUANT_BUDGET_S:-360}" 2>&1 \
+        | tee "$OUT/quant-2b.log" | grep -v "Warning\|Loading weights\|weight packed\|Move model" | tail -30
+      cp artifacts/bench/quant-2b.json "$OUT/" ;;
     notebooks2b|notebooks2b:*)
       # notebooks 04 (XTuner's official 2B LoRA config, the measured GPU preset, ZeRO-2), 05 (convert, merge, compare)
       # and 06 (LMDeploy pipeline, chat, batch, stream, api_server) through the course runner (papermill), with

@@ -12,6 +12,9 @@ import json
 import os
 from pathlib import Path
 
+from labsupport.serve.awq import is_awq
+from labsupport.serve.quantize import AWQ_RESULTS_JSON, awq_model_dir
+
 # The settings of an XTuner config worth showing on a card, in this order.
 CARD_SETTINGS = ["path", "data_paths", "max_length", "max_dynamic_patch", "prompt_template", "freeze_llm",
                  "freeze_visual_encoder", "lora_r", "lora_alpha", "lora_dropout", "batch_size", "accumulative_counts",
@@ -326,4 +329,105 @@ def check_card(card, training: dict | None, evaluation: dict | None, keyword: st
         for k, v in training["settings"].items():
             if f"`{v!r}`" not in text:
                 problems.append(f"training setting {k} = {v!r} is not on the card")
+    return problems
+
+
+# ---- notebook 06b's AWQ variant: its own card ---------------------------------------------------------------
+# ---- the AWQ variant's model card (notebook 07) ----------------------------------------------------------------------
+AWQ_TAGS = ["internvl", "internvl2", "vision-language", "multimodal", "xtuner", "lmdeploy", "awq", "4-bit", "quantized"]
+
+
+def read_awq_result(artifacts: str | os.PathLike) -> dict | None:
+    """Notebook 06b's record (ARTIFACTS/results/awq.json: accuracy before/after, sizes, settings), or None when it has not run."""
+    path = Path(artifacts) / AWQ_RESULTS_JSON
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("before", "after"):
+        if "accuracy" not in (data.get(key) or {}):
+            raise ValueError(f"{path}: {key!r} has no 'accuracy'; run notebook 06b again")
+    return data
+
+
+def awq_publish_reason(artifacts: str | os.PathLike, model_path: str | os.PathLike, fine_tuned_dir: str | os.PathLike,
+                       fine_tuned: bool) -> str:
+    """'' when notebook 06b's AWQ folder of FINE_TUNED_DIR can be published beside it, else why not (one sentence)."""
+    awq_dir = awq_model_dir(artifacts, model_path)
+    if not fine_tuned:
+        return "nothing fine-tuned is published, so there is no AWQ variant of it"
+    if not is_awq(awq_dir):
+        return f"no AWQ folder at {awq_dir}: run notebook 06b first"
+    result = read_awq_result(artifacts)
+    if result is None:
+        return f"no {Path(artifacts) / AWQ_RESULTS_JSON}: run notebook 06b to the end (it measures the AWQ model's accuracy)"
+    if Path(result["quantized_from"]).resolve() != Path(fine_tuned_dir).resolve():
+        return (f"{AWQ_RESULTS_JSON} measured an AWQ model of {result['quantized_from']}, not of {fine_tuned_dir}: "
+                "run notebook 06b again")
+    return ""
+
+
+def awq_card(repo_id: str, result: dict, fp_repo_id: str, license: str = "mit"):
+    """A huggingface_hub ModelCard for the AWQ variant REPO_ID of FP_REPO_ID, its numbers read from 06b's RESULT."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+
+    q, name = result["quantization_config"], repo_id.split("/")[-1]
+    evals = [EvalResult(task_type="visual-question-answering", dataset_type="heldout", dataset_name="course task (held-out split)",
+                        dataset_split="heldout", metric_type="accuracy", metric_value=round(float(result["after"]["accuracy"]), 4))]
+    data = ModelCardData(model_name=name, base_model=fp_repo_id, base_model_relation="quantized", license=license,
+                         language=["en", "zh"], tags=AWQ_TAGS, pipeline_tag="image-text-to-text", library_name="lmdeploy",
+                         eval_results=evals)
+    b, a = result["before"], result["after"]
+    kinds = sorted(set(b.get("per_kind") or {}) | set(a.get("per_kind") or {}))
+    mib = {k: result["bytes"][k] / 2**20 for k in ("before", "after")}
+    body = [f"# {name}", "",
+            f"[{fp_repo_id}](https://huggingface.co/{fp_repo_id}) quantized with LMDeploy's `auto_awq`: the LLM's linear layers "
+            f"in {q['bits']}-bit weights with a float16 scale and a zero point per group of {q['group_size']} input channels "
+            f"(AWQ, version {q['version']}), calibrated on {result['calibration']['samples']} sequences of "
+            f"{result['calibration']['seqlen']} tokens of the fine-tune's own training conversations. The vision tower, the "
+            "projector, the embeddings and the output head stay float16.", "",
+            "## Results", "",
+            f"Held-out accuracy on {result['n']} questions, measured by the course's notebook 06b with the same tiles "
+            f"({result['tiles']} per image), prompt and scorer as the fine-tune's own card:", "",
+            "| question kind | bf16 fine-tune | AWQ |", "|---|---|---|",
+            *[f"| {k} | {percent(b['per_kind'].get(k, 0.0))} | {percent(a['per_kind'].get(k, 0.0))} |" for k in kinds],
+            f"| all | {percent(b['accuracy'])} | {percent(a['accuracy'])} |", "",
+            f"Weights on disk: {mib['before']:.1f} MiB -> {mib['after']:.1f} MiB. {len(result.get('flips') or [])} of "
+            f"{result['n']} answers changed their verdict. The AWQ answers were computed by: {result['ran']['after']}.", "",
+            "## How to serve it", "",
+            "LMDeploy's PyTorch engine has w4a16 kernels for these weights (an NVIDIA GPU):", "",
+            "```python",
+            "from lmdeploy import pipeline, PytorchEngineConfig, ChatTemplateConfig",
+            "from lmdeploy.vl import load_image", "",
+            f'pipe = pipeline("{repo_id}", backend_config=PytorchEngineConfig(model_format="awq"), trust_remote_code=True,',
+            f'                chat_template_config=ChatTemplateConfig(model_name="hf", model_path="{repo_id}"))',
+            'print(pipe(("What colour are the objects on the plate? Answer with one colour.", load_image("plate.png"))).text)',
+            "```", "",
+            f"As an OpenAI-compatible server: `lmdeploy serve api_server {repo_id} --backend pytorch --model-format awq "
+            "--trust-remote-code --chat-template hf`. On a machine with CUDA 12, TurboMind reads it too "
+            "(`TurbomindEngineConfig(model_format=\"awq\")`; InternLM2 and Qwen2 LLMs only). `transformers` alone does not "
+            "run the packed tensors; use the bf16 fine-tune there.", "",
+            "## Licence", "", f"{license.upper() if license == 'mit' else license}, like the model it was quantized from."]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+
+
+def check_awq_card(card, result: dict) -> list[str]:
+    """What is wrong with the AWQ CARD (empty: valid, its accuracy is RESULT's, and it says how to serve it)."""
+    from huggingface_hub import ModelCard
+
+
+    try:
+        parsed = ModelCard(str(card))
+    except Exception as exc:  # a broken front matter is exactly what this check reports
+        return [f"the card's metadata does not parse: {exc}"]
+    problems = [f"{key} accuracy {percent(result[key]['accuracy'])} is not on the card"
+                for key in ("before", "after") if percent(result[key]["accuracy"]) not in parsed.text]
+    index = parsed.data.eval_results or []
+    if not index or abs(float(index[0].metric_value) - float(result["after"]["accuracy"])) > 1e-4:
+        problems.append("model-index accuracy differs from notebook 06b's result")
+    for needed in ('model_format="awq"', "--model-format awq"):
+        if needed not in parsed.text:
+            problems.append(f"the card does not say how to serve it ({needed} missing)")
+    if "awq" not in (parsed.data.tags or []):
+        problems.append("tag 'awq' missing")
     return problems

@@ -33,6 +33,7 @@ from labsupport.core.tiling import load_image, open_image
 from labsupport.datasets.plates import QUESTIONS, answer_matches, build_course_task
 from labsupport.model.tinymodel import resolve_model
 from labsupport.train.training_outcome import skipped_training
+from labsupport.serve import awq
 
 BACKENDS = ("auto", "lmdeploy", "transformers")
 ENGINES = ("pytorch", "turbomind", "auto")
@@ -244,7 +245,11 @@ class _Transformers:
         self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
         dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in 5.0
-        self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
+
+        if awq.is_awq(model_dir):  # transformers would load AWQ's packed tensors as nothing: dequantize them
+            self.model = awq.load_dequantized(model_dir, self.dtype)
+        else:
+            self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
         self.model = self.model.eval().to(device)
         self.max_tiles = max_tiles
 

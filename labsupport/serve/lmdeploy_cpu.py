@@ -31,6 +31,7 @@ from labsupport.core.envs import venv_python
 from labsupport.core.paths import repo_root
 from labsupport.model.prompts import read_chat_template
 from labsupport.serve.deploy import _Transformers, cuda_available, lmdeploy_version, remote_llm_generates
+from labsupport.serve.awq import awq_config
 
 
 def lmdeploy_can_run() -> bool:
@@ -254,6 +255,11 @@ class CPUPipeline:
             self._model = _Transformers(self.model_path, device, self.default_tiles)
             self.ran = (f"labsupport.serve.lmdeploy_cpu.cpu_pipeline: no CUDA GPU, so the model's own chat() through "
                         f"transformers {transformers.__version__} on the CPU stood in for lmdeploy.pipeline")
+
+        awq = awq_config(self.model_path)
+        if awq:  # the stand-in has no 4-bit kernels: it computes with the weights the packed ones stand for
+            self.ran += (f"; its AWQ {awq['bits']}-bit weights (group {awq['group_size']}) were dequantized to "
+                         "float (labsupport.serve.awq.load_dequantized)")
 
     def _one(self, prompt, gen) -> Response:
         question, image, tiles = parse_prompt(prompt)
