@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from labsupport.core import credentials
+from labsupport.evaluate import conversion
 from labsupport.publish import hub
 
 needs_lfs = pytest.mark.skipif(hub.git_lfs_version() is None, reason="git-lfs is not installed (apt-get install git-lfs)")
@@ -213,14 +214,22 @@ def test_clone_and_compare_reports_a_difference(staged, tmp_path):
     assert not back["identical"] and back["differ"] == ["config.json"]
 
 
+def converted(folder):
+    """A fine-tune as notebook 05's conversion leaves it: the finished run it came from recorded."""
+    write_model(folder)
+    (folder / conversion.PROVENANCE).write_text(json.dumps({"run": "04_finetune", "checkpoint": "iter_6.pth",
+                                                            "finished": True}))
+    return folder
+
+
 def test_model_to_publish_prefers_the_fine_tuned_model(tmp_path):
-    write_model(tmp_path / "models" / "internvl2-tiny-finetuned")
+    converted(tmp_path / "models" / "internvl2-tiny-finetuned")
     folder, fine_tuned, why = hub.model_to_publish(tmp_path)
     assert folder == tmp_path / "models" / "internvl2-tiny-finetuned" and fine_tuned and "notebook 05" in why
     real = tmp_path / "weights" / "InternVL2-2B"  # a real checkpoint: its fine-tune is found by its own name
     write_model(real)
     assert hub.model_to_publish(tmp_path, str(real))[:2] == (real, False)
-    write_model(tmp_path / "models" / "InternVL2-2B-finetuned")
+    converted(tmp_path / "models" / "InternVL2-2B-finetuned")
     assert hub.model_to_publish(tmp_path, str(real))[:2] == (tmp_path / "models" / "InternVL2-2B-finetuned", True)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labsupport.core.checkpoints import write_json_atomic
-from labsupport.train.runs import latest_intact_checkpoint, safe_training
+from labsupport.train.runs import LOCK, clear_finished, latest_intact_checkpoint, mark_finished, safe_training
 from labsupport.core.paths import repo_root
 from labsupport.train.xtuner_render import load_config
 from labsupport.core.plots import pyplot
@@ -279,11 +280,49 @@ def _show_line(line: str, state: dict) -> bool:
     return any(k in line for k in keys)
 
 
+def _die_with_parent() -> None:
+    """In the trainer, before it starts (Linux): receive SIGTERM when the launcher dies, even by SIGKILL (the OOM killer)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the launcher's finally (interrupts, exceptions) still stops the group
+    if os.getppid() == 1:  # the launcher already died between fork and prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def start_trainer(cmd: list[str], env: dict, cwd: str | os.PathLike) -> subprocess.Popen:
+    """Start CMD in its own process group that dies with this process (stdout piped, stderr merged, text lines)."""
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
+                            cwd=str(cwd), start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def stop_trainer(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop PROC and every process of its group (torchrun's workers, data loaders): SIGTERM, then SIGKILL after GRACE s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break  # the whole group is gone
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its workers may linger a moment
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing left of the group: the normal case
+        break
+
+
 @safe_training  # checks the data with XTuner's own code first; a fresh run keeps the last good one until it succeeds
 def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool = False, nproc: int = 1,
            deepspeed: int = 0, live: bool = True, show: str = "progress", timeout: float | None = None,
            threads: int | str | None = "auto") -> TrainRun:
-    """Run XTuner's train.py on CONFIG into WORK_DIR, stream its log, plot the loss, and raise TrainingFailed unless it ends with a checkpoint."""
+    """Run XTuner's train.py on CONFIG into WORK_DIR, stream its log, plot the loss, and raise TrainingFailed unless it
+    ends with its final checkpoint; then write the completion marker (runs.FINISHED). The trainer dies with the kernel."""
     config, work_dir = Path(config), Path(work_dir)
     if not config.exists():
         raise FileNotFoundError(f"config {config} does not exist: write it first with write_config()")
@@ -294,6 +333,7 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
         if resume_from is None:
             raise FileNotFoundError(f"resume=True, but {work_dir} holds no checkpoint (iter_*.pth): train once first, or set resume=False")
         print(f"[launch] resuming from {resume_from}")
+        clear_finished(work_dir)  # unfinished again until this resume writes its final checkpoint
     cmd = train_command(config, work_dir, nproc=nproc, deepspeed=deepspeed, resume_from=resume_from)
     log_path, scalars_path = work_dir / "train.log", work_dir / "scalars.json"
     scalars: list[dict] = []
@@ -305,8 +345,8 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
     print("[launch] $ " + (f"OMP_NUM_THREADS={threads} " if threads else "") + " ".join(cmd), flush=True)
     started, state = time.time(), {}
     with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=_env(threads), cwd=str(work_dir))
+        proc = start_trainer(cmd, _env(threads), work_dir)
+        write_json_atomic(work_dir / LOCK, {"pid": proc.pid, "launcher": os.getpid(), "command": cmd})
         try:
             for line in proc.stdout:
                 line = strip_ansi(line)
@@ -322,13 +362,12 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
                 if show == "all" or (show == "progress" and _show_line(line, state)):
                     print(line.rstrip(), flush=True)
                 if timeout and time.time() - started > timeout:
-                    proc.kill()
+                    stop_trainer(proc)
                     raise TrainingFailed(f"training ran past timeout={timeout}s and was stopped; log: {log_path}")
             proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stop_trainer(proc)  # an interrupt or an error here must not leave the trainer writing this work dir
+            (work_dir / LOCK).unlink(missing_ok=True)
     seconds = time.time() - started
     if plot:
         plot.update(scalars, force=True)
@@ -340,6 +379,12 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
     if ckpt is None:
         raise TrainingFailed(f"train.py exited 0 but left no checkpoint in {work_dir}. Last lines of {log_path}:\n"
                              f"{_tail(log_path)}")
+    planned = max((r.get("max_iters", 0) for r in scalars), default=0)
+    reached = int(m.group(1)) if (m := re.fullmatch(r"iter_(\d+)\.pth", ckpt.name)) else planned
+    if reached < planned:
+        raise TrainingFailed(f"train.py exited 0 but its last checkpoint {ckpt.name} is iteration {reached} of {planned}: "
+                             f"the run did not finish. Last lines of {log_path}:\n{_tail(log_path)}")
+    mark_finished(work_dir, ckpt, iterations=reached, seconds=round(seconds, 1))  # last: the run now counts as finished
     print(f"[launch] done in {seconds:.0f} s; checkpoint {ckpt}")
     return TrainRun(work_dir, ckpt, log_path, scalars, seconds, cmd)
 
