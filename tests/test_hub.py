@@ -4,6 +4,7 @@ import json
 import os
 import secrets
 import string
+import struct
 import subprocess
 
 import pytest
@@ -14,6 +15,16 @@ from labsupport.publish import hub
 
 needs_lfs = pytest.mark.skipif(hub.git_lfs_version() is None, reason="git-lfs is not installed (apt-get install git-lfs)")
 
+
+
+def random_safetensors(nbytes: int) -> bytes:
+    """A valid .safetensors file of NBYTES in all, one random uint8 tensor: the folder check reads its header."""
+    n = nbytes
+    for _ in range(3):  # the header's length depends on the digits of the data size
+        header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+        header += b" " * (-len(header) % 8)
+        n = nbytes - 8 - len(header)
+    return struct.pack("<Q", len(header)) + header + os.urandom(nbytes - 8 - len(header))
 
 def fake_token() -> str:
     alphabet = string.ascii_letters + string.digits
@@ -28,7 +39,7 @@ def write_model(folder, weights_bytes=1_500_000):
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     (folder / "generation_config.json").write_text("{}")
     (folder / "tokenizer.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(os.urandom(weights_bytes))
+    (folder / "model.safetensors").write_bytes(random_safetensors(weights_bytes))
     (folder / ".labsupport-build.json").write_text("{}")  # builder bookkeeping: must be left out, not flagged
     return folder
 

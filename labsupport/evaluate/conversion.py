@@ -11,6 +11,7 @@ from typing import Callable
 
 from labsupport.core.paths import finetuned_dir as rule
 from labsupport.core.checkpoints import write_json_atomic
+from labsupport.model.folder_check import config_problems, weight_problems
 from labsupport.train.runs import FINISHED, previous_run, run_finished, why_unfinished
 from labsupport.train.xtuner import convert_to_official
 from labsupport.train.xtuner_render import load_config
@@ -194,15 +195,25 @@ def check_model_folder(folder: str | os.PathLike, base: str | os.PathLike | None
         return [f"{folder} does not exist: convert the checkpoint first (compare.convert)"]
     if not (folder / "config.json").exists():
         return [f"{folder / 'config.json'} is missing: the conversion did not finish; run compare.convert again"]
-    problems = []
+    problems = config_problems(folder)
+    try:
+        if not isinstance(json.loads((folder / "config.json").read_text(encoding="utf-8")), dict):
+            return problems
+    except (OSError, ValueError):
+        return problems  # the remote code and tokenizer checks read config.json: nothing more can be said
     weights = _weight_files(folder)
     if not weights:
         problems.append(f"no weights (*.safetensors or pytorch_model*.bin) in {folder}: the conversion did not finish; run compare.convert again")
+    problems += weight_problems(folder)
     for index in folder.glob("*.index.json"):
         shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         problems += [f"weight shard {folder / s} (listed in {index.name}) is missing: run compare.convert again"
                      for s in sorted(shards) if not (folder / s).exists()]
-    for name in remote_code_files(folder):
+    try:
+        code = remote_code_files(folder)
+    except (ValueError, AttributeError):
+        code = []  # config_problems named what is wrong with config.json
+    for name in code:
         if not (folder / name).exists():
             problems.append(f"modeling file {folder / name} is missing (config.json's auto_map needs it; XTuner's "
                             f"convert_to_official.py does not copy remote code): copy {name} from {src}")
