@@ -21,7 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labsupport.core.checkpoints import FAIL, PASS, SKIP, load_results, write_json_atomic, write_text_atomic
+from labsupport.core.checkpoints import (FAIL, PASS, SKIP, checkpoints_file, load_results, write_json_atomic,
+                                         write_text_atomic)
 from labsupport.core.credentials import TOKEN_PATTERN, credentials_in, is_token, redact, secret_name
 from labsupport.core.paths import artifacts_dir, repo_root
 
@@ -167,6 +168,7 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
     os.environ.update(secrets)
     # papermill saves the copy after every cell, injected parameters included: a private folder holds it until the
     # credentials in it are masked, so a kill mid-run leaves none in ARTIFACTS
+    checkpoints_file(path.stem, artifacts).unlink(missing_ok=True)  # an earlier run's results are not this run's
     private = Path(tempfile.mkdtemp(prefix="labsupport-run-"))
     running = private / path.name
     try:
@@ -200,7 +202,8 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
         result.error = redact(result.error, hidden)
     result.seconds = round(time.time() - start, 1)
     saved = load_results(path.stem, artifacts)
-    result.checkpoints = saved["checkpoints"] if saved else []
+    this_run = saved and saved.get("started", 0) >= start - 1  # a notebook that failed before Checkpoints() has none
+    result.checkpoints = saved["checkpoints"] if this_run else []
     return result
 
 
