@@ -12,8 +12,10 @@ crash in a later cell still leaves the earlier results for the report.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -49,11 +51,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int | None = 
             os.fsync(fh.fileno())
         os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, disk_full(path.parent)) from None
         raise
     return path
+
+
+def disk_full(folder: str | os.PathLike) -> str:
+    """What to say when FOLDER's disk is full: the folder, the space left, and how to free some."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    return (f"no space left on the disk that holds {folder} ({free / 2**20:.0f} MiB free): free some (`df -h {folder}`; "
+            "old runs in artifacts/xtuner/work_dirs and artifacts/models can go, e.g. `make clean`), or set ARTIFACTS "
+            "to a folder on a larger disk, then run the cell again")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, errors: str = "strict", mode: int | None = None) -> Path:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labsupport.core.checkpoints import write_json_atomic
+from labsupport.core.checkpoints import disk_full, write_json_atomic
 from labsupport.train.runs import LOCK, clear_finished, latest_intact_checkpoint, mark_finished, safe_training
 from labsupport.core.paths import repo_root
 from labsupport.train.xtuner_render import load_config
@@ -372,9 +372,11 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
     if plot:
         plot.update(scalars, force=True)
     if proc.returncode != 0:
-        cause = root_error(log_path.read_text(encoding="utf-8", errors="replace"))
+        log_text = log_path.read_text(encoding="utf-8", errors="replace")
+        cause = root_error(log_text)
+        full = f"\n{disk_full(work_dir)}" if "No space left on device" in log_text else ""
         raise TrainingFailed(f"XTuner's train.py exited with status {proc.returncode}"
-                             + (f": {cause}" if cause else "") + f"\nLast lines of {log_path}:\n{_tail(log_path)}")
+                             + (f": {cause}" if cause else "") + full + f"\nLast lines of {log_path}:\n{_tail(log_path)}")
     ckpt = latest_checkpoint(work_dir)
     if ckpt is None:
         raise TrainingFailed(f"train.py exited 0 but left no checkpoint in {work_dir}. Last lines of {log_path}:\n"
@@ -399,12 +401,26 @@ def convert_to_official(config: str | os.PathLike, checkpoint: str | os.PathLike
         if not p.exists():
             raise FileNotFoundError(f"{what} {p} does not exist")
     tmp = save_dir.with_name(save_dir.name + ".converting")
-    shutil.rmtree(tmp, ignore_errors=True)
+    pid_file = tmp.with_name(tmp.name + ".pid")
+    other = _live_pid(pid_file)
+    if other:
+        raise RuntimeError(f"another conversion (pid {other}) is writing {tmp}: wait for it, or stop it with "
+                           f"`kill {other}`, then run this cell again")
+    if tmp.exists():
+        print(f"[convert] removing {tmp}, left by a conversion that was killed (the converted folder {save_dir} "
+              "was never replaced by it)")
+        shutil.rmtree(tmp, ignore_errors=True)
     cmd = [sys.executable, str(xtuner_tool("convert")), str(config), str(checkpoint), str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    write_json_atomic(pid_file, {"pid": os.getpid()})
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    finally:
+        pid_file.unlink(missing_ok=True)
     out = (proc.stdout + proc.stderr).splitlines()
     if proc.returncode != 0:
-        raise RuntimeError(f"convert_to_official.py failed (exit {proc.returncode}):\n" + "\n".join(out[-30:]))
+        shutil.rmtree(tmp, ignore_errors=True)  # half a folder helps nobody; the output below says why
+        full = f"\n{disk_full(save_dir.parent)}" if "No space left on device" in proc.stdout + proc.stderr else ""
+        raise RuntimeError(f"convert_to_official.py failed (exit {proc.returncode}){full}:\n" + "\n".join(out[-30:]))
     weights = list(tmp.glob("*.safetensors")) + list(tmp.glob("*.bin"))
     if not (tmp / "config.json").exists() or not weights:
         raise RuntimeError(f"convert_to_official.py exited 0 but {tmp} lacks config.json or weights:\n" + "\n".join(out[-30:]))
@@ -419,6 +435,18 @@ def convert_to_official(config: str | os.PathLike, checkpoint: str | os.PathLike
     if copied:
         print(f"[convert] copied the modeling code the script left out: {', '.join(sorted(copied))}")
     return save_dir
+
+
+def _live_pid(pid_file: Path) -> int | None:
+    """The pid in PID_FILE when that process (not this one) is alive, else None."""
+    try:
+        pid = int(json.loads(pid_file.read_text(encoding="utf-8"))["pid"])
+        if pid == os.getpid():
+            return None
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def plot_scalars(scalars: list[dict], title: str = "training"):
