@@ -12,9 +12,10 @@ env: system-deps        ## create or update the three environments and their Jup
 	$(PY) -m labsupport.core.envs
 
 # Debian packages the course uses outside Python: git-lfs (notebook 07's upload route),
-# chromium + its driver (the browser test of notebook 06's demo) and a CJK font (Chinese
-# questions in figures and screenshots). Installed only when missing.
-SYSTEM_PACKAGES = git-lfs chromium chromium-driver fonts-noto-cjk
+# chromium + its driver (the browser test of notebook 06's demo), a CJK font (Chinese
+# questions in figures and screenshots) and a colour emoji font (the report card's ✅/❌ would
+# be boxes in the browser's screenshots). Installed only when missing.
+SYSTEM_PACKAGES = git-lfs chromium chromium-driver fonts-noto-cjk fonts-noto-color-emoji
 system-deps:            ## install git-lfs and chromium from Debian when they are missing
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -38,8 +39,12 @@ report: env             ## print the report card of the last `make course`
 doctor: env             ## check every environment against its pins
 	$(COURSE_PY) -m labsupport.course.doctor
 
+# JupyterLab refuses to start as root without --allow-root; GPU boxes and containers usually run as root.
 lab: env                ## open the course in JupyterLab
-	$(COURSE_PY) -m jupyter lab notebooks/
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "[lab] running as root (a container or GPU box?): starting JupyterLab with --allow-root"; \
+	  $(COURSE_PY) -m jupyter lab --allow-root notebooks/; \
+	else $(COURSE_PY) -m jupyter lab notebooks/; fi
 
 strip:                  ## remove outputs and execution counts from the committed notebooks
 	$(PY) -m labsupport.course.strip notebooks/*.ipynb

@@ -7,6 +7,7 @@ file and a clear ValueError, and no temporary file anywhere.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import struct
@@ -305,6 +306,17 @@ CASES: list[Case] = [
     Case("jsonl_u0085_in_value", with_record(lambda r: turn(r, 1).update(value="red\u0085line"), fmt="jsonl"), None),
     Case("jsonl_u2029_and_formfeed", with_record(lambda r: turn(r, 1).update(value="red\u2029\x0c\x1eline"), fmt="jsonl"), None),
     Case("jsonl_without_final_newline", raw_file(json.dumps(good(0)).encode(), "data.jsonl"), None),
+    # the hostile user's cases (#31): each a named problem, never a bare exception or a lost report
+    Case("gzip_data", raw_file(gzip.compress(json.dumps([good(0)]).encode())), "compressed_file", None),
+    Case("stray_nul", raw_file(json.dumps([good(0), good(1)]).encode().replace(b'"r1"', b'"r\x001"')), "nul_bytes", None),
+    Case("gbk_file", raw_file(json.dumps([good(0), dict(good(1), note="宫保鸡丁，麻婆豆腐" * 4)],
+                                         ensure_ascii=False).encode("gbk")), "gbk_file", None),
+    Case("file_over_the_limit", json_file([good(0), good(1)]), "file_too_large", None, {"max_file_bytes": 100}),
+    Case("int_over_4300_digits", raw_file(b'[{"id": "a", "length": ' + b"9" * 5000 + b"}]"), "number_too_long", None),
+    Case("control_char_image", with_record(lambda r: r.update(image="bad\x01.jpg")), "image_unopenable"),
+    Case("name_300_chars", with_record(lambda r: r.update(image="x" * 300 + ".jpg")), "image_unopenable"),
+    Case("tile_counter_fails", with_record(lambda r: None), "check_failed", 1,
+         {"max_length": 10**6, "count_tiles_fn": lambda w, h, n: 1 // 0}),
 ]
 CORPUS = {c.name: c for c in CASES}
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from labsupport.evaluate import compare as C, conversion
+from labsupport.train import runs
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +91,11 @@ def test_no_work_dir_tells_the_learner_to_run_notebook_04(tmp_path):
     with pytest.raises(conversion.TrainingRunMissing, match=f"{tmp_path / 'mine'} holds no checkpoint"):
         conversion.find_training_run(tmp_path, "mine")  # a relative WORK_DIR lives under ARTIFACTS
     shutil.rmtree(tmp_path / conversion.TRAIN_WORK_DIR)
-    (tmp_path / "xtuner" / "work_dirs" / "InternVL2-2B-lora").mkdir(parents=True)
-    (tmp_path / "xtuner" / "work_dirs" / "InternVL2-2B-lora" / "last_checkpoint").write_text("iter_5.pth")
-    with pytest.raises(conversion.TrainingRunMissing, match="does not exist.*set WORK_DIR to one of the runs found: .*InternVL2-2B-lora"):
+    other = tmp_path / "xtuner" / "work_dirs" / "InternVL2-2B-lora"
+    other.mkdir(parents=True)
+    torch.save({"meta": {}}, other / "iter_5.pth")
+    (other / runs.FINISHED).write_text('{"checkpoint": "iter_5.pth"}')
+    with pytest.raises(conversion.TrainingRunMissing, match="does not exist.*set WORK_DIR to one of the finished runs found: .*InternVL2-2B-lora"):
         conversion.find_training_run(tmp_path)
 
 
@@ -246,6 +249,7 @@ def _fake_run(tiny: Path, work_dir: Path, mode: str) -> "conversion.TrainingRun"
             else:
                 state[f"model.language_model.{name}.weight"] = noise(mod.weight, 0.01)
     torch.save({"meta": {}, "state_dict": state}, work_dir / "iter_1.pth")
+    runs.mark_finished(work_dir, work_dir / "iter_1.pth")  # as launch() does after the final checkpoint
     return conversion.find_training_run(work_dir.parent, work_dir=work_dir)
 
 

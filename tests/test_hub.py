@@ -4,15 +4,27 @@ import json
 import os
 import secrets
 import string
+import struct
 import subprocess
 
 import pytest
 
 from labsupport.core import credentials
+from labsupport.evaluate import conversion
 from labsupport.publish import hub
 
 needs_lfs = pytest.mark.skipif(hub.git_lfs_version() is None, reason="git-lfs is not installed (apt-get install git-lfs)")
 
+
+
+def random_safetensors(nbytes: int) -> bytes:
+    """A valid .safetensors file of NBYTES in all, one random uint8 tensor: the folder check reads its header."""
+    n = nbytes
+    for _ in range(3):  # the header's length depends on the digits of the data size
+        header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+        header += b" " * (-len(header) % 8)
+        n = nbytes - 8 - len(header)
+    return struct.pack("<Q", len(header)) + header + os.urandom(nbytes - 8 - len(header))
 
 def fake_token() -> str:
     alphabet = string.ascii_letters + string.digits
@@ -27,7 +39,7 @@ def write_model(folder, weights_bytes=1_500_000):
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     (folder / "generation_config.json").write_text("{}")
     (folder / "tokenizer.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(os.urandom(weights_bytes))
+    (folder / "model.safetensors").write_bytes(random_safetensors(weights_bytes))
     (folder / ".labsupport-build.json").write_text("{}")  # builder bookkeeping: must be left out, not flagged
     return folder
 
@@ -213,14 +225,22 @@ def test_clone_and_compare_reports_a_difference(staged, tmp_path):
     assert not back["identical"] and back["differ"] == ["config.json"]
 
 
+def converted(folder):
+    """A fine-tune as notebook 05's conversion leaves it: the finished run it came from recorded."""
+    write_model(folder)
+    (folder / conversion.PROVENANCE).write_text(json.dumps({"run": "04_finetune", "checkpoint": "iter_6.pth",
+                                                            "finished": True}))
+    return folder
+
+
 def test_model_to_publish_prefers_the_fine_tuned_model(tmp_path):
-    write_model(tmp_path / "models" / "internvl2-tiny-finetuned")
+    converted(tmp_path / "models" / "internvl2-tiny-finetuned")
     folder, fine_tuned, why = hub.model_to_publish(tmp_path)
     assert folder == tmp_path / "models" / "internvl2-tiny-finetuned" and fine_tuned and "notebook 05" in why
     real = tmp_path / "weights" / "InternVL2-2B"  # a real checkpoint: its fine-tune is found by its own name
     write_model(real)
     assert hub.model_to_publish(tmp_path, str(real))[:2] == (real, False)
-    write_model(tmp_path / "models" / "InternVL2-2B-finetuned")
+    converted(tmp_path / "models" / "InternVL2-2B-finetuned")
     assert hub.model_to_publish(tmp_path, str(real))[:2] == (tmp_path / "models" / "InternVL2-2B-finetuned", True)
 
 

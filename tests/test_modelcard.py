@@ -109,7 +109,6 @@ def test_the_cards_snippet_runs_as_written_against_the_cards_own_model(tmp_path)
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     from labsupport.datasets import plates
     from labsupport.model import tinymodel

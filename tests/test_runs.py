@@ -16,11 +16,13 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fake_checkpoints(wd: Path, iters=(2, 4, 6)) -> None:
+def fake_checkpoints(wd: Path, iters=(2, 4, 6), finished: bool = True) -> None:
     wd.mkdir(parents=True, exist_ok=True)
     for i in iters:
         torch.save({"meta": {"iter": i}, "state_dict": {"w": torch.ones(64) * i}}, wd / f"iter_{i}.pth")
     (wd / "last_checkpoint").write_text(str(wd / f"iter_{iters[-1]}.pth"))
+    if finished:
+        runs.mark_finished(wd, wd / f"iter_{iters[-1]}.pth")
 
 
 def test_a_checkpoint_cut_short_is_skipped_for_the_one_before(tmp_path, capsys):
@@ -63,8 +65,25 @@ def test_keep_last_good_run_restores_it_when_the_new_run_fails(tmp_path):
     assert (tmp_path / ".wd.failed" / "train.log").read_text() == "half a run"
     assert not (tmp_path / ".wd.previous").exists()
     with runs.keep_last_good_run(wd, say=None):
+        torch.save({"new": 1}, wd / "iter_1.pth")  # no completion marker: this run does not count
+    assert sha(wd / "iter_6.pth") == before and sorted(p.name for p in (tmp_path / ".wd.failed").iterdir()) == ["iter_1.pth"]
+    with runs.keep_last_good_run(wd, say=None):
         torch.save({"new": 1}, wd / "iter_1.pth")
-    assert sorted(p.name for p in wd.iterdir()) == ["iter_1.pth"] and not (tmp_path / ".wd.previous").exists()
+        runs.mark_finished(wd, wd / "iter_1.pth")
+    assert sorted(p.name for p in wd.iterdir()) == ["iter_1.pth", runs.FINISHED]
+    assert not (tmp_path / ".wd.previous").exists()
+
+
+def test_an_unfinished_run_in_the_work_dir_never_replaces_the_kept_finished_one(tmp_path):
+    wd = tmp_path / "wd"
+    fake_checkpoints(tmp_path / ".wd.previous")  # the finished run, set aside when the killed attempt started
+    kept = sha(tmp_path / ".wd.previous" / "iter_6.pth")
+    fake_checkpoints(wd, (2,), finished=False)   # the killed attempt
+    with pytest.raises(RuntimeError):
+        with runs.keep_last_good_run(wd, say=None):
+            raise RuntimeError("the re-run fails too")
+    assert sha(wd / "iter_6.pth") == kept and runs.run_finished(wd)
+    assert not (tmp_path / ".wd.previous").exists()
 
 
 def test_a_config_inside_the_work_dir_travels_into_the_new_run(tmp_path):

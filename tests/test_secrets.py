@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,16 @@ needs_lfs = pytest.mark.skipif(hub.git_lfs_version() is None, reason="git-lfs is
 TOKEN = "hf_" + "Zq7" * 12  # shaped like a Hugging Face token (never a real one)
 ODD_TOKEN = "ms-7f3a9c1e-secret-value"  # a ModelScope-style token: only found because it is named
 
+
+
+def random_safetensors(nbytes: int) -> bytes:
+    """A valid .safetensors file of NBYTES in all, one random uint8 tensor: the folder check reads its header."""
+    n = nbytes
+    for _ in range(3):  # the header's length depends on the digits of the data size
+        header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+        header += b" " * (-len(header) % 8)
+        n = nbytes - 8 - len(header)
+    return struct.pack("<Q", len(header)) + header + os.urandom(nbytes - 8 - len(header))
 
 def everything_holding(root: Path, secret: str, skip: Path | None = None) -> list[str]:
     """Every file under ROOT and every git object (decompressed) of every repository under ROOT holding SECRET."""
@@ -42,7 +53,7 @@ def model_folder(folder: Path) -> Path:
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     (folder / "generation_config.json").write_text("{}")
     (folder / "tokenizer.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(os.urandom(200_000))
+    (folder / "model.safetensors").write_bytes(random_safetensors(200_000))
     return folder
 
 

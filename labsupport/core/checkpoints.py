@@ -12,8 +12,10 @@ crash in a later cell still leaves the earlier results for the report.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -49,11 +51,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int | None = 
             os.fsync(fh.fileno())
         os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, disk_full(path.parent)) from None
         raise
     return path
+
+
+def disk_full(folder: str | os.PathLike) -> str:
+    """What to say when FOLDER's disk is full: the folder, the space left, and how to free some."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    return (f"no space left on the disk that holds {folder} ({free / 2**20:.0f} MiB free): free some (`df -h {folder}`; "
+            "old runs in artifacts/xtuner/work_dirs and artifacts/models can go, e.g. `make clean`), or set ARTIFACTS "
+            "to a folder on a larger disk, then run the cell again")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, errors: str = "strict", mode: int | None = None) -> Path:
@@ -65,6 +80,18 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write DATA as pretty JSON to PATH through a temporary file, so readers never see half a file."""
     # serialised first: an object json cannot encode fails before any file is touched
     write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, default=str))
+
+
+_REPO = Path(__file__).resolve().parents[2]  # labsupport/core/checkpoints.py -> the repository
+
+
+def relative_paths(text: str) -> str:
+    """TEXT with absolute paths inside the repository made repo-relative and the home folder written ~ (hints travel)."""
+    text = str(text)
+    for root, short in ((str(_REPO) + os.sep, ""), (str(_REPO), "."), (str(Path.home()) + os.sep, "~" + os.sep)):
+        if len(root) > 2:
+            text = text.replace(root, short)
+    return text
 
 
 def checkpoints_file(notebook: str, artifacts: str | os.PathLike) -> Path:
@@ -84,14 +111,16 @@ class Checkpoints:
         self._save(finished=False)
 
     def check(self, name: str, passed: bool | Callable[[], bool], hint: str, detail: str = "") -> bool:
-        """Record checkpoint NAME; PASSED is a bool or a function returning one (an exception counts as a failure)."""
-        if callable(passed):
-            try:
-                passed = passed()
-            except Exception as exc:  # the learner's code failed inside the check: that is a failed checkpoint
-                detail = f"{type(exc).__name__}: {exc}"
-                passed = False
-        status = PASS if bool(passed) else FAIL
+        """Record checkpoint NAME; PASSED is a bool or a function returning one (an exception counts as a failure).
+
+        Pass a function (lambda: tuple(ex1_grid) == (4, 2)) when the learner's answer could be of the wrong type:
+        then the wrong type is a failed check with its hint, not a TypeError that stops the cell."""
+        try:
+            passed = bool(passed() if callable(passed) else passed)
+        except Exception as exc:  # the learner's answer broke the check (a wrong type, an array): a failed checkpoint
+            detail = f"{type(exc).__name__}: {exc} (is the answer of the type the exercise asks for?)"
+            passed = False
+        status = PASS if passed else FAIL
         return self._record(name, status, hint=hint if status == FAIL else "", detail=detail)
 
     def skip(self, name: str, reason: str) -> bool:
@@ -99,6 +128,7 @@ class Checkpoints:
         return self._record(name, SKIP, detail=reason)
 
     def _record(self, name: str, status: str, hint: str = "", detail: str = "") -> bool:
+        hint, detail = relative_paths(hint), relative_paths(detail)
         self.results = [r for r in self.results if r["name"] != name]  # re-running a cell replaces its result
         self.results.append({"name": name, "status": status, "hint": hint, "detail": detail})
         self._save(finished=False)
@@ -135,6 +165,7 @@ class Checkpoints:
         write_json_atomic(self.path, {
             "notebook": self.notebook,
             "finished": finished,
+            "started": self.started,  # the report card takes only the results of the run it started
             "seconds": round(time.time() - self.started, 2),
             "checkpoints": self.results,
         })

@@ -1,6 +1,7 @@
 """Hub tokens: find, ask, mask and redact them, and scan folders and git objects for any that leaked."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -10,7 +11,40 @@ TOKEN_ENV = {"huggingface": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), "modelscope"
 # Files that must never be published: secrets, and training leftovers that are not the model.
 SECRET_NAMES = [".env", "*.env", ".netrc", ".git-credentials", "token", "*_token", "*.token", "hf_token*",
                 "credentials*", "*.pem", "*.key", "id_rsa*", "id_ed25519*"]
-TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")  # safe to mask anywhere in a text: long enough to be no identifier
+# A parameter VALUE of one of these shapes is a token, however short: Hugging Face, ModelScope (ms-<uuid> or a bare
+# uuid), GitHub, GitLab, OpenAI-style keys. Only whole values are judged this way (a notebook's cell ids are uuids too).
+TOKEN_SHAPES = re.compile(r"(?:hf_[A-Za-z0-9]{6,}|ms-[A-Za-z0-9-]{8,}|[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"
+                          r"|gh[pousr]_[A-Za-z0-9]{10,}|github_pat_\w{10,}|glpat-[\w-]{10,}|sk-[A-Za-z0-9_-]{10,})")
+# user-info in a URL: scheme://user:password@host (the password, or a token given as the user, is a credential)
+URL_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*)(?::(?P<pw>[^@/\s]*))?@")
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PWD", "CREDENTIAL", "CREDENTIALS", "APIKEY")
+
+
+def secret_name(name: str) -> bool:
+    """Whether a parameter NAME says it holds a secret: a word of it is or ends with TOKEN/KEY/SECRET/PASSWORD/...
+    (HF_TOKEN, API_KEY, HFTOKEN), while MAX_NEW_TOKENS (a count) is not."""
+    return any(word.endswith(SECRET_WORDS) for word in re.split(r"[^A-Za-z0-9]+", str(name).upper()) if word)
+
+
+def is_token(value: object) -> bool:
+    """Whether VALUE as a whole has a known token shape (hf_..., a ModelScope token, ghp_..., sk-...)."""
+    return bool(TOKEN_SHAPES.fullmatch(str(value).strip()))
+
+
+def credentials_in(value: object) -> list[str]:
+    """The credentials inside VALUE (a parameter value): URL passwords, a token given as a URL's user, token-shaped words."""
+    text = str(value)
+    found = []
+    for m in URL_USERINFO.finditer(text):
+        if m.group("pw"):
+            found.append(m.group("pw"))
+        elif m.group("user") and (is_token(m.group("user")) or len(m.group("user")) >= 20):
+            found.append(m.group("user"))  # https://<token>@github.com
+    found += [m.group(0) for m in TOKEN_SHAPES.finditer(text) if is_token(m.group(0))]
+    if is_token(text):
+        found.append(text.strip())
+    return sorted(set(found), key=len, reverse=True)
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -39,11 +73,12 @@ def mask(token: str | None) -> str:
 
 
 def redact(text: str, tokens: list | tuple = ()) -> str:
-    """TEXT with every given token (str or Token) and anything shaped like a Hugging Face token masked."""
-    for t in tokens:
-        value = t.reveal() if isinstance(t, Token) else t
-        if value:
-            text = text.replace(value, mask(value))
+    """TEXT with every given token (str or Token; also as JSON escapes it), any URL password and anything shaped like a
+    Hugging Face token masked."""
+    for t in sorted((t.reveal() if isinstance(t, Token) else t for t in tokens if t), key=len, reverse=True):
+        if t:
+            text = text.replace(t, mask(t)).replace(json.dumps(t)[1:-1], mask(t))
+    text = URL_USERINFO.sub(lambda m: m.group("head") + m.group("user") + ":****@" if m.group("pw") else m.group(0), text)
     return TOKEN_PATTERN.sub("hf_****", text)
 
 

@@ -14,13 +14,16 @@ import html
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labsupport.core.checkpoints import FAIL, PASS, SKIP, load_results, write_json_atomic, write_text_atomic
-from labsupport.core.credentials import TOKEN_PATTERN, redact
+from labsupport.core.checkpoints import (FAIL, PASS, SKIP, checkpoints_file, load_results, write_json_atomic,
+                                         write_text_atomic)
+from labsupport.core.credentials import TOKEN_PATTERN, credentials_in, is_token, redact, secret_name
 from labsupport.core.paths import artifacts_dir, repo_root
 
 # Jupyter's own matplotlib backend: a figure a cell shows becomes a PNG in the executed notebook. The
@@ -90,12 +93,15 @@ def source_cell_index(executed: Path, index: int) -> int:
     return index - injected
 
 
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL", re.IGNORECASE)
-
-
 def is_secret(name: str, value: object) -> bool:
-    """Whether a -p NAME VALUE is a secret: a token-like name, or a value shaped like a Hugging Face token."""
-    return bool(SECRET_NAME.search(name)) or bool(TOKEN_PATTERN.search(str(value)))
+    """Whether a -p NAME VALUE is a secret as a whole: a name that says so (HF_TOKEN, API_KEY), or a token-shaped value."""
+    return secret_name(name) or is_token(value) or bool(TOKEN_PATTERN.search(str(value)))
+
+
+def hidden_values(parameters: dict) -> list[str]:
+    """The credentials inside injected parameter values (a URL's password: https://oauth2:<token>@host), to be masked
+    in everything written about the run."""
+    return sorted({c for value in parameters.values() for c in credentials_in(value)}, key=len, reverse=True)
 
 
 def split_parameters(path: Path, parameters: dict) -> tuple[dict, dict, list[str]]:
@@ -155,18 +161,24 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
     for name in secrets:
         print(f"  {name} reaches {path.name} as an environment variable, not as a parameter "
               "(papermill would write it into the executed notebook)", flush=True)
+    hidden = [*secrets.values(), *hidden_values(params)]  # masked in the executed copy, its metadata and the log
     start = time.time()
     saved_env = {key: os.environ.get(key) for key in [*HEADLESS_ENV, *secrets]}
     os.environ.update(HEADLESS_ENV)  # the kernel inherits it: figures land in the executed copy, no frozen bars
     os.environ.update(secrets)
+    # papermill saves the copy after every cell, injected parameters included: a private folder holds it until the
+    # credentials in it are masked, so a kill mid-run leaves none in ARTIFACTS
+    checkpoints_file(path.stem, artifacts).unlink(missing_ok=True)  # an earlier run's results are not this run's
+    private = Path(tempfile.mkdtemp(prefix="labsupport-run-"))
+    running = private / path.name
     try:
-        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+        pm.execute_notebook(str(path), str(running), parameters=params, cwd=str(path.parent),
                             progress_bar=progress, request_save_on_cell_execute=True,
                             extra_arguments=KERNEL_ARGUMENTS)
         result.status = PASS
     except pm.PapermillExecutionError as exc:
         result.status = FAIL
-        result.failed_cell = source_cell_index(out, exc.cell_index)
+        result.failed_cell = source_cell_index(running, exc.cell_index)
         first_line = next((line for line in exc.source.splitlines() if line.strip()), "")
         result.error = (f"cell {result.failed_cell} (`{first_line[:60]}`): {exc.ename}: {exc.evalue}")
     except Exception as exc:  # kernel died, timeout, bad notebook: still a failed notebook, with the reason
@@ -178,12 +190,20 @@ def run_notebook(path: Path, artifacts: Path, parameters: dict | None = None, ou
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if redact_file(out, list(secrets.values())):  # a cell printed it: the copy keeps no trace
-            print(f"  secrets were masked in {out}", flush=True)
-        result.error = redact(result.error, list(secrets.values()))
+        if running.exists():
+            text = running.read_text(encoding="utf-8")
+            clean = redact(text, hidden)
+            write_text_atomic(out, clean)
+            if clean != text:
+                print(f"  credentials were masked in {out}", flush=True)
+        else:
+            out.unlink(missing_ok=True)  # an earlier run's copy would pass for this one's
+        shutil.rmtree(private, ignore_errors=True)
+        result.error = redact(result.error, hidden)
     result.seconds = round(time.time() - start, 1)
     saved = load_results(path.stem, artifacts)
-    result.checkpoints = saved["checkpoints"] if saved else []
+    this_run = saved and saved.get("started", 0) >= start - 1  # a notebook that failed before Checkpoints() has none
+    result.checkpoints = saved["checkpoints"] if this_run else []
     return result
 
 

@@ -14,16 +14,18 @@ so the course task keeps a machine-readable `meta` for the evaluator.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from labsupport.core import tiling
 from labsupport.core.checkpoints import write_json_atomic, write_text_atomic
 from labsupport.core.progress import bar
+from labsupport.datasets.safe_read import DataFileError, data_text, parse_json
 
 
 
@@ -71,24 +73,19 @@ def jsonl_lines(text: str) -> list[str]:
 
 
 def load_records(path: str | os.PathLike) -> list:
-    """Read a json list or a jsonl file of records (raises with the file and line for a learner to fix)."""
+    """Read a json list or a jsonl file of records (raises ValueError naming the file, the line and the fix)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = data_text(path)  # stat first (no FIFO, device or huge file), encodings named, a BOM dropped
     if path.suffix == ".jsonl":
         out = []
         for lineno, line in enumerate(jsonl_lines(text), start=1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
-                except (json.JSONDecodeError, RecursionError) as exc:
-                    msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-                    raise ValueError(f"{path}, line {lineno}: not valid json ({msg}); "
-                                     f"run labsupport.datasets.validate.validate() for a full report") from None
+                    out.append(parse_json(line, path, line_offset=lineno - 1))
+                except DataFileError as exc:
+                    raise DataFileError(exc.kind, f"{exc}; run labsupport.datasets.validate.validate() for a full report") from None
         return out
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise ValueError(f"{path}: the json is nested too deeply to read; run labsupport.datasets.validate.validate()") from None
+    data = parse_json(text, path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a json list of records, found a {type(data).__name__}")
     return data
@@ -110,6 +107,28 @@ def as_records(source: str | os.PathLike | list) -> list:
     return load_records(source) if isinstance(source, (str, os.PathLike)) else list(source)
 
 
+class ConversionError(ValueError):
+    """A record a converter cannot convert; the message names the file, the record and what that format needs."""
+
+
+@contextlib.contextmanager
+def converting(source: object, index: int, rec: object, needs: str) -> Iterator[None]:
+    """Turn a bare KeyError/IndexError/TypeError/AttributeError while converting record INDEX of SOURCE into a
+    ConversionError naming the file, the record (and its id) and NEEDS, what the format's records hold."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        where = str(source) if isinstance(source, (str, os.PathLike)) else "the records given"
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        what = (f"no key {exc.args[0]!r}" if isinstance(exc, KeyError) else
+                "a list is empty or shorter than expected" if isinstance(exc, IndexError) else
+                f"a field has the wrong type ({exc})")
+        if not isinstance(rec, dict):
+            what = f"the record is a {type(rec).__name__}, not a json object"
+        raise ConversionError(f"{where}, record {index}" + (f" (id {rid!r})" if rid is not None else "")
+                              + f": {what}; {needs}") from None
+
+
 def _human(text: str, n_images: int) -> str:
     """A first human turn with the image tags InternVL expects in front."""
     return "<image>\n" * n_images + text.strip()
@@ -121,11 +140,17 @@ def _human(text: str, n_images: int) -> str:
 def from_foodieqa(source: str | os.PathLike | list | dict, lang: str = "zh", with_choices: bool = True,
                   image_prefix: str = "") -> list[dict]:
     """Convert FoodieQA single-image VQA (sivqa) records to InternVL records: question (+ lettered choices) -> the right choice."""
-    data = json.loads(Path(source).read_text(encoding="utf-8")) if isinstance(source, (str, os.PathLike)) else source
+    data = parse_json(data_text(source), source) if isinstance(source, (str, os.PathLike)) else source
     if isinstance(data, dict):  # the annotation files group questions by category: {"0": [...], "1": [...]}
-        data = [q for group in data.values() for q in group]
+        with converting(source, 0, data, 'FoodieQA files hold a list, or {"category": [records]}'):
+            data = [q for group in data.values() for q in group]
+    if not isinstance(data, list):
+        raise ConversionError(f"{source if isinstance(source, (str, os.PathLike)) else 'the records given'}: a FoodieQA "
+                              f"file holds a list of questions, not a {type(data).__name__}")
     out = []
     for i, q in enumerate(data):
+        if not isinstance(q, dict):
+            raise ConversionError(f"FoodieQA record {i} is a {type(q).__name__}, not a json object")
         suffix = "_en" if lang == "en" else ""
         try:
             question, choices = q["question" + suffix], q["choices" + suffix]
@@ -244,34 +269,40 @@ _ROLE_TO_FROM = {"user": "human", "assistant": "gpt", "human": "human", "gpt": "
 def openai_to_internvl(source: str | os.PathLike | list, id_prefix: str = "chat") -> list[dict]:
     """Convert OpenAI-style {"messages": [{"role", "content"}]} records to InternVL text-only records (system turns dropped)."""
     out = []
+    needs = 'OpenAI chat records hold {"messages": [{"role": "user"|"assistant"|"system", "content": "..."}]}'
     for i, rec in enumerate(as_records(source)):
-        turns = []
-        for m in rec["messages"]:
-            if m["role"] == "system":
-                continue
-            if m["role"] not in _ROLE_TO_FROM:
-                raise ValueError(f"record {i}: role {m['role']!r} is not user/assistant/system")
-            turns.append({"from": _ROLE_TO_FROM[m["role"]], "value": m["content"]})
-        out.append({"id": rec.get("id", f"{id_prefix}-{i:05d}"), "conversations": turns})
+        with converting(source, i, rec, needs):
+            turns = []
+            for m in rec["messages"]:
+                if m["role"] == "system":
+                    continue
+                if m["role"] not in _ROLE_TO_FROM:
+                    raise ConversionError(f"record {i}: role {m['role']!r} is not user/assistant/system")
+                if not isinstance(m["content"], str):
+                    raise TypeError(f"'content' is a {type(m['content']).__name__}: only text messages convert")
+                turns.append({"from": _ROLE_TO_FROM[m["role"]], "value": m["content"]})
+            out.append({"id": rec.get("id", f"{id_prefix}-{i:05d}"), "conversations": turns})
     return out
 
 
 def from_llava(source: str | os.PathLike | list, image_prefix: str = "") -> list[dict]:
     """Convert LLaVA-format records (same shape as InternVL's) to clean InternVL records: ids as strings, one '<image>\\n' in front."""
     out = []
+    needs = 'LLaVA records hold "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", ...}]'
     for i, rec in enumerate(as_records(source)):
-        convs = [{"from": t["from"], "value": t["value"]} for t in rec["conversations"]]
-        new = {"id": str(rec.get("id", f"llava-{i:06d}"))}
-        image = rec.get("image")
-        if image:
-            paths = image if isinstance(image, list) else [image]
-            new["image"] = image_prefix + paths[0] if len(paths) == 1 else [image_prefix + p for p in paths]
-            first = convs[0]["value"].replace("<image>", "").strip()
-            convs[0]["value"] = _human(first, len(paths))
-            for t in convs[1:]:
-                t["value"] = t["value"].replace("<image>", "").strip()
-        new["conversations"] = convs
-        out.extend([{**{k: v for k, v in rec.items() if k not in ("id", "image", "conversations", "model")}, **new}])
+        with converting(source, i, rec, needs):
+            convs = [{"from": t["from"], "value": t["value"]} for t in rec["conversations"]]
+            new = {"id": str(rec.get("id", f"llava-{i:06d}"))}
+            image = rec.get("image")
+            if image:
+                paths = image if isinstance(image, list) else [image]
+                new["image"] = image_prefix + paths[0] if len(paths) == 1 else [image_prefix + p for p in paths]
+                first = convs[0]["value"].replace("<image>", "").strip()
+                convs[0]["value"] = _human(first, len(paths))
+                for t in convs[1:]:
+                    t["value"] = t["value"].replace("<image>", "").strip()
+            new["conversations"] = convs
+            out.extend([{**{k: v for k, v in rec.items() if k not in ("id", "image", "conversations", "model")}, **new}])
     return out
 
 
@@ -299,44 +330,55 @@ def to_swift(source: str | os.PathLike | list, keep_extra: bool = True) -> list[
     """InternVL records -> ms-swift rows {"query", "response", "images", "history"?}; the leading '<image>\\n' is dropped; KEEP_EXTRA keeps id, meta, ... for a lossless trip back."""
     out = []
     for i, rec in enumerate(as_records(source)):
-        convs = rec["conversations"]
-        if len(convs) % 2 or any(t["from"] != ("human", "gpt")[k % 2] for k, t in enumerate(convs)):
-            raise ValueError(f"record {i} (id {rec.get('id')!r}): turns must alternate human/gpt to convert to swift; "
-                             f"run labsupport.datasets.validate.validate() to find such records")
-        pairs = [[convs[k]["value"], convs[k + 1]["value"]] for k in range(0, len(convs), 2)]
-        image = rec.get("image")
-        images = [] if image is None else (list(image) if isinstance(image, list) else [image])
-        n = len(images)
-        if n and pairs[0][0].startswith("<image>\n" * n) and pairs[0][0].count("<image>") == n:
-            pairs[0][0] = pairs[0][0][len("<image>\n") * n:]  # swift puts the images in front itself
-        row = {k: v for k, v in rec.items() if k not in ("image", "conversations")} if keep_extra else {}
-        row.update(query=pairs[-1][0], response=pairs[-1][1], images=images)
-        if len(pairs) > 1:
-            row["history"] = pairs[:-1]
-        if isinstance(image, list) and keep_extra:
-            row["_image_list"] = True  # remembers the list form, for a lossless trip back
-        out.append(row)
+        with converting(source, i, rec, 'InternVL records hold "conversations": [{"from": "human"|"gpt", "value": ...}]'):
+            out.append(_to_swift_row(i, rec, keep_extra))
     return out
+
+
+def _to_swift_row(i: int, rec: dict, keep_extra: bool) -> dict:
+    convs = rec["conversations"]
+    if len(convs) % 2 or any(t["from"] != ("human", "gpt")[k % 2] for k, t in enumerate(convs)):
+        raise ValueError(f"record {i} (id {rec.get('id')!r}): turns must alternate human/gpt to convert to swift; "
+                         f"run labsupport.datasets.validate.validate() to find such records")
+    pairs = [[convs[k]["value"], convs[k + 1]["value"]] for k in range(0, len(convs), 2)]
+    image = rec.get("image")
+    images = [] if image is None else (list(image) if isinstance(image, list) else [image])
+    n = len(images)
+    if n and pairs[0][0].startswith("<image>\n" * n) and pairs[0][0].count("<image>") == n:
+        pairs[0][0] = pairs[0][0][len("<image>\n") * n:]  # swift puts the images in front itself
+    row = {k: v for k, v in rec.items() if k not in ("image", "conversations")} if keep_extra else {}
+    row.update(query=pairs[-1][0], response=pairs[-1][1], images=images)
+    if len(pairs) > 1:
+        row["history"] = pairs[:-1]
+    if isinstance(image, list) and keep_extra:
+        row["_image_list"] = True  # remembers the list form, for a lossless trip back
+    return row
 
 
 def from_swift(source: str | os.PathLike | list) -> list[dict]:
     """ms-swift rows {"query", "response", "images", "history"?} -> InternVL records; '<image>\\n' tags added when the text has none."""
     out = []
     for i, row in enumerate(as_records(source)):
-        try:
-            pairs = [list(p) for p in row.get("history") or []] + [[row["query"], row["response"]]]
-        except KeyError as exc:
-            raise ValueError(f"swift row {i}: missing {exc}; each row needs 'query' and 'response'") from exc
-        images = list(row.get("images") or [])
-        if images and not any("<image>" in q for q, _ in pairs):
-            pairs[0][0] = "<image>\n" * len(images) + pairs[0][0]
-        rec = {"id": row.get("id", f"swift-{i:06d}")}
-        if images:
-            rec["image"] = images if row.get("_image_list") or len(images) > 1 else images[0]
-        rec["conversations"] = [{"from": f, "value": v} for q, a in pairs for f, v in (("human", q), ("gpt", a))]
-        rec.update({k: v for k, v in row.items() if k not in ("id", "query", "response", "images", "history", "_image_list")})
-        out.append(rec)
+        with converting(source, i, row, "each swift row needs 'query' and 'response' (and may hold 'history' "
+                                        "[[q, a], ...] and 'images' [paths])"):
+            out.append(_from_swift_row(i, row))
     return out
+
+
+def _from_swift_row(i: int, row: dict) -> dict:
+    pairs = [list(p) for p in row.get("history") or []] + [[row["query"], row["response"]]]
+    if any(len(p) != 2 for p in pairs):
+        raise IndexError("a history entry is not a [query, response] pair")
+    images = row.get("images") or []
+    images = [images] if isinstance(images, str) else list(images)  # "plate.jpg" is one path, not nine
+    if images and not any("<image>" in q for q, _ in pairs):
+        pairs[0][0] = "<image>\n" * len(images) + pairs[0][0]
+    rec = {"id": row.get("id", f"swift-{i:06d}")}
+    if images:
+        rec["image"] = images if row.get("_image_list") or len(images) > 1 else images[0]
+    rec["conversations"] = [{"from": f, "value": v} for q, a in pairs for f, v in (("human", q), ("gpt", a))]
+    rec.update({k: v for k, v in row.items() if k not in ("id", "query", "response", "images", "history", "_image_list")})
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +406,10 @@ def mix(sources: Sequence[tuple[str | os.PathLike | list, float]], seed: int = 0
     seen: collections.Counter = collections.Counter()
     for s, (source, times) in enumerate(sources):
         prefix = image_prefixes[s] if image_prefixes else ""
-        for rec in apply_repeat(as_records(source), times, seed=seed + s, xtuner_0_2_exact=xtuner_0_2_exact):
+        for i, rec in enumerate(apply_repeat(as_records(source), times, seed=seed + s, xtuner_0_2_exact=xtuner_0_2_exact)):
+            if not isinstance(rec, dict):
+                raise ConversionError(f"{source if isinstance(source, (str, os.PathLike)) else f'source {s}'}: a record "
+                                      f"is a {type(rec).__name__}, not a json object")
             rec = copy_record(rec)
             if prefix and rec.get("image"):
                 rec["image"] = [prefix + p for p in rec["image"]] if isinstance(rec["image"], list) else prefix + rec["image"]

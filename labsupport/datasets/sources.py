@@ -9,7 +9,6 @@ access is granted, raised by huggingface_hub's own code against a local stand-in
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import tempfile
 import threading
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from labsupport.core.paths import repo_root
+from labsupport.datasets.formats import ConversionError, jsonl_lines
+from labsupport.datasets.safe_read import DataFileError, data_text, parse_json
 
 SAMPLES = {"foodieqa": "data/foodieqa_sample", "clot": "data/clot_sample"}
 CLOT_PROMPT = "请你根据这张图片，讲一个脑洞大开的梗"  # the seeds' CLoT_cn_2000 question for every image
@@ -116,12 +117,13 @@ def explain_hub_error(exc: Exception, repo_id: str) -> str:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a jsonl file; a bad line raises ValueError naming the file and line."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    # split at \n only (formats.jsonl_lines): str.splitlines() would cut a record at a U+2028 inside a string
+    for n, line in enumerate(jsonl_lines(data_text(path)), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {n}: not JSON ({exc.msg}); fix or delete the line") from exc
+                out.append(parse_json(line, path, line_offset=n - 1))
+            except DataFileError as exc:
+                raise DataFileError(exc.kind, f"{exc}; fix or delete the line") from None
     return out
 
 
@@ -136,11 +138,21 @@ def from_oogiri(source: str | os.PathLike | Sequence[dict], types: Sequence[str]
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the records"
     out, seen = [], set()
     for n, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise ConversionError(f"{where}, record {n}: a {type(r).__name__}, not a json object")
         missing = [k for k in ("type", "text") if k not in r]
         if missing:
             raise ValueError(f"{where}, record {n}: no {missing}; Oogiri-GO lines carry type, question, image, text, "
                              "star — print the first line of your file (`head -n 1 cn.jsonl`) and map its keys")
-        if r["type"] not in types or int(r.get("star") or 0) < min_star:
+        try:
+            star = int(r.get("star") or 0)
+        except (TypeError, ValueError):
+            raise ConversionError(f"{where}, record {n}: star is {r.get('star')!r}, not a number of likes") from None
+        if not all(isinstance(r.get(k) or "", str) for k in ("type", "text", "question", "image")) or not r.get("image") \
+                and r["type"] != "T2T":
+            raise ConversionError(f"{where}, record {n}: type, text, question and image must be strings (image "
+                                  "is needed unless type is T2T)")
+        if r["type"] not in types or star < min_star:
             continue
         key = (r.get("image"), r.get("question"), r["text"])
         if dedupe and key in seen:

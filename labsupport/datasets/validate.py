@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from labsupport.core.checkpoints import write_text_atomic
 from labsupport.datasets.formats import TOKENS_PER_TILE, count_tiles, jsonl_lines, progress_bar, save_records
+from labsupport.datasets.safe_read import MAX_DATA_BYTES, MAX_IMAGE_BYTES, encoding_problem, path_problem, stat_problem
 
 ERROR, WARNING = "error", "warning"
 ROLES = ("human", "gpt")
@@ -36,6 +37,14 @@ KINDS: dict[str, tuple[str, str]] = {
     "empty_file": (ERROR, "the file has no content: write the records into it (a .json file holds [ {...}, ... ])"),
     "empty_dataset": (ERROR, "the file holds no records: XTuner needs at least one to train on"),
     "utf16_file": (ERROR, "the file is UTF-16/32 text: save it as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 in.json > out.json`"),
+    "compressed_file": (ERROR, "decompress or extract the json/jsonl file first, and validate that"),
+    "nul_bytes": (ERROR, "delete the NUL bytes (`tr -d '\\000' < in > out`) and check the records near them"),
+    "gbk_file": (ERROR, "convert the file to UTF-8: `iconv -f GB18030 -t UTF-8 in.json > out.json`"),
+    "file_too_large": (ERROR, "split the file, or check that the path names the dataset (not a disk image or a device)"),
+    "number_too_long": (ERROR, "a number has more than 4300 digits, more than Python reads: write it as a string or delete it"),
+    "check_failed": (ERROR, "this record made the validator itself fail (please report it): fix or drop the record"),
+    "image_unopenable": (ERROR, "rename the image (no control characters, names under 255 bytes) or fix the symlink, and "
+                                "write the new path into the record"),
     "utf8_bom": (ERROR, "save the file as UTF-8 without a byte-order mark (XTuner's json reader stops at the BOM); write_clean() does it"),
     "bad_json": (ERROR, "fix the json syntax at the line and column given (a missing comma or bracket, or a trailing comma)"),
     "jsonl_in_json": (ERROR, "the file holds one record per line: rename it to .jsonl, or wrap the records in [ ... ] with commas"),
@@ -238,10 +247,12 @@ def _parse(text: str) -> tuple[Any, str | None, str | None]:
         return None, "bad_json", f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
     except RecursionError:
         return None, "too_deep", "brackets nested too deeply for a json reader (Python's stops near 1000 levels)"
+    except ValueError as exc:  # Python's limit on int literals (4300 digits) raises a plain ValueError
+        return None, "number_too_long", str(exc)[:120]
 
 
-def read_records(json_path: str | os.PathLike) -> tuple[list[Any], list[Problem], str]:
-    """Read a json/jsonl file without judging records: (records, file-level problems, "json" or "jsonl")."""
+def read_records(json_path: str | os.PathLike, max_bytes: int = MAX_DATA_BYTES) -> tuple[list[Any], list[Problem], str]:
+    """Read a json/jsonl file (at most MAX_BYTES) without judging records: (records, file-level problems, "json"/"jsonl")."""
     path = str(json_path)
     fmt = "jsonl" if path.endswith(".jsonl") else "json"
     problems: list[Problem] = []
@@ -251,16 +262,21 @@ def read_records(json_path: str | os.PathLike) -> tuple[list[Any], list[Problem]
 
     if not path.endswith(SUFFIXES):
         problem("unsupported_suffix", f"the name ends in {Path(path).suffix or '(no suffix)'!r}")
+    found = stat_problem(path, max_bytes)  # judged before opening: a FIFO blocks, /dev/zero never ends
+    if found:
+        problem("file_too_large" if found[0] == "too_large" else "unreadable_file", found[1])
+        return [], problems, fmt
     try:
         raw = Path(path).read_bytes()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         problem("unreadable_file", f"cannot read it ({type(exc).__name__}: {exc})")
         return [], problems, fmt
     if not raw.strip():
         problem("empty_file", f"{len(raw)} bytes, no text")
         return [], problems, fmt
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4096]:
-        problem("utf16_file", "the bytes hold a UTF-16/32 byte-order mark or NUL bytes between the characters")
+    found = encoding_problem(raw)
+    if found:
+        problem(*found)
         return [], problems, fmt
     if raw.startswith(b"\xef\xbb\xbf"):
         problem("utf8_bom", "the file starts with a UTF-8 byte-order mark (bytes EF BB BF)")
@@ -427,18 +443,23 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
              max_length: int | None = None, max_num: int = 6, count_tiles_fn: Callable[[int, int, int], int] | None = None,
              max_aspect: float = 12.0, check_images: bool = True, progress: bool = True,
              clean_to: str | os.PathLike | None = None, template_tokens: int = 0, turn_tokens: int = 0,
-             length_fn: Callable[[dict, tuple[int, int] | None], int] | None = None) -> Report:
+             length_fn: Callable[[dict, tuple[int, int] | None], int] | None = None,
+             max_file_bytes: int = MAX_DATA_BYTES) -> Report:
     """Check every record of an InternVL/XTuner json or jsonl file and its images; never modifies the input.
 
     A sample's length = its text tokens + 256 per tile (+2 for <img></img>) per image + TEMPLATE_TOKENS, the tokens
     the chat template adds once (system prompt), + TURN_TOKENS per human/gpt pair (role markers, end-of-turn suffix).
     LENGTH_FN(record, (width, height) or None), when given, measures it instead: labsupport.train.runs.xtuner_length
-    counts with XTuner's own template code, so too_long means exactly "XTuner would cut it".
+    counts with XTuner's own template code, so too_long means exactly "XTuner would cut it". A data file above
+    MAX_FILE_BYTES, a FIFO or a device is refused before it is opened.
     """
     path = str(json_path)
-    root = Path(image_root).resolve()
+    try:
+        root = Path(image_root).resolve()
+    except (RuntimeError, OSError, ValueError):  # a looping or unopenable root: every image below reports it
+        root = Path(os.path.abspath(image_root))
     tiles_of = count_tiles_fn or count_tiles
-    records, problems, fmt = read_records(path)
+    records, problems, fmt = read_records(path, max_file_bytes)
     report = Report(path, str(root), records, problems, fmt=fmt)
     seen_ids: dict[str, int] = {}
     image_cache: dict[Path, tuple[list[tuple[str, str]], tuple[int, int] | None]] = {}
@@ -453,46 +474,65 @@ def validate(json_path: str | os.PathLike, image_root: str | os.PathLike, tokeni
             sev, fix = KINDS[kind]
             problems.append(Problem(path, index, rid_text, kind, message, sev, fix))
 
-        images, texts, usable = check_record(rec, add, seen_ids, index)
-        # image files
-        sizes: list[tuple[int, int]] = []
-        for rel in images if check_images else []:
-            full = (root / rel).resolve()
-            if os.path.isabs(rel) or (full != root and root not in full.parents):
-                add("path_outside_root", f"{rel!r} leads outside {root}")
-                continue
-            if full not in image_cache:
-                image_cache[full] = _check_image(full, max_aspect)
-            found, size = image_cache[full]
-            for kind, message in found:
-                add(kind, f"{rel}: {message}")
-            if size:
-                sizes.append(size)
-        wh = rec.get("image_wh") if isinstance(rec, dict) else None
-        if sizes and _image_wh_ok(wh):
-            wh0 = wh[0] if isinstance(wh[0], list) else wh
-            if list(wh0) != list(sizes[0]):
-                add("image_wh_mismatch", f"image_wh is {wh0}, the image is {list(sizes[0])}")
-        # length in tokens
-        if length_fn is not None and usable:
-            try:
-                n = length_fn(rec, sizes[0] if sizes else None)
-            except Exception as exc:  # XTuner's own code is the judge: its failure is this record's error
-                add("xtuner_error", f"{type(exc).__name__}: {str(exc)[:160]}")
-                continue
-            report.lengths[index] = n
-            if max_length is not None and n > max_length:
-                add("too_long", f"{n} tokens as XTuner's template builds the sample > max_length {max_length}")
-        elif tokenizer is not None and usable:
-            n = template_tokens + turn_tokens * ((len(texts) + 1) // 2)
-            n += sum(count_text_tokens(tokenizer, t) for t in texts)
-            n += sum(TOKENS_PER_TILE * tiles_of(w, h, max_num) + 2 for w, h in sizes)  # +2: <img> and </img>
-            report.lengths[index] = n
-            if max_length is not None and n > max_length:
-                add("too_long", f"{n} tokens (text + image, max_num={max_num}) > max_length {max_length}")
+        try:
+            _check_one(rec, index, add, seen_ids, image_cache, report, root, check_images, max_aspect, length_fn,
+                       tokenizer, max_length, template_tokens, turn_tokens, tiles_of, max_num)
+        except Exception as exc:  # noqa: BLE001 - one odd record must not cost the report of all the others
+            add("check_failed", f"{type(exc).__name__}: {str(exc)[:160]}")
     if clean_to is not None:
         report.write_clean(clean_to)
     return report
+
+
+def _check_one(rec: Any, index: int, add: Callable[[str, str], None], seen_ids: dict, image_cache: dict, report: Report,
+               root: Path, check_images: bool, max_aspect: float, length_fn: Any, tokenizer: Any, max_length: int | None,
+               template_tokens: int, turn_tokens: int, tiles_of: Callable, max_num: int) -> None:
+    """validate()'s checks of one record: its fields, its images, its length."""
+    images, texts, usable = check_record(rec, add, seen_ids, index)
+    # image files
+    sizes: list[tuple[int, int]] = []
+    for rel in images if check_images else []:
+        bad = path_problem(rel)
+        if bad:
+            add("image_unopenable", f"{rel!r}: {bad}")
+            continue
+        try:
+            full = (root / rel).resolve()
+        except (RuntimeError, OSError, ValueError) as exc:  # resolve() raises on a symlink loop
+            add("image_unopenable", f"{rel!r}: {'a symlink loop' if 'loop' in str(exc).lower() else exc}")
+            continue
+        if os.path.isabs(rel) or (full != root and root not in full.parents):
+            add("path_outside_root", f"{rel!r} leads outside {root}")
+            continue
+        if full not in image_cache:
+            image_cache[full] = _check_image(full, max_aspect)
+        found, size = image_cache[full]
+        for kind, message in found:
+            add(kind, f"{rel}: {message}")
+        if size:
+            sizes.append(size)
+    wh = rec.get("image_wh") if isinstance(rec, dict) else None
+    if sizes and _image_wh_ok(wh):
+        wh0 = wh[0] if isinstance(wh[0], list) else wh
+        if list(wh0) != list(sizes[0]):
+            add("image_wh_mismatch", f"image_wh is {wh0}, the image is {list(sizes[0])}")
+    # length in tokens
+    if length_fn is not None and usable:
+        try:
+            n = length_fn(rec, sizes[0] if sizes else None)
+        except Exception as exc:  # XTuner's own code is the judge: its failure is this record's error
+            add("xtuner_error", f"{type(exc).__name__}: {str(exc)[:160]}")
+            return
+        report.lengths[index] = n
+        if max_length is not None and n > max_length:
+            add("too_long", f"{n} tokens as XTuner's template builds the sample > max_length {max_length}")
+    elif tokenizer is not None and usable:
+        n = template_tokens + turn_tokens * ((len(texts) + 1) // 2)
+        n += sum(count_text_tokens(tokenizer, t) for t in texts)
+        n += sum(TOKENS_PER_TILE * tiles_of(w, h, max_num) + 2 for w, h in sizes)  # +2: <img> and </img>
+        report.lengths[index] = n
+        if max_length is not None and n > max_length:
+            add("too_long", f"{n} tokens (text + image, max_num={max_num}) > max_length {max_length}")
 
 
 def _check_image(full: Path, max_aspect: float, max_pixels: int = MAX_IMAGE_PIXELS
@@ -502,8 +542,10 @@ def _check_image(full: Path, max_aspect: float, max_pixels: int = MAX_IMAGE_PIXE
 
     from PIL import Image, UnidentifiedImageError
 
-    if not full.is_file():
-        return [("image_missing", "a folder, not a file" if full.is_dir() else "no such file")], None
+    found = stat_problem(full, MAX_IMAGE_BYTES)  # before opening: a FIFO or a device would block or never end
+    if found:
+        kind = {"missing": "image_missing", "too_large": "image_too_large"}.get(found[0], "image_unopenable")
+        return [(kind, found[1])], None
     if full.stat().st_size == 0:
         return [("image_empty", "the file has 0 bytes")], None
     found: list[tuple[str, str]] = []

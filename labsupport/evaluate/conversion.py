@@ -7,13 +7,21 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
 from labsupport.core.paths import finetuned_dir as rule
-from labsupport.train.xtuner import convert_to_official, latest_checkpoint
+from labsupport.core.checkpoints import write_json_atomic
+from labsupport.model.folder_check import config_problems, weight_problems
+from labsupport.train.runs import FINISHED, previous_run, run_finished, why_unfinished
+from labsupport.train.xtuner import convert_to_official
 from labsupport.train.xtuner_render import load_config
 
 # ---- where the notebooks meet (ONE place: the lead adjusts these at merge) ---------------------------------
 TRAIN_WORK_DIR = "xtuner/work_dirs/04_finetune"    # notebook 04's XTuner work dir, relative to ARTIFACTS
 HELDOUT_NAME = "heldout.json"                        # the held-out split lies beside the training json the config names
+
+
+PROVENANCE = ".training_run.json"  # in a converted folder: the run and checkpoint it came from (names only, no paths)
 
 
 class TrainingRunMissing(FileNotFoundError):
@@ -54,20 +62,40 @@ def training_mode(config: str | os.PathLike) -> str:
     return "lora" if model.get("llm_lora") is not None else "full"
 
 
-def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> TrainingRun:
-    """The training run notebook 04 left under ARTIFACTS (or in WORK_DIR, relative to ARTIFACTS); raises TrainingRunMissing with the fix."""
+def finished_run_dir(work_dir: str | os.PathLike, say: Callable[[str], None] | None = print) -> Path:
+    """WORK_DIR when it holds a finished run (its completion marker), else its kept last finished run (.previous),
+    else raise TrainingRunMissing naming the run and why it does not count."""
+    work_dir = Path(work_dir)
+    if run_finished(work_dir):
+        return work_dir
+    why = why_unfinished(work_dir)
+    kept = previous_run(work_dir)
+    if run_finished(kept):
+        if say:
+            say(f"[run] {why}; using the last finished run kept at {kept}")
+        return kept
+    raise TrainingRunMissing(f"no finished training run: {why}. Only a run that wrote {FINISHED} after its final "
+                             "checkpoint is converted or published")
+
+
+def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike | None = None,
+                      say: Callable[[str], None] | None = print) -> TrainingRun:
+    """The finished training run notebook 04 left under ARTIFACTS (or in WORK_DIR, relative to ARTIFACTS), else its kept
+    last finished run; raises TrainingRunMissing with the fix."""
 
     work_dir = Path(artifacts) / (work_dir or TRAIN_WORK_DIR)  # an absolute WORK_DIR replaces ARTIFACTS
     fix = "run notebooks/04_finetune_xtuner.ipynb first (it trains the model this notebook converts)"
-    found = [*(Path(artifacts) / "xtuner").glob("*/last_checkpoint"), *(Path(artifacts) / "xtuner").glob("work_dirs/*/last_checkpoint")]
+    found = [*(Path(artifacts) / "xtuner").glob(f"*/{FINISHED}"), *(Path(artifacts) / "xtuner").glob(f"work_dirs/*/{FINISHED}")]
     others = sorted(str(p.parent) for p in found if p.parent != work_dir)
     if others:
-        fix += f", or set WORK_DIR to one of the runs found: {', '.join(others)}"
-    if not work_dir.is_dir():
+        fix += f", or set WORK_DIR to one of the finished runs found: {', '.join(others)}"
+    if not work_dir.is_dir() and not run_finished(previous_run(work_dir)):
         raise TrainingRunMissing(f"no training run: {work_dir} does not exist. {fix}.")
-    ckpt = latest_checkpoint(work_dir)
-    if ckpt is None:
-        raise TrainingRunMissing(f"{work_dir} holds no checkpoint (iter_*.pth): training did not finish. {fix}.")
+    try:
+        work_dir = finished_run_dir(work_dir, say)
+    except TrainingRunMissing as exc:
+        raise TrainingRunMissing(f"{exc}. {fix}.") from None
+    ckpt = work_dir / run_finished(work_dir)["checkpoint"]
     # mmengine copies the config it ran here; DeepSpeed adds its own zero_to_fp32.py script beside it
     configs = sorted((p for p in work_dir.glob("*.py") if p.name != "zero_to_fp32.py"), key=lambda p: p.stat().st_mtime)
     if not configs:
@@ -88,6 +116,21 @@ def find_training_run(artifacts: str | os.PathLike, work_dir: str | os.PathLike 
                        Path(data[0]) if data else None, int(tiles))
 
 
+def converted_from_finished_run(folder: str | os.PathLike) -> str | None:
+    """None when FOLDER was converted by convert() from a finished run's final checkpoint, else why not (one sentence)."""
+    record = Path(folder) / PROVENANCE
+    try:
+        facts = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return (f"{folder} does not record the training run it was converted from ({PROVENANCE} is missing or "
+                "unreadable): run notebook 05 again, which converts only a finished run")
+    if not (isinstance(facts, dict) and facts.get("finished")):
+        return (f"{folder} was converted from {facts.get('checkpoint') if isinstance(facts, dict) else '?'} of "
+                f"{facts.get('run') if isinstance(facts, dict) else '?'}, a run that had not finished: train again "
+                "(notebook 04), then convert (notebook 05)")
+    return None
+
+
 def finetuned_dir(artifacts: str | os.PathLike, model_path: str = "tiny") -> Path:
     """Where the converted fine-tune of MODEL_PATH goes: ARTIFACTS/models/<model name>-finetuned (labsupport.core.paths)."""
 
@@ -100,6 +143,9 @@ def convert(run: TrainingRun, save_dir: str | os.PathLike) -> Path:
     """Convert RUN's checkpoint with XTuner's convert_to_official.py (through labsupport.train.xtuner) and check the result is complete."""
 
     out = convert_to_official(run.config, run.checkpoint, save_dir, model_path=run.base_model)
+    facts = run_finished(run.work_dir)
+    write_json_atomic(out / PROVENANCE, {"run": run.work_dir.name, "checkpoint": run.checkpoint.name,
+                                         "finished": facts is not None and facts["checkpoint"] == run.checkpoint.name})
     copied = fill_from_base(out, run.base_model)
     if copied:
         print(f"[convert] copied from the base model what the script did not write: {', '.join(copied)}")
@@ -149,15 +195,25 @@ def check_model_folder(folder: str | os.PathLike, base: str | os.PathLike | None
         return [f"{folder} does not exist: convert the checkpoint first (compare.convert)"]
     if not (folder / "config.json").exists():
         return [f"{folder / 'config.json'} is missing: the conversion did not finish; run compare.convert again"]
-    problems = []
+    problems = config_problems(folder)
+    try:
+        if not isinstance(json.loads((folder / "config.json").read_text(encoding="utf-8")), dict):
+            return problems
+    except (OSError, ValueError):
+        return problems  # the remote code and tokenizer checks read config.json: nothing more can be said
     weights = _weight_files(folder)
     if not weights:
         problems.append(f"no weights (*.safetensors or pytorch_model*.bin) in {folder}: the conversion did not finish; run compare.convert again")
+    problems += weight_problems(folder)
     for index in folder.glob("*.index.json"):
         shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         problems += [f"weight shard {folder / s} (listed in {index.name}) is missing: run compare.convert again"
                      for s in sorted(shards) if not (folder / s).exists()]
-    for name in remote_code_files(folder):
+    try:
+        code = remote_code_files(folder)
+    except (ValueError, AttributeError):
+        code = []  # config_problems named what is wrong with config.json
+    for name in code:
         if not (folder / name).exists():
             problems.append(f"modeling file {folder / name} is missing (config.json's auto_map needs it; XTuner's "
                             f"convert_to_official.py does not copy remote code): copy {name} from {src}")

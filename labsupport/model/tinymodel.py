@@ -27,6 +27,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from labsupport.model.folder_check import config_problems, weight_problems
 from labsupport.core.checkpoints import write_json_atomic
 from labsupport.core.paths import EMBEDDED_MODELS, artifacts_dir
 from labsupport.model.remote_code import REMOTE_CODE_DIR, REMOTE_CODE_FILES
@@ -520,7 +521,14 @@ def resolve_model(model_path: str = "tiny", artifacts: str | os.PathLike | None 
             "Point MODEL_PATH at the folder that holds config.json (e.g. the one `huggingface-cli download "
             "OpenGVLab/InternVL2-2B --local-dir ...` created), or set it to \"tiny\".")
     _check_remote_code_name(path)
+    problems = weight_problems(path) + config_problems(path)  # what loading needs, read before a load fails deep inside
+    if problems:
+        raise ModelFolderInvalid(f"MODEL_PATH = {str(model_path)!r} cannot be loaded:\n  - " + "\n  - ".join(problems))
     return path.resolve()
+
+
+class ModelFolderInvalid(ValueError):
+    """MODEL_PATH's files cannot load as the checkpoint they claim to be (git-lfs pointers, cut files, a wrong config)."""
 
 
 def _check_remote_code_name(path: Path) -> None:

@@ -28,7 +28,7 @@ from labsupport.core.credentials import known_tokens
 from labsupport.core.credentials import mask
 from labsupport.core.credentials import redact
 from labsupport.core.credentials import scan_for_secrets
-from labsupport.evaluate.conversion import check_model_folder
+from labsupport.evaluate.conversion import check_model_folder, converted_from_finished_run
 from labsupport.core.checkpoints import write_text_atomic
 from labsupport.core.paths import finetuned_dir, is_embedded
 from labsupport.model.tinymodel import resolve_model
@@ -52,7 +52,7 @@ LEFTOVER_NAMES = ["iter_*.pth", "optimizer.pt", "optimizer*.bin", "scheduler.pt"
                   "last_checkpoint", "global_step*", "zero_to_fp32.py", "*.log", "events.out.tfevents*",
                   "work_dirs", "scalars.json", "*.ipynb", ".ipynb_checkpoints", "__pycache__", "*.pyc"]
 # Harmless bookkeeping of the course's own builders: left out of the upload, not an error.
-SKIPPED_NAMES = [".labsupport-build.json", ".DS_Store", ".git", ".cache"]
+SKIPPED_NAMES = [".labsupport-build.json", ".training_run.json", ".DS_Store", ".git", ".cache"]
 REQUIRED_FILES = ["config.json", "README.md", ".gitattributes"]
 HARDLINK_ABOVE = 64 * 1024 * 1024  # stage_folder hard-links files above this size instead of copying them
 
@@ -546,6 +546,9 @@ def model_to_publish(artifacts: str | os.PathLike, model_path: str = "tiny") -> 
     finetuned = finetuned_dir(artifacts, model_path)
     skipped = skipped_training(artifacts, model_path)  # 04's last run for this model trained nothing
     if (finetuned / "config.json").exists() and not skipped:
+        unfinished = converted_from_finished_run(finetuned)
+        if unfinished:  # never publish a half-trained model as the fine-tune
+            raise FileNotFoundError(f"the fine-tuned model is not published: {unfinished}")
         return finetuned, True, f"the fine-tuned model written by notebook 05 ({finetuned})"
     if is_embedded(model_path):
 

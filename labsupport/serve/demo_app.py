@@ -12,6 +12,7 @@ offers quick-pick examples from the course task. The model answers through labsu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 from pathlib import Path
@@ -26,6 +27,41 @@ IMAGE_HELP = "Please upload a picture (JPG, PNG or WebP)."
 MAX_PIXELS = 40_000_000   # larger uploads are refused before decoding (a 150 MP PNG would take ~0.5 GB to decode)
 MAX_SIDE = 2048           # larger images are downscaled first: 6 tiles of 448 px never need more
 MAX_PROMPT_CHARS = 2000   # a longer question is refused: it would hold the single queue for everyone
+MAX_BODY_BYTES = 1024 * 1024  # a queue/API request body; uploads are limited by --max-file-size instead
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over LIMIT bytes (by its Content-Length) gets 413 before gradio reads or logs
+    it, a POST without a length 411; uploads (limited by gradio's max_file_size) pass."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES, exempt: tuple[str, ...] = ("/upload",)):
+        self.app, self.limit, self.exempt = app, limit, exempt
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Refuse an oversized body, else hand the request to gradio."""
+        if scope.get("type") != "http" or scope.get("path", "").rstrip("/").endswith(self.exempt):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            return await self._refuse(send, 411, "send a Content-Length header")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            drained = 0  # read (never kept) so the client reads the 413 instead of a broken pipe
+            while drained <= 64 * self.limit:
+                message = await receive()
+                drained += len(message.get("body", b""))
+                if message.get("type") != "http.request" or not message.get("more_body"):
+                    break
+            return await self._refuse(send, 413, f"a request body of {length.decode(errors='replace')[:20]} bytes; "
+                                                 f"this demo takes up to {self.limit:,}")
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send: Any, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -239,8 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     examples = [] if args.no_examples else course_examples(artifacts)
     demo = build_demo({"base": base, "fine-tuned": finetuned}, backend=args.backend, examples=examples,
                       gen=deploy.GenSettings(max_new_tokens=args.max_new_tokens), max_tiles=args.max_tiles)
+    from starlette.middleware import Middleware  # the deploy env's (gradio's) web stack; imported only to serve
+
     demo.queue().launch(server_name=args.host, server_port=args.port, max_file_size=args.max_file_size,
-                        allowed_paths=[str(artifacts / deploy.COURSE_TASK)], footer_links=[])
+                        allowed_paths=[str(artifacts / deploy.COURSE_TASK)], footer_links=[],
+                        app_kwargs={"middleware": [Middleware(BodyLimit)]})
 
 
 if __name__ == "__main__":

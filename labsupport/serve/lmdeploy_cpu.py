@@ -22,11 +22,11 @@ import base64
 import io
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 from labsupport.serve.deploy import GenSettings
+from labsupport.serve.openai_cpu import serve_openai  # noqa: F401 - notebook 06 calls lmdeploy_cpu.serve_openai
 from labsupport.core.envs import venv_python
 from labsupport.core.paths import repo_root
 from labsupport.model.prompts import read_chat_template
@@ -66,11 +66,11 @@ def _image_of(item: dict):
     if item.get("type") == "image_data":
         data = item["image_data"]
         return data["data"], data.get("max_dynamic_patch")
-    url = item["image_url"]["url"] if isinstance(item.get("image_url"), dict) else item.get("image_url")
+    spec = item.get("image_url")
+    url, tiles = (spec["url"], spec.get("max_dynamic_patch")) if isinstance(spec, dict) else (spec, None)
     if url.startswith("data:"):
-        return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"), \
-            item.get("image_url", {}).get("max_dynamic_patch") if isinstance(item.get("image_url"), dict) else None
-    return url, None
+        return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"), tiles
+    return url, tiles  # a path (the endpoint hands checked images over as files)
 
 
 def parse_prompt(prompt) -> tuple[str, Any, int | None]:
@@ -333,52 +333,6 @@ def which(pipe) -> str:
         return pipe.ran
     engine = type(getattr(pipe, "backend_config", None)).__name__
     return f"lmdeploy.pipeline ({engine}) on a CUDA GPU"
-
-
-# ---- an OpenAI-compatible endpoint on 127.0.0.1 ---------------------------------------------------------------
-
-def serve_openai(pipe, port: int, model_name: str = "internvl2") -> "http.server.ThreadingHTTPServer":
-    """Serve PIPE as OpenAI chat completions (GET /v1/models, /health; POST /v1/chat/completions) on 127.0.0.1:PORT."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # keep the notebook quiet
-            return
-
-        def _send(self, code: int, payload: dict) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path.rstrip("/") == "/health":
-                return self._send(200, {"status": "ok"})
-            if self.path.rstrip("/") == "/v1/models":
-                return self._send(200, {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "course"}]})
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                return self._send(404, {"error": {"message": f"no route {self.path}"}})
-            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-
-            gen = GenSettings(max_new_tokens=int(req.get("max_tokens") or 64),
-                              temperature=float(req.get("temperature") or 0.0), top_p=float(req.get("top_p") or 1.0))
-            with lock:
-                reply = pipe(req["messages"], gen_config=gen)
-            self._send(200, {"id": f"chatcmpl-{int(time.time() * 1000)}", "object": "chat.completion",
-                             "created": int(time.time()), "model": model_name,
-                             "choices": [{"index": 0, "finish_reason": reply.finish_reason or "stop",
-                                          "message": {"role": "assistant", "content": reply.text}}]})
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 if __name__ == "__main__":  # the course-env worker: python -m labsupport.serve.lmdeploy_cpu MODEL DEVICE TILES

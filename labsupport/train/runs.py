@@ -2,8 +2,8 @@
 exists, and resume from the newest checkpoint that is intact.
 
     check_training_data(config)            # XTuner's own dataset code decides what passes; raises DataInvalid
-    with keep_last_good_run(work_dir):     # the old run moves aside; restored if the block fails
-        ...train...
+    with keep_last_good_run(work_dir):     # the last finished run moves aside; restored unless the block finishes
+        ...train...; mark_finished(work_dir, final_checkpoint)   # the completion marker, written last
     latest_intact_checkpoint(work_dir)     # skips a checkpoint cut short by a kill during its save
 
 labsupport.train.xtuner.launch uses all three (through @safe_training), so a notebook only calls launch().
@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import json
 import os
 import re
 import shutil
@@ -84,56 +85,166 @@ def latest_intact_checkpoint(work_dir: str | os.PathLike, say: Callable[[str], N
     return None
 
 
+# ----------------------------------------------------------------------- finished runs and live trainers
+FINISHED = "run_finished.json"  # written last, atomically, after the final checkpoint: no marker = not finished
+LOCK = "trainer.lock"  # the pid of the trainer writing into the work dir while it runs
+
+
+def mark_finished(work_dir: str | os.PathLike, checkpoint: str | os.PathLike, **facts: Any) -> Path:
+    """Write WORK_DIR's completion marker naming CHECKPOINT (its final checkpoint) and FACTS; the last file a run writes."""
+    work_dir = Path(work_dir)
+    marker = work_dir / FINISHED
+    write_json_atomic(marker, {"checkpoint": Path(checkpoint).name, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               **facts})
+    return marker
+
+
+def clear_finished(work_dir: str | os.PathLike) -> None:
+    """Remove WORK_DIR's completion marker (a resume makes the run unfinished again until it ends)."""
+    (Path(work_dir) / FINISHED).unlink(missing_ok=True)
+
+
+def run_finished(work_dir: str | os.PathLike) -> dict | None:
+    """WORK_DIR's completion marker ({'checkpoint', ...}) when the run finished and its final checkpoint is intact, else None."""
+    marker = Path(work_dir) / FINISHED
+    try:
+        facts = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(facts, dict) or not isinstance(facts.get("checkpoint"), str):
+        return None
+    return facts if checkpoint_intact(Path(work_dir) / facts["checkpoint"]) else None
+
+
+def why_unfinished(work_dir: str | os.PathLike) -> str:
+    """One sentence on why WORK_DIR is not a finished run (what it holds), for a refusal."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return f"{work_dir} does not exist"
+    found = checkpoints(work_dir)
+    if not found:
+        return f"{work_dir} holds no checkpoint (iter_*.pth)"
+    if (work_dir / FINISHED).exists():
+        return f"{work_dir}'s completion marker {FINISHED} names a checkpoint that is missing or cut short"
+    pid = live_trainer(work_dir)
+    if pid:
+        return f"a trainer (pid {pid}) is still writing {work_dir}"
+    return (f"{work_dir} holds checkpoints up to {found[0].name} but no completion marker {FINISHED}: the run was "
+            "killed or failed before its final checkpoint")
+
+
+def _pid_is_trainer(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():  # not Linux: alive is all we can tell
+        return True
+    try:
+        if "\nState:\tZ" in (proc / "status").read_text():
+            return False  # a zombie writes nothing
+        text = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return False  # it ended while we looked
+    # a recycled pid of another program does not count; an empty cmdline is a process caught mid-exec
+    return not text or "train" in text or "torch.distributed" in text
+
+
+def live_trainer(work_dir: str | os.PathLike) -> int | None:
+    """The pid of a trainer still running into WORK_DIR (its lock file names it and it is alive), else None."""
+    lock = Path(work_dir) / LOCK
+    try:
+        pid = int(json.loads(lock.read_text(encoding="utf-8"))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if _pid_is_trainer(pid) else None
+
+
+class TrainerStillRunning(RuntimeError):
+    """Another trainer is still writing the work dir; a new run there would mix their checkpoints."""
+
+
+def refuse_live_trainer(work_dir: str | os.PathLike) -> None:
+    """Raise TrainerStillRunning naming the pid and the fix when a live trainer still writes WORK_DIR."""
+    pid = live_trainer(work_dir)
+    if pid:
+        raise TrainerStillRunning(
+            f"a trainer (pid {pid}) from an earlier launch is still writing {work_dir} (its kernel was interrupted "
+            f"or killed?): wait for it to end, or stop it with `kill {pid}`, then run this cell again")
+
+
 # ------------------------------------------------------------------------------ the last good run
 def _aside(work_dir: Path, what: str) -> Path:
     return work_dir.with_name(f".{work_dir.name}.{what}")
 
 
+def previous_run(work_dir: str | os.PathLike) -> Path:
+    """Where keep_last_good_run keeps WORK_DIR's last finished run while a new one trains (.<name>.previous)."""
+    return _aside(Path(work_dir), "previous")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(src, dst)
+
+
 @contextlib.contextmanager
 def keep_last_good_run(work_dir: str | os.PathLike, say: Callable[[str], None] | None = print,
                        carry: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
-    """Move WORK_DIR's previous run aside, give an empty WORK_DIR to the block, and on failure put the previous run back.
+    """Give the block an empty WORK_DIR, keeping the last finished run (run_finished) aside until a new one finishes.
 
-    The failed attempt is kept next to it as .<name>.failed (its log explains the failure); on success the
-    previous run is deleted. The block never sees the old checkpoints, so a new run cannot pick them up.
-    Files in CARRY that lie inside WORK_DIR (e.g. the config the new run reads) are copied into the fresh WORK_DIR.
+    A finished run in WORK_DIR moves to .<name>.previous; an unfinished one (killed, failed) moves to .<name>.failed
+    and never replaces the finished run kept there. When the block fails, or returns without a completion marker,
+    the attempt goes to .<name>.failed and the finished run comes back into WORK_DIR. The finished run is deleted
+    only once the new run's completion marker exists. Files in CARRY inside WORK_DIR are copied into the fresh WORK_DIR.
     """
     work_dir = Path(work_dir)
-    previous = _aside(work_dir, "previous")
-    if previous.exists() and not (work_dir.exists() and any(work_dir.iterdir())):
-        # an earlier attempt was interrupted after moving the good run aside: that run is still the last good one
-        shutil.rmtree(work_dir, ignore_errors=True)
-        os.replace(previous, work_dir)
-    moved = False
+    previous, failed = _aside(work_dir, "previous"), _aside(work_dir, "failed")
+    source = None  # where the carried files are read from
     if work_dir.exists() and any(work_dir.iterdir()):
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(work_dir, previous)
-        moved = True
-        if say:
-            say(f"[run] the previous run in {work_dir} is kept at {previous} until this one succeeds")
+        if run_finished(work_dir):
+            _replace_dir(work_dir, previous)  # a newer finished run than any kept before
+            source = previous
+            if say:
+                say(f"[run] the previous run in {work_dir} is kept at {previous} until this one finishes")
+        else:
+            _replace_dir(work_dir, failed)
+            source = failed
+            if say:
+                kept = f"; the last finished run stays at {previous}" if run_finished(previous) else ""
+                say(f"[run] {work_dir} held an unfinished run (no {FINISHED}): moved to {failed}{kept}")
     work_dir.mkdir(parents=True, exist_ok=True)
-    for item in carry if moved else ():
+    for item in carry if source else ():
         try:
             rel = Path(item).resolve().relative_to(work_dir.resolve())
         except ValueError:
             continue  # outside WORK_DIR: untouched by the move
-        (work_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(previous / rel, work_dir / rel)
+        if (source / rel).exists():
+            (work_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, work_dir / rel)
+    good = run_finished(previous) is not None
     try:
         yield work_dir
     except BaseException as exc:
-        if moved:
-            failed = _aside(work_dir, "failed")
-            shutil.rmtree(failed, ignore_errors=True)
-            os.replace(work_dir, failed)
+        if good:
+            _replace_dir(work_dir, failed)
             os.replace(previous, work_dir)
             exc.add_note(f"(the failed attempt's files, its log included, are now in {failed}; "
-                         f"{work_dir} holds the previous run again)")
+                         f"{work_dir} holds the last finished run again)")
             if say:
-                say(f"[run] this run failed: the previous run is back in {work_dir}; the failed attempt is in {failed}")
+                say(f"[run] this run failed: the last finished run is back in {work_dir}; the failed attempt is in {failed}")
         raise
-    if moved:
+    if run_finished(work_dir):
         shutil.rmtree(previous, ignore_errors=True)
+    elif good:  # the block ended without finishing: the same as a failure for what the notebooks may use
+        _replace_dir(work_dir, failed)
+        os.replace(previous, work_dir)
+        if say:
+            say(f"[run] this run wrote no completion marker {FINISHED}: the last finished run is back in {work_dir}; "
+                f"the attempt is in {failed}")
 
 
 # ------------------------------------------------------------------------------------ data checks
@@ -242,8 +353,8 @@ def check_training_data(config: Any, probe_dir: str | os.PathLike | None = None,
 
 # --------------------------------------------------------------------------------- the decorator
 def safe_training(launch: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a launcher launch(config, work_dir, resume=False, ...): check the data first, and for a fresh run keep the
-    last good run until the new one has succeeded (check_data=False skips the data check)."""
+    """Wrap a launcher launch(config, work_dir, resume=False, ...): refuse a work dir a live trainer writes, check the
+    data, and for a fresh run keep the last finished run until the new one has finished (check_data=False: no data check)."""
     sig = inspect.signature(launch)
     first, second = list(sig.parameters)[:2]  # the config and the work dir, whatever the launcher calls them
 
@@ -261,6 +372,7 @@ def safe_training(launch: Callable[..., Any]) -> Callable[..., Any]:
             else:
                 check_training_data(cfg)
                 print(f"[data] checked with XTuner's tokenizer and template in {time.time() - started:.1f} s")
+        refuse_live_trainer(work_dir)  # before anything moves: a live trainer would keep writing the moved folder
         if bound.arguments.get("resume"):
             return launch(*bound.args, **bound.kwargs)  # a resume continues the same run in place
         with keep_last_good_run(work_dir, carry=(config,)):

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labsupport.core.checkpoints import write_json_atomic
-from labsupport.train.runs import latest_intact_checkpoint, safe_training
+from labsupport.core.checkpoints import disk_full, write_json_atomic
+from labsupport.train.runs import LOCK, clear_finished, latest_intact_checkpoint, mark_finished, safe_training
 from labsupport.core.paths import repo_root
 from labsupport.train.xtuner_render import load_config
 from labsupport.core.plots import pyplot
@@ -279,11 +280,49 @@ def _show_line(line: str, state: dict) -> bool:
     return any(k in line for k in keys)
 
 
+def _die_with_parent() -> None:
+    """In the trainer, before it starts (Linux): receive SIGTERM when the launcher dies, even by SIGKILL (the OOM killer)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the launcher's finally (interrupts, exceptions) still stops the group
+    if os.getppid() == 1:  # the launcher already died between fork and prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def start_trainer(cmd: list[str], env: dict, cwd: str | os.PathLike) -> subprocess.Popen:
+    """Start CMD in its own process group that dies with this process (stdout piped, stderr merged, text lines)."""
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
+                            cwd=str(cwd), start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def stop_trainer(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop PROC and every process of its group (torchrun's workers, data loaders): SIGTERM, then SIGKILL after GRACE s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break  # the whole group is gone
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its workers may linger a moment
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing left of the group: the normal case
+        break
+
+
 @safe_training  # checks the data with XTuner's own code first; a fresh run keeps the last good one until it succeeds
 def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool = False, nproc: int = 1,
            deepspeed: int = 0, live: bool = True, show: str = "progress", timeout: float | None = None,
            threads: int | str | None = "auto") -> TrainRun:
-    """Run XTuner's train.py on CONFIG into WORK_DIR, stream its log, plot the loss, and raise TrainingFailed unless it ends with a checkpoint."""
+    """Run XTuner's train.py on CONFIG into WORK_DIR, stream its log, plot the loss, and raise TrainingFailed unless it
+    ends with its final checkpoint; then write the completion marker (runs.FINISHED). The trainer dies with the kernel."""
     config, work_dir = Path(config), Path(work_dir)
     if not config.exists():
         raise FileNotFoundError(f"config {config} does not exist: write it first with write_config()")
@@ -294,6 +333,7 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
         if resume_from is None:
             raise FileNotFoundError(f"resume=True, but {work_dir} holds no checkpoint (iter_*.pth): train once first, or set resume=False")
         print(f"[launch] resuming from {resume_from}")
+        clear_finished(work_dir)  # unfinished again until this resume writes its final checkpoint
     cmd = train_command(config, work_dir, nproc=nproc, deepspeed=deepspeed, resume_from=resume_from)
     log_path, scalars_path = work_dir / "train.log", work_dir / "scalars.json"
     scalars: list[dict] = []
@@ -305,8 +345,8 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
     print("[launch] $ " + (f"OMP_NUM_THREADS={threads} " if threads else "") + " ".join(cmd), flush=True)
     started, state = time.time(), {}
     with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=_env(threads), cwd=str(work_dir))
+        proc = start_trainer(cmd, _env(threads), work_dir)
+        write_json_atomic(work_dir / LOCK, {"pid": proc.pid, "launcher": os.getpid(), "command": cmd})
         try:
             for line in proc.stdout:
                 line = strip_ansi(line)
@@ -322,24 +362,31 @@ def launch(config: str | os.PathLike, work_dir: str | os.PathLike, resume: bool 
                 if show == "all" or (show == "progress" and _show_line(line, state)):
                     print(line.rstrip(), flush=True)
                 if timeout and time.time() - started > timeout:
-                    proc.kill()
+                    stop_trainer(proc)
                     raise TrainingFailed(f"training ran past timeout={timeout}s and was stopped; log: {log_path}")
             proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stop_trainer(proc)  # an interrupt or an error here must not leave the trainer writing this work dir
+            (work_dir / LOCK).unlink(missing_ok=True)
     seconds = time.time() - started
     if plot:
         plot.update(scalars, force=True)
     if proc.returncode != 0:
-        cause = root_error(log_path.read_text(encoding="utf-8", errors="replace"))
+        log_text = log_path.read_text(encoding="utf-8", errors="replace")
+        cause = root_error(log_text)
+        full = f"\n{disk_full(work_dir)}" if "No space left on device" in log_text else ""
         raise TrainingFailed(f"XTuner's train.py exited with status {proc.returncode}"
-                             + (f": {cause}" if cause else "") + f"\nLast lines of {log_path}:\n{_tail(log_path)}")
+                             + (f": {cause}" if cause else "") + full + f"\nLast lines of {log_path}:\n{_tail(log_path)}")
     ckpt = latest_checkpoint(work_dir)
     if ckpt is None:
         raise TrainingFailed(f"train.py exited 0 but left no checkpoint in {work_dir}. Last lines of {log_path}:\n"
                              f"{_tail(log_path)}")
+    planned = max((r.get("max_iters", 0) for r in scalars), default=0)
+    reached = int(m.group(1)) if (m := re.fullmatch(r"iter_(\d+)\.pth", ckpt.name)) else planned
+    if reached < planned:
+        raise TrainingFailed(f"train.py exited 0 but its last checkpoint {ckpt.name} is iteration {reached} of {planned}: "
+                             f"the run did not finish. Last lines of {log_path}:\n{_tail(log_path)}")
+    mark_finished(work_dir, ckpt, iterations=reached, seconds=round(seconds, 1))  # last: the run now counts as finished
     print(f"[launch] done in {seconds:.0f} s; checkpoint {ckpt}")
     return TrainRun(work_dir, ckpt, log_path, scalars, seconds, cmd)
 
@@ -354,12 +401,26 @@ def convert_to_official(config: str | os.PathLike, checkpoint: str | os.PathLike
         if not p.exists():
             raise FileNotFoundError(f"{what} {p} does not exist")
     tmp = save_dir.with_name(save_dir.name + ".converting")
-    shutil.rmtree(tmp, ignore_errors=True)
+    pid_file = tmp.with_name(tmp.name + ".pid")
+    other = _live_pid(pid_file)
+    if other:
+        raise RuntimeError(f"another conversion (pid {other}) is writing {tmp}: wait for it, or stop it with "
+                           f"`kill {other}`, then run this cell again")
+    if tmp.exists():
+        print(f"[convert] removing {tmp}, left by a conversion that was killed (the converted folder {save_dir} "
+              "was never replaced by it)")
+        shutil.rmtree(tmp, ignore_errors=True)
     cmd = [sys.executable, str(xtuner_tool("convert")), str(config), str(checkpoint), str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    write_json_atomic(pid_file, {"pid": os.getpid()})
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    finally:
+        pid_file.unlink(missing_ok=True)
     out = (proc.stdout + proc.stderr).splitlines()
     if proc.returncode != 0:
-        raise RuntimeError(f"convert_to_official.py failed (exit {proc.returncode}):\n" + "\n".join(out[-30:]))
+        shutil.rmtree(tmp, ignore_errors=True)  # half a folder helps nobody; the output below says why
+        full = f"\n{disk_full(save_dir.parent)}" if "No space left on device" in proc.stdout + proc.stderr else ""
+        raise RuntimeError(f"convert_to_official.py failed (exit {proc.returncode}){full}:\n" + "\n".join(out[-30:]))
     weights = list(tmp.glob("*.safetensors")) + list(tmp.glob("*.bin"))
     if not (tmp / "config.json").exists() or not weights:
         raise RuntimeError(f"convert_to_official.py exited 0 but {tmp} lacks config.json or weights:\n" + "\n".join(out[-30:]))
@@ -374,6 +435,18 @@ def convert_to_official(config: str | os.PathLike, checkpoint: str | os.PathLike
     if copied:
         print(f"[convert] copied the modeling code the script left out: {', '.join(sorted(copied))}")
     return save_dir
+
+
+def _live_pid(pid_file: Path) -> int | None:
+    """The pid in PID_FILE when that process (not this one) is alive, else None."""
+    try:
+        pid = int(json.loads(pid_file.read_text(encoding="utf-8"))["pid"])
+        if pid == os.getpid():
+            return None
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def plot_scalars(scalars: list[dict], title: str = "training"):
