@@ -30,14 +30,15 @@ from labsupport.serve.openai_cpu import serve_openai  # noqa: F401 - notebook 06
 from labsupport.core.envs import venv_python
 from labsupport.core.paths import repo_root
 from labsupport.model.prompts import read_chat_template
-from labsupport.serve.deploy import _Transformers, cuda_available, lmdeploy_version, remote_llm_generates
+from labsupport.serve import deploy  # deploy.X at call time: tests and notebooks may swap these checks
+from labsupport.serve.deploy import _Transformers
 from labsupport.serve.awq import awq_config
 
 
 def lmdeploy_can_run() -> bool:
     """True when LMDeploy's engines can run here (lmdeploy installed and a CUDA GPU visible)."""
 
-    return bool(lmdeploy_version()) and cuda_available()
+    return bool(deploy.lmdeploy_version()) and deploy.cuda_available()
 
 
 @dataclass
@@ -247,7 +248,7 @@ class CPUPipeline:
         self.backend_config, self.chat_template_config = backend_config, chat_template_config
         import transformers
 
-        generates, why = remote_llm_generates(self.model_path)
+        generates, why = deploy.remote_llm_generates(self.model_path)
         if not generates:  # published InternLM2/Phi-3 code under transformers >= 4.50: the course env answers
             self._model = _CourseEnvWorker(self.model_path, device, self.default_tiles)
             self.ran = f"labsupport.serve.lmdeploy_cpu.cpu_pipeline: no CUDA GPU; {why}: the course env answered, in a subprocess"
