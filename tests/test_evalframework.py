@@ -1,0 +1,127 @@
+"""labsupport.evalframework: the general_vqa export EvalScope reads, its report read back, and the agreement with the course scorer."""
+import base64
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from labsupport import evalframework
+from labsupport.datasets import build_course_task, load_records
+
+
+@pytest.fixture(scope="module")
+def plates(tmp_path_factory):
+    paths = build_course_task(tmp_path_factory.mktemp("plates"), n_train=12, n_heldout=12, progress=False)
+    return load_records(paths["heldout"]), paths["root"]
+
+
+def test_export_writes_one_openai_messages_file_per_kind(plates, tmp_path):
+    records, folder = plates
+    out = evalframework.export_general_vqa(records, folder, tmp_path / "ds")
+    assert out["subset_list"] == ["colour", "count", "shape"] and out["n"] == len(records)
+    manifest = json.loads(out["manifest"].read_text())
+    for kind in out["subset_list"]:
+        lines = [json.loads(ln) for ln in (tmp_path / "ds" / f"{kind}.jsonl").read_text().splitlines()]
+        assert len(lines) == len(manifest["subsets"][kind])
+        for line, rid in zip(lines, manifest["subsets"][kind]):
+            rec = next(r for r in records if r["id"] == rid)
+            image, text = line["messages"][0]["content"]
+            assert line["messages"][0]["role"] == "user" and image["type"] == "image_url" and text["type"] == "text"
+            assert image["image_url"]["url"] == str((folder / rec["image"]).resolve())
+            assert "<image>" not in text["text"] and text["text"] in rec["conversations"][0]["value"]
+            assert line["answer"] == rec["meta"]["answer"] and rec["meta"]["kind"] == kind
+
+
+def test_export_refuses_a_record_without_its_image(plates, tmp_path):
+    records, folder = plates
+    broken = dict(records[0], image="images/missing.jpg")
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        evalframework.export_general_vqa([broken], folder, tmp_path / "ds")
+
+
+def test_agreement_explains_each_difference_from_the_reply():
+    records = [{"id": f"r{i}", "meta": {"kind": "colour", "value": "red", "answer": a}} for i, a in enumerate(["red", "red", "红色", "red"])]
+    reviews = [{"id": "r0", "subset": "colour", "reply": "red", "target": "red", "framework": 1.0},
+               {"id": "r1", "subset": "colour", "reply": "Red.", "target": "red", "framework": 0.0},
+               {"id": "r2", "subset": "colour", "reply": "红", "target": "红色", "framework": 0.0},
+               {"id": "r3", "subset": "colour", "reply": "red circle", "target": "red", "framework": 1.0}]
+    both = evalframework.agreement(records, reviews)
+    assert both["course"] == 0.75 and both["framework"] == 0.5 and both["agree"] == 1
+    why = {r["id"]: r["why"] for r in both["rows"]}
+    assert why["r0"] == "" and "case or punctuation" in why["r1"] and "short form" in why["r2"] and "other words" in why["r3"]
+
+
+def test_forgetting_is_the_drop_and_the_share_kept():
+    assert evalframework.forgetting(0.8, 0.2) == {"before": 0.8, "after": 0.2, "drop": 0.6, "kept": 0.25}
+    with pytest.raises(ValueError, match="nothing can be forgotten"):
+        evalframework.forgetting(0.0, 0.0)
+
+
+def test_served_copy_sets_the_trained_tiling_and_links_the_rest(tmp_path):
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"max_dynamic_patch": 12, "x": 1}))
+    (src / "model.safetensors").write_bytes(b"weights")
+    out = evalframework.served_copy(src, 1, tmp_path / "served")
+    assert json.loads((out / "config.json").read_text()) == {"max_dynamic_patch": 1, "x": 1}
+    assert (out / "model.safetensors").is_symlink() and (out / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((src / "config.json").read_text())["max_dynamic_patch"] == 12
+
+
+class _ScriptedPipe:
+    """Replies by image: the reference, a variant the two scorers judge differently, or a wrong colour."""
+
+    def __init__(self, replies):
+        self.replies = replies
+
+    def __call__(self, messages, gen_config=None):
+        from labsupport.lmdeploy_cpu import Response
+
+        url = next(c["image_url"]["url"] for c in messages[-1]["content"] if c["type"] == "image_url")
+        return Response(self.replies[hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest()])
+
+
+def test_evalscope_reads_the_export_and_its_score_agrees_with_the_course_scorer(plates, tmp_path):
+    try:
+        evalscope = evalframework.evalscope_executable()
+    except FileNotFoundError as exc:
+        pytest.skip(f"the evaluation environment is not built: {exc}")
+    from labsupport import demo_app, lmdeploy_cpu
+
+    records, folder = plates
+    export = evalframework.export_general_vqa(records, folder, tmp_path / "ds")
+    styles = ["same", "upper", "extra", "wrong"]
+    replies, expect = {}, {}
+    for i, rec in enumerate(records):
+        answer, style = rec["meta"]["answer"], styles[i % 4]
+        reply = {"same": answer, "upper": answer.upper() + ".", "extra": f"{answer} {answer}s", "wrong": "purple"}[style]
+        if style == "upper" and answer.upper() == answer:  # a digit or Chinese has no case: keep the reference
+            reply, style = answer, "same"
+        replies[hashlib.sha256((folder / rec["image"]).read_bytes()).hexdigest()] = reply
+        expect[rec["id"]] = style
+    port = demo_app.free_port()
+    server = lmdeploy_cpu.serve_openai(_ScriptedPipe(replies), port, model_name="scripted")
+    try:
+        args = json.dumps({"general_vqa": {"local_path": str(export["local_path"]), "subset_list": export["subset_list"],
+                                           "metric_list": ["Rouge"]}})
+        done = subprocess.run([str(evalscope), "eval", "--model", "scripted", "--eval-type", "openai_api",
+                               "--api-url", f"http://127.0.0.1:{port}/v1", "--api-key", "EMPTY", "--datasets", "general_vqa",
+                               "--dataset-args", args, "--work-dir", str(tmp_path / "work"), "--no-timestamp"],
+                              capture_output=True, text=True, timeout=300, env=dict(os.environ, NO_COLOR="1"))
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = evalframework.read_report(tmp_path / "work", "scripted")
+    reviews = evalframework.read_reviews(tmp_path / "work", "scripted", export["manifest"])
+    both = evalframework.agreement(records, reviews)
+    assert report["n"] == len(records) == both["n"]
+    assert report["score"] == pytest.approx(both["framework"], abs=1e-6)
+    for row in both["rows"]:
+        style = expect[row["id"]]
+        assert row["course"] == (style in ("same", "upper")), row
+        assert (row["framework"] == 1.0) == (style in ("same", "extra")), row
+        assert bool(row["why"]) == (style in ("upper", "extra")), row
+    table = evalframework.report_table_from_text(done.stdout + done.stderr)
+    assert "General-VQA" in table and "\x1b[" not in table
