@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,44 @@ def test_evalscope_reads_the_export_and_its_score_agrees_with_the_course_scorer(
         assert bool(row["why"]) == (style in ("upper", "extra")), row
     table = evalframework.report_table_from_text(done.stdout + done.stderr)
     assert "General-VQA" in table and "\x1b[" not in table
+
+
+# ---- forgetting: the regression set, the mixed training folder, notebook 04's recipe edited ----------------------
+
+def test_general_set_reads_a_text_only_file_and_refuses_image_questions(tmp_path):
+    from labsupport import forgetting
+    from labsupport.datasets import ORDINARY_QA
+
+    assert forgetting.general_set("") == list(ORDINARY_QA)
+    good = tmp_path / "general.jsonl"
+    good.write_text(json.dumps({"conversations": [{"from": "human", "value": " Hi? "}, {"from": "gpt", "value": "Hello."}]}) + "\n")
+    assert forgetting.general_set(good) == [("Hi?", "Hello.")]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": "x", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A"}]}]))
+    with pytest.raises(ValueError, match="record #0 \\(x\\) is not a text-only"):
+        forgetting.general_set(bad)
+
+
+def test_mixed_training_set_reaches_the_share_and_keeps_every_plate(plates, tmp_path):
+    from labsupport import forgetting
+
+    _, root = plates
+    train = json.loads((root / "train.json").read_text())
+    out = forgetting.mixed_training_set(root, forgetting.default_pairs(), 0.25, tmp_path / "mixed")
+    records = json.loads(out["train"].read_text())
+    assert sorted(r["id"] for r in records if r.get("image")) == sorted(r["id"] for r in train)
+    assert out["general"] == len(records) - len(train) and abs(out["share"] - 0.25) < 0.05
+    assert all((out["root"] / r["image"]).is_file() for r in records if r.get("image"))
+    with pytest.raises(ValueError, match="share"):
+        forgetting.mixed_training_set(root, forgetting.default_pairs(), 1.0, tmp_path / "m2")
+
+
+def test_recipe_edits_change_only_model_epochs_and_data(tmp_path):
+    from labsupport import forgetting, xtuner_config as xc
+
+    config = tmp_path / "04.py"
+    config.write_text("path = '/m/tiny'\ndata_root = '/d/plates/'\nmax_epochs = 4  # passes\nlr = 0.001\n")
+    edits = forgetting.recipe_edits(config.read_text(), "/m/general", 1, data_root="/d/mixed")
+    out = xc.write_edited_config(config, edits, tmp_path / "06d.py")
+    assert out.read_text() == "path = '/m/general'\ndata_root = '/d/mixed/'\nmax_epochs = 1\nlr = 0.001\n"
+    assert forgetting.data_root_of(out.read_text()) == Path("/d/mixed")
