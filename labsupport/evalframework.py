@@ -282,3 +282,30 @@ def report_table_from_text(text: str, where: str = "its output") -> str:
             break
         table.append(ln)
     return "\n".join(table)
+
+
+def card_lines(artifacts: str | os.PathLike) -> list[str]:
+    """Model-card lines from notebook 06c's framework scores and 06d's forgetting figures (none for a notebook not run)."""
+    results = Path(artifacts) / "results"
+    lines: list[str] = []
+    try:
+        fw = json.loads((results / "06c_evaluate_framework.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        fw = None
+    if fw:
+        lines += ["", f"Through the served endpoint, with {fw['version']} (`general_vqa`, {fw['n']} held-out questions, "
+                      f"Rouge-L recall) and the course's scorer on the same replies:", "",
+                  "| model | EvalScope Rouge-L-R | course scorer | agree |", "|---|---|---|---|"]
+        lines += [f"| {name} | {s['evalscope_rouge_l_r']:.3f} | {s['course']:.3f} | {s['agree']}/{fw['n']} |"
+                  for name, s in fw["scores"].items()]
+    try:
+        fg = json.loads((results / "06d_forgetting.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        fg = None
+    if fg:
+        lines += ["", f"Forgetting (notebook 06d, measured on `{Path(fg['model']).name}` with this recipe for "
+                      f"{fg['epochs']} epoch(s); general set: {fg['general_set']}): general skill before {fg['before']:.2f}.", "",
+                  "| fine-tune | plates held-out | general skill after | kept |", "|---|---|---|---|"]
+        lines += [f"| {name} | {fg['runs'][name]['plates']:.2f} | {f['after']:.2f} | {f['kept']:.0%} |"
+                  for name, f in fg["forgetting"].items()]
+    return lines

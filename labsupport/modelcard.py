@@ -11,6 +11,7 @@ import ast
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 # The settings of an XTuner config worth showing on a card, in this order.
 CARD_SETTINGS = ["path", "data_paths", "max_length", "max_dynamic_patch", "prompt_template", "freeze_llm",
@@ -183,8 +184,10 @@ or as an OpenAI-compatible server: `lmdeploy serve api_server {repo_id} --backen
 
 def build_card(repo_id: str, training: dict | None, evaluation: dict | None, base_model: str | None = None,
                license: str = "mit", language: list[str] | None = None, model_note: str = "",
-               question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6):
+               question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6,
+               more_results: Sequence[str] = ()):
     """A huggingface_hub ModelCard for REPO_ID: metadata (base model, licence, datasets, tags, eval results) and text from the results.
+    MORE_RESULTS: lines added to its Results (the framework's scores and forgetting, labsupport.evalframework.card_lines).
 
     QUESTION, IMAGE (a path inside the repository) and MAX_NUM make the usage snippet ask what the model was tuned for."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -224,6 +227,7 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
     else:
         body.append("No evaluation results were found (notebook 05 has not run, or had no fine-tune to evaluate): "
                     "this card reports none.")
+    body += list(more_results) if evaluation else []
     body += ["", "## Training", ""]
     if training:
         body += [f"Fine-tuned with XTuner ({training['mode']}) for {training['iters']} iterations; "

@@ -167,3 +167,18 @@ def test_recipe_edits_change_only_model_epochs_and_data(tmp_path):
     out = xc.write_edited_config(config, edits, tmp_path / "06d.py")
     assert out.read_text() == "path = '/m/general'\ndata_root = '/d/mixed/'\nmax_epochs = 1\nlr = 0.001\n"
     assert forgetting.data_root_of(out.read_text()) == Path("/d/mixed")
+
+
+def test_card_lines_report_the_framework_and_forgetting_results(tmp_path):
+    from labsupport.checkpoints import write_json_atomic
+
+    assert evalframework.card_lines(tmp_path) == []
+    write_json_atomic(tmp_path / "results" / "06c_evaluate_framework.json",
+                      {"version": "evalscope 1.14.1", "n": 48, "scores": {"internvl2-finetuned": {"evalscope_rouge_l_r": 0.958,
+                                                                                                  "course": 0.979, "agree": 47}}})
+    write_json_atomic(tmp_path / "results" / "06d_forgetting.json",
+                      {"model": "/a/internvl2-tiny-general", "epochs": 1, "general_set": "ORDINARY_QA", "before": 0.75,
+                       "runs": {"plates only": {"plates": 0.7}}, "forgetting": {"plates only": {"after": 0.25, "kept": 0.3333}}})
+    text = "\n".join(evalframework.card_lines(tmp_path))
+    assert "| internvl2-finetuned | 0.958 | 0.979 | 47/48 |" in text and "evalscope 1.14.1" in text
+    assert "`internvl2-tiny-general`" in text and "| plates only | 0.70 | 0.25 | 33% |" in text
