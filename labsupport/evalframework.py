@@ -264,9 +264,12 @@ class Served:
             self._pipe.close()
 
 
-def report_table(log: str | os.PathLike) -> str:
-    """The score table EvalScope printed at the end of its run (from the log the evalscope cell wrote)."""
-    return report_table_from_text(Path(log).read_text(encoding="utf-8", errors="replace"), str(log))
+def report_table(log: str | os.PathLike, model: str = "", metric: str = "L · Recall") -> str:
+    """The score table EvalScope printed at the end of its run (from the log the evalscope cell wrote): its header and
+    the rows of MODEL (every model when empty) for METRIC (every metric when empty)."""
+    table = report_table_from_text(Path(log).read_text(encoding="utf-8", errors="replace"), str(log)).splitlines()
+    rows = [ln for ln in table[3:] if ln.startswith("│") and (not model or f" {model} " in ln) and metric in ln]
+    return "\n".join(table[:3] + rows + table[-1:])
 
 
 def report_table_from_text(text: str, where: str = "its output") -> str:
@@ -309,3 +312,23 @@ def card_lines(artifacts: str | os.PathLike) -> list[str]:
         lines += [f"| {name} | {fg['runs'][name]['plates']:.2f} | {f['after']:.2f} | {f['kept']:.0%} |"
                   for name, f in fg["forgetting"].items()]
     return lines
+
+
+_ROUGE_SCRIPT = (
+    "import json, sys\n"
+    "from evalscope.benchmarks.general_qa_vqa_metrics import calculate_metric_score\n"
+    "pairs = json.loads(sys.argv[1])\n"
+    "print(json.dumps([calculate_metric_score('Rouge', p, r)['Rouge-L-R'] for p, r in pairs]))\n"
+)
+
+
+def framework_rouge(evalscope: str | os.PathLike, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """Rouge-L recall of each (reply, reference) in PAIRS by EvalScope's own general_vqa metric, run in its environment."""
+    import subprocess
+
+    python = Path(evalscope).parent / "python"
+    done = subprocess.run([str(python), "-c", _ROUGE_SCRIPT, json.dumps(list(pairs), ensure_ascii=False)],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"EvalScope's metric did not run in {python}: {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
