@@ -182,3 +182,40 @@ def test_card_lines_report_the_framework_and_forgetting_results(tmp_path):
     text = "\n".join(evalframework.card_lines(tmp_path))
     assert "| internvl2-finetuned | 0.958 | 0.979 | 47/48 |" in text and "evalscope 1.14.1" in text
     assert "`internvl2-tiny-general`" in text and "| plates only | 0.70 | 0.25 | 33% |" in text
+
+
+def test_report_table_keeps_the_header_and_the_models_primary_rows(tmp_path):
+    log = tmp_path / "evalscope.log"
+    log.write_text("INFO: Args ...\nINFO: Overall report table: \n"
+                   "┌───┐\n│ Model │ Dataset │ Metric │ Subset │ Num │ Score │\n├───┤\n"
+                   "│ a │ General-VQA │ ROUGE ↑ · L · Recall │ colour │ 2 │ 50% │\n├───┤\n"
+                   "│ a │ General-VQA │ ROUGE ↑ · n-gram 1 · Recall │ colour │ 2 │ 50% │\n├───┤\n"
+                   "│ b │ General-VQA │ ROUGE ↑ · L · Recall │ colour │ 2 │ 0% │\n└───┘ \n\nINFO: done\n", encoding="utf-8")
+    table = evalframework.report_table(log, "a").splitlines()
+    assert table[1].startswith("│ Model") and len([r for r in table if "General-VQA" in r]) == 1 and "L · Recall" in table[3]
+    (tmp_path / "failed.log").write_text("Traceback ...\nValueError: boom\n")
+    with pytest.raises(RuntimeError, match="(?s)no report table.*ValueError: boom"):
+        evalframework.report_table(tmp_path / "failed.log")
+
+
+def test_framework_rouge_is_evalscopes_own_metric():
+    try:
+        evalscope = evalframework.evalscope_executable()
+    except FileNotFoundError as exc:
+        pytest.skip(f"the evaluation environment is not built: {exc}")
+    assert evalframework.framework_rouge(evalscope, [("Red.", "red"), ("red circle", "red"), ("红", "红色"), ("红色", "红色")]) \
+        == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_the_eval_environment_has_no_kernel_and_the_doctor_checks_it_by_prefix(repo, monkeypatch):
+    from labsupport import doctor, envs
+
+    spec = next(s for s in envs.load_specs(repo) if s.name == evalframework.EVAL_ENV)
+    assert spec.kernel == "" and "evalscope==1.14.1" in spec.pip and not any("torch" in p for p in spec.pip)
+    assert not [c for c in envs.build_commands(spec, "venv") if "ipykernel" in c]
+    monkeypatch.setattr(doctor, "load_specs", lambda: [spec])
+    monkeypatch.setattr(doctor, "env_python", lambda s: None)
+    report = doctor.diagnose(repo, needed_gb=0.0, model_dir=repo)
+    entry = report["environments"][0]
+    assert entry["error"] == "internvl-eval is not built: run `make env`" and "code_path" not in entry and not entry["ok"]
+    assert "no kernel: a command-line tool" in doctor.render_markdown(report)
