@@ -167,7 +167,7 @@ def variant_record(model_dir: str | os.PathLike) -> dict:
 def mixed_training_set(task_root: str | os.PathLike, pairs: Sequence[tuple[str, str]], share: float,
                        out_dir: str | os.PathLike, seed: int = 0) -> dict:
     """A training folder for XTuner: TASK_ROOT's train.json plus general records making up SHARE of the samples
-    (labsupport.datasets.mix, as notebook 03b mixes), its images linked; returns root, train, counts."""
+    (labsupport.datasets.mix, as notebook 03b mixes), its images hard-linked in; returns root, train, counts."""
     from labsupport.datasets import mix
 
     if not 0 < share < 1:
@@ -177,10 +177,17 @@ def mixed_training_set(task_root: str | os.PathLike, pairs: Sequence[tuple[str, 
     general = general_records(pairs)
     times = share * len(train) / (1 - share) / len(general)  # repeats of the general set that give SHARE of the mix
     records = mix([(train, 1.0), (general, times)], seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
     images = out / "images"
-    if not images.exists():
-        images.symlink_to((task_root / "images").resolve(), target_is_directory=True)
+    if images.is_symlink():  # an earlier layout: XTuner's checks refuse image paths that resolve outside the data root
+        images.unlink()
+    images.mkdir(parents=True, exist_ok=True)
+    for src in (task_root / "images").iterdir():  # hard links: the same files, inside this folder, no copy
+        dst = images / src.name
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system: copy
+                shutil.copy2(src, dst)
     write_json_atomic(out / "train.json", records)
     n_general = sum(1 for r in records if not r.get("image"))
     return {"root": out, "train": out / "train.json", "n": len(records), "general": n_general,
@@ -203,7 +210,7 @@ def recipe_edits(config_text: str, model_dir: str | os.PathLike, epochs: int,
              Edit(line("max_epochs"), [f"max_epochs = {int(epochs)}"], "the EPOCHS parameter of this notebook")]
     if data_root is not None:
         edits.append(Edit(line("data_root"), [f"data_root = {str(data_root).rstrip('/') + '/'!r}"],
-                          "plates plus general records (train.json; images/ links to the plates' images)"))
+                          "plates plus general records (train.json; images/ holds hard links to the plates' images)"))
     return edits
 
 
