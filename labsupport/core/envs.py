@@ -1,9 +1,9 @@
-"""Build the course's environments from environment.yml, environment-deploy.yml and environment-swift.yml.
+"""Build the course's environments from environment.yml, environment-deploy.yml, environment-swift.yml and environment-eval.yml.
 
 Runs with a bare Python (standard library only), because it is what creates the
 environments that hold everything else:
 
-    python3 -m labsupport.core.envs            # create or update all three, register the kernels
+    python3 -m labsupport.core.envs            # create or update all four, register the kernels
     python3 -m labsupport.core.envs --list     # print the parsed specs and stop
 
 With conda on PATH it calls ``conda env create/update -f FILE``; otherwise it builds one
@@ -30,8 +30,8 @@ from pathlib import Path
 from labsupport.core.checkpoints import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV_FILES = ("environment.yml", "environment-deploy.yml", "environment-swift.yml")
-ENV_KEYS = ("course", "deploy", "swift")
+ENV_FILES = ("environment.yml", "environment-deploy.yml", "environment-swift.yml", "environment-eval.yml")
+ENV_KEYS = ("course", "deploy", "swift", "eval")
 VENVS = ROOT / ".venvs"
 STAMP = ".labsupport-env.json"
 
@@ -98,7 +98,8 @@ def parse_env_file(path: str | Path) -> EnvSpec:
             spec.pip_no_deps.append(item)
     if not spec.name:
         raise ValueError(f"{path}: no 'name:' line; every environment file needs one")
-    spec.kernel = spec.kernel or spec.name
+    # "none": a tool environment that notebooks call as a command (the evaluation framework), with no kernel of its own
+    spec.kernel = "" if spec.kernel == "none" else (spec.kernel or spec.name)
     spec.kernel_display = spec.kernel_display or f"Python ({spec.kernel})"
     return spec
 
@@ -182,8 +183,9 @@ def build_commands(spec: EnvSpec, route: str = "venv") -> list[str]:
         raise ValueError(f"route must be 'venv' or 'conda', not {route!r}")
     if spec.pip_no_deps:
         cmds.append(f"{py} -m pip install --no-deps {' '.join(spec.pip_no_deps)}")
-    cmds.append(f"{py} -m ipykernel install --prefix <course env> --name {spec.kernel} "
-                f"--display-name {shlex.quote(spec.kernel_display)}")
+    if spec.kernel:
+        cmds.append(f"{py} -m ipykernel install --prefix <course env> --name {spec.kernel} "
+                    f"--display-name {shlex.quote(spec.kernel_display)}")
     return cmds
 
 
@@ -248,7 +250,9 @@ def build_conda(spec: EnvSpec, course_prefix: Path | None) -> Path:
 
 
 def register_kernel(python: Path, spec: EnvSpec, jupyter_prefix: Path) -> None:
-    """Register SPEC's kernel in the Jupyter that lives in the course environment."""
+    """Register SPEC's kernel in the Jupyter that lives in the course environment (nothing for a kernel-less tool env)."""
+    if not spec.kernel:
+        return
     kernel_json = jupyter_prefix / "share" / "jupyter" / "kernels" / spec.kernel / "kernel.json"
     try:
         if json.loads(kernel_json.read_text())["argv"][0] == str(python):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from labsupport.core.envs import EnvSpec, load_specs
+from labsupport.core.envs import EnvSpec, env_python, load_specs
 from labsupport.core.paths import artifacts_dir
 
 # What of the course needs a CUDA GPU; on a CPU machine these parts are skipped, not failed.
@@ -181,16 +181,18 @@ def diagnose(artifacts: str | Path, needed_gb: float = 2.0, model_dir: str | Pat
     this machine's GPU and disk, GPU-only parts."""
     envs = []
     for spec in load_specs():
-        python = kernel_python(spec.kernel)
+        # A kernel-less tool environment (the evaluation framework) is found by its prefix and runs no model code.
+        python = kernel_python(spec.kernel) if spec.kernel else (str(env_python(spec) or "") or None)
         entry = {"name": spec.name, "file": spec.file.name, "kernel": spec.kernel, "python": python, "rows": []}
         if python is None:
-            entry["error"] = f"kernel {spec.kernel!r} is not registered: run `make env`"
+            entry["error"] = (f"kernel {spec.kernel!r} is not registered: run `make env`" if spec.kernel
+                              else f"{spec.name} is not built: run `make env`")
         else:
             try:
                 entry["rows"] = check_pins(spec, installed_versions(python))
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 entry["error"] = str(exc)
-            if model_dir is not None:
+            if model_dir is not None and spec.kernel:
                 entry["code_path"] = check_model_code(model_dir, python)
         entry["ok"] = (not entry.get("error") and all(r["ok"] for r in entry["rows"])
                        and all(r["ok"] for r in entry.get("code_path", [])))
@@ -210,7 +212,8 @@ def render_markdown(report: dict) -> str:
     """The doctor report as Markdown tables."""
     lines = ["# Environment doctor", "", f"Machine: {report['machine']['platform']} ({report['machine']['processor']})", ""]
     for env in report["environments"]:
-        lines += [f"## {env['name']} ({env['file']}, kernel `{env['kernel']}`)", ""]
+        kernel = f"kernel `{env['kernel']}`" if env["kernel"] else "no kernel: a command-line tool"
+        lines += [f"## {env['name']} ({env['file']}, {kernel})", ""]
         if env.get("error"):
             lines += [f"**Problem:** {env['error']}", ""]
         lines += ["| package | wanted | found | ok |", "|---|---|---|---|"]

@@ -11,6 +11,7 @@ import ast
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 from labsupport.serve.awq import is_awq
 from labsupport.serve.quantize import AWQ_RESULTS_JSON, awq_model_dir
@@ -237,8 +238,10 @@ or as an OpenAI-compatible server, asked with the same messages (a `system` mess
 
 def build_card(repo_id: str, training: dict | None, evaluation: dict | None, base_model: str | None = None,
                license: str = "mit", language: list[str] | None = None, model_note: str = "",
-               question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6, system: str | None = None):
+               question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6, system: str | None = None,
+               more_results: Sequence[str] = ()):
     """A huggingface_hub ModelCard for REPO_ID: metadata (base model, licence, datasets, tags, eval results) and text from the results.
+    MORE_RESULTS: lines added to its Results (the framework's scores and forgetting, labsupport.serve.evalframework.card_lines).
 
     QUESTION, IMAGE (a path inside the repository), MAX_NUM and SYSTEM make the usage snippets ask what the model was
     tuned for, with the tiling and the system prompt it was trained with."""
@@ -279,6 +282,7 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
     else:
         body.append("No evaluation results were found (notebook 05 has not run, or had no fine-tune to evaluate): "
                     "this card reports none.")
+    body += list(more_results) if evaluation else []
     body += ["", "## Training", ""]
     if training:
         body += [f"Fine-tuned with XTuner ({training['mode']}) for {training['iters']} iterations; "
