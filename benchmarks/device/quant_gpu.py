@@ -110,7 +110,7 @@ def run(model_dir: str, out: str, rows: list[str], budget_s: float, row_timeout_
         write_json_atomic(out, results)
     results["seconds"] = round(time.time() - started, 1)
     write_json_atomic(out, results)
-    from labsupport.serve import awq, quantize
+    from labsupport.serve import quantize  # the table reads like notebook 06b's (awq is this run's build result here)
 
     print(quantize.measured_table([{**r, "file": "run", "machine": "this"} for r in results["rows"]]))
     print(f"[quant] wrote {out} in {results['seconds']:.0f} s")
