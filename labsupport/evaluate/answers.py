@@ -18,8 +18,6 @@ import re
 import unicodedata
 from typing import Callable, Sequence
 
-from sacrebleu.metrics import CHRF
-
 from labsupport.datasets.plates import answer_matches
 
 SCORERS = ("exact", "choice", "text")
@@ -106,6 +104,8 @@ def parse_choice(reply: str, options: str = "ABCDEFGH") -> str | None:
 
 def chrf(reply: str, answer: str) -> float:
     """sacrebleu's sentence chrF of REPLY against ANSWER (0-100)."""
+    from sacrebleu.metrics import CHRF  # only open answers need it; the lent GPU machines do not carry it
+
     return float(CHRF().sentence_score(reply, [answer]).score)
 
 
