@@ -28,14 +28,17 @@ SKIP_TODO = ("notebooks 05-07 work on the base model instead: 05 converts nothin
 
 
 def write_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike, trained: bool, reason: str | None = None,
-                  tiles: int | None = None, work_dir: str | os.PathLike | None = None) -> Path:
-    """Record (atomically) whether notebook 04 trained MODEL_PATH, with the reason when it did not; returns the file."""
+                  tiles: int | None = None, work_dir: str | os.PathLike | None = None,
+                  train_seconds: float | None = None) -> Path:
+    """Record (atomically) whether notebook 04 trained MODEL_PATH, with the reason when it did not, and its training
+    time (TRAIN_SECONDS: the wall seconds of the `xtuner train` process, the course's one definition); returns the file."""
 
     if not trained and not reason:
         raise ValueError("a skipped training needs its reason: the notebooks after 04 print it")
     record = {"model": model_name(model_path), "model_path": str(model_path), "trained": bool(trained),
               "reason": None if trained else reason, "todo": None if trained else SKIP_TODO,
               "tiles": int(tiles) if tiles else None, "work_dir": str(work_dir) if work_dir else None,
+              "train_seconds": round(float(train_seconds), 1) if train_seconds is not None else None,
               "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = Path(artifacts) / OUTCOME_JSON
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +57,19 @@ def read_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike) ->
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}): delete it and run notebook 04 again") from exc
     return record if record.get("model") == model_name(model_path) else None
+
+
+def recorded_train_seconds(artifacts: str | os.PathLike) -> tuple[float | None, str]:
+    """Notebook 04's training time (wall seconds of its `xtuner train` process) from its record, and where it came from
+    (or why there is none)."""
+    path = Path(artifacts) / OUTCOME_JSON
+    if not path.is_file():
+        return None, f"{path} does not exist: run notebook 04 first"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    seconds = record.get("train_seconds")
+    if seconds is None:
+        return None, f"{path} records no train_seconds: run notebook 04 again (it writes them)"
+    return float(seconds), f"{path.name}, {record.get('written', 'undated')}"
 
 
 def skipped_training(artifacts: str | os.PathLike, model_path: str | os.PathLike) -> str | None:
