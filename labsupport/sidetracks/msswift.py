@@ -32,6 +32,7 @@ from labsupport.datasets.formats import load_records, to_swift
 from labsupport.evaluate.compare import BEFORE_AFTER
 from labsupport.model.prompts import conversation_template, model_prompt
 from labsupport.train.xtuner import latest_checkpoint
+from labsupport.train.training_outcome import recorded_train_seconds
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 LOSS_LINE = re.compile(r"\{'loss': ")
@@ -311,13 +312,12 @@ def xtuner_side(artifacts: str | os.PathLike, work_dir: str = "xtuner/work_dirs/
     if not wd.is_dir():
         out["missing"] = f"{wd} does not exist: run notebook 04 first for the XTuner side"
         return out
-    scalars = wd / "scalars.json"
-    if scalars.exists():
-        rows = json.loads(scalars.read_text(encoding="utf-8"))
-        # a resumed run (notebook 04's resume demonstration) appends rows whose clock starts again at 0
-        first_run = next((rows[:i] for i in range(1, len(rows)) if rows[i].get("seconds", 0) < rows[i - 1].get("seconds", 0)), rows)
-        if first_run:
-            out.update(iterations=first_run[-1].get("iter"), seconds=first_run[-1].get("seconds"))
+    seconds, out["seconds_from"] = recorded_train_seconds(artifacts)   # the xtuner train process's wall seconds
+    if seconds is not None:
+        out["seconds"] = seconds
+    iterations = checkpoint_iterations(wd)
+    if iterations:
+        out["iterations"] = iterations
 
     ckpt = latest_checkpoint(wd)
     if ckpt is not None and ckpt.is_file():
@@ -340,6 +340,13 @@ def xtuner_side(artifacts: str | os.PathLike, work_dir: str = "xtuner/work_dirs/
         if m:
             out["accuracy"] = float(m.group(1))
     return out
+
+
+def checkpoint_iterations(work_dir: Path) -> int | None:
+    """The iterations of the newest checkpoint in WORK_DIR (iter_N.pth), or None."""
+    ckpt = latest_checkpoint(work_dir)
+    m = re.fullmatch(r"iter_(\d+)\.pth", ckpt.name) if ckpt is not None else None
+    return int(m.group(1)) if m else None
 
 
 def chat_prompt(model_dir: str | os.PathLike, question: str, num_patches: int = 1) -> str:

@@ -117,16 +117,17 @@ class AccuracyGoal:
         return " and ".join(parts)
 
 
-def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None) -> AccuracyGoal:
-    """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model and for real weights (both
-    measured to reach it); for any other miniature, random weights the course never measured, one question kind
+def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None,
+                  reached_by: str = "its CPU preset was measured to reach it") -> AccuracyGoal:
+    """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model (REACHED_BY says what was
+    measured to reach it) and for real weights; for any other miniature, random weights the course never measured, one question kind
     answered at LEARNED_KIND (a random vision tower tells colour apart but not shape or count)."""
 
     if count_parameters(Path(model_dir))["total"] >= MINIATURE_MAX_PARAMS:
         return AccuracyGoal(overall, per_kind, "real weights: the course's goal for a fine-tune on the plates task")
     layout = embedded_layout(model_dir)
     if layout:
-        return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): its CPU preset was measured to reach it")
+        return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): {reached_by}")
     return AccuracyGoal(None, None, (
         f"a miniature checkpoint the course did not build: its random weights were never measured, and what LoRA learns "
         f"in minutes depends on them (a random vision tower, for one, tells colour apart but not shape or count), so "

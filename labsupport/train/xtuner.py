@@ -37,7 +37,26 @@ _WARNINGS = [
     (UserWarning, r".*None of the inputs have requires_grad=True.*"),
     (DeprecationWarning, r".*"),
     (FutureWarning, r".*Importing from timm.models.layers is deprecated.*"),  # every published modeling_intern_vit.py
+    (FutureWarning, r".*`torch.jit.script` is deprecated.*"),  # torch 2.14, from inside transformers/DeepSpeed imports
 ]
+
+
+class _silent_fds:
+    """File descriptors 1 and 2 sent to /dev/null while inside (output of child processes and C code)."""
+
+    def __enter__(self):
+        sys.stdout.flush(), sys.stderr.flush()
+        self.saved = [os.dup(1), os.dup(2)]
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1), os.dup2(null, 2)
+        os.close(null)
+        return self
+
+    def __exit__(self, *exc):
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        return False
 
 
 def quiet_warnings() -> None:
@@ -67,7 +86,9 @@ def quiet_warnings() -> None:
     import io
 
     for name in ("deepspeed", "bitsandbytes"):
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # DeepSpeed's op check also runs the compiler, whose "ld: cannot find -laio" goes to the process's own file
+        # descriptor 2 (the kernel shows it), not through sys.stderr: silence both levels while importing
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _silent_fds():
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - optional packages: absent or broken is fine here, XTuner reports it
