@@ -103,3 +103,14 @@ def test_a_stale_or_edited_stamp_is_not_the_embedded_model(tmp_path):
     stamp = out / tinymodel.STAMP_FILE
     stamp.write_text(stamp.read_text().replace('"stamp": "', '"stamp": "0'))
     assert tinymodel.embedded_layout(out) is None and tinymodel.embedded_layout(tmp_path / "missing") is None
+
+
+def test_training_time_is_read_from_04s_record(tmp_path):
+    from labsupport.train import training_outcome as T
+
+    assert T.recorded_train_seconds(tmp_path)[0] is None and "run notebook 04" in T.recorded_train_seconds(tmp_path)[1]
+    T.write_outcome(tmp_path, "tiny", trained=True)
+    seconds, why = T.recorded_train_seconds(tmp_path)
+    assert seconds is None and "no train_seconds" in why
+    T.write_outcome(tmp_path, "tiny", trained=True, train_seconds=137.26)
+    assert T.recorded_train_seconds(tmp_path)[0] == 137.3

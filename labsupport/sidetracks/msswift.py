@@ -376,6 +376,23 @@ def layout_differences(trained: str, asked: str, query: str, response: str | Non
     return out
 
 
+def training_prompts(sft_log: str | os.PathLike, train_rows: Sequence[dict], model_dir: str | os.PathLike,
+                     xt_side: dict) -> tuple[dict, dict]:
+    """The prompt each tool trains or asks with, side by side ({tool: text}: `swift sft`'s logged [INPUT], the model's
+    chat() for the same row, notebook 04's XTuner sample), and where each training layout differs from chat()'s."""
+    logged = logged_example(sft_log)
+    sample = matching_row(logged, train_rows)   # the training row swift sft logged
+    prompts = {"ms-swift (swift sft)": logged, "the model's chat()": chat_prompt(model_dir, sample["query"])}
+    prompts["XTuner (notebook 04)"] = (xt_side.get("prompt")
+                                       or f"(not available: {xt_side.get('missing') or xt_side.get('prompt_missing')})")
+    diffs = {}
+    for name, text in (("ms-swift", logged), ("XTuner", xt_side.get("prompt"))):
+        if text:
+            row = matching_row(text, train_rows)
+            diffs[name] = layout_differences(text, chat_prompt(model_dir, row["query"]), row["query"], row["response"])
+    return prompts, diffs
+
+
 def adapter_shapes(checkpoint: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in an adapter checkpoint (adapter_model.safetensors)."""
     from safetensors import safe_open
