@@ -179,6 +179,27 @@ def test_server_start_health_stop(tmp_path):
         endpoint.wait_until_healthy("http://127.0.0.1:9", dying, timeout=60, log_path=tmp_path / "dying.log")
 
 
+def test_wait_until_healthy_takes_a_background_process_id(tmp_path):
+    # notebook 06 starts the server with `!... & echo $! > PID`: only the process id comes back
+    import os
+    import subprocess
+
+    port = demo_app.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert endpoint.wait_until_healthy(f"http://127.0.0.1:{port}", proc.pid, timeout=60, path="/") < 60
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not endpoint._alive(proc.pid)
+    gone = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+    gone.wait()
+    with pytest.raises(RuntimeError, match="exited with code"):
+        endpoint.wait_until_healthy("http://127.0.0.1:9", gone.pid, timeout=30, log_path=None)
+    assert os.getpid() and endpoint._alive(os.getpid())
+
+
 def test_cpu_server_support(tiny, tmp_path):
     ok, reason = endpoint.cpu_server_support(tiny)
     assert not ok and "InternVLChatModel" in reason

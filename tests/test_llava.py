@@ -191,8 +191,6 @@ def test_xtuner_chat_cli_answers_about_the_image(converted):
 
 
 def test_trained_parts_and_a_comparison_without_notebook_04(converted, tmp_path):
-    from types import SimpleNamespace
-
     parts = llava.trained_parts(converted["pth"])
     assert parts["projector"] == 64 * 128 + 128 * 128 + 256 and set(parts) == {"projector", "llm"}
     assert parts["llm"] == sum(v.numel() for k, v in converted["state"].items() if k.startswith("llm."))
@@ -200,9 +198,8 @@ def test_trained_parts_and_a_comparison_without_notebook_04(converted, tmp_path)
     projector_only = tmp_path / "iter_2.pth"
     torch.save({"state_dict": {k: v for k, v in converted["state"].items() if k.startswith("projector.")}}, projector_only)
     assert llava.checkpoint_mode(projector_only) == "projector only"
-    run = SimpleNamespace(seconds=12.5, last_iter=10, checkpoint=converted["pth"])
-    rows = llava.comparison(tmp_path / "empty-artifacts", {"accuracy": 0.9}, [run, run])
-    # iterations come from the checkpoint names (iter_1.pth, twice), not from the last logged iteration
+    rows = llava.comparison(tmp_path / "empty-artifacts", {"accuracy": 0.9}, train_seconds=25.04, iters=2,
+                            checkpoint=converted["pth"])
     assert rows[0]["accuracy"] == "90%" and rows[0]["iterations"] == 2 and rows[0]["training s"] == 25.0
     assert rows[1]["accuracy"] == "not run here" and "run notebooks 04 and 05" in rows[1]["note"]
 
@@ -229,9 +226,11 @@ def test_notebook_09_runs_the_seeds_xtuner_commands_in_the_seeds_order(repo):
 
     nb = nbformat.read(repo / "notebooks" / "09_llava_xtuner.ipynb", as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    # seed 003: list-cfg, copy-cfg, xtuner train, pth_to_hf (pretrain) + xtuner chat, pth_to_hf (fine-tune) + xtuner chat
-    steps = ['"list-cfg"', "copy_cfg(", "xtuner.launch(PRETRAIN_CFG", "xtuner.launch(FINETUNE_CFG",
-             "pth_to_hf(PRETRAIN_CFG", "llava.xtuner_chat(", "pth_to_hf(FINETUNE_CFG", "llava.xtuner_chat("]
+    # seed 003: list-cfg, copy-cfg, xtuner train, pth_to_hf (pretrain) + xtuner chat, pth_to_hf (fine-tune) + xtuner chat,
+    # each the tool's own command in a cell (`!xtuner ...`), not a helper that runs it
+    steps = ["!xtuner list-cfg", "!xtuner copy-cfg", "xtuner train {PRETRAIN_CFG}", "xtuner train {FINETUNE_CFG}",
+             "!xtuner convert pth_to_hf {PRETRAIN_CFG}", "!xtuner chat {LLM} --visual-encoder",
+             "!xtuner convert pth_to_hf {FINETUNE_CFG}", "!xtuner chat {LLM} --visual-encoder"]
     at = 0
     for step in steps:
         found = code.find(step, at)

@@ -162,3 +162,31 @@ def test_the_course_env_worker_answers_official_code_that_prints_to_stdout(plate
         assert isinstance(pipe(_msg("Colour?", plate), gen_config=deploy.GenSettings(max_new_tokens=3)).text, str)
     finally:
         pipe.close()
+
+
+def test_the_stand_in_has_its_own_server_command(tiny, plate, tmp_path):
+    # `python -m labsupport.serve.lmdeploy_cpu serve MODEL --port N`: notebook 06's CPU counterpart of `lmdeploy serve api_server`
+    import os
+    import subprocess
+    import sys
+
+    from labsupport.core.paths import repo_root
+    from labsupport.serve import demo_app
+
+    port = demo_app.free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "labsupport.serve.lmdeploy_cpu", "serve", str(tiny), "--port", str(port),
+                             "--model-name", "tiny-served", "--tiles", "1"], stdout=open(tmp_path / "log", "w"),
+                            stderr=subprocess.STDOUT, env=env)
+    try:
+        endpoint.wait_until_healthy(f"http://127.0.0.1:{port}", proc.pid, timeout=300, log_path=tmp_path / "log")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as resp:
+            assert json.loads(resp.read())["data"][0]["id"] == "tiny-served"
+        body = json.dumps({"messages": endpoint.openai_messages("What colour?", plate, 1), "max_tokens": 4}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            assert isinstance(json.loads(resp.read())["choices"][0]["message"]["content"], str)
+    finally:
+        proc.terminate()   # `kill PID`: the server shuts down cleanly
+        assert proc.wait(timeout=60) == 0

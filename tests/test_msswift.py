@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from labsupport.sidetracks import msswift
+from labsupport.train import training_outcome
 
 
 def test_command_turns_flags_into_swift_arguments():
@@ -246,11 +247,12 @@ def test_xtuner_side_reports_what_is_missing_and_reads_a_run(tmp_path):
     assert "notebook 04" in msswift.xtuner_side(tmp_path)["missing"]
     wd = tmp_path / "xtuner" / "work_dirs" / "04_finetune"
     wd.mkdir(parents=True)
-    rows = [{"iter": 10, "seconds": 5.0}, {"iter": 20, "seconds": 10.0}, {"iter": 30, "seconds": 2.0}]
-    (wd / "scalars.json").write_text(json.dumps(rows))
     torch.save({"state_dict": {"language_model.w": torch.ones(3, 4), "mlp1.b": torch.ones(2)}}, wd / "iter_20.pth")
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "before_after.json").write_text(json.dumps({"after": {"accuracy": 0.95}}))
+    assert "seconds" not in msswift.xtuner_side(tmp_path) and "run notebook 04" in msswift.xtuner_side(tmp_path)["seconds_from"]
+    # training time: the wall seconds of 04's `xtuner train` process, from 04's record (one definition, course-wide)
+    training_outcome.write_outcome(tmp_path, "tiny", trained=True, train_seconds=10.04)
     side = msswift.xtuner_side(tmp_path)
     assert (side["iterations"], side["seconds"], side["trainable"], side["mode"], side["accuracy"]) == (20, 10.0, 14, "full", 0.95)
     table = msswift.side_by_side(side, {"accuracy": 0.9, "seconds": 30, "steps": 10, "trainable": 7, "mode": "lora"})

@@ -96,6 +96,12 @@ def test_parse_chat_transcript():
     assert xtuner_configs.parse_chat_transcript(out, 2) == ["我是Ada的小助手", "Paris."]
     with pytest.raises(RuntimeError, match="answered 2 of 3"):
         xtuner_configs.parse_chat_transcript(out, 3)
+    # transformers' notice lands on the first input line, before the first reply: it is not part of the reply
+    notice = ("The attention mask is not set and cannot be inferred from input because pad token is same as eos token. "
+              "As a consequence, you may observe unexpected behavior. Please pass your input's `attention_mask` to obtain "
+              "reliable results.\n")
+    noisy = out.replace(f"{mark}我是", f"{mark}{notice}我是", 1)
+    assert xtuner_configs.parse_chat_transcript(noisy, 2) == ["我是Ada的小助手", "Paris."]
 
 
 def test_train_convert_merge_and_chat(artifacts, tmp_path):

@@ -112,3 +112,14 @@ def test_own_data_goal_asks_for_a_gain_over_the_base():
     assert goal.met(0.5, {"all": 0.5}, before=0.35) and not goal.met(0.5, {"all": 0.5}, before=0.45)
     assert not goal.met(0.9, {"all": 0.9})  # without the base model's score nothing is shown
     assert "0.10 above the base model's" in goal.describe() and "chrF" in goal.describe()
+
+
+def test_training_time_is_read_from_04s_record(tmp_path):
+    from labsupport.train import training_outcome as T
+
+    assert T.recorded_train_seconds(tmp_path)[0] is None and "run notebook 04" in T.recorded_train_seconds(tmp_path)[1]
+    T.write_outcome(tmp_path, "tiny", trained=True)
+    seconds, why = T.recorded_train_seconds(tmp_path)
+    assert seconds is None and "no train_seconds" in why
+    T.write_outcome(tmp_path, "tiny", trained=True, train_seconds=137.26)
+    assert T.recorded_train_seconds(tmp_path)[0] == 137.3

@@ -259,3 +259,21 @@ def test_the_rmsnorm_lever_gives_every_llm_norm_xtuners_triton_kernel(tiny, monk
 
     with pytest.raises(ValueError, match="fused_rmsnorm=False"):  # an LLM without a mapped RMSNorm: say so, change nothing
         use_xtuner_rmsnorm_kernel(torch.nn.Sequential(torch.nn.LayerNorm(4)))
+
+
+def test_finished_run_checks_what_xtuner_train_left(tmp_path):
+    # `xtuner train` exits 0 when training fails: the check is the checkpoint and mmengine's scalars.json
+    started = time.time()
+    with pytest.raises(X.TrainingFailed, match="left no checkpoint"):
+        X.finished_run(tmp_path, started=started)
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "iter_20.pth")
+    vis = tmp_path / "20261206_120000" / "vis_data"
+    vis.mkdir(parents=True)
+    (vis / "scalars.json").write_text("\n".join(json.dumps(r) for r in (
+        {"lr": 1e-3, "loss": 2.0, "time": 0.5, "iter": 10}, {"lr": 1e-3, "loss": 1.0, "time": 0.5, "iter": 20},
+        {"accuracy": 0.5, "step": 20})))  # a validation row, not a training one
+    run = X.finished_run(tmp_path, started=started - 5, seconds=12.0)
+    assert run.checkpoint.name == "iter_20.pth" and run.last_iter == 20 and run.seconds == 12.0
+    assert [r["loss"] for r in run.scalars] == [2.0, 1.0] and run.loop_seconds == 10.0
+    with pytest.raises(X.TrainingFailed, match="older than this run"):
+        X.finished_run(tmp_path, started=time.time() + 60)

@@ -62,7 +62,9 @@ class PromptParity:
         lines = [f"**Prompt parity for `{Path(self.model_dir).name}`** (question: {self.question!r})", "",
                  "| tool | default system prompt | prompt |", "|---|---|---|"]
         lines += [f"| {tool} | {cell(system) if system else '(none)'} | {cell(text)} |" for tool, text, system in rows]
-        verdict = ("the three prompts agree" if self.agree else
+        name = Path(self.model_dir).name
+        verdict = (f"for `{name}` the three prompts agree (a property of this checkpoint, not of the tools: the embedded "
+                   "model's chat_template was written to match XTuner's; real InternVL2-2B's three differ)" if self.agree else
                    f"they agree once every tool uses the system prompt {self.system_that_agrees!r}"
                    if self.system_that_agrees else "they differ, and a system prompt alone does not fix it")
         lines += ["", f"**Verdict:** {verdict}."] + [f"- {n}" for n in self.notes]

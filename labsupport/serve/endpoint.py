@@ -69,15 +69,17 @@ def start_server(cmd: Sequence[str], log_path: str | os.PathLike, env: dict | No
 
 def wait_until_healthy(base_url: str, proc, timeout: float = 600, log_path: str | os.PathLike | None = None,
                        path: str = "/health") -> float:
-    """Poll BASE_URL+PATH until it answers 200; returns the seconds waited (raises with the log's tail if it dies)."""
+    """Poll BASE_URL+PATH until it answers 200; returns the seconds waited (raises with the log's tail if it dies).
+    PROC is the server's Popen, or its process id (a server started in the background by a `!... &` cell)."""
     import urllib.error
     import urllib.request
 
     start = time.time()
     while time.time() - start < timeout:
-        if proc.poll() is not None:
+        if not _alive(proc):
             tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
-            raise RuntimeError(f"the server exited with code {proc.returncode} before it became healthy. "
+            code = proc.returncode if hasattr(proc, "returncode") else "?"
+            raise RuntimeError(f"the server exited with code {code} before it became healthy. "
                                f"Last lines of its log ({log_path}):\n{tail}")
         try:
             with urllib.request.urlopen(base_url.rstrip("/") + path, timeout=5) as resp:
@@ -87,6 +89,22 @@ def wait_until_healthy(base_url: str, proc, timeout: float = 600, log_path: str 
             pass
         time.sleep(1.0)
     raise TimeoutError(f"{base_url}{path} did not answer within {timeout:.0f} s; see {log_path}")
+
+
+def _alive(proc) -> bool:
+    """Whether PROC (a Popen or a process id) is still running."""
+    if hasattr(proc, "poll"):
+        return proc.poll() is None
+    try:
+        os.kill(int(proc), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child (exited, not yet reaped) is not running
+        return Path(f"/proc/{int(proc)}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
 
 
 def stop_server(proc, timeout: float = 30) -> int:

@@ -336,7 +336,36 @@ def which(pipe) -> str:
     return f"lmdeploy.pipeline ({engine}) on a CUDA GPU"
 
 
-if __name__ == "__main__":  # the course-env worker: python -m labsupport.serve.lmdeploy_cpu MODEL DEVICE TILES
+def serve_main(argv: list[str]) -> None:
+    """`python -m labsupport.serve.lmdeploy_cpu serve MODEL --port N`: the stand-in's own OpenAI-compatible server,
+    the CPU counterpart of `lmdeploy serve api_server MODEL --server-port N` (runs until SIGTERM or Ctrl-C)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m labsupport.serve.lmdeploy_cpu serve", description=serve_main.__doc__)
+    parser.add_argument("model", help="an InternVL2 checkpoint folder")
+    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
+    parser.add_argument("--model-name", default="internvl2", help="the id GET /v1/models reports")
+    parser.add_argument("--tiles", type=int, default=None, help="max_dynamic_patch when a request names none")
+    args = parser.parse_args(argv)
+    pipe = cpu_pipeline(args.model, max_dynamic_patch=args.tiles, trust_remote_code=True)
+    server = serve_openai(pipe, args.port, model_name=args.model_name)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill PID`: shut down cleanly, the worker with it
+    print(f"serving {args.model} as {args.model_name!r} on http://127.0.0.1:{args.port}/v1 ({pipe.ran})", flush=True)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        pipe.close()
+
+
+if __name__ == "__main__":  # `serve MODEL --port N` (see serve_main); else the course-env worker: MODEL DEVICE TILES
     import sys as _sys
 
-    _worker(*_sys.argv[1:4])
+    if _sys.argv[1:2] == ["serve"]:
+        serve_main(_sys.argv[2:])
+    else:
+        _worker(*_sys.argv[1:4])

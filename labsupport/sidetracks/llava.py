@@ -7,7 +7,6 @@ for a CPU; a learner with real weights points the same edits at clip-vit-large-p
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -19,6 +18,7 @@ from labsupport.datasets import plates
 from labsupport.model import chatllm
 from labsupport.publish import hub, modelcard
 from labsupport.train.xtuner import latest_checkpoint
+from labsupport.train.training_outcome import recorded_train_seconds
 from labsupport.train.xtuner_configs import xtuner_chat as chat_cli
 
 if TYPE_CHECKING:
@@ -166,6 +166,15 @@ class LLaVAChat:
         self.llm.eval(), self.clip.eval()
         self.layer = visual_select_layer
 
+    @classmethod
+    def from_parts(cls, tokenizer, llm, clip, processor, projector, visual_select_layer: int = -2) -> "LLaVAChat":
+        """A chat over pieces the caller loaded (the notebook shows the transformers/PEFT calls), nothing loaded again."""
+        chat = cls.__new__(cls)
+        chat.tokenizer, chat.llm, chat.clip, chat.processor, chat.projector = tokenizer, llm, clip, processor, projector
+        chat.llm.eval(), chat.clip.eval()
+        chat.layer = visual_select_layer
+        return chat
+
     def ask(self, image, question: str, max_new_tokens: int = 16) -> str:
         """Greedy answer about IMAGE (a path or PIL image) under XTuner's internlm2_chat prompt, as `xtuner chat` builds it."""
         import torch
@@ -294,12 +303,14 @@ def checkpoint_mode(checkpoint: str | os.PathLike) -> str:
     return "full"
 
 
-def comparison(artifacts: str | os.PathLike, after: dict, runs: Sequence) -> list[dict]:
-    """One row per model: held-out accuracy, training seconds and iterations, parameters trained (notebook 04's from ARTIFACTS)."""
+def comparison(artifacts: str | os.PathLike, after: dict, train_seconds: float, iters: int,
+               checkpoint: str | os.PathLike) -> list[dict]:
+    """One row per model: held-out accuracy, training time (the XTuner processes' wall seconds), iterations and
+    parameters trained; notebook 04's read from what it left in ARTIFACTS (its record holds its training time)."""
 
     rows = [{"model": "LLaVA (CLIP + InternLM2), notebook 09", "accuracy": f"{after['accuracy']:.0%}",
-             "training s": round(sum(r.seconds for r in runs), 1), "iterations": sum(iterations(r) for r in runs),
-             "parameters trained": f"{trained_parameters(runs[-1].checkpoint):,}"}]
+             "training s": round(train_seconds, 1), "iterations": iters,
+             "parameters trained": f"{trained_parameters(checkpoint):,}"}]
     work = Path(artifacts) / hub.TRAIN_WORK_DIR
     training = modelcard.read_training(work)
     evaluation = modelcard.read_evaluation(Path(artifacts) / hub.EVAL_RESULTS_JSON)
@@ -307,11 +318,12 @@ def comparison(artifacts: str | os.PathLike, after: dict, runs: Sequence) -> lis
         rows.append({"model": "InternVL2, notebook 04", "accuracy": "not run here", "training s": "—", "iterations": "—",
                      "parameters trained": "—", "note": f"no saved run in {work}: run notebooks 04 and 05 first"})
         return rows
-    scalars = json.loads((work / "scalars.json").read_text()) if (work / "scalars.json").exists() else []
+    seconds, source = recorded_train_seconds(artifacts)
     ckpt = latest_checkpoint(work)
     mode = checkpoint_mode(ckpt) if ckpt else training["mode"]
     rows.append({"model": f"InternVL2 ({mode}), notebook 04",
                  "accuracy": f"{evaluation['after']['accuracy']:.0%}" if evaluation else "notebook 05 not run",
-                 "training s": scalars[-1].get("seconds", "?") if scalars else "?", "iterations": training["iters"],
-                 "parameters trained": f"{trained_parameters(ckpt):,}" if ckpt else "no checkpoint"})
+                 "training s": seconds if seconds is not None else "—", "iterations": training["iters"],
+                 "parameters trained": f"{trained_parameters(ckpt):,}" if ckpt else "no checkpoint",
+                 "note": f"training s from {source}"})
     return rows

@@ -32,6 +32,7 @@ from labsupport.datasets.formats import load_records, to_swift
 from labsupport.evaluate.compare import BEFORE_AFTER
 from labsupport.model.prompts import conversation_template, model_prompt
 from labsupport.train.xtuner import latest_checkpoint
+from labsupport.train.training_outcome import recorded_train_seconds
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 LOSS_LINE = re.compile(r"\{'loss': ")
@@ -311,13 +312,12 @@ def xtuner_side(artifacts: str | os.PathLike, work_dir: str = "xtuner/work_dirs/
     if not wd.is_dir():
         out["missing"] = f"{wd} does not exist: run notebook 04 first for the XTuner side"
         return out
-    scalars = wd / "scalars.json"
-    if scalars.exists():
-        rows = json.loads(scalars.read_text(encoding="utf-8"))
-        # a resumed run (notebook 04's resume demonstration) appends rows whose clock starts again at 0
-        first_run = next((rows[:i] for i in range(1, len(rows)) if rows[i].get("seconds", 0) < rows[i - 1].get("seconds", 0)), rows)
-        if first_run:
-            out.update(iterations=first_run[-1].get("iter"), seconds=first_run[-1].get("seconds"))
+    seconds, out["seconds_from"] = recorded_train_seconds(artifacts)   # the xtuner train process's wall seconds
+    if seconds is not None:
+        out["seconds"] = seconds
+    iterations = checkpoint_iterations(wd)
+    if iterations:
+        out["iterations"] = iterations
 
     ckpt = latest_checkpoint(wd)
     if ckpt is not None and ckpt.is_file():
@@ -340,6 +340,13 @@ def xtuner_side(artifacts: str | os.PathLike, work_dir: str = "xtuner/work_dirs/
         if m:
             out["accuracy"] = float(m.group(1))
     return out
+
+
+def checkpoint_iterations(work_dir: Path) -> int | None:
+    """The iterations of the newest checkpoint in WORK_DIR (iter_N.pth), or None."""
+    ckpt = latest_checkpoint(work_dir)
+    m = re.fullmatch(r"iter_(\d+)\.pth", ckpt.name) if ckpt is not None else None
+    return int(m.group(1)) if m else None
 
 
 def chat_prompt(model_dir: str | os.PathLike, question: str, num_patches: int = 1) -> str:
@@ -367,6 +374,23 @@ def layout_differences(trained: str, asked: str, query: str, response: str | Non
         if tag != "equal":
             out.append(f"{tag}: trained {a[max(0, i1 - 12):i2 + 12]!r} vs chat() {b[max(0, j1 - 12):j2 + 12]!r}")
     return out
+
+
+def training_prompts(sft_log: str | os.PathLike, train_rows: Sequence[dict], model_dir: str | os.PathLike,
+                     xt_side: dict) -> tuple[dict, dict]:
+    """The prompt each tool trains or asks with, side by side ({tool: text}: `swift sft`'s logged [INPUT], the model's
+    chat() for the same row, notebook 04's XTuner sample), and where each training layout differs from chat()'s."""
+    logged = logged_example(sft_log)
+    sample = matching_row(logged, train_rows)   # the training row swift sft logged
+    prompts = {"ms-swift (swift sft)": logged, "the model's chat()": chat_prompt(model_dir, sample["query"])}
+    prompts["XTuner (notebook 04)"] = (xt_side.get("prompt")
+                                       or f"(not available: {xt_side.get('missing') or xt_side.get('prompt_missing')})")
+    diffs = {}
+    for name, text in (("ms-swift", logged), ("XTuner", xt_side.get("prompt"))):
+        if text:
+            row = matching_row(text, train_rows)
+            diffs[name] = layout_differences(text, chat_prompt(model_dir, row["query"]), row["query"], row["response"])
+    return prompts, diffs
 
 
 def adapter_shapes(checkpoint: str | os.PathLike) -> dict[str, tuple[int, ...]]:

@@ -135,8 +135,9 @@ def hook_samples(log: str | os.PathLike) -> list[str]:
     """The question -> answer pairs EvaluateChatHook printed in a training log ("Sample output:" blocks), in order."""
     text = Path(log).read_text(encoding="utf-8", errors="replace")
     out = []
-    for m in re.finditer(r"<\|im_start\|>user\n(.*?)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)(?:<\|im_end\|>|\n\n|$)",
-                         text, flags=re.S):
+    # only EvaluateChatHook's "Sample output:" blocks: DatasetInfoHook logs training samples in the same layout before them
+    for m in re.finditer(r"Sample output:\n(?:<s>)?<\|im_start\|>user\n(.*?)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)"
+                         r"(?:<\|im_end\|>|\n\n|$)", text, flags=re.S):
         out.append(f"{m.group(1).strip()} -> {m.group(2).strip()}")
     return out
 

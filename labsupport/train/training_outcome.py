@@ -28,14 +28,17 @@ SKIP_TODO = ("notebooks 05-07 work on the base model instead: 05 converts nothin
 
 
 def write_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike, trained: bool, reason: str | None = None,
-                  tiles: int | None = None, work_dir: str | os.PathLike | None = None) -> Path:
-    """Record (atomically) whether notebook 04 trained MODEL_PATH, with the reason when it did not; returns the file."""
+                  tiles: int | None = None, work_dir: str | os.PathLike | None = None,
+                  train_seconds: float | None = None) -> Path:
+    """Record (atomically) whether notebook 04 trained MODEL_PATH, with the reason when it did not, and its training
+    time (TRAIN_SECONDS: the wall seconds of the `xtuner train` process, the course's one definition); returns the file."""
 
     if not trained and not reason:
         raise ValueError("a skipped training needs its reason: the notebooks after 04 print it")
     record = {"model": model_name(model_path), "model_path": str(model_path), "trained": bool(trained),
               "reason": None if trained else reason, "todo": None if trained else SKIP_TODO,
               "tiles": int(tiles) if tiles else None, "work_dir": str(work_dir) if work_dir else None,
+              "train_seconds": round(float(train_seconds), 1) if train_seconds is not None else None,
               "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = Path(artifacts) / OUTCOME_JSON
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +57,19 @@ def read_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike) ->
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}): delete it and run notebook 04 again") from exc
     return record if record.get("model") == model_name(model_path) else None
+
+
+def recorded_train_seconds(artifacts: str | os.PathLike) -> tuple[float | None, str]:
+    """Notebook 04's training time (wall seconds of its `xtuner train` process) from its record, and where it came from
+    (or why there is none)."""
+    path = Path(artifacts) / OUTCOME_JSON
+    if not path.is_file():
+        return None, f"{path} does not exist: run notebook 04 first"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    seconds = record.get("train_seconds")
+    if seconds is None:
+        return None, f"{path} records no train_seconds: run notebook 04 again (it writes them)"
+    return float(seconds), f"{path.name}, {record.get('written', 'undated')}"
 
 
 def skipped_training(artifacts: str | os.PathLike, model_path: str | os.PathLike) -> str | None:
@@ -116,9 +132,10 @@ def own_data_goal(metric: str = "accuracy", margin: float = OWN_DATA_MARGIN) -> 
                         margin=margin, metric=metric)
 
 
-def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None) -> AccuracyGoal:
-    """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model and for real weights (both
-    measured to reach it); for any other miniature, random weights the course never measured, one question kind
+def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None,
+                  reached_by: str = "its CPU preset was measured to reach it") -> AccuracyGoal:
+    """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model (REACHED_BY says what was
+    measured to reach it) and for real weights; for any other miniature, random weights the course never measured, one question kind
     answered at LEARNED_KIND (a random vision tower tells colour apart but not shape or count)."""
 
     if count_parameters(Path(model_dir))["total"] >= MINIATURE_MAX_PARAMS:
@@ -126,7 +143,7 @@ def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float 
                                                "reach (no run with real weights is recorded in the course)")
     layout = embedded_layout(model_dir)
     if layout:
-        return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): its CPU preset was measured to reach it")
+        return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): {reached_by}")
     return AccuracyGoal(None, None, (
         f"a miniature checkpoint the course did not build: its random weights were never measured, and what LoRA learns "
         f"in minutes depends on them (a random vision tower, for one, tells colour apart but not shape or count), so "

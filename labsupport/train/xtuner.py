@@ -38,7 +38,26 @@ _WARNINGS = [
     (UserWarning, r".*None of the inputs have requires_grad=True.*"),
     (DeprecationWarning, r".*"),
     (FutureWarning, r".*Importing from timm.models.layers is deprecated.*"),  # every published modeling_intern_vit.py
+    (FutureWarning, r".*`torch.jit.script` is deprecated.*"),  # torch 2.14, from inside transformers/DeepSpeed imports
 ]
+
+
+class _silent_fds:
+    """File descriptors 1 and 2 sent to /dev/null while inside (output of child processes and C code)."""
+
+    def __enter__(self):
+        sys.stdout.flush(), sys.stderr.flush()
+        self.saved = [os.dup(1), os.dup(2)]
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1), os.dup2(null, 2)
+        os.close(null)
+        return self
+
+    def __exit__(self, *exc):
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        return False
 
 
 def quiet_warnings() -> None:
@@ -68,7 +87,9 @@ def quiet_warnings() -> None:
     import io
 
     for name in ("deepspeed", "bitsandbytes"):
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # DeepSpeed's op check also runs the compiler, whose "ld: cannot find -laio" goes to the process's own file
+        # descriptor 2 (the kernel shows it), not through sys.stderr: silence both levels while importing
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _silent_fds():
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - optional packages: absent or broken is fine here, XTuner reports it
@@ -464,3 +485,37 @@ def plot_scalars(scalars: list[dict], title: str = "training"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# --- after `!xtuner train` ---------------------------------------------------------------------------
+
+def mmengine_scalars(work_dir: str | os.PathLike) -> list[dict]:
+    """The rows of mmengine's own scalars.json in WORK_DIR's newest run folder (<timestamp>/vis_data/), training rows only."""
+    files = sorted(Path(work_dir).glob("*/vis_data/scalars.json"))
+    if not files:
+        return []
+    rows = [json.loads(line) for line in files[-1].read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r and "iter" in r]
+
+
+def finished_run(work_dir: str | os.PathLike, started: float | None = None, seconds: float | None = None) -> TrainRun:
+    """Check what `xtuner train` left in WORK_DIR the way an engineer would (it exits 0 even when training failed):
+    a checkpoint written after STARTED (time.time()), mmengine's scalars.json read; raise TrainingFailed otherwise."""
+    work_dir = Path(work_dir)
+    logs = sorted(work_dir.glob("*/*.log"))
+    log = logs[-1] if logs else work_dir / "train.log"
+    tail = _tail(log) if log.exists() else f"(no log in {work_dir}: did `xtuner train` start at all? look at the cell's output)"
+    ckpt = latest_checkpoint(work_dir)
+    if ckpt is None:
+        cause = root_error(log.read_text(encoding="utf-8", errors="replace")) if log.exists() else None
+        raise TrainingFailed(f"`xtuner train` left no checkpoint in {work_dir}" + (f": {cause}" if cause else "")
+                             + f"\nLast lines of {log}:\n{tail}")
+    if started is not None and ckpt.stat().st_mtime < started:
+        raise TrainingFailed(f"the newest checkpoint {ckpt} is older than this run: `xtuner train` wrote none this time. "
+                             f"Last lines of {log}:\n{tail}")
+    scalars = mmengine_scalars(work_dir)
+    if not scalars:
+        raise TrainingFailed(f"{work_dir} holds {ckpt.name} but mmengine logged no training iteration "
+                             "(vis_data/scalars.json): raise log_processor's window or check the log: " + str(log))
+    took = seconds if seconds is not None else (time.time() - started if started is not None else float("nan"))
+    return TrainRun(work_dir, ckpt, log, scalars, took, [])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ def xtuner_chat(model_dir: str | os.PathLike, questions: Sequence[str], prompt_t
     return parse_chat_transcript(out, len(questions))
 
 
+# transformers' notice, printed on the input line before the first reply: xtuner chat passes no attention mask
+_ATTENTION_NOTICE = re.compile(r"The attention mask is not set and cannot be inferred from input because pad token is "
+                               r"same as eos token\..*?reliable results\.\s*", re.S)
 _PROMPT_MARK = "double enter to end input (EXIT: exit chat, RESET: reset history) >>> "
 
 
@@ -154,7 +158,7 @@ def parse_chat_transcript(out: str, n: int) -> list[str]:
     """The N replies in the stdout of a piped `xtuner chat` session (text between one input prompt and the next)."""
     parts = out.split(_PROMPT_MARK)[1:]
     replies = [p.split("Log: History")[0].strip() for p in parts if not p.lstrip().startswith(("Log: History", "Log: Exit"))]
-    replies = ["\n".join(ln for ln in r.replace("<|im_end|>", "").splitlines()
+    replies = ["\n".join(ln for ln in _ATTENTION_NOTICE.sub("", r.replace("<|im_end|>", "")).splitlines()
                           if not ln.startswith("Remove the memory of history")).strip() for r in replies]
     if len(replies) < n:
         raise RuntimeError(f"xtuner chat answered {len(replies)} of {n} questions; its output ends with:\n{out[-1500:]}")
