@@ -36,6 +36,8 @@ SHELL_CALLS = {("subprocess", "run"), ("subprocess", "check_output"), ("subproce
 _SHELL_LINE = re.compile(r"^(\s*)(?:[A-Za-z_][\w, ]*=\s*)?!(.*)$")   # `!cmd` and `out = !cmd`
 _MAGIC_LINE = re.compile(r"^(\s*)%")
 _BRACES = re.compile(r"\{([^{}]+)\}")
+# Methods of plain data (paths, strings, containers): called on a value a library returned, they are not its interface
+DATA_METHODS = {m for t in (Path, str, bytes, dict, list, set, tuple, int, float) for m in dir(t) if not m.startswith("_")}
 
 
 @dataclass
@@ -95,6 +97,17 @@ def _through_value(node: ast.AST) -> bool:
     return False
 
 
+def _bound_names(target: ast.AST) -> list[ast.Name]:
+    """The names an assignment to TARGET binds: `a`, `a, (b, *c)`; not the object of `a.x = ...` or `a[0] = ...`."""
+    if isinstance(target, ast.Name):
+        return [target]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for t in target.elts for n in _bound_names(t)]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    return []
+
+
 def _is_book(node: ast.AST) -> bool:
     """Whether NODE is (a call of) the checkpoint book's constructor, `checkpoints.Checkpoints(...)`."""
     func = node.func if isinstance(node, ast.Call) else node
@@ -107,6 +120,7 @@ class _Counter(ast.NodeVisitor):
 
     def __init__(self) -> None:
         self.origin: dict[str, str] = {}   # name -> "labsupport" | "tool" | "stdlib" | "book" | "local"
+        self.imported: set[str] = set()    # names an import bound (modules and imported names)
         self.calls: list[Call] = []
         self.cell = 0
         self.source = ""
@@ -114,12 +128,15 @@ class _Counter(ast.NodeVisitor):
     # --- where names come from
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            self.origin[(alias.asname or alias.name).split(".")[0]] = self._package(alias.name)
+            name = (alias.asname or alias.name).split(".")[0]
+            self.origin[name] = self._package(alias.name)
+            self.imported.add(name)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         pkg = self._package(node.module or "")
         for alias in node.names:
             name = alias.asname or alias.name
+            self.imported.add(name)
             self.origin[name] = "book" if pkg == "labsupport" and alias.name in BOOKKEEPING else pkg
 
     @staticmethod
@@ -127,9 +144,38 @@ class _Counter(ast.NodeVisitor):
         top = module.split(".")[0]
         return "labsupport" if top == "labsupport" else "tool" if top in TOOLS else "stdlib"
 
+    def _shadowed(self, names: list[str], body: list[ast.AST]) -> None:
+        """Visit BODY with NAMES (parameters, comprehension variables) as plain local values, then restore them."""
+        saved = {n: self.origin.pop(n) for n in names if n in self.origin}
+        for child in body:
+            self.visit(child)
+        for n in names:
+            self.origin.pop(n, None)
+        self.origin.update(saved)
+
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         self.origin[node.name] = "local"
-        self.generic_visit(node)
+        for d in node.decorator_list + node.args.defaults + node.args.kw_defaults:
+            if d is not None:
+                self.visit(d)
+        self._shadowed([a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)], node.body)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._shadowed([a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)], [node.body])
+
+    def _comprehension(self, node: ast.AST, results: list[ast.AST]) -> None:
+        names = [n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)]
+        self.visit(node.generators[0].iter)  # evaluated outside the comprehension's scope
+        rest = [x for g in node.generators for x in ([g.iter] if g is not node.generators[0] else []) + list(g.ifs)]
+        self._shadowed(names, rest + results)
+
+    def visit_ListComp(self, node: ast.ListComp) -> None:
+        self._comprehension(node, [node.elt])
+
+    visit_SetComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_DictComp(self, node: ast.DictComp) -> None:
+        self._comprehension(node, [node.key, node.value])
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -140,8 +186,9 @@ class _Counter(ast.NodeVisitor):
     def _bind(self, targets: list[ast.AST], value: ast.AST) -> None:
         kind = self._kind_of_value(value)
         for target in targets:
-            for name in ast.walk(target):
+            for name in _bound_names(target):
                 if isinstance(name, ast.Name):
+                    self.imported.discard(name.id)
                     if kind:
                         self.origin[name.id] = kind
                     else:
@@ -202,6 +249,10 @@ class _Counter(ast.NodeVisitor):
         if not isinstance(root, ast.Name) or _is_book(func):
             return None
         kind = self.origin.get(root.id)
+        if kind in ("tool", "labsupport") and isinstance(func, ast.Attribute) and func.attr in DATA_METHODS \
+                and not (isinstance(func.value, ast.Name) and self.origin.get(func.value.id) == kind
+                         and _imported_module(func.value.id, self)):
+            return None  # a path's .glob, a string's .split, a dict's .items: plain data, whoever returned it
         if kind == "tool":
             return "tool"
         if kind == "labsupport":
@@ -209,6 +260,11 @@ class _Counter(ast.NodeVisitor):
             # an object (task["train"].read_text()) is plain data (a Path, a dict), not labsupport's interface
             return None if _through_value(func) else "labsupport"
         return None  # builtins, the standard library, local functions, the book, plain data
+
+
+def _imported_module(name: str, counter: "_Counter") -> bool:
+    """Whether NAME was bound by an import (a module or an imported name), not by what a call returned."""
+    return name in counter.imported
 
 
 def _cell_python(source: str) -> tuple[str, list[str]]:

@@ -11,6 +11,7 @@ import ast
 import json
 import os
 from pathlib import Path
+from labsupport.train.runs import mmengine_scalars
 
 # The settings of an XTuner config worth showing on a card, in this order.
 CARD_SETTINGS = ["path", "data_paths", "max_length", "max_dynamic_patch", "prompt_template", "freeze_llm",
@@ -84,8 +85,7 @@ def read_training(work_dir: str | os.PathLike, scalars_name: str = "scalars.json
         settings["path"] = Path(settings["path"]).name
     if isinstance(settings.get("data_paths"), list):
         settings["data_paths"] = ["/".join(Path(p).parts[-2:]) for p in settings["data_paths"]]
-    scalars_file = work_dir / scalars_name
-    scalars = json.loads(scalars_file.read_text(encoding="utf-8")) if scalars_file.exists() else []
+    scalars = mmengine_scalars(work_dir)  # mmengine's own <timestamp>/vis_data/scalars.json (or an older run's list)
     losses = [r for r in scalars if "loss" in r]
     return {
         "config": str(configs[-1]),
@@ -129,8 +129,46 @@ def usage_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = E
     """The card's transformers snippet as plain Python: it runs as written on the Hub id or a local copy of the repo."""
     return f'''import os
 import torch
+import torchvision.transforms as T
+from PIL import Image
+from torchvision.transforms.functional import InterpolationMode
 from transformers import AutoModel, AutoTokenizer
-from labsupport.core.tiling import load_image  # the course's copy of InternVL's loader: dynamic tiling + ImageNet normalisation
+
+# InternVL2's own image loader (the official model cards'): dynamic 448-px tiles + ImageNet normalisation
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+def build_transform(input_size):
+    return T.Compose([T.Lambda(lambda img: img.convert("RGB") if img.mode != "RGB" else img),
+                      T.Resize((input_size, input_size), interpolation=InterpolationMode.BICUBIC),
+                      T.ToTensor(), T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+
+def find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_size):
+    best_ratio_diff, best_ratio, area = float("inf"), (1, 1), width * height
+    for ratio in target_ratios:
+        ratio_diff = abs(aspect_ratio - ratio[0] / ratio[1])
+        if ratio_diff < best_ratio_diff:
+            best_ratio_diff, best_ratio = ratio_diff, ratio
+        elif ratio_diff == best_ratio_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+            best_ratio = ratio
+    return best_ratio
+
+def dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=False):
+    width, height = image.size
+    ratios = sorted({{(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                     if min_num <= i * j <= max_num}}, key=lambda x: x[0] * x[1])
+    cols, rows = find_closest_aspect_ratio(width / height, ratios, width, height, image_size)
+    resized = image.resize((image_size * cols, image_size * rows))
+    tiles = [resized.crop(((k % cols) * image_size, (k // cols) * image_size,
+                           (k % cols + 1) * image_size, (k // cols + 1) * image_size)) for k in range(cols * rows)]
+    if use_thumbnail and len(tiles) != 1:
+        tiles.append(image.resize((image_size, image_size)))
+    return tiles
+
+def load_image(image_file, input_size=448, max_num=12):
+    image = Image.open(image_file).convert("RGB")
+    transform = build_transform(input_size)
+    return torch.stack([transform(t) for t in dynamic_preprocess(image, image_size=input_size, use_thumbnail=True,
+                                                                  max_num=max_num)])
 
 path = "{repo_id}"  # the Hub id, or the folder you downloaded or cloned it into
 if not os.path.isdir(path):
@@ -162,7 +200,7 @@ def _usage(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_
     return f"""## How to use
 
 With transformers (the model ships its own code, hence `trust_remote_code=True`). The image is the example
-published with the model (`{image}`), {asked} (at most {max_num}), it comes with the course's `labsupport` package:
+published with the model (`{image}`), {asked} (at most {max_num}), with InternVL2's own loader; the snippet needs torch, torchvision, transformers and Pillow only:
 
 ```python
 {usage_snippet(repo_id, question, image, max_num)}```

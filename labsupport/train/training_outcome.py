@@ -28,7 +28,8 @@ SKIP_TODO = ("notebooks 05-07 work on the base model instead: 05 converts nothin
 
 
 def write_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike, trained: bool, reason: str | None = None,
-                  tiles: int | None = None, work_dir: str | os.PathLike | None = None) -> Path:
+                  tiles: int | None = None, work_dir: str | os.PathLike | None = None,
+                  train_seconds: float | None = None) -> Path:
     """Record (atomically) whether notebook 04 trained MODEL_PATH, with the reason when it did not; returns the file."""
 
     if not trained and not reason:
@@ -36,6 +37,8 @@ def write_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike, t
     record = {"model": model_name(model_path), "model_path": str(model_path), "trained": bool(trained),
               "reason": None if trained else reason, "todo": None if trained else SKIP_TODO,
               "tiles": int(tiles) if tiles else None, "work_dir": str(work_dir) if work_dir else None,
+              # the course's one "training time": wall seconds of the `xtuner train` process, start-up included
+              "train_seconds": round(float(train_seconds), 1) if train_seconds is not None else None,
               "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = Path(artifacts) / OUTCOME_JSON
     path.parent.mkdir(parents=True, exist_ok=True)
