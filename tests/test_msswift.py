@@ -246,10 +246,13 @@ def test_xtuner_side_reports_what_is_missing_and_reads_a_run(tmp_path):
     assert "notebook 04" in msswift.xtuner_side(tmp_path)["missing"]
     wd = tmp_path / "xtuner" / "work_dirs" / "04_finetune"
     wd.mkdir(parents=True)
-    rows = [{"iter": 10, "seconds": 5.0}, {"iter": 20, "seconds": 10.0}, {"iter": 30, "seconds": 2.0}]
-    (wd / "scalars.json").write_text(json.dumps(rows))
+    vis = wd / "20261206_120000" / "vis_data"   # mmengine's own log of the run: one JSON line per logged iteration
+    vis.mkdir(parents=True)
+    (vis / "scalars.json").write_text("\n".join(json.dumps({"iter": i, "loss": 1.0}) for i in (10, 20)) + "\n")
+    from labsupport.train import training_outcome
+    training_outcome.write_outcome(tmp_path, "tiny", trained=True, train_seconds=10.0)   # 04's one training time
     torch.save({"state_dict": {"language_model.w": torch.ones(3, 4), "mlp1.b": torch.ones(2)}}, wd / "iter_20.pth")
-    (tmp_path / "results").mkdir()
+    (tmp_path / "results").mkdir(exist_ok=True)
     (tmp_path / "results" / "before_after.json").write_text(json.dumps({"after": {"accuracy": 0.95}}))
     side = msswift.xtuner_side(tmp_path)
     assert (side["iterations"], side["seconds"], side["trainable"], side["mode"], side["accuracy"]) == (20, 10.0, 14, "full", 0.95)

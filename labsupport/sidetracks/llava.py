@@ -18,6 +18,7 @@ from labsupport.train.xtuner_configs import Edit
 from labsupport.datasets import plates
 from labsupport.model import chatllm
 from labsupport.publish import hub, modelcard
+from labsupport.train.training_outcome import train_seconds
 from labsupport.train.xtuner import latest_checkpoint
 from labsupport.train.xtuner_configs import xtuner_chat as chat_cli
 
@@ -307,11 +308,11 @@ def comparison(artifacts: str | os.PathLike, after: dict, runs: Sequence) -> lis
         rows.append({"model": "InternVL2, notebook 04", "accuracy": "not run here", "training s": "—", "iterations": "—",
                      "parameters trained": "—", "note": f"no saved run in {work}: run notebooks 04 and 05 first"})
         return rows
-    scalars = json.loads((work / "scalars.json").read_text()) if (work / "scalars.json").exists() else []
+    seconds = train_seconds(artifacts)  # the course's one training time: wall seconds of 04's `xtuner train`
     ckpt = latest_checkpoint(work)
     mode = checkpoint_mode(ckpt) if ckpt else training["mode"]
     rows.append({"model": f"InternVL2 ({mode}), notebook 04",
                  "accuracy": f"{evaluation['after']['accuracy']:.0%}" if evaluation else "notebook 05 not run",
-                 "training s": scalars[-1].get("seconds", "?") if scalars else "?", "iterations": training["iters"],
+                 "training s": round(seconds) if seconds is not None else "?", "iterations": training["iters"],
                  "parameters trained": f"{trained_parameters(ckpt):,}" if ckpt else "no checkpoint"})
     return rows

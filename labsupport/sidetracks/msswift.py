@@ -31,6 +31,8 @@ from labsupport.core.checkpoints import write_json_atomic  # noqa: F401  (re-exp
 from labsupport.datasets.formats import load_records, to_swift
 from labsupport.evaluate.compare import BEFORE_AFTER
 from labsupport.model.prompts import conversation_template, model_prompt
+from labsupport.train.runs import mmengine_scalars
+from labsupport.train.training_outcome import train_seconds
 from labsupport.train.xtuner import latest_checkpoint
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -311,13 +313,9 @@ def xtuner_side(artifacts: str | os.PathLike, work_dir: str = "xtuner/work_dirs/
     if not wd.is_dir():
         out["missing"] = f"{wd} does not exist: run notebook 04 first for the XTuner side"
         return out
-    scalars = wd / "scalars.json"
-    if scalars.exists():
-        rows = json.loads(scalars.read_text(encoding="utf-8"))
-        # a resumed run (notebook 04's resume demonstration) appends rows whose clock starts again at 0
-        first_run = next((rows[:i] for i in range(1, len(rows)) if rows[i].get("seconds", 0) < rows[i - 1].get("seconds", 0)), rows)
-        if first_run:
-            out.update(iterations=first_run[-1].get("iter"), seconds=first_run[-1].get("seconds"))
+    rows = mmengine_scalars(wd)  # mmengine's own log of 04's run (the resume demonstration has its own work dir)
+    if rows:
+        out.update(iterations=rows[-1].get("iter"), seconds=train_seconds(artifacts))  # the course's one training time
 
     ckpt = latest_checkpoint(wd)
     if ckpt is not None and ckpt.is_file():

@@ -59,6 +59,15 @@ def read_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike) ->
     return record if record.get("model") == model_name(model_path) else None
 
 
+def train_seconds(artifacts: str | os.PathLike) -> float | None:
+    """The course's "training time" of notebook 04's last run (wall seconds of its `xtuner train` process), or None."""
+    path = Path(artifacts) / OUTCOME_JSON
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("train_seconds") if path.is_file() else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): delete it and run notebook 04 again") from exc
+
+
 def skipped_training(artifacts: str | os.PathLike, model_path: str | os.PathLike) -> str | None:
     """Notebook 04's reason for not training MODEL_PATH (its last run for this model skipped), or None."""
     record = read_outcome(artifacts, model_path)
