@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Iterable, Sequence
 from labsupport.evaluate.conversion import IncompleteModelFolder
 from labsupport.evaluate.conversion import TrainingRun
 from labsupport.evaluate.conversion import _weight_files
+from labsupport.train.runs import mmengine_scalars
 from labsupport.train.xtuner_render import load_config
 
 BEFORE_AFTER = "results/before_after.json"          # before/after numbers notebook 07's model card reads
@@ -447,9 +447,7 @@ def training_summary(run: TrainingRun) -> dict:
         out.setdefault("lora_alpha", lora.get("lora_alpha"))
     out.update(freeze_llm=cfg.model.get("freeze_llm"), freeze_visual_encoder=cfg.model.get("freeze_visual_encoder"),
                max_dynamic_patch=run.max_num, heldout=str(run.heldout) if run.heldout else None)
-    scalars = run.work_dir / "scalars.json"
-    if scalars.exists():
-        rows = json.loads(scalars.read_text(encoding="utf-8"))
-        if rows:
-            out.update(first_loss=rows[0].get("loss"), last_loss=rows[-1].get("loss"), last_iter=rows[-1].get("iter"))
+    rows = mmengine_scalars(run.work_dir)  # mmengine's own log of the run
+    if rows:
+        out.update(first_loss=rows[0].get("loss"), last_loss=rows[-1].get("loss"), last_iter=rows[-1].get("iter"))
     return out

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from labsupport.serve.awq import is_awq
 from labsupport.serve.quantize import AWQ_RESULTS_JSON, awq_model_dir
+from labsupport.train.runs import mmengine_scalars
 
 # The settings of an XTuner config worth showing on a card, in this order.
 CARD_SETTINGS = ["path", "data_paths", "max_length", "max_dynamic_patch", "prompt_template", "freeze_llm",
@@ -88,8 +89,7 @@ def read_training(work_dir: str | os.PathLike, scalars_name: str = "scalars.json
         settings["path"] = Path(settings["path"]).name
     if isinstance(settings.get("data_paths"), list):
         settings["data_paths"] = ["/".join(Path(p).parts[-2:]) for p in settings["data_paths"]]
-    scalars_file = work_dir / scalars_name
-    scalars = json.loads(scalars_file.read_text(encoding="utf-8")) if scalars_file.exists() else []
+    scalars = mmengine_scalars(work_dir)  # mmengine's own <timestamp>/vis_data/scalars.json (or an older run's list)
     losses = [r for r in scalars if "loss" in r]
     return {
         "config": str(configs[-1]),
@@ -166,6 +166,9 @@ def usage_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = E
                 if system else "")
     return f'''import os
 import torch
+import torchvision.transforms as T
+from PIL import Image
+from torchvision.transforms.functional import InterpolationMode
 from transformers import AutoModel, AutoTokenizer
 {IMAGE_HELPERS}
 path = "{repo_id}"  # the Hub id, or the folder you downloaded or cloned it into

@@ -176,6 +176,20 @@ def refuse_live_trainer(work_dir: str | os.PathLike) -> None:
             f"or killed?): wait for it to end, or stop it with `kill {pid}`, then run this cell again")
 
 
+def mmengine_scalars(work_dir: str | os.PathLike) -> list[dict]:
+    """mmengine's own record of the newest run in WORK_DIR: the rows of <timestamp>/vis_data/scalars.json (one JSON object
+    per logged iteration: iter, loss, lr, time, ...), or the course's older WORK_DIR/scalars.json list; [] when neither exists."""
+    import json
+
+    work_dir = Path(work_dir)
+    runs = sorted(work_dir.glob("[0-9]*_[0-9]*/vis_data/scalars.json")) if work_dir.is_dir() else []
+    if runs:
+        lines = runs[-1].read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    old = work_dir / "scalars.json"
+    return json.loads(old.read_text(encoding="utf-8")) if old.exists() else []
+
+
 # ------------------------------------------------------------------------------ the last good run
 def _aside(work_dir: Path, what: str) -> Path:
     return work_dir.with_name(f".{work_dir.name}.{what}")

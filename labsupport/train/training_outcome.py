@@ -38,6 +38,7 @@ def write_outcome(artifacts: str | os.PathLike, model_path: str | os.PathLike, t
     record = {"model": model_name(model_path), "model_path": str(model_path), "trained": bool(trained),
               "reason": None if trained else reason, "todo": None if trained else SKIP_TODO,
               "tiles": int(tiles) if tiles else None, "work_dir": str(work_dir) if work_dir else None,
+              # the course's one "training time": wall seconds of the `xtuner train` process, start-up included
               "train_seconds": round(float(train_seconds), 1) if train_seconds is not None else None,
               "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = Path(artifacts) / OUTCOME_JSON

@@ -202,23 +202,7 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
         edits.append(Edit('randomness = dict(seed=None, deterministic=False)',
                           [f'randomness = dict(seed={s.seed}, deterministic=False)'],
                           "a fixed seed: the accuracy checkpoint then checks a reproducible run"))
-    if not cpu and (not s.gradient_checkpointing or s.fused_rmsnorm):
-        lines, whys = ["type=LeverInternVL,  # XTuner's InternVL_V1_5, subclassed"], []
-        if not s.gradient_checkpointing:
-            lines.append("gradient_checkpointing=False,")
-            whys.append(f"measured: {m['why']} ({row}); this GPU has {m['gpu_memory_gib']} GiB"
-                        if cites("gradient_checkpointing", False) else "gradient checkpointing off (an override)")
-        if s.fused_rmsnorm:
-            lines.append("fused_rmsnorm=True,")
-            whys.append(f"XTuner's Triton RMSNorm kernel in the LLM, which XTuner's SFT model dispatches and InternVL_V1_5 "
-                        f"does not; measured: {m['why']} ({row})" if cites("fused_rmsnorm", True)
-                        else "XTuner's Triton RMSNorm kernel in the LLM (an override)")
-        edits.append(Edit("from xtuner.model import InternVL_V1_5",
-                          ["from xtuner.model import InternVL_V1_5", "from labsupport.train.xtuner_shims import LeverInternVL"],
-                          "LeverInternVL lives in labsupport/train/xtuner_shims.py: XTuner's InternVL_V1_5 always switches "
-                          "gradient checkpointing on and never uses XTuner's RMSNorm kernel; this subclass takes both "
-                          "as parameters"))
-        edits.append(Edit("type=InternVL_V1_5,", lines, "; ".join(whys)))
+    edits += _lever_edits(s)
     if not s.group_by_length:
         edits.append(Edit("from xtuner.dataset.samplers import LengthGroupedSampler",
                           ["from mmengine.dataset import DefaultSampler",
@@ -246,6 +230,39 @@ def edits_for(s, official: str, data_root: str | os.PathLike, max_dynamic_patch:
                           + ("" if cpu else " (the official fine-tune recipes' --max_dynamic_patch 6 for InternVL2, "
                              "which the measured GPU presets ran with; config.json says 12)")))
     return edits
+
+
+def _lever_edits(s) -> list[Edit]:
+    """The GPU speed levers of settings S that XTuner's InternVL_V1_5 fixes (LeverInternVL), each with its measured reason."""
+    if s.device == "cpu" or (s.gradient_checkpointing and not s.fused_rmsnorm):
+        return []
+    m = s.measured  # the docs/gpu row behind a GPU preset's per-GPU values (labsupport.train.gpu_presets)
+    cites = lambda key, value: m is not None and m["settings"].get(key) == value  # noqa: E731
+    row = measured_row(m) if m else ""
+    edits: list[Edit] = []
+    lines, whys = ["type=LeverInternVL,  # XTuner's InternVL_V1_5, subclassed"], []
+    if not s.gradient_checkpointing:
+        lines.append("gradient_checkpointing=False,")
+        whys.append(f"measured: {m['why']} ({row}); this GPU has {m['gpu_memory_gib']} GiB"
+                    if cites("gradient_checkpointing", False) else "gradient checkpointing off (an override)")
+    if s.fused_rmsnorm:
+        lines.append("fused_rmsnorm=True,")
+        whys.append(f"XTuner's Triton RMSNorm kernel in the LLM, which XTuner's SFT model dispatches and InternVL_V1_5 "
+                    f"does not; measured: {m['why']} ({row})" if cites("fused_rmsnorm", True)
+                    else "XTuner's Triton RMSNorm kernel in the LLM (an override)")
+    edits.append(Edit("from xtuner.model import InternVL_V1_5",
+                      ["from xtuner.model import InternVL_V1_5", "from labsupport.train.xtuner_shims import LeverInternVL"],
+                      "LeverInternVL lives in labsupport/train/xtuner_shims.py: XTuner's InternVL_V1_5 always switches "
+                      "gradient checkpointing on and never uses XTuner's RMSNorm kernel; this subclass takes both "
+                      "as parameters"))
+    edits.append(Edit("type=InternVL_V1_5,", lines, "; ".join(whys)))
+    return edits
+
+
+def lever_edits(s) -> list[tuple[str, list[str], str]]:
+    """A measured GPU preset's speed levers (a lever: a setting that changes speed, not what is learned) as
+    (official line, new lines, why) for notebook 04's edit list; [] on a CPU or when the preset needs none."""
+    return [(e.old, list(e.new), e.reason) for e in _lever_edits(s)]
 
 
 def measured_row(m: dict) -> str:
