@@ -40,6 +40,7 @@ for step in "$@"; do
       # (the tiny and the fine-tuned model from notebooks 04-05) to compare them as a learner would
       install lmdeploy && install notebook || exit 1
       export PYTHONPATH=/tmp/site-notebook:/tmp/site-lmdeploy:$REPO JUPYTER_PATH=/tmp/kern/share/jupyter MPLBACKEND=Agg
+      export PATH=/tmp/site-lmdeploy/bin:$PATH   # the cell's `!lmdeploy serve api_server` (pip --target puts the CLI here)
       python3 -m ipykernel install --prefix /tmp/kern --name internvl-deploy --display-name "Python (internvl-deploy)" >/dev/null
       python3 -m labsupport.course run --only 06 -p BACKEND lmdeploy 2>&1 | tee "$OUT/notebook06.log" | grep -v "Warming\|Loading weights" | tail -40
       cp artifacts/executed/06_deploy_lmdeploy.ipynb artifacts/course-report.md "$OUT/" ;;
