@@ -131,6 +131,15 @@ def converted_from_finished_run(folder: str | os.PathLike) -> str | None:
     return None
 
 
+def record_provenance(run: TrainingRun, folder: str | os.PathLike) -> Path:
+    """Write FOLDER's record of the run and checkpoint it was converted from, and whether that run had finished."""
+    facts = run_finished(run.work_dir)
+    path = Path(folder) / PROVENANCE
+    write_json_atomic(path, {"run": run.work_dir.name, "checkpoint": run.checkpoint.name,
+                             "finished": facts is not None and facts["checkpoint"] == run.checkpoint.name})
+    return path
+
+
 def finetuned_dir(artifacts: str | os.PathLike, model_path: str = "tiny") -> Path:
     """Where the converted fine-tune of MODEL_PATH goes: ARTIFACTS/models/<model name>-finetuned (labsupport.core.paths)."""
 
@@ -143,9 +152,7 @@ def convert(run: TrainingRun, save_dir: str | os.PathLike) -> Path:
     """Convert RUN's checkpoint with XTuner's convert_to_official.py (through labsupport.train.xtuner) and check the result is complete."""
 
     out = convert_to_official(run.config, run.checkpoint, save_dir, model_path=run.base_model)
-    facts = run_finished(run.work_dir)
-    write_json_atomic(out / PROVENANCE, {"run": run.work_dir.name, "checkpoint": run.checkpoint.name,
-                                         "finished": facts is not None and facts["checkpoint"] == run.checkpoint.name})
+    record_provenance(run, out)
     copied = fill_from_base(out, run.base_model)
     if copied:
         print(f"[convert] copied from the base model what the script did not write: {', '.join(copied)}")

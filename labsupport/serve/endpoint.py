@@ -77,7 +77,8 @@ def wait_until_healthy(base_url: str, proc, timeout: float = 600, log_path: str 
     start = time.time()
     while time.time() - start < timeout:
         if not _alive(proc):
-            tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
+            log = Path(log_path) if log_path else None
+            tail = (log.read_text(errors="replace")[-3000:] if log.exists() else f"(no log: {log} was never written)") if log else ""
             code = proc.returncode if hasattr(proc, "returncode") else "?"
             raise RuntimeError(f"the server exited with code {code} before it became healthy. "
                                f"Last lines of its log ({log_path}):\n{tail}")
