@@ -82,7 +82,9 @@ class _ScriptedPipe:
         from labsupport.serve.lmdeploy_cpu import Response
 
         url = next(c["image_url"]["url"] for c in messages[-1]["content"] if c["type"] == "image_url")
-        return Response(self.replies[hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest()])
+        # the endpoint hands the model a data URL's image as a file it wrote (labsupport.serve.openai_cpu.parse_request)
+        data = base64.b64decode(url.split(",", 1)[1]) if url.startswith("data:") else Path(url).read_bytes()
+        return Response(self.replies[hashlib.sha256(data).hexdigest()])
 
 
 def test_evalscope_reads_the_export_and_its_score_agrees_with_the_course_scorer(plates, tmp_path):
