@@ -27,6 +27,9 @@ def plant_results_of_notebooks_04_05(art, tiny_model):
     from labsupport.core.paths import finetuned_dir
 
     shutil.copytree(tiny_model, finetuned_dir(art, "tiny"))
+    from labsupport.evaluate.conversion import PROVENANCE  # notebook 05 records the finished run it converted
+    (finetuned_dir(art, "tiny") / PROVENANCE).write_text(json.dumps({"run": "04_finetune", "checkpoint": "iter_30.pth",
+                                                                     "finished": True}))
     work = art / hub.TRAIN_WORK_DIR
     work.mkdir(parents=True)
     (work / "tiny_lora.py").write_text("path = '/x/internvl2-tiny'\ndata_paths = ['/x/data/plates/train.json']\nlora_r, lora_alpha, lora_dropout = 4, 8, 0.0\n"
