@@ -78,32 +78,8 @@ def prewarm_llm(model, tokenizer, pairs: Sequence[tuple[str, str]], steps: int =
                 seed: int = 0) -> list[float]:
     """Train the LLM of InternVL MODEL (all its weights; the ViT and projector untouched) on PAIRS as text-only chats
     under XTuner's internlm2_chat prompt with InternLM's system prompt; return the loss per step."""
-    import torch
-
-
-    torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: one thread is as fast and leaves the other cores alone
-    rows = [chatllm.encode_pair(tokenizer, q, a, system=INTERNLM2_SYSTEM) for q, a in pairs]
-    width = max(len(i) for i, _ in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in rows])
-    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
-    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])
-    llm = model.language_model
-    opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    llm.train()
-    losses = []
-    for _ in range(steps):
-        loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    torch.set_num_threads(threads)
-    model.eval()
+    losses = chatllm.prewarm(model.language_model, tokenizer, pairs, steps=steps, lr=lr, seed=seed, system=INTERNLM2_SYSTEM)
+    model.eval()  # the whole InternVL model, its ViT and projector untouched
     return losses
 
 

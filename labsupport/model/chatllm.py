@@ -76,14 +76,14 @@ def encode_pair(tokenizer, question: str, answer: str, system: str = "") -> tupl
 
 
 def prewarm(model, tokenizer, pairs: Sequence[tuple[str, str]], steps: int = 150, lr: float = 3e-3,
-            seed: int = 0) -> list[float]:
-    """Train all of MODEL's weights on PAIRS (full batch, AdamW, deterministic); return the loss per step."""
+            seed: int = 0, system: str = "") -> list[float]:
+    """Train all of MODEL's weights on PAIRS under SYSTEM (full batch, AdamW, deterministic); return the loss per step."""
     import torch
 
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is as fast, and does not fight other processes for cores
-    rows = [encode_pair(tokenizer, q, a) for q, a in pairs]
+    rows = [encode_pair(tokenizer, q, a, system=system) for q, a in pairs]
     width = max(len(i) for i, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in rows])
