@@ -9,6 +9,7 @@ import platform
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from pathlib import Path
 
@@ -176,27 +177,32 @@ def disk_report(folder: str | Path, needed_gb: float) -> dict:
     return {"folder": str(folder), "free_gb": round(free, 1), "needed_gb": needed_gb, "ok": free >= needed_gb}
 
 
+def check_environment(spec: EnvSpec, model_dir: str | Path | None = None) -> dict:
+    """One environment's doctor entry: its pins against what is installed and, for MODEL_DIR, its code path."""
+    # A kernel-less tool environment (the evaluation framework) is found by its prefix and runs no model code.
+    python = kernel_python(spec.kernel) if spec.kernel else (str(env_python(spec) or "") or None)
+    entry = {"name": spec.name, "file": spec.file.name, "kernel": spec.kernel, "python": python, "rows": []}
+    if python is None:
+        entry["error"] = (f"kernel {spec.kernel!r} is not registered: run `make env`" if spec.kernel
+                          else f"{spec.name} is not built: run `make env`")
+    else:
+        try:
+            entry["rows"] = check_pins(spec, installed_versions(python))
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            entry["error"] = str(exc)
+        if model_dir is not None and spec.kernel:
+            entry["code_path"] = check_model_code(model_dir, python)
+    entry["ok"] = (not entry.get("error") and all(r["ok"] for r in entry["rows"])
+                   and all(r["ok"] for r in entry.get("code_path", [])))
+    return entry
+
+
 def diagnose(artifacts: str | Path, needed_gb: float = 2.0, model_dir: str | Path | None = None) -> dict:
     """The whole doctor report: every environment's pins and, for MODEL_DIR, its code path (check_model_code),
     this machine's GPU and disk, GPU-only parts."""
-    envs = []
-    for spec in load_specs():
-        # A kernel-less tool environment (the evaluation framework) is found by its prefix and runs no model code.
-        python = kernel_python(spec.kernel) if spec.kernel else (str(env_python(spec) or "") or None)
-        entry = {"name": spec.name, "file": spec.file.name, "kernel": spec.kernel, "python": python, "rows": []}
-        if python is None:
-            entry["error"] = (f"kernel {spec.kernel!r} is not registered: run `make env`" if spec.kernel
-                              else f"{spec.name} is not built: run `make env`")
-        else:
-            try:
-                entry["rows"] = check_pins(spec, installed_versions(python))
-            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-                entry["error"] = str(exc)
-            if model_dir is not None and spec.kernel:
-                entry["code_path"] = check_model_code(model_dir, python)
-        entry["ok"] = (not entry.get("error") and all(r["ok"] for r in entry["rows"])
-                       and all(r["ok"] for r in entry.get("code_path", [])))
-        envs.append(entry)
+    # Each check is a child interpreter importing torch and the model's code: run them side by side, not in turn.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        envs = list(pool.map(lambda spec: check_environment(spec, model_dir), load_specs()))
     gpu = gpu_report()
     return {
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "python": sys.version.split()[0]},
