@@ -88,19 +88,29 @@ def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", ima
     out = Path(artifacts) / "data" / "own" / f"{data.stem}-{digest[:8]}"
     write_json_atomic(out / "train.json", train)
     write_json_atomic(out / "heldout.json", held)
-    return {"name": data.stem, "train": out / "train.json", "heldout": out / "heldout.json", "image_folder": folder,
+    return {"name": data.stem, "root": out, "train": out / "train.json", "heldout": out / "heldout.json", "image_folder": folder,
             "source": data, "sha256": digest, "n_train": len(train), "n_heldout": len(held), "held_out_by": how,
             "report": report}
 
 
 def write_training_data(artifacts: str | os.PathLike, task: dict, scorer: str, tiles: int, system: str | None,
                         model_path: str = "") -> Path:
-    """Record what notebook 04 trained on (data, hashes, split sizes, scorer, tiles, system prompt) for 05-07."""
+    """Record what notebook 04 trained on (data, hashes, split sizes, scorer, tiles, system prompt) for 05-07; TASK is
+    split_own_data's dict, or plates.build_course_task's (then the record says "plates" and counts the splits itself)."""
     path = Path(artifacts) / TRAINING_DATA
     record = {k: (str(v) if isinstance(v, Path) else v) for k, v in task.items() if k != "report"}
+    if "source" not in task:   # the plates task: the course's own files, counted and hashed here
+        record.update(name="plates", source="", sha256=file_sha256(task["train"]),
+                      n_train=len(load_records(task["train"])), n_heldout=len(load_records(task["heldout"])),
+                      held_out_by="the plates task's own held-out drawings (labsupport.datasets.plates)")
     record.update({"scorer": scorer, "tiles": tiles, "system": system, "model_path": str(model_path)})
     write_json_atomic(path, record)
     return path
+
+
+def is_plates(record: dict | None) -> bool:
+    """Whether a training record (read_training_data) is about the plates task, the course's default data."""
+    return record is None or record.get("name") == "plates" or not record.get("source")
 
 
 def read_training_data(artifacts: str | os.PathLike) -> dict | None:
@@ -109,7 +119,7 @@ def read_training_data(artifacts: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("train", "heldout", "image_folder", "source"):
+    for key in ("root", "train", "heldout", "image_folder", "source"):
         if record.get(key):
             record[key] = Path(record[key])
     return record

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Collection
 
 from labsupport.train.xtuner_presets import TrainSettings
 
@@ -42,10 +43,25 @@ def steps(s: TrainSettings, n_train: int) -> int:
     return math.ceil(n_train / global_batch(s)) * s.max_epochs
 
 
-def fit_schedule(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tuple[TrainSettings, list[str]]:
-    """S with its epochs (and for real weights its batch, rank and lr) fitted to N_TRAIN records; the rules that fired."""
+def fit_schedule(s: TrainSettings, n_train: int, miniature: bool, own_data: bool,
+                 keep: Collection[str] = ()) -> tuple[TrainSettings, list[str]]:
+    """S with its epochs (and for real weights its batch, rank and lr) fitted to N_TRAIN records; the rules that fired.
+    KEEP names the fields the learner set in the parameters cell: the rule never changes those."""
     if n_train < 1:
         raise ValueError("no training records: the schedule needs at least one")
+    fitted, rules = _fit(s, n_train, miniature, own_data)
+    kept = {k: getattr(s, k) for k in keep if hasattr(s, k) and getattr(fitted, k) != getattr(s, k)}
+    if kept:
+        fitted = replace(fitted, **kept)
+        if {"lora_r"} & set(kept) and "lora_alpha" not in keep:
+            fitted = replace(fitted, lora_alpha=s.lora_alpha)
+        rules.append("kept as the parameters cell set them: " + ", ".join(f"{k}={v!r}" for k, v in sorted(kept.items()))
+                     + f" ({steps(fitted, n_train)} optimizer steps)")
+    return fitted, rules
+
+
+def _fit(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tuple[TrainSettings, list[str]]:
+    """fit_schedule's rule, before the learner's own settings are put back."""
     rules: list[str] = []
     if miniature:
         if not own_data:
