@@ -191,3 +191,14 @@ def test_04s_config_edits_point_xtuner_at_the_learners_split(own_file, tmp_path)
     assert facts["scorer"] == "exact" and facts["margin"] == training_outcome.OWN_DATA_MARGIN
     assert facts["iterations"] == -(-36 // 4) * facts["epochs"] and facts["epochs"] > 1
     assert Path(facts["config"]).name.endswith("_train.py")
+
+
+def test_max_train_keeps_the_same_records_whatever_the_order(own_file, tmp_path):
+    lines = own_file.read_text().splitlines()
+    reordered = own_file.with_name("reordered.jsonl")
+    reordered.write_text("\n".join(reversed(lines)) + "\n")
+    a = learner.split_own_data(own_file, artifacts=tmp_path / "a", max_train=10)
+    b = learner.split_own_data(reordered, artifacts=tmp_path / "b", max_train=10)
+    ids = lambda t: sorted(r["id"] for r in json.loads(t["train"].read_text()))  # noqa: E731
+    assert a["n_train"] == 10 and a["n_available"] == 36 and ids(a) == ids(b) and "10 of the 36" in a["held_out_by"]
+    assert learner.split_own_data(own_file, artifacts=tmp_path / "c", max_train=100)["n_train"] == 36

@@ -35,7 +35,7 @@ def test_the_miniature_keeps_its_measured_preset_on_plates_and_trains_its_vit_on
     same, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=False)
     assert same == tiny and "measured CPU preset" in rules[0]
     own, rules = schedule.fit_schedule(tiny, 300, miniature=True, own_data=True)
-    assert own.freeze_vit is False and abs(schedule.steps(own, 300) - schedule.TINY_ITERATIONS) <= 75
+    assert own.freeze_vit is False and abs(schedule.steps(own, 300) - schedule.TINY_OWN_ITERATIONS) <= 75
     assert any("pre-trained on plates only" in r for r in rules)
 
 

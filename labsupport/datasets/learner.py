@@ -66,9 +66,11 @@ def check_own_file(path: Path, image_folder: Path, role: str, **validate_kwargs)
 
 
 def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", image_folder: str | os.PathLike = "",
-                   artifacts: str | os.PathLike = "artifacts", **validate_kwargs) -> dict:
+                   artifacts: str | os.PathLike = "artifacts", max_train: int | None = None, **validate_kwargs) -> dict:
     """The learner's DATA (and HELDOUT, or a fixed slice of DATA) as course-task files under ARTIFACTS/data/own/;
-    VALIDATE_KWARGS (tokenizer, max_length, max_num) go to the validator, whose report comes back as "report"."""
+    VALIDATE_KWARGS (tokenizer, max_length, max_num) go to the validator, whose report comes back as "report".
+    MAX_TRAIN, when given, keeps at most that many training records (those whose content hash is smallest: the same
+    ones on every run), for a CPU run that must stay short; "n_available" says how many there were."""
     data = Path(data).expanduser().resolve()
     folder = Path(image_folder).expanduser().resolve() if image_folder else data.parent
     records, report = check_own_file(data, folder, "DATA", **validate_kwargs)
@@ -82,14 +84,19 @@ def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", ima
         train, held = heldout_slice(records)
         how = (f"a fixed slice of {data.name}: the {len(held)} records (of {len(records)}) whose content hash is smallest "
                f"({HELDOUT_SHARE:.0%}, at most {HELDOUT_MAX})")
+    n_available = len(train)
+    if max_train and len(train) > max_train:
+        kept = {record_key(r) for r in sorted(train, key=record_key)[:max_train]}
+        train = [r for r in train if record_key(r) in kept][:max_train]
+        how += f"; {len(train)} of the {n_available} training records kept (max_train={max_train})"
     if len(train) < HELDOUT_MIN_TRAIN:
         raise OwnDataInvalid(f"DATA {data} leaves {len(train)} records to train on after holding out {len(held)}: "
                              f"give at least {HELDOUT_MIN_TRAIN + 1} records, or pass HELDOUT as a separate file")
-    out = Path(artifacts) / "data" / "own" / f"{data.stem}-{digest[:8]}"
+    out = Path(artifacts) / "data" / "own" / f"{data.stem}-{digest[:8]}" / (f"max{max_train}" if len(train) < n_available else "")
     write_json_atomic(out / "train.json", train)
     write_json_atomic(out / "heldout.json", held)
     return {"name": data.stem, "root": out, "train": out / "train.json", "heldout": out / "heldout.json", "image_folder": folder,
-            "source": data, "sha256": digest, "n_train": len(train), "n_heldout": len(held), "held_out_by": how,
+            "source": data, "sha256": digest, "n_train": len(train), "n_available": n_available, "n_heldout": len(held), "held_out_by": how,
             "report": report}
 
 
