@@ -35,5 +35,14 @@ def test_the_miniature_keeps_its_measured_preset_on_plates_and_trains_its_vit_on
     same, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=False)
     assert same == tiny and "measured CPU preset" in rules[0]
     own, rules = schedule.fit_schedule(tiny, 300, miniature=True, own_data=True)
-    assert own.freeze_vit is False and abs(schedule.steps(own, 300) - schedule.TINY_ITERATIONS) <= 75
+    assert own.freeze_vit is False and abs(schedule.steps(own, 300) - schedule.TINY_OWN_ITERATIONS) <= 75
     assert any("pre-trained on plates only" in r for r in rules)
+
+
+def test_what_the_learner_set_is_kept_and_said():
+    set_by_hand = xtuner_presets.preset("InternVL2-2B-lora", gpu_memory_gib=140, max_epochs=2, lr=1e-4)
+    s, rules = schedule.fit_schedule(set_by_hand, 600, miniature=False, own_data=True, keep={"max_epochs", "lr"})
+    assert s.max_epochs == 2 and s.lr == 1e-4 and s.lora_r == 16      # the rule's rank, the learner's epochs and lr
+    assert any("kept as the parameters cell set them" in r and "max_epochs=2" in r for r in rules)
+    free, _ = schedule.fit_schedule(set_by_hand, 600, miniature=False, own_data=True)
+    assert free.max_epochs != 2 and free.lr == 4e-5                    # without KEEP the rule overrides both

@@ -317,7 +317,7 @@ def parse_value(text: str):
         return text
 
 
-PATH_PARAMETER = re.compile(r"(_PATH|_DIR)$")
+PATH_PARAMETER = re.compile(r"(_PATH|_DIR|_FOLDER)$|^(DATA|HELDOUT)$")   # the learner's files: DATA, HELDOUT, IMAGE_FOLDER
 RELATIVE_BY_DESIGN = {"WORK_DIR"}  # notebook 05's: relative to ARTIFACTS (and ARTIFACTS itself: to the repo root)
 
 

@@ -66,9 +66,11 @@ def check_own_file(path: Path, image_folder: Path, role: str, **validate_kwargs)
 
 
 def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", image_folder: str | os.PathLike = "",
-                   artifacts: str | os.PathLike = "artifacts", **validate_kwargs) -> dict:
+                   artifacts: str | os.PathLike = "artifacts", max_train: int | None = None, **validate_kwargs) -> dict:
     """The learner's DATA (and HELDOUT, or a fixed slice of DATA) as course-task files under ARTIFACTS/data/own/;
-    VALIDATE_KWARGS (tokenizer, max_length, max_num) go to the validator, whose report comes back as "report"."""
+    VALIDATE_KWARGS (tokenizer, max_length, max_num) go to the validator, whose report comes back as "report".
+    MAX_TRAIN, when given, keeps at most that many training records (those whose content hash is smallest: the same
+    ones on every run), for a CPU run that must stay short; "n_available" says how many there were."""
     data = Path(data).expanduser().resolve()
     folder = Path(image_folder).expanduser().resolve() if image_folder else data.parent
     records, report = check_own_file(data, folder, "DATA", **validate_kwargs)
@@ -82,25 +84,40 @@ def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", ima
         train, held = heldout_slice(records)
         how = (f"a fixed slice of {data.name}: the {len(held)} records (of {len(records)}) whose content hash is smallest "
                f"({HELDOUT_SHARE:.0%}, at most {HELDOUT_MAX})")
+    n_available = len(train)
+    if max_train and len(train) > max_train:
+        kept = {record_key(r) for r in sorted(train, key=record_key)[:max_train]}
+        train = [r for r in train if record_key(r) in kept][:max_train]
+        how += f"; {len(train)} of the {n_available} training records kept (max_train={max_train})"
     if len(train) < HELDOUT_MIN_TRAIN:
         raise OwnDataInvalid(f"DATA {data} leaves {len(train)} records to train on after holding out {len(held)}: "
                              f"give at least {HELDOUT_MIN_TRAIN + 1} records, or pass HELDOUT as a separate file")
-    out = Path(artifacts) / "data" / "own" / f"{data.stem}-{digest[:8]}"
+    out = Path(artifacts) / "data" / "own" / f"{data.stem}-{digest[:8]}" / (f"max{max_train}" if len(train) < n_available else "")
     write_json_atomic(out / "train.json", train)
     write_json_atomic(out / "heldout.json", held)
-    return {"name": data.stem, "train": out / "train.json", "heldout": out / "heldout.json", "image_folder": folder,
-            "source": data, "sha256": digest, "n_train": len(train), "n_heldout": len(held), "held_out_by": how,
+    return {"name": data.stem, "root": out, "train": out / "train.json", "heldout": out / "heldout.json", "image_folder": folder,
+            "source": data, "sha256": digest, "n_train": len(train), "n_available": n_available, "n_heldout": len(held), "held_out_by": how,
             "report": report}
 
 
 def write_training_data(artifacts: str | os.PathLike, task: dict, scorer: str, tiles: int, system: str | None,
                         model_path: str = "") -> Path:
-    """Record what notebook 04 trained on (data, hashes, split sizes, scorer, tiles, system prompt) for 05-07."""
+    """Record what notebook 04 trained on (data, hashes, split sizes, scorer, tiles, system prompt) for 05-07; TASK is
+    split_own_data's dict, or plates.build_course_task's (then the record says "plates" and counts the splits itself)."""
     path = Path(artifacts) / TRAINING_DATA
     record = {k: (str(v) if isinstance(v, Path) else v) for k, v in task.items() if k != "report"}
+    if "source" not in task:   # the plates task: the course's own files, counted and hashed here
+        record.update(name="plates", source="", sha256=file_sha256(task["train"]),
+                      n_train=len(load_records(task["train"])), n_heldout=len(load_records(task["heldout"])),
+                      held_out_by="the plates task's own held-out drawings (labsupport.datasets.plates)")
     record.update({"scorer": scorer, "tiles": tiles, "system": system, "model_path": str(model_path)})
     write_json_atomic(path, record)
     return path
+
+
+def is_plates(record: dict | None) -> bool:
+    """Whether a training record (read_training_data) is about the plates task, the course's default data."""
+    return record is None or record.get("name") == "plates" or not record.get("source")
 
 
 def read_training_data(artifacts: str | os.PathLike) -> dict | None:
@@ -109,7 +126,7 @@ def read_training_data(artifacts: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("train", "heldout", "image_folder", "source"):
+    for key in ("root", "train", "heldout", "image_folder", "source"):
         if record.get(key):
             record[key] = Path(record[key])
     return record

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from typing import Callable, Sequence
 
 from labsupport.datasets.plates import answer_matches
@@ -144,3 +145,18 @@ def summarize(rows: Sequence[dict], name: str) -> dict:
         values = [chrf(r["reply"], r["answer"]) for r in rows]
         return {"metric": "chrF", "score": round(sum(values) / len(values) / 100, 4), "n": len(rows)}
     return {"metric": "accuracy", "score": round(sum(bool(r["correct"]) for r in rows) / len(rows), 4), "n": len(rows)}
+
+
+def constant_answer_score(records: Sequence[dict], name: str) -> float:
+    """The best lazy model's score under scorer NAME: the most frequent answer of each kind given to every question of
+    that kind (accuracy for exact/choice, as compare.constant_answer_baseline counts it; mean chrF / 100 for text)."""
+    by_kind: dict[str, list[str]] = {}
+    for r in records:
+        meta = r["meta"]
+        by_kind.setdefault(str(meta["kind"]), []).append(str(meta.get("value", meta["answer"])))
+    if not records:
+        return 0.0
+    if name != "text":
+        return round(sum(Counter(v).most_common(1)[0][1] for v in by_kind.values()) / len(records), 4)
+    rows = [{"reply": Counter(v).most_common(1)[0][0], "answer": a} for v in by_kind.values() for a in v]
+    return summarize(rows, "text")["score"]

@@ -22,7 +22,7 @@ from labsupport.core.tiling import IMAGENET_MEAN, IMAGENET_STD
 from labsupport.core.tiling import load_image
 from labsupport.datasets.plates import answer_matches
 from labsupport.core.progress import bar
-from labsupport.evaluate.answers import with_meta
+from labsupport.evaluate.answers import matcher, summarize, with_meta
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):
@@ -95,14 +95,18 @@ def question_of(record: dict) -> str:
 def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], image_folder: str | os.PathLike | None = None,
              max_num: int = 1, batch_size: int = 8, max_new_tokens: int = 8, limit: int | None = None,
              progress: bool = True, match: Callable[[str, dict], bool] | None = None,
-             load_image: Callable | None = None, system: str | None = None) -> dict:
+             load_image: Callable | None = None, system: str | None = None, scorer: str | None = None) -> dict:
     """Accuracy of MODEL on RECORDS (overall, per question kind and per class) with the replies, asked through batch_chat/chat;
-    SYSTEM, when given, is the system prompt chat() uses (`model.system_message`, as InternVL's model card shows)."""
+    SYSTEM, when given, is the system prompt chat() uses (`model.system_message`, as InternVL's model card shows).
+    SCORER ("exact", "choice", "text": labsupport.evaluate.answers) picks the match and adds the headline "score" and
+    its "metric" (accuracy, or for open answers the mean chrF / 100)."""
     import torch
 
     records, folder = load_records(records, image_folder)
     records = records[:limit] if limit else records
-    match = match or default_match
+    if scorer and match:
+        raise ValueError("pass either scorer or match, not both: the scorer brings its own match")
+    match = match or (matcher(scorer) if scorer else default_match)
     load_image = load_image or _image_loader()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -124,7 +128,10 @@ def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], imag
                                                  questions=questions, generation_config=gen))
             else:
                 replies += [model.chat(tokenizer, p.to(device, dtype), q, gen) for p, q in zip(pixels, questions)]
-    return score(records, replies, match)
+    result = score(records, replies, match)
+    if scorer:
+        result.update(summarize(result["rows"], scorer), scorer=scorer)   # metric, score (and n, the same)
+    return result
 
 
 def score(records: Sequence[dict], replies: Sequence[str], match: Callable[[str, dict], bool] | None = None) -> dict:

@@ -15,12 +15,14 @@ here keeps the recipes' batch and learning rate and adds epochs until the run ha
 MAX_EPOCHS passes, beyond which a small set is memorised rather than learned); a very small set also gets a smaller
 global batch. A set of more than LARGE_SET records keeps XTuner's rank 128; smaller sets take InternVL's rank 16.
 The embedded miniature keeps its CPU preset (measured on the plates: 600 iterations at batch 4); on a learner's own
-images its vision tower, pre-trained on plates only, is trained too (XTuner's freeze_visual_encoder=False).
+images its vision tower, pre-trained on plates only, is trained too (XTuner's freeze_visual_encoder=False), which adds
+the ViT's backward pass to every iteration: about TINY_OWN_ITERATIONS iterations over at most CPU_MAX_TRAIN records.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Collection
 
 from labsupport.train.xtuner_presets import TrainSettings
 
@@ -30,6 +32,8 @@ LARGE_SET = 20_000       # records above which XTuner's rank 128 is kept
 SMALL_BATCH = 4          # the global batch for a set too small to give MIN_STEPS at 16 within MAX_EPOCHS
 INTERNVL_LORA = dict(lora_r=16, lora_alpha=32, lr=4e-5, weight_decay=0.01)  # InternVL's 2B LoRA script
 TINY_ITERATIONS = 600    # the miniature's measured CPU run (xtuner_presets._tiny_cpu)
+TINY_OWN_ITERATIONS = 300  # the miniature on your images: its ViT trains too, so each iteration also runs the ViT's backward
+CPU_MAX_TRAIN = 600      # training records a miniature's CPU run keeps of your DATA (learner.split_own_data(max_train=))
 
 
 def global_batch(s: TrainSettings) -> int:
@@ -42,19 +46,36 @@ def steps(s: TrainSettings, n_train: int) -> int:
     return math.ceil(n_train / global_batch(s)) * s.max_epochs
 
 
-def fit_schedule(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tuple[TrainSettings, list[str]]:
-    """S with its epochs (and for real weights its batch, rank and lr) fitted to N_TRAIN records; the rules that fired."""
+def fit_schedule(s: TrainSettings, n_train: int, miniature: bool, own_data: bool,
+                 keep: Collection[str] = ()) -> tuple[TrainSettings, list[str]]:
+    """S with its epochs (and for real weights its batch, rank and lr) fitted to N_TRAIN records; the rules that fired.
+    KEEP names the fields the learner set in the parameters cell: the rule never changes those."""
     if n_train < 1:
         raise ValueError("no training records: the schedule needs at least one")
+    fitted, rules = _fit(s, n_train, miniature, own_data)
+    kept = {k: getattr(s, k) for k in keep if hasattr(s, k) and getattr(fitted, k) != getattr(s, k)}
+    if kept:
+        fitted = replace(fitted, **kept)
+        if {"lora_r"} & set(kept) and "lora_alpha" not in keep:
+            fitted = replace(fitted, lora_alpha=s.lora_alpha)
+        rules.append("kept as the parameters cell set them: " + ", ".join(f"{k}={v!r}" for k, v in sorted(kept.items()))
+                     + f" ({steps(fitted, n_train)} optimizer steps)")
+    return fitted, rules
+
+
+def _fit(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tuple[TrainSettings, list[str]]:
+    """fit_schedule's rule, before the learner's own settings are put back."""
     rules: list[str] = []
     if miniature:
         if not own_data:
             return s, [f"the plates task on a miniature: the measured CPU preset as it is ({steps(s, n_train)} steps)"]
         per_epoch = math.ceil(n_train / global_batch(s))
-        epochs = max(1, min(MAX_EPOCHS, math.ceil(TINY_ITERATIONS / per_epoch)))
+        epochs = max(1, min(MAX_EPOCHS, math.ceil(TINY_OWN_ITERATIONS / per_epoch)))
         s = replace(s, max_epochs=epochs, freeze_vit=False)
         rules.append(f"{epochs} epochs of {n_train} records at batch {global_batch(s)} = {steps(s, n_train)} steps: the "
-                     f"miniature's measured preset runs about {TINY_ITERATIONS} iterations (at most {MAX_EPOCHS} epochs)")
+                     f"miniature's measured preset runs {TINY_ITERATIONS} iterations with its ViT frozen; training the ViT "
+                     f"too adds its backward pass to every iteration, so about {TINY_OWN_ITERATIONS} here (at most "
+                     f"{MAX_EPOCHS} epochs; a CPU run keeps at most {CPU_MAX_TRAIN} of your training records)")
         rules.append("vision tower trained (freeze_visual_encoder=False): the embedded InternViT was pre-trained on "
                      "plates only, so it must learn your images' features; a real InternViT-300M stays frozen")
         return s, rules
