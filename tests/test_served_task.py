@@ -34,9 +34,14 @@ def test_served_task_reads_notebook_04s_record(tmp_path):
 
 def test_without_a_record_the_plates_task_stands_in_and_says_so(tmp_path, monkeypatch):
     held = tmp_path / "plates" / "heldout.json"
+    held.parent.mkdir()
+    held.write_text(json.dumps([_record("What colour?", "red")]))
+    asked = []
     monkeypatch.setattr(served, "trained_task", lambda artifacts, base: (held, 1, "the default course task"))
-    monkeypatch.setattr(served, "xtuner_prompt_any_env", lambda base: ("prompt", "XTuner's system", "note"))
-    task = served.served_task(None, tmp_path, tmp_path / "model")
+    monkeypatch.setattr(served, "xtuner_prompt_any_env",
+                        lambda model, q: asked.append((model, q)) or ("prompt", "XTuner's system", "note"))
+    task = served.served_task(None, tmp_path, tmp_path / "model", tmp_path / "finetuned")
+    assert asked == [(tmp_path / "finetuned", "What colour?")]  # the question the prompt table asks: one child process
     assert (task["heldout"], task["images"], task["tiles"], task["scorer"], task["system"]) == \
         (held, held.parent, 1, "exact", "XTuner's system")
     assert not task["recorded"] and "no record" in task["why"] and "plates" in task["why"]

@@ -405,14 +405,28 @@ class ServedPrompts:
     xtuner_note: str = ""
 
     @property
+    def trained(self) -> str:
+        """The prompt training used: XTuner's (chat()'s where XTuner cannot train this LLM)."""
+        return self.xtuner if self.xtuner is not None else self.chat
+
+    @property
+    def served_ok(self) -> bool:
+        """Whether LMDeploy serves exactly the training prompt."""
+        return self.lmdeploy == self.trained
+
+    @property
+    def chat_ok(self) -> bool:
+        """Whether the model's own chat() builds exactly the training prompt."""
+        return self.chat == self.trained
+
+    @property
     def agree(self) -> bool:
         """Whether chat() and LMDeploy build exactly the training prompt (XTuner's; chat()'s when XTuner cannot train)."""
-        trained = self.xtuner if self.xtuner is not None else self.chat
-        return self.chat == trained and self.lmdeploy == trained
+        return self.chat_ok and self.served_ok
 
     def differences(self) -> list[str]:
         """One line per tool whose prompt is not the training prompt, with where it first differs."""
-        trained = self.xtuner if self.xtuner is not None else self.chat
+        trained = self.trained
         out = []
         for tool, text in (("model.chat()", self.chat), ("LMDeploy", self.lmdeploy)):
             if text != trained:

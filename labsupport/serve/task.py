@@ -11,19 +11,22 @@ and the sentence in "why" says so.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 from labsupport.datasets.learner import TRAINING_DATA
 from labsupport.evaluate.answers import SCORERS, matcher, question, reference, with_meta
-from labsupport.model.prompts import xtuner_prompt_any_env
+from labsupport.model.prompts import QUESTION, xtuner_prompt_any_env
 from labsupport.serve.deploy import trained_task
 
 
-def served_task(trained: dict | None, artifacts: str | os.PathLike, base: str | os.PathLike) -> dict:
+def served_task(trained: dict | None, artifacts: str | os.PathLike, base: str | os.PathLike,
+                served: str | os.PathLike | None = None) -> dict:
     """The held-out split, image folder, tiles, scorer and system prompt to serve with, from notebook 04's record
-    TRAINED (learner.read_training_data), else the plates task; "why" says which, in words."""
+    TRAINED (learner.read_training_data), else the plates task with XTuner's system prompt for SERVED (default BASE),
+    asked once for the first held-out question (the prompt table asks the same, from the cache); "why" says which."""
     record = Path(artifacts) / TRAINING_DATA
     if trained and trained.get("heldout") and Path(trained["heldout"]).is_file():
         heldout = Path(trained["heldout"])
@@ -39,16 +42,12 @@ def served_task(trained: dict | None, artifacts: str | os.PathLike, base: str | 
                 "system": trained.get("system"), "recorded": True,
                 "why": f"notebook 04's record {record}: {name}, {sizes}, scorer {scorer!r}, {tiles} tile(s) per image"}
     heldout, tiles, why = trained_task(artifacts, base)
-    system = xtuner_prompt_any_env(base)[1]
+    first = json.loads(heldout.read_text(encoding="utf-8"))[:1]
+    system = xtuner_prompt_any_env(Path(served or base), question(first[0]) if first else QUESTION)[1]
     return {"name": "plates", "heldout": heldout, "train": heldout.with_name("train.json"), "images": heldout.parent,
             "tiles": tiles, "scorer": "exact", "system": system, "recorded": False,
             "why": f"no record of notebook 04's training data at {record}, so the plates task: {why}; "
                    "XTuner's system prompt for this model"}
-
-
-def ask_text(record: dict) -> str:
-    """The question a held-out RECORD asks (its first human turn, without the <image> placeholder)."""
-    return question(record)
 
 
 def follow_up(record: dict, questions: dict | None = None) -> tuple[str, str]:
