@@ -314,3 +314,22 @@ def test_accuracy_by_kind_counts_each_kind_apart():
     rows = [{"kind": "colour", "fine-tuned_ok": True}, {"kind": "colour", "fine-tuned_ok": False},
             {"kind": "shape", "fine-tuned_ok": True}]
     assert deploy.accuracy_by_kind(rows, "fine-tuned") == {"colour": 0.5, "shape": 1.0}
+
+
+def test_the_demo_asks_with_the_system_prompt_it_is_given(monkeypatch):
+    """notebook 06 starts the demo with --system (the training system prompt): chat() gets it as model.system_message."""
+    from types import SimpleNamespace
+
+    class Backend:
+        system = None
+
+        def apply_system(self):
+            pass
+
+    made = []
+    monkeypatch.setattr(demo_app.deploy, "pipeline", lambda *a, **k: made.append(SimpleNamespace(
+        _backend=Backend(), describe=lambda: "fake")) or made[-1])
+    models = demo_app.DemoModels({"base": "b", "fine-tuned": "f"}, system="Be brief.")
+    assert models.get("fine-tuned")._backend.system == "Be brief."
+    plain = demo_app.DemoModels({"base": "b"})
+    assert plain.get("base")._backend.system is None  # no --system: each model keeps its own default

@@ -190,3 +190,29 @@ def test_the_stand_in_has_its_own_server_command(tiny, plate, tmp_path):
     finally:
         proc.terminate()   # `kill PID`: the server shuts down cleanly
         assert proc.wait(timeout=60) == 0
+
+
+def test_the_stand_in_serves_the_system_message_it_is_sent(tiny, plate):
+    """LMDeploy 0.18 renders a request's system message (its hf template ignores meta_instruction); so does the stand-in."""
+    pipe = lmdeploy_cpu.cpu_pipeline(tiny, trust_remote_code=True)
+    model = pipe._model.model
+    default = model.system_message
+    seen = []
+    real_chat = model.chat
+
+    def chat(*args, **kwargs):
+        seen.append(model.system_message)
+        return real_chat(*args, **kwargs)
+
+    model.chat = chat
+    gen = SimpleNamespace(max_new_tokens=2, do_sample=False, temperature=1.0, top_p=1.0, top_k=0,
+                          repetition_penalty=1.0, random_seed=None)
+    system = [{"role": "system", "content": "Answer in one word."}]
+    pipe(system + _msg("Colour?", plate), gen_config=gen)
+    pipe(_msg("Colour?", plate), gen_config=gen)   # no system message: the model's own default again
+    sess = pipe.chat(system + _msg("Colour?", plate), gen_config=gen)
+    pipe.chat("How many?", session=sess, gen_config=gen)   # the session keeps its first turn's system message
+    assert seen == ["Answer in one word.", default, "Answer in one word.", "Answer in one word."], seen
+    assert lmdeploy_cpu.system_of(system + _msg("q", plate)) == "Answer in one word."
+    assert lmdeploy_cpu.system_of(_msg("q", plate)) is None and lmdeploy_cpu.system_of("q") is None
+    pipe.close()

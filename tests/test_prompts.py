@@ -98,3 +98,61 @@ def test_training_system_is_xtuners_and_none_where_xtuner_cannot_train(embedded,
 
     monkeypatch.setattr(prompts, "xtuner_prompt", refuses)
     assert prompts.training_system(path) is None
+
+
+# ---- notebook 06: the training prompt, served ---------------------------------------------------------------------
+LMDEPLOY_RENDER = r"""
+import json, sys
+from lmdeploy import ChatTemplateConfig
+model_dir, system, question = sys.argv[1:4]
+template = ChatTemplateConfig(model_name="hf", model_path=model_dir).chat_template(trust_remote_code=True)
+messages = [{"role": "system", "content": system}, {"role": "user", "content": "<img><IMG_CONTEXT></img>\n" + question}]
+print(json.dumps(template.messages2prompt(messages)))
+"""
+
+
+def _lmdeploy_renders(model_dir, system, question):
+    """The prompt LMDeploy 0.18's own renderer builds (deploy env), or the same Jinja rendering here when it is absent."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from labsupport.core.envs import venv_python
+
+    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", venv_python("internvl-deploy")))
+    if not python.exists():
+        return prompts.lmdeploy_prompt(model_dir, question, system=system)
+    proc = subprocess.run([str(python), "-c", LMDEPLOY_RENDER, str(model_dir), system, question], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def official_2b(tmp_path_factory):
+    if not official.DEFAULT_SOURCE.exists():
+        pytest.skip(f"no clone of github.com/{official.SOURCE_REPO} at {official.DEFAULT_SOURCE} to build InternVL2-2B from")
+    return official.build_official_format("2B", tmp_path_factory.mktemp("official") / "InternVL2-2B")
+
+
+def test_the_tiny_is_served_the_prompt_it_was_trained_with(embedded):
+    layout, path = embedded
+    system = prompts.training_system(path)
+    question = "How many objects are on the plate?"
+    served = prompts.served_prompts(path, question, system, _lmdeploy_renders(path, system, question))
+    assert served.agree and served.xtuner == served.chat == served.lmdeploy, served.markdown()
+    assert system in served.lmdeploy and "same text" in served.markdown()
+
+
+def test_an_official_2b_is_served_its_training_prompt_once_the_template_is_written(official_2b, tmp_path):
+    system = prompts.training_system(official_2b)
+    assert system == INTERNLM2_SYSTEM  # XTuner's, not conversation.py's InternVL prompt
+    question = "What colour are the objects on the plate?"
+    before = prompts.served_prompts(official_2b, question, system, _lmdeploy_renders(official_2b, system, question))
+    assert before.chat == before.xtuner  # chat() needs only model.system_message
+    assert not before.agree and any(d.startswith("LMDeploy differs") for d in before.differences()), before.markdown()
+    fixed = tmp_path / "InternVL2-2B-finetuned"
+    shutil.copytree(official_2b, fixed)
+    prompts.write_chat_template(fixed)  # notebook 06's visible fix
+    after = prompts.served_prompts(fixed, question, system, _lmdeploy_renders(fixed, system, question))
+    assert after.agree and after.lmdeploy == after.xtuner, after.markdown()

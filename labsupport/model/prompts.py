@@ -19,6 +19,7 @@ all three (no GPU, no weights loaded) and says which system prompt makes them ag
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import tempfile
@@ -359,3 +360,103 @@ def show_prompts(model_dir: str | os.PathLike, question: str):
                   file=sys.stderr)
 
     return Markdown(prompt_parity(model_dir, question).markdown())
+
+
+# ---- the trained prompt, served: notebook 06 ---------------------------------------------------------
+@functools.lru_cache(maxsize=16)  # a child process of the course env costs seconds: ask it once per model and question
+def xtuner_prompt_any_env(model_dir: str | os.PathLike, question: str = QUESTION) -> tuple[str | None, str | None, str]:
+    """(prompt, system, note) XTuner trains MODEL_DIR with, from any environment: XTuner lives in the course env, so
+    the deploy env asks that env's Python; (None, None, why) when XTuner cannot train this LLM or is nowhere."""
+    import importlib.util
+
+    if importlib.util.find_spec("xtuner") is not None:
+        try:
+            prompt, system = xtuner_prompt(model_dir, question)
+            return prompt, system, "XTuner's InternVL dataset, in this environment"
+        except NotImplementedError as exc:
+            return None, None, f"XTuner 0.2.0 cannot train this LLM ({exc})"
+    course = venv_python("internvl-course")
+    if not course.exists():
+        return None, None, f"XTuner is not installed here and {course} is missing (make env builds the course env)"
+    code = ("import json, sys\nfrom labsupport.model.prompts import xtuner_prompt\ntry:\n"
+            "    print(json.dumps(list(xtuner_prompt(sys.argv[1], sys.argv[2]))))\n"
+            "except NotImplementedError as exc:\n    print(json.dumps([None, None, str(exc)]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([str(course), "-c", code, str(model_dir), question], capture_output=True, text=True, env=env,
+                          timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the course env could not render XTuner's prompt for {model_dir}: "
+                           f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out[0] is None:
+        return None, None, f"XTuner 0.2.0 cannot train this LLM ({out[2]})"
+    return out[0], out[1], "XTuner's InternVL dataset, rendered in the course env (internvl-course)"
+
+
+@dataclass
+class ServedPrompts:
+    """The prompt training used, the one chat() builds and the one LMDeploy serves, all with one system prompt."""
+
+    model_dir: str
+    system: str | None
+    xtuner: str | None
+    chat: str
+    lmdeploy: str
+    xtuner_note: str = ""
+
+    @property
+    def trained(self) -> str:
+        """The prompt training used: XTuner's (chat()'s where XTuner cannot train this LLM)."""
+        return self.xtuner if self.xtuner is not None else self.chat
+
+    @property
+    def served_ok(self) -> bool:
+        """Whether LMDeploy serves exactly the training prompt."""
+        return self.lmdeploy == self.trained
+
+    @property
+    def chat_ok(self) -> bool:
+        """Whether the model's own chat() builds exactly the training prompt."""
+        return self.chat == self.trained
+
+    @property
+    def agree(self) -> bool:
+        """Whether chat() and LMDeploy build exactly the training prompt (XTuner's; chat()'s when XTuner cannot train)."""
+        return self.chat_ok and self.served_ok
+
+    def differences(self) -> list[str]:
+        """One line per tool whose prompt is not the training prompt, with where it first differs."""
+        trained = self.trained
+        out = []
+        for tool, text in (("model.chat()", self.chat), ("LMDeploy", self.lmdeploy)):
+            if text != trained:
+                i = next((k for k, (a, b) in enumerate(zip(text, trained)) if a != b), min(len(text), len(trained)))
+                out.append(f"{tool} differs from training at character {i}: {text[max(0, i - 12):i + 20]!r} vs "
+                           f"{trained[max(0, i - 12):i + 20]!r}")
+        return out
+
+    def markdown(self) -> str:
+        """The three prompts as a Markdown table, with the verdict computed from them."""
+        def cell(text: str | None) -> str:
+            return "—" if text is None else "`" + text.replace("\n", "\\n").replace("|", "\\|") + "`"
+        rows = [("XTuner (training)", self.xtuner), (f"model.chat() with `system_message` set", self.chat),
+                ("LMDeploy (`messages2prompt`, system message in the request)", self.lmdeploy)]
+        lines = [f"**Prompts for `{Path(self.model_dir).name}`**, system prompt {self.system!r}", "",
+                 "| tool | prompt |", "|---|---|"] + [f"| {tool} | {cell(text)} |" for tool, text in rows]
+        verdict = ("the three are the same text: the model is served the prompt it was trained with" if self.agree
+                   else "they differ: " + "; ".join(self.differences()))
+        lines += ["", f"**Verdict:** {verdict}."] + ([f"- {self.xtuner_note}"] if self.xtuner is None else [])
+        return "\n".join(lines) + "\n"
+
+
+def served_prompts(model_dir: str | os.PathLike, question: str, system: str | None, served: str) -> ServedPrompts:
+    """SERVED (the text LMDeploy rendered for QUESTION with SYSTEM as a system message) next to XTuner's training prompt
+    and chat()'s with `model.system_message = SYSTEM`; a leading BOS text is dropped (the tokenizer adds it)."""
+    cfg = json.loads((Path(model_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
+    bos = cfg.get("bos_token")
+    bos = bos.get("content") if isinstance(bos, dict) else bos
+    trained, trained_system, note = xtuner_prompt_any_env(model_dir, question)
+    if trained is not None and system is not None and trained_system != system:
+        note = f"XTuner's dataset uses the system prompt {trained_system!r}, not {system!r}"
+    chat = model_prompt(model_dir, question, system=system)
+    return ServedPrompts(str(model_dir), system, trained, chat, _strip_bos(served, bos), note)

@@ -146,10 +146,12 @@ def course_examples(artifacts: str | os.PathLike | None = None, n: int = 4) -> l
 class DemoModels:
     """The demo's two models, loaded on first use (a ChatPipeline may also be handed in ready-made)."""
 
-    def __init__(self, models: dict[str, Any], backend: str = "auto", max_tiles: int | None = None):
+    def __init__(self, models: dict[str, Any], backend: str = "auto", max_tiles: int | None = None,
+                 system: str | None = None):
         self.sources = dict(models)
         self.backend = backend
         self.max_tiles = max_tiles
+        self.system = system  # the system prompt training used; None keeps each model's own default
         self.loaded: dict[str, deploy.ChatPipeline] = {k: v for k, v in models.items()
                                                        if isinstance(v, deploy.ChatPipeline)}
 
@@ -158,6 +160,8 @@ class DemoModels:
         if name not in self.loaded:
             self.loaded[name] = deploy.pipeline(self.sources[name], backend=self.backend, name=name,
                                                 max_tiles=self.max_tiles)
+            if self.system is not None and hasattr(self.loaded[name]._backend, "apply_system"):
+                self.loaded[name]._backend.system = self.system  # chat() uses it (model.system_message)
             print(f"[demo] {self.loaded[name].describe()}", flush=True)
         return self.loaded[name]
 
@@ -212,14 +216,14 @@ def respond(message: dict, history: list, model_name: str, state: dict, models: 
 
 def build_demo(models: dict[str, Any], backend: str = "auto", examples: list[tuple[str, str]] | None = None,
                gen: deploy.GenSettings | None = None, default_model: str = "fine-tuned",
-               max_tiles: int | None = None, title: str = "InternVL2 course demo",
+               max_tiles: int | None = None, title: str = "InternVL2 course demo", system: str | None = None,
                intro: str = "Attach an image with the clip, ask about it, then switch the model to compare the base "
                             "and the fine-tuned checkpoint.",
                placeholder: str = "Ask about the image (attach one with the clip)…") -> "gradio.Blocks":
     """The gradio Blocks app: chat with history, image upload, quick-picks, base/fine-tuned switch, sampling knobs."""
     import gradio as gr
 
-    store = DemoModels(models, backend, max_tiles)
+    store = DemoModels(models, backend, max_tiles, system)
     gen = gen or deploy.GenSettings()
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"## {title}\n{intro}")
@@ -262,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tiles", type=int, default=6, help="most 448px tiles per image (training used 6)")
     parser.add_argument("--artifacts", default="", help="artifacts folder (default: artifacts/ at the repo root)")
     parser.add_argument("--no-examples", action="store_true", help="skip the quick-pick examples")
+    parser.add_argument("--system", default=None, help="system prompt (default: each model's own; 06 passes training's)")
     args = parser.parse_args(argv)
 
 
@@ -274,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[demo] base: {base}\n[demo] {why}", flush=True)
     examples = [] if args.no_examples else course_examples(artifacts)
     demo = build_demo({"base": base, "fine-tuned": finetuned}, backend=args.backend, examples=examples,
-                      gen=deploy.GenSettings(max_new_tokens=args.max_new_tokens), max_tiles=args.max_tiles)
+                      gen=deploy.GenSettings(max_new_tokens=args.max_new_tokens), max_tiles=args.max_tiles,
+                      system=args.system)
     from starlette.middleware import Middleware  # the deploy env's (gradio's) web stack; imported only to serve
 
     demo.queue().launch(server_name=args.host, server_port=args.port, max_file_size=args.max_file_size,

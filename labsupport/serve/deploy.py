@@ -252,6 +252,13 @@ class _Transformers:
             self.model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, **{dtype_arg: self.dtype})
         self.model = self.model.eval().to(device)
         self.max_tiles = max_tiles
+        self.default_system = getattr(self.model, "system_message", None)  # conversation.py's, as chat() uses it
+        self.system = None  # a request's system message; None keeps default_system
+
+    def apply_system(self) -> None:
+        """Set the model's system_message (what chat() and batch_chat() put first) to SYSTEM, or back to its default."""
+        if self.default_system is not None or self.system is not None:
+            self.model.system_message = self.default_system if self.system is None else self.system
 
     def pixels(self, image) -> "torch.Tensor":
         """IMAGE tiled and normalised as InternVL2's chat does, on the model's device and dtype."""
@@ -267,6 +274,7 @@ class _Transformers:
     def one(self, question: str, image, gen: GenSettings) -> str:
         """One answer through the model's chat()."""
         self._seed(gen)
+        self.apply_system()
         pv = self.pixels(image) if image is not None else None
         return self.model.chat(self.tokenizer, pv, question, gen.to_transformers())
 
@@ -277,6 +285,7 @@ class _Transformers:
         import torch
 
         self._seed(gen)
+        self.apply_system()
         pvs = [self.pixels(img) for _, img in queries]
         return self.model.batch_chat(self.tokenizer, torch.cat(pvs), [q for q, _ in queries], gen.to_transformers(),
                                      num_patches_list=[len(p) for p in pvs])
@@ -284,6 +293,7 @@ class _Transformers:
     def turn(self, state: dict, question: str, image, gen: GenSettings) -> str:
         """One chat turn; STATE keeps the model-side history and the image's pixels."""
         self._seed(gen)
+        self.apply_system()
         if image is not None:
             state["pixels"] = self.pixels(image)
             if state.get("history"):  # an image arriving after text-only turns: say where it goes
@@ -496,8 +506,9 @@ def task_question(kind: str, lang: str) -> str:
 def spread(records: Sequence[dict], n: int) -> list[dict]:
     """N records taken in turn from each (kind, language) group, so every question the model was trained on is asked."""
     groups: dict[tuple, list[dict]] = {}
-    for rec in records:
-        groups.setdefault((rec["meta"]["kind"], rec["meta"].get("lang")), []).append(rec)
+    for rec in records:  # the learner's own records have no meta: one group
+        meta = rec.get("meta") or {}
+        groups.setdefault((meta.get("kind", "all"), meta.get("lang") or ""), []).append(rec)
     out, i = [], 0
     while len(out) < min(n, len(records)):
         for key in sorted(groups):

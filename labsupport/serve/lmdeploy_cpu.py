@@ -91,6 +91,16 @@ def parse_prompt(prompt) -> tuple[str, Any, int | None]:
     raise TypeError(f"a prompt is a str, a (text, image) pair or a list of OpenAI-style messages, not {prompt!r:.80}")
 
 
+def system_of(prompt) -> str | None:
+    """The system message of OpenAI-style messages (what LMDeploy 0.18's HFChatTemplate renders), else None."""
+    if isinstance(prompt, list):
+        for m in prompt:
+            if isinstance(m, dict) and m.get("role") == "system":
+                content = m.get("content")
+                return content if isinstance(content, str) else " ".join(c.get("text", "") for c in content)
+    return None
+
+
 def gen_settings(gen_config) -> "GenSettings":
     """labsupport.serve.deploy.GenSettings from an lmdeploy.GenerationConfig (or None: greedy, 64 tokens)."""
 
@@ -124,6 +134,7 @@ class _CourseEnvWorker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, env=env)
         self.max_tiles = tiles
+        self.system = None  # the system message of the request being answered (None: the model's own default)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=True)
@@ -131,6 +142,7 @@ class _CourseEnvWorker:
 
     def _ask(self, **request):
         request["tiles"] = self.max_tiles
+        request["system"] = self.system
         self.proc.stdin.write(json.dumps(request, default=str) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -191,6 +203,7 @@ def _worker(model_path: str, device: str, tiles: str) -> None:
         try:
             req = json.loads(line)
             model.max_tiles = int(req.get("tiles") or tiles)
+            model.system = req.get("system")
             gen = GenSettings(**req.get("gen", {}))
             queries = [(q, img) for q, img in req["queries"]]
             if req.get("chat"):  # a session turn: the model's own history, returned to the parent
@@ -264,6 +277,7 @@ class CPUPipeline:
 
     def _one(self, prompt, gen) -> Response:
         question, image, tiles = parse_prompt(prompt)
+        self._model.system = system_of(prompt)
         self._model.max_tiles = int(tiles or self.default_tiles)
         text = self._model.one(question, image, gen)
         return Response(text, len(self._model.tokenizer(text, add_special_tokens=False).input_ids))
@@ -274,7 +288,9 @@ class CPUPipeline:
         if isinstance(prompts, list) and prompts and not isinstance(prompts[0], dict):
             parsed = [parse_prompt(p) for p in prompts]
             tiles = {t for _, _, t in parsed}
-            if len(tiles) == 1:  # one tiling for the whole batch: one batch_chat call
+            systems = {system_of(p) for p in prompts}
+            if len(tiles) == 1 and len(systems) == 1:  # one tiling and system prompt for the batch: one batch_chat call
+                self._model.system = systems.pop()
                 self._model.max_tiles = int(tiles.pop() or self.default_tiles)
                 texts = self._model.many([(q, img) for q, img, _ in parsed], gen)
                 return [Response(t, index=i) for i, t in enumerate(texts)]
@@ -289,6 +305,9 @@ class CPUPipeline:
         question, image, tiles = parse_prompt(prompt)
         if image is not None:
             self._model.max_tiles = int(tiles or self.default_tiles)
+        if not session.history:  # the first turn's system message holds for the session, as in LMDeploy
+            session._state["system"] = system_of(prompt)
+        self._model.system = session._state.get("system")
         text = self._model.turn(session._state, question, image, gen_settings(gen_config))
         session.history.append((prompt, text))
         session.response = Response(text)
@@ -306,6 +325,9 @@ class CPUPipeline:
         question, image, tiles = parse_prompt(prompts[0] if isinstance(prompts, list) and prompts
                                               and not isinstance(prompts[0], dict) else prompts)
         self._model.max_tiles = int(tiles or self.default_tiles)
+        self._model.system = system_of(prompts[0] if isinstance(prompts, list) and prompts
+                                       and not isinstance(prompts[0], dict) else prompts)
+        self._model.apply_system()
         gen = gen_settings(gen_config)
         streamer = TextIteratorStreamer(self._model.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(gen.to_transformers(), streamer=streamer)
