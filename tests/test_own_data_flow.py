@@ -202,3 +202,19 @@ def test_max_train_keeps_the_same_records_whatever_the_order(own_file, tmp_path)
     ids = lambda t: sorted(r["id"] for r in json.loads(t["train"].read_text()))  # noqa: E731
     assert a["n_train"] == 10 and a["n_available"] == 36 and ids(a) == ids(b) and "10 of the 36" in a["held_out_by"]
     assert learner.split_own_data(own_file, artifacts=tmp_path / "c", max_train=100)["n_train"] == 36
+
+
+def test_only_a_number_runs_that_notebook_not_its_lettered_siblings(tmp_path, monkeypatch):
+    """`--only 06` runs 06_deploy_lmdeploy alone (06b-06d have their own numbers); `--only 06b` runs 06b."""
+    seen = []
+    def fake_run(path, *args, **kwargs):
+        seen.append(path.stem)
+        return runner.NotebookResult(notebook=path.stem, title="", kernel="", status=runner.PASS)
+
+    monkeypatch.setattr(runner, "run_notebook", fake_run)
+    monkeypatch.setattr(runner, "write_reports", lambda results, artifacts: {})
+    monkeypatch.setattr(runner, "render_markdown", lambda report: "")
+    for only, want in ((["06"], ["06_deploy_lmdeploy"]), (["06b", "03"], ["03_datasets", "06b_quantize_lmdeploy"])):
+        seen.clear()
+        runner.run_course(only, str(tmp_path / "art"))
+        assert seen == want

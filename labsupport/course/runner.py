@@ -273,8 +273,8 @@ def run_course(only: list[str] | None = None, artifacts: str | None = None, para
                progress: bool = False) -> int:
     """Run the notebooks in order, print progress, write the reports; return 0 when all passed."""
     artifacts_path = artifacts_dir(artifacts)
-    notebooks = [p for p in course_notebooks() if not only or p.name.split('_')[0] in only or p.name[:2] in only
-                 or p.stem in only]
+    # a number names one notebook: "06" is 06_deploy_lmdeploy, not also 06b-06d (ask for those by their own numbers)
+    notebooks = [p for p in course_notebooks() if not only or p.name.split('_')[0] in only or p.stem in only]
     if not notebooks:
         print(f"no notebook matches {only}", file=sys.stderr)
         return 2
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the course notebooks headless and report.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebooks with papermill")
-    run.add_argument("--only", nargs="*", help="notebook numbers or names, e.g. 01 02")
+    run.add_argument("--only", nargs="*", help="notebook numbers or names, e.g. 01 02 06b (06 is 06_deploy_lmdeploy only)")
     run.add_argument("--artifacts", default=None, help="artifacts folder (default: artifacts/)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                      help="override a parameter in the notebooks that declare it, e.g. -p MODEL_PATH /models/InternVL2-2B; "
