@@ -467,13 +467,17 @@ def awq_publish_reason(artifacts: str | os.PathLike, model_path: str | os.PathLi
     return ""
 
 
-def awq_card(repo_id: str, result: dict, fp_repo_id: str, license: str = "mit"):
-    """A huggingface_hub ModelCard for the AWQ variant REPO_ID of FP_REPO_ID, its numbers read from 06b's RESULT."""
+def awq_card(repo_id: str, result: dict, fp_repo_id: str, license: str = "mit", question: str = EXAMPLE_QUESTION,
+             system: str | None = None, dataset: str = "course task"):
+    """A huggingface_hub ModelCard for the AWQ variant REPO_ID of FP_REPO_ID, its numbers read from 06b's RESULT;
+    its snippet asks QUESTION (of the data DATASET it was trained on) with the trained SYSTEM prompt."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-
     q, name = result["quantization_config"], repo_id.split("/")[-1]
-    evals = [EvalResult(task_type="visual-question-answering", dataset_type="heldout", dataset_name="course task (held-out split)",
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": [{"type": "text", "text": question},
+                                     {"type": "image_url", "image_url": {"url": "image.png", "max_dynamic_patch": result["tiles"]}}]}]
+    evals = [EvalResult(task_type="visual-question-answering", dataset_type="heldout", dataset_name=f"{dataset} (held-out split)",
                         dataset_split="heldout", metric_type="accuracy", metric_value=round(float(result["after"]["accuracy"]), 4))]
     data = ModelCardData(model_name=name, base_model=fp_repo_id, base_model_relation="quantized", license=license,
                          language=["en", "zh"], tags=AWQ_TAGS, pipeline_tag="image-text-to-text", library_name="lmdeploy",
@@ -498,11 +502,11 @@ def awq_card(repo_id: str, result: dict, fp_repo_id: str, license: str = "mit"):
             "## How to serve it", "",
             "LMDeploy's PyTorch engine has w4a16 kernels for these weights (an NVIDIA GPU):", "",
             "```python",
-            "from lmdeploy import pipeline, PytorchEngineConfig, ChatTemplateConfig",
-            "from lmdeploy.vl import load_image", "",
+            "from lmdeploy import pipeline, PytorchEngineConfig, ChatTemplateConfig", "",
             f'pipe = pipeline("{repo_id}", backend_config=PytorchEngineConfig(model_format="awq"), trust_remote_code=True,',
             f'                chat_template_config=ChatTemplateConfig(model_name="hf", model_path="{repo_id}"))',
-            'print(pipe(("What colour are the objects on the plate? Answer with one colour.", load_image("plate.png"))).text)',
+            f"messages = {messages!r}  # the trained system prompt and tiling; image.png: your image",
+            "print(pipe(messages).text)",
             "```", "",
             f"As an OpenAI-compatible server: `lmdeploy serve api_server {repo_id} --backend pytorch --model-format awq "
             "--trust-remote-code --chat-template hf`. On a machine with CUDA 12, TurboMind reads it too "
