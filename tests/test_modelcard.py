@@ -314,3 +314,14 @@ def test_read_evaluation_takes_a_scorers_headline(tmp_path):
     got = modelcard.read_evaluation(path)
     assert (got["before"]["accuracy"], got["after"]["accuracy"]) == (0.2, 0.6)
     assert modelcard.scorer_of(got, None) == "text" and modelcard.scorer_of(None, {"scorer": "choice"}) == "choice"
+
+
+def test_data_facts_fill_what_a_record_leaves_out_from_its_split_files(tmp_path, model_dir, fake_plates):
+    from labsupport.datasets.learner import file_sha256
+
+    plates = fake_plates["train"].parent
+    bare = {"train": plates / "train.json", "heldout": plates / "heldout.json", "tiles": 6, "model_path": "tiny"}
+    facts, said = modelcard.data_facts(bare, tmp_path, "tiny", model_dir)
+    assert (facts["name"], facts["source"], facts["n_train"], facts["n_heldout"]) == ("plates", "train.json", 3, 1)
+    assert facts["sha256"] == file_sha256(bare["train"]) and facts["scorer"] == "exact" and facts["image_folder"] == plates
+    assert "None" not in said

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from labsupport.core.paths import is_embedded
+from labsupport.datasets.formats import load_records
 from labsupport.datasets.learner import file_sha256
 from labsupport.datasets.plates import build_course_task
 from labsupport.model.prompts import training_system
@@ -141,7 +142,18 @@ def data_facts(record: dict | None, artifacts: str | os.PathLike, model_path: st
     if record is not None and not stale:
         facts = {k: record.get(k) for k in ("name", "source", "sha256", "n_train", "n_heldout", "held_out_by", "train",
                                             "heldout", "image_folder", "scorer", "tiles", "system")}
-        facts["source"] = Path(record["source"]).name if record.get("source") else None   # no machine paths on a card
+        # a record that leaves a fact out (an older notebook 04's): read it from the split files themselves
+        facts["source"] = Path(record.get("source") or record["train"]).name   # a file name: no machine paths on a card
+        if not facts["name"]:
+            facts["name"] = Path(record["train"]).parent.name
+        if not facts["sha256"]:
+            facts["sha256"] = file_sha256(record["train"])
+        for n, split in (("n_train", "train"), ("n_heldout", "heldout")):
+            if facts[n] is None:
+                facts[n] = len(load_records(record[split]))
+        if not facts["image_folder"] and facts["heldout"]:
+            facts["image_folder"] = Path(record["heldout"]).parent
+        facts["scorer"] = facts["scorer"] or PLATES_SCORER
         said = (f"notebook 04's record: trained on {facts['source']} (sha256 {str(facts['sha256'])[:12]}), "
                 f"{facts['n_train']} train / {facts['n_heldout']} held-out records, scorer {facts['scorer']!r}")
     else:
