@@ -21,7 +21,7 @@ def main() -> int:
           "  run      execute the notebooks headless (make course)\n"
           "  report   print the report card from artifacts/\n"
           "  learner  write the learner editions to artifacts/learner/\n"
-          "  env      build the two environments (make env)")
+          "  env      build the four environments and three kernels (make env)")
     return 0 if command == "help" else 2
 
 

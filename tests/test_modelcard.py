@@ -1,5 +1,6 @@
 """labsupport.publish.modelcard: the card's facts come from the results files, and the checker catches a card that disagrees."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -102,31 +103,59 @@ def test_card_without_results_says_so_and_stays_valid():
     assert modelcard.check_card(modelcard.build_card("alice/tiny", None, None), None, None) == ["model name 'tiny' lacks 'InternVL'"]
 
 
-@pytest.mark.notebook
-def test_the_cards_snippet_runs_as_written_against_the_cards_own_model(tmp_path):
-    """The usage snippet, copied from the card (README.md of the published folder), runs in a fresh Python."""
-    import os
-    import shutil
+def venv_without_labsupport(where):
+    """A new venv at WHERE whose only packages are this environment's site-packages, added as a plain path entry.
+
+    The course installs labsupport in editable mode through a `.pth` file; a path entry's `.pth` files are not run,
+    so `import labsupport` fails in this venv as on a user's machine. Same torch, transformers and Pillow as the course
+    environment: what this shows is that the snippet needs nothing of the course, not that it runs with other versions."""
+    import site
     import subprocess
     import sys
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
+    python = where / "bin" / "python"
+    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    Path(target, "course_packages.pth").write_text("\n".join(sorted(ours)) + "\n", encoding="utf-8")
+    return python
+
+
+def clean_env():
+    """This process's environment without PYTHONPATH (which points at the course's checkout) and offline."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")} | {"HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.notebook
+def test_the_cards_snippet_runs_as_written_where_labsupport_is_not_installed(tmp_path):
+    """The usage snippet, copied from the card (README.md of the published folder), runs in a new venv where the course
+    package is not installed (its packages: this environment's site-packages as a path entry, see venv_without_labsupport)."""
+    import shutil
+    import subprocess
 
     from labsupport.datasets import plates
     from labsupport.model import tinymodel
 
+    python = venv_without_labsupport(tmp_path / "venv")
+    absent = subprocess.run([str(python), "-c", "import labsupport"], capture_output=True, text=True, cwd=tmp_path, env=clean_env())
+    assert absent.returncode != 0 and "No module named 'labsupport'" in absent.stderr, \
+        f"labsupport is importable in the test venv {tmp_path / 'venv'}, so the test would prove nothing: {absent.stderr[-500:]}"
     repo = tmp_path / "InternVL2-tiny-plates"
     shutil.copytree(tinymodel.resolve_model("tiny"), repo)
     (repo / "examples").mkdir()
     plates.draw_plate("red", "circle", 2, seed=1).save(repo / modelcard.EXAMPLE_IMAGE)
-    card = modelcard.build_card(str(repo), None, None, max_num=1)
+    system = "You are a careful assistant."
+    card = modelcard.build_card(str(repo), None, None, max_num=1, system=system)
     (repo / "README.md").write_text(str(card), encoding="utf-8")
     snippet = modelcard.python_blocks((repo / "README.md").read_text(encoding="utf-8"))[0]
-    assert "pixel_values = load_image(" in snippet and "plate" in snippet
+    assert "pixel_values = load_image(" in snippet and "plate" in snippet and f"model.system_message = {system!r}" in snippet
     assert "labsupport" not in snippet  # a user outside the course has the model's own requirements only
     (tmp_path / "snippet.py").write_text(snippet, encoding="utf-8")
-    # the course package made unimportable (sys.modules entry None), so an import of it anywhere would fail here
-    runner = "import sys; sys.modules['labsupport'] = None; exec(compile(open('snippet.py').read(), 'snippet.py', 'exec'))"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
-    ran = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    ran = subprocess.run([str(python), "snippet.py"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=clean_env())
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.strip(), "the snippet printed no reply"
 
@@ -205,3 +234,94 @@ def test_the_cards_lmdeploy_snippet_passes_lmdeploys_own_checks(tmp_path):
     proc = subprocess.run([str(python), "-c", CARD_LMDEPLOY_CHECK, str(tinymodel.resolve_model("tiny")), str(tmp_path / "block.py")],
                           capture_output=True, text=True, timeout=400, env=dict(os.environ, PYTHONPATH=str(repo_root())))
     assert proc.returncode == 0 and "CARD-LMDEPLOY-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+RECORD = {"name": "digits_short", "source": "/home/someone/data/digits_short.jsonl", "sha256": "c0ffee" + "0" * 58,
+          "n_train": 900, "n_heldout": 100, "held_out_by": "a fixed slice of digits_short.jsonl", "scorer": "choice",
+          "tiles": 2, "system": "Answer with one letter.", "model_path": "tiny"}
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "models" / "some-model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"max_dynamic_patch": 6}))
+    return folder
+
+
+@pytest.fixture
+def fake_plates(tmp_path, monkeypatch):
+    """build_course_task replaced by a two-record task (the real one draws 720 plates), training_system by a constant."""
+    root = tmp_path / "plates"
+    root.mkdir()
+    (root / "train.json").write_text(json.dumps([{"id": 1}, {"id": 2}, {"id": 3}]))
+    (root / "heldout.json").write_text(json.dumps([{"id": 4}]))
+    task = {"root": root, "image_folder": root, "train": root / "train.json", "heldout": root / "heldout.json"}
+    monkeypatch.setattr(modelcard, "build_course_task", lambda out, progress=False: task)
+    monkeypatch.setattr(modelcard, "training_system", lambda model_dir: "XTuner's system prompt.")
+    return task
+
+
+def test_data_facts_come_from_notebook_04s_record_without_machine_paths(tmp_path, model_dir, fake_plates):
+    facts, said = modelcard.data_facts(RECORD, tmp_path, "tiny", model_dir)
+    assert facts["source"] == "digits_short.jsonl" and "someone" not in json.dumps(facts, default=str)
+    assert (facts["n_train"], facts["n_heldout"], facts["scorer"]) == (900, 100, "choice")
+    assert facts["tiles"] == 2 and facts["system"] == "Answer with one letter."
+    assert "digits_short.jsonl" in said and "c0ffee" in said
+    assert "the card uses 04's" in said  # config.json says 6 tiles: the disagreement is told, 04's record wins
+
+
+def test_data_facts_without_a_record_assume_the_plates_task_and_say_so(tmp_path, model_dir, fake_plates):
+    from labsupport.datasets.learner import file_sha256
+
+    facts, said = modelcard.data_facts(None, tmp_path, "tiny", model_dir)
+    assert facts["name"] == "plates" and (facts["n_train"], facts["n_heldout"]) == (3, 1)
+    assert facts["sha256"] == file_sha256(fake_plates["train"]) and facts["scorer"] == "exact"
+    assert facts["tiles"] == 6 and facts["system"] == "XTuner's system prompt."
+    assert "no record" in said and "plates task" in said
+    stale, said = modelcard.data_facts(dict(RECORD, model_path="/models/other"), tmp_path, "tiny", model_dir)
+    assert stale["name"] == "plates" and "/models/other" in said
+    base, _ = modelcard.data_facts(RECORD, tmp_path, "tiny", model_dir, fine_tuned=False)
+    assert base["system"] is None and base["tiles"] == 6  # the base model: its own config, no trained prompt
+
+
+def test_the_card_names_its_data_scorer_tiles_and_prompt_and_the_checker_holds_them(tmp_path, model_dir, fake_plates):
+    facts, _ = modelcard.data_facts(RECORD, tmp_path, "tiny", model_dir)
+    evaluation = dict(RESULTS, scorer="choice")
+    card = modelcard.build_card("alice/InternVL2-tiny-digits", None, evaluation, data=facts, max_num=facts["tiles"],
+                                system=facts["system"])
+    text = str(card)
+    assert "`digits_short.jsonl` (sha256 `c0ffee000000`)" in text and "900 trained on, 100 held out" in text
+    assert "with the `choice` scorer" in text and "max_num=2" in text and "model.system_message = 'Answer with one letter.'" in text
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["datasets"] == ["digits_short"] and front["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
+    assert modelcard.check_card(card, None, evaluation, facts) == []
+    wrong = dict(facts, sha256="beef" * 16, n_heldout=99, system="Something else.")
+    problems = modelcard.check_card(card, None, evaluation, wrong)
+    assert len(problems) == 3 and any("sha256" in p for p in problems) and any("split sizes" in p for p in problems)
+
+
+def test_an_open_answer_card_names_chrf_not_accuracy(tmp_path, model_dir, fake_plates):
+    facts, _ = modelcard.data_facts(dict(RECORD, scorer="text"), tmp_path, "tiny", model_dir)
+    text = str(modelcard.build_card("alice/InternVL2-tiny-captions", None, RESULTS, data=facts))
+    assert "Held-out chrF" in text and "| model | chrF | questions |" in text and "type: chrf" in text
+
+
+def test_read_evaluation_takes_a_scorers_headline(tmp_path):
+    path = tmp_path / "before_after.json"
+    path.write_text(json.dumps({"scorer": "text", "before": {"metric": "chrF", "score": 0.2, "n": 5},
+                                "after": {"metric": "chrF", "score": 0.6, "n": 5}}))
+    got = modelcard.read_evaluation(path)
+    assert (got["before"]["accuracy"], got["after"]["accuracy"]) == (0.2, 0.6)
+    assert modelcard.scorer_of(got, None) == "text" and modelcard.scorer_of(None, {"scorer": "choice"}) == "choice"
+
+
+def test_data_facts_fill_what_a_record_leaves_out_from_its_split_files(tmp_path, model_dir, fake_plates):
+    from labsupport.datasets.learner import file_sha256
+
+    plates = fake_plates["train"].parent
+    bare = {"train": plates / "train.json", "heldout": plates / "heldout.json", "tiles": 6, "model_path": "tiny"}
+    facts, said = modelcard.data_facts(bare, tmp_path, "tiny", model_dir)
+    assert (facts["name"], facts["source"], facts["n_train"], facts["n_heldout"]) == ("plates", "train.json", 3, 1)
+    assert facts["sha256"] == file_sha256(bare["train"]) and facts["scorer"] == "exact" and facts["image_folder"] == plates
+    assert "None" not in said

@@ -6,6 +6,7 @@ import shutil
 import string
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,8 @@ def tiny_model():
 
 
 def plant_results_of_notebooks_04_05(art, tiny_model):
-    """What notebooks 04-05 would leave: a fine-tuned model folder, an XTuner work dir, before/after accuracy."""
+    """What notebooks 04-05 would leave: a fine-tuned model folder, an XTuner work dir, before/after accuracy,
+    04's record of the data it trained on."""
     from labsupport.core.paths import finetuned_dir
 
     shutil.copytree(tiny_model, finetuned_dir(art, "tiny"))
@@ -38,6 +40,17 @@ def plant_results_of_notebooks_04_05(art, tiny_model):
     (art / hub.EVAL_RESULTS_JSON).parent.mkdir(parents=True)
     (art / hub.EVAL_RESULTS_JSON).write_text(json.dumps({"before": {"accuracy": 0.125, "n": 16},
                                                          "after": {"accuracy": 0.625, "n": 16}}))
+    # notebook 04's record of the data it trained on: the learner's own file, split by HELDOUT
+    from labsupport.datasets import learner, plates
+    own = art / "data" / "own" / "my_plates-f00df00d"
+    own.mkdir(parents=True)
+    plates.draw_plate("red", "circle", 2, seed=1).save(own / "q.png")
+    (own / "heldout.json").write_text(json.dumps([{"id": 0, "image": "q.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]}]))
+    task = {"name": "my-plates", "train": own / "train.json", "heldout": own / "heldout.json", "image_folder": own,
+            "source": Path("/home/someone/my_plates.jsonl"), "sha256": "f00d" * 16, "n_train": 40, "n_heldout": 1,
+            "held_out_by": "HELDOUT = my_heldout.jsonl (1 records)"}
+    learner.write_training_data(art, task, scorer="exact", tiles=1, system="Answer in one word.", model_path=str(tiny_model))
 
 
 @pytest.mark.notebook
@@ -60,7 +73,11 @@ def test_fake_token_is_never_exposed(tiny_model, tmp_path):
     # the card was written from the planted results, not typed in
     assert "| after fine-tuning | 62.5 % | 16 |" in executed and "| before fine-tuning | 12.5 % | 16 |" in executed
     assert "for 30 iterations; loss 2.750 → 1.125" in executed and "from the local model `internvl2-tiny`" in executed
-    assert "- plates" in executed  # the dataset, named from the XTuner config's data_paths
+    # ... and names the data notebook 04 recorded, its scorer, and the tiling and prompt it trained with
+    assert "- my-plates" in executed and "`my_plates.jsonl` (sha256 `f00df00df00d`)" in executed
+    assert "40 trained on, 1 held out" in executed and "with the `exact` scorer" in executed
+    assert "max_num=1" in executed and "model.system_message = 'Answer in one word.'" in executed
+    assert "someone" not in executed  # the learner's machine paths stay off the card
 
     # the token was found and used (masked), and the offline hub made only the real-hub checkpoint fail
     assert "hf_****" in executed and "environment variable HF_TOKEN" in executed
@@ -73,4 +90,5 @@ def test_fake_token_is_never_exposed(tiny_model, tmp_path):
     assert token not in executed and token[3:] not in executed
     assert token not in logs and token[3:] not in logs
     assert credentials.scan_for_secrets(art, [token]) == []
-    assert (art / "publish" / "remote" / "InternVL2-tiny-plates.git" / "lfs" / "objects").is_dir()
+    from labsupport.core.paths import hub_repo_name
+    assert (art / "publish" / "remote" / f"{hub_repo_name(tiny_model, 'my-plates')}.git" / "lfs" / "objects").is_dir()

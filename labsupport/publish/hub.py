@@ -413,10 +413,21 @@ def make_local_remote(path: str | os.PathLike, size_limit: int | None = None) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     _git(["init", "--quiet", "--bare", "--initial-branch=main", str(path)])
     if size_limit is not None:
-        hook = path / "hooks" / "pre-receive"
-        hook.write_text(SIZE_LIMIT_HOOK.format(limit=int(size_limit)), encoding="utf-8")
-        hook.chmod(0o755)
+        install_size_limit_hook(path, size_limit)
     return path
+
+
+def install_size_limit_hook(remote: str | os.PathLike, size_limit: int) -> Path:
+    """Make the bare repository REMOTE refuse plain-git files above SIZE_LIMIT bytes (the Hub's rule, as a
+    pre-receive hook: the course's stand-in, the one step of the local route that is not a git command); return the hook."""
+    hooks = Path(remote) / "hooks"
+    if not hooks.is_dir():
+        raise FileNotFoundError(f"{remote} is not a bare git repository (no hooks/ folder): create it first with "
+                                f"`git init --bare {remote}`")
+    hook = hooks / "pre-receive"
+    hook.write_text(SIZE_LIMIT_HOOK.format(limit=int(size_limit)), encoding="utf-8")
+    hook.chmod(0o755)
+    return hook
 
 
 def git_push(folder: str | os.PathLike, remote: str | os.PathLike, workdir: str | os.PathLike, use_lfs: bool = True,

@@ -1,9 +1,11 @@
 """A model card written from the course's own results (notebooks 04-05), never typed in by hand.
 
+    record = learner.read_training_data(artifacts)                   # notebook 04: data file, sha256, splits, scorer, prompt
+    data, said = data_facts(record, artifacts, "tiny", model_dir)    # the plates task when there is no record (said so)
     training = read_training(artifacts / hub.TRAIN_WORK_DIR)        # XTuner config settings + loss curve
-    evaluation = read_evaluation(artifacts / hub.EVAL_RESULTS_JSON)  # held-out accuracy before/after
-    card = build_card("me/InternVL2-tiny-plates", training, evaluation, base_model="OpenGVLab/InternVL2-2B")
-    problems = check_card(card, training, evaluation)                # [] when valid and filled from the results
+    evaluation = read_evaluation(artifacts / hub.EVAL_RESULTS_JSON)  # held-out scores before/after (notebook 05)
+    card = build_card("me/InternVL2-tiny-plates", training, evaluation, base_model="OpenGVLab/InternVL2-2B", data=data)
+    problems = check_card(card, training, evaluation, data)          # [] when valid and filled from the results
 """
 from __future__ import annotations
 
@@ -13,9 +15,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from labsupport.core.paths import is_embedded
+from labsupport.datasets.formats import load_records
+from labsupport.datasets.learner import file_sha256
+from labsupport.datasets.plates import build_course_task
+from labsupport.model.prompts import training_system
 from labsupport.serve.awq import is_awq
 from labsupport.serve.quantize import AWQ_RESULTS_JSON, awq_model_dir
 from labsupport.train.runs import mmengine_scalars
+from labsupport.train.training_outcome import skipped_training, trained_tiles
 
 # The settings of an XTuner config worth showing on a card, in this order.
 CARD_SETTINGS = ["path", "data_paths", "max_length", "max_dynamic_patch", "prompt_template", "freeze_llm",
@@ -102,16 +110,94 @@ def read_training(work_dir: str | os.PathLike, scalars_name: str = "scalars.json
 
 
 def read_evaluation(path: str | os.PathLike) -> dict | None:
-    """Notebook 05's before/after evaluation ({"before": {"accuracy", "n"}, "after": {...}}), or None when it has not run."""
+    """Notebook 05's before/after evaluation ({"before": {"accuracy" or "score", "n"}, "after": {...}, "scorer"?}),
+    or None when it has not run."""
     path = Path(path)
     if not path.exists():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
     for key in ("before", "after"):
+        if isinstance(data.get(key), dict) and "accuracy" not in data[key] and "score" in data[key]:
+            data[key]["accuracy"] = data[key]["score"]   # a scorer's headline ({"metric", "score"}, answers.summarize)
         if not isinstance(data.get(key), dict) or "accuracy" not in data[key]:
             raise ValueError(f"{path}: expected {{'before': {{'accuracy': …}}, 'after': {{'accuracy': …}}}}, "
                              f"but {key!r} is {data.get(key)!r}; re-run notebook 05 or fix labsupport.publish.hub.EVAL_RESULTS_JSON")
     return data
+
+
+# What each of the course's scorers (labsupport.evaluate.answers.SCORERS) measures, in the card's words.
+SCORER_WORDS = {"exact": "normalised exact match of the reply with the reference answer",
+                "choice": "the option letter parsed from the reply, against the reference's letter (multiple choice)",
+                "text": "chrF (sacrebleu) of the reply against the reference, mean over the questions / 100"}
+PLATES_SCORER = "exact"   # the plates task's scorer (labsupport.evaluate.answers.choose_scorer on its records)
+
+
+def data_facts(record: dict | None, artifacts: str | os.PathLike, model_path: str | os.PathLike,
+               model_dir: str | os.PathLike, fine_tuned: bool = True) -> tuple[dict, str]:
+    """(facts, said): what MODEL_DIR was trained on for the card (data file, sha256, split sizes, scorer, tiles,
+    system prompt), from notebook 04's RECORD (labsupport.datasets.learner.read_training_data); without a record
+    for MODEL_PATH, the plates task (the default); SAID tells which, in one or two sentences."""
+    artifacts = Path(artifacts)
+    stale = record is not None and record.get("model_path") not in (None, "", str(model_path))
+    if record is not None and not stale:
+        facts = {k: record.get(k) for k in ("name", "source", "sha256", "n_train", "n_heldout", "held_out_by", "train",
+                                            "heldout", "image_folder", "scorer", "tiles", "system")}
+        # a record that leaves a fact out (an older notebook 04's): read it from the split files themselves
+        facts["source"] = Path(record.get("source") or record["train"]).name   # a file name: no machine paths on a card
+        if not facts["name"]:
+            facts["name"] = Path(record["train"]).parent.name
+        if not facts["sha256"]:
+            facts["sha256"] = file_sha256(record["train"])
+        for n, split in (("n_train", "train"), ("n_heldout", "heldout")):
+            if facts[n] is None:
+                facts[n] = len(load_records(record[split]))
+        if not facts["image_folder"] and facts["heldout"]:
+            facts["image_folder"] = Path(record["heldout"]).parent
+        facts["scorer"] = facts["scorer"] or PLATES_SCORER
+        said = (f"notebook 04's record: trained on {facts['source']} (sha256 {str(facts['sha256'])[:12]}), "
+                f"{facts['n_train']} train / {facts['n_heldout']} held-out records, scorer {facts['scorer']!r}")
+    else:
+        task = build_course_task(artifacts / "data" / "plates", progress=False)
+        train, held = (json.loads(task[k].read_text(encoding="utf-8")) for k in ("train", "heldout"))
+        facts = {"name": "plates", "source": task["train"].name, "sha256": file_sha256(task["train"]),
+                 "n_train": len(train), "n_heldout": len(held), "held_out_by": "the plates task's own held-out split",
+                 "train": task["train"], "heldout": task["heldout"], "image_folder": task["image_folder"],
+                 "scorer": PLATES_SCORER, "tiles": None, "system": None}
+        why = (f"its record is for MODEL_PATH={record.get('model_path')!r}, not {str(model_path)!r}" if stale
+               else f"notebook 04 wrote no record at {artifacts / 'results' / 'training_data.json'}")
+        said = f"{why}: the card assumes the plates task, the course's default ({len(train)} train / {len(held)} held-out records)"
+    max_num, tiles_from = trained_tiles(artifacts, model_path, model_dir)   # 05's record, 04's outcome, else config.json
+    if fine_tuned and facts["tiles"]:   # what 04 trained with is the fine-tune's tiling; another record disagreeing is said
+        if int(facts["tiles"]) != max_num:
+            said += f"; 04 recorded {facts['tiles']} tiles per image where {tiles_from} gives {max_num}: the card uses 04's"
+        max_num, tiles_from = int(facts["tiles"]), "notebook 04's record of its training data"
+    facts["tiles"], facts["tiles_from"] = max_num, tiles_from
+    if not fine_tuned:
+        facts["system"] = None   # the base model was not trained with any prompt: its own default applies
+    elif not facts["system"]:
+        facts["system"] = training_system(model_dir)   # what XTuner's dataset trains this model with
+    return facts, said
+
+
+def model_note(artifacts: str | os.PathLike, model_path: str | os.PathLike, fine_tuned: bool) -> str:
+    """The card's sentence on what these weights are when they are not a fine-tune, or are the course's miniature."""
+    note = "" if fine_tuned else (
+        "These are the base weights: the course's notebook 04 skipped fine-tuning this model."
+        if skipped_training(artifacts, model_path) else
+        "These are the base weights: notebook 05 had not produced a fine-tuned model.")
+    if is_embedded(model_path):
+        note += " A miniature, course-built model for learning the workflow: its answers are not useful."
+    return note.strip()
+
+
+def scorer_of(evaluation: dict | None, data: dict | None) -> str:
+    """The scorer that measured EVALUATION: notebook 05's own record first, else 04's choice in DATA, else exact."""
+    return str((evaluation or {}).get("scorer") or (data or {}).get("scorer") or PLATES_SCORER)
+
+
+def metric_of(scorer: str) -> str:
+    """The name of the number a scorer produces: chrF for open answers, accuracy otherwise."""
+    return "chrF" if scorer == "text" else "accuracy"
 
 
 def percent(x: float) -> str:
@@ -119,8 +205,11 @@ def percent(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def dataset_names(training: dict | None) -> list[str]:
-    """Short names of the training sets (the folder of each data json: artifacts/data/plates/train.json -> plates)."""
+def dataset_names(training: dict | None, data: dict | None = None) -> list[str]:
+    """Short names of the training sets: DATA's name (notebook 04's record), else the folder of each data json of
+    TRAINING's config (artifacts/data/plates/train.json -> plates)."""
+    if data and data.get("name"):
+        return [str(data["name"])]
     paths = (training or {}).get("settings", {}).get("data_paths") or []
     return sorted({Path(p).parent.name or Path(p).stem for p in paths})
 
@@ -166,9 +255,6 @@ def usage_snippet(repo_id: str, question: str = EXAMPLE_QUESTION, image: str = E
                 if system else "")
     return f'''import os
 import torch
-import torchvision.transforms as T
-from PIL import Image
-from torchvision.transforms.functional import InterpolationMode
 from transformers import AutoModel, AutoTokenizer
 {IMAGE_HELPERS}
 path = "{repo_id}"  # the Hub id, or the folder you downloaded or cloned it into
@@ -242,23 +328,27 @@ or as an OpenAI-compatible server, asked with the same messages (a `system` mess
 def build_card(repo_id: str, training: dict | None, evaluation: dict | None, base_model: str | None = None,
                license: str = "mit", language: list[str] | None = None, model_note: str = "",
                question: str = EXAMPLE_QUESTION, image: str = EXAMPLE_IMAGE, max_num: int = 6, system: str | None = None,
-               more_results: Sequence[str] = ()):
+               more_results: Sequence[str] = (), data: dict | None = None):
     """A huggingface_hub ModelCard for REPO_ID: metadata (base model, licence, datasets, tags, eval results) and text from the results.
     MORE_RESULTS: lines added to its Results (the framework's scores and forgetting, labsupport.serve.evalframework.card_lines).
+    DATA: what the fine-tune was trained on (data_facts: file, sha256, split sizes, scorer, tiles, system prompt).
 
     QUESTION, IMAGE (a path inside the repository), MAX_NUM and SYSTEM make the usage snippets ask what the model was
     tuned for, with the tiling and the system prompt it was trained with."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     name = repo_id.split("/")[-1]
-    datasets = dataset_names(training)
+    datasets = dataset_names(training, data)
+    scorer = scorer_of(evaluation, data)
+    metric = metric_of(scorer)
     tags = BASE_TAGS + (["lora"] if training and training["mode"] == "LoRA" else [])
     evals = None
     if evaluation:
         evals = [EvalResult(task_type="visual-question-answering", dataset_type=(datasets or ["heldout"])[0],
                             dataset_name=f"{(datasets or ['course'])[0]} (held-out split)", dataset_split="heldout",
-                            metric_type="accuracy", metric_value=round(float(evaluation["after"]["accuracy"]), 4))]
-    data = ModelCardData(model_name=name, base_model=base_model or None, license=license, language=language or ["en", "zh"],
+                            metric_type=metric.lower(), metric_name=f"{metric} ({scorer} scorer)",
+                            metric_value=round(float(evaluation["after"]["accuracy"]), 4))]
+    meta = ModelCardData(model_name=name, base_model=base_model or None, license=license, language=language or ["en", "zh"],
                          datasets=datasets or None, tags=tags, pipeline_tag="image-text-to-text",
                          library_name="transformers", eval_results=evals)
     body = [f"# {name}", ""]
@@ -273,8 +363,9 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
     body += ["", "## Results", ""]
     if evaluation:
         b, a = evaluation["before"], evaluation["after"]
-        body += ["Held-out accuracy, measured by the course's notebook 05 (same questions, greedy decoding):", "",
-                 "| model | accuracy | questions |", "|---|---|---|",
+        body += [f"Held-out {metric}, measured by the course's notebook 05 (same questions, greedy decoding) with the "
+                 f"`{scorer}` scorer: {SCORER_WORDS.get(scorer, scorer)}:", "",
+                 f"| model | {metric} | questions |", "|---|---|---|",
                  f"| before fine-tuning | {percent(b['accuracy'])} | {b.get('n', '')} |",
                  f"| after fine-tuning | {percent(a['accuracy'])} | {a.get('n', '')} |"]
         kinds = sorted(set(b.get("per_kind") or {}) | set(a.get("per_kind") or {}))
@@ -286,6 +377,13 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
         body.append("No evaluation results were found (notebook 05 has not run, or had no fine-tune to evaluate): "
                     "this card reports none.")
     body += list(more_results) if evaluation else []
+    if data and fine_tuned:
+        body += ["", "## Training data", "", "| | |", "|---|---|",
+                 f"| file | `{data['source']}` (sha256 `{str(data['sha256'])[:12]}`) |",
+                 f"| records | {data['n_train']} trained on, {data['n_heldout']} held out ({data.get('held_out_by') or 'a separate file'}) |",
+                 f"| scorer | `{scorer}`: {SCORER_WORDS.get(scorer, scorer)} |",
+                 f"| tiles per image | at most {max_num} (448 px each) |",
+                 f"| system prompt | {'`' + system + '`' if system else 'none'} |"]
     body += ["", "## Training", ""]
     if training:
         body += [f"Fine-tuned with XTuner ({training['mode']}) for {training['iters']} iterations; "
@@ -297,12 +395,13 @@ def build_card(repo_id: str, training: dict | None, evaluation: dict | None, bas
                     "the base weights.")
     body += ["", _usage(repo_id, question, image, max_num, fine_tuned, system), "## Licence", "",
              f"{license.upper() if license == 'mit' else license}, like the InternVL2 code; the language model inside keeps its own licence."]
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
+    content = f"---\n{meta.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
     return ModelCard(content)
 
 
-def check_card(card, training: dict | None, evaluation: dict | None, keyword: str = "InternVL") -> list[str]:
-    """What is wrong with CARD (empty list: valid, and its numbers are those of TRAINING and EVALUATION)."""
+def check_card(card, training: dict | None, evaluation: dict | None, data: dict | None = None,
+               keyword: str = "InternVL") -> list[str]:
+    """What is wrong with CARD (empty list: valid, and its numbers are those of TRAINING, EVALUATION and DATA)."""
     from huggingface_hub import ModelCard
 
     problems = []
@@ -330,6 +429,13 @@ def check_card(card, training: dict | None, evaluation: dict | None, keyword: st
         index = parsed.data.eval_results or []
         if not index or abs(float(index[0].metric_value) - float(evaluation["after"]["accuracy"])) > 1e-4:
             problems.append("model-index accuracy differs from the results file")
+    if data:
+        facts = {"data file": f"`{data['source']}`", "sha256 prefix": f"`{str(data['sha256'])[:12]}`",
+                 "split sizes": f"{data['n_train']} trained on, {data['n_heldout']} held out",
+                 "scorer": f"`{scorer_of(evaluation, data)}`", "tiles in the snippets": f"max_num={data['tiles']}"}
+        if data.get("system"):
+            facts["system prompt in the snippets"] = f"model.system_message = {data['system']!r}"
+        problems += [f"{what} ({shown}) is not on the card" for what, shown in facts.items() if shown not in text]
     if training:
         if f"{training['iters']} iterations" not in text:
             problems.append("the number of training iterations is not on the card")
@@ -373,13 +479,17 @@ def awq_publish_reason(artifacts: str | os.PathLike, model_path: str | os.PathLi
     return ""
 
 
-def awq_card(repo_id: str, result: dict, fp_repo_id: str, license: str = "mit"):
-    """A huggingface_hub ModelCard for the AWQ variant REPO_ID of FP_REPO_ID, its numbers read from 06b's RESULT."""
+def awq_card(repo_id: str, result: dict, fp_repo_id: str, license: str = "mit", question: str = EXAMPLE_QUESTION,
+             system: str | None = None, dataset: str = "course task"):
+    """A huggingface_hub ModelCard for the AWQ variant REPO_ID of FP_REPO_ID, its numbers read from 06b's RESULT;
+    its snippet asks QUESTION (of the data DATASET it was trained on) with the trained SYSTEM prompt."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-
     q, name = result["quantization_config"], repo_id.split("/")[-1]
-    evals = [EvalResult(task_type="visual-question-answering", dataset_type="heldout", dataset_name="course task (held-out split)",
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": [{"type": "text", "text": question},
+                                     {"type": "image_url", "image_url": {"url": "image.png", "max_dynamic_patch": result["tiles"]}}]}]
+    evals = [EvalResult(task_type="visual-question-answering", dataset_type="heldout", dataset_name=f"{dataset} (held-out split)",
                         dataset_split="heldout", metric_type="accuracy", metric_value=round(float(result["after"]["accuracy"]), 4))]
     data = ModelCardData(model_name=name, base_model=fp_repo_id, base_model_relation="quantized", license=license,
                          language=["en", "zh"], tags=AWQ_TAGS, pipeline_tag="image-text-to-text", library_name="lmdeploy",
@@ -404,11 +514,11 @@ def awq_card(repo_id: str, result: dict, fp_repo_id: str, license: str = "mit"):
             "## How to serve it", "",
             "LMDeploy's PyTorch engine has w4a16 kernels for these weights (an NVIDIA GPU):", "",
             "```python",
-            "from lmdeploy import pipeline, PytorchEngineConfig, ChatTemplateConfig",
-            "from lmdeploy.vl import load_image", "",
+            "from lmdeploy import pipeline, PytorchEngineConfig, ChatTemplateConfig", "",
             f'pipe = pipeline("{repo_id}", backend_config=PytorchEngineConfig(model_format="awq"), trust_remote_code=True,',
             f'                chat_template_config=ChatTemplateConfig(model_name="hf", model_path="{repo_id}"))',
-            'print(pipe(("What colour are the objects on the plate? Answer with one colour.", load_image("plate.png"))).text)',
+            f"messages = {messages!r}  # the trained system prompt and tiling; image.png: your image",
+            "print(pipe(messages).text)",
             "```", "",
             f"As an OpenAI-compatible server: `lmdeploy serve api_server {repo_id} --backend pytorch --model-format awq "
             "--trust-remote-code --chat-template hf`. On a machine with CUDA 12, TurboMind reads it too "
