@@ -314,3 +314,82 @@ def test_a_process_that_hangs_after_main_ended_is_stopped(tmp_path, monkeypatch)
     monkeypatch.setattr(msswift, "SHUTDOWN_GRACE_S", 1)
     run = msswift.run(["swift", "infer"], tmp_path / "a.log", python=str(fake), echo=False)
     assert run.seconds < 60 and "still running" in (tmp_path / "a.log").read_text()
+
+
+def _own_data(tmp_path, answers_of):
+    """A learner's jsonl (images in a separate folder, as IMAGE_FOLDER allows) with one answer per record."""
+    from PIL import Image
+
+    images = tmp_path / "pictures"
+    images.mkdir()
+    records = []
+    for i, answer in enumerate(answers_of):
+        Image.new("RGB", (32, 32), (i * 20 % 255, 0, 0)).save(images / f"p{i}.png")
+        records.append({"id": f"own-{i}", "image": f"p{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat digit is written here? Answer with the digit."},
+            {"from": "gpt", "value": answer}]})
+    data = tmp_path / "data" / "mine.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return data, images
+
+
+def test_own_data_becomes_swift_rows_with_absolute_images_and_is_scored_with_its_scorer(tmp_path):
+    from labsupport.datasets import learner
+    from labsupport.evaluate import answers
+
+    data, images = _own_data(tmp_path, [str(i % 10) for i in range(30)])
+    task = learner.split_own_data(data, image_folder=images, artifacts=tmp_path / "art", progress=False)
+    assert (task["n_train"], task["n_heldout"]) == (27, 3) and task["image_folder"] == images.resolve()
+    out = msswift.write_swift_jsonl(task["train"], tmp_path / "swift" / "train.jsonl", task["image_folder"])
+    rows = msswift.read_jsonl(out)
+    train = json.loads(Path(task["train"]).read_text(encoding="utf-8"))
+    assert len(rows) == 27 and rows[0]["images"] == [str(images.resolve() / train[0]["image"])]
+    assert rows[0]["response"] == train[0]["conversations"][1]["value"] and "<image>" not in rows[0]["query"]
+
+    heldout = json.loads(Path(task["heldout"]).read_text(encoding="utf-8"))
+    name, why = answers.choose_scorer(heldout, "")
+    assert name == "exact" and "short answers" in why
+    expected = [r["conversations"][1]["value"] for r in heldout]
+    right = msswift.score_replies(heldout, [f" {expected[0]}.", expected[1], "no idea"], name)
+    assert (right["metric"], right["score"], right["n"]) == ("accuracy", round(2 / 3, 4), 3)
+    assert [r["correct"] for r in right["rows"]] == [True, True, False]
+    with pytest.raises(ValueError, match="3 records but 2 replies"):
+        msswift.score_replies(heldout, expected[:2], name)
+
+
+def test_open_answers_are_scored_with_chrf_as_the_headline(tmp_path):
+    heldout = [{"image": "p.png", "conversations": [{"from": "human", "value": "<image>\nDescribe it."},
+                                                    {"from": "gpt", "value": "a handwritten seven with a long stem"}]}]
+    exact = msswift.score_replies(heldout, ["a handwritten seven with a long stem"], "text")
+    wrong = msswift.score_replies(heldout, ["zzz"], "text")
+    assert exact["metric"] == "chrF" and exact["score"] == 1.0 and wrong["score"] < 0.2
+
+
+def test_the_xtuner_side_is_compared_only_on_the_same_data(tmp_path):
+    from labsupport.datasets import learner
+
+    wd = tmp_path / "xtuner" / "work_dirs" / "04_finetune"
+    wd.mkdir(parents=True)
+    # no record of 04's data (04 ran on the plates task): fine for the plates, not for the learner's DATA
+    assert "missing" not in msswift.xtuner_side(tmp_path)
+    assert "not on this DATA" in msswift.xtuner_side(tmp_path, data_sha256="abc")["missing"]
+    task = {"name": "mine", "source": tmp_path / "mine.jsonl", "sha256": "abc", "n_train": 9, "n_heldout": 1}
+    learner.write_training_data(tmp_path, task, scorer="exact", tiles=1, system="")
+    assert "missing" not in msswift.xtuner_side(tmp_path, data_sha256="abc")
+    assert "last trained on mine" in msswift.xtuner_side(tmp_path, data_sha256="def")["missing"]
+    assert "not on the plates task" in msswift.xtuner_side(tmp_path)["missing"]
+    assert "| held-out chrF (course evaluator) |" in msswift.side_by_side({}, {"accuracy": 0.5}, metric="chrF")
+
+
+def test_notebook_10_takes_the_learners_data_from_the_course_runner(repo):
+    from labsupport.course import runner
+
+    path = repo / "notebooks" / "10_ms_swift.ipynb"
+    given = {"DATA": "/data/mine.jsonl", "HELDOUT": "/data/test.jsonl", "IMAGE_FOLDER": "/data/img", "SCORER": "choice"}
+    inject, secrets, unknown = runner.split_parameters(path, given)
+    assert inject == given and not secrets and not unknown
+    cell = next(c for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if "parameters" in c["metadata"].get("tags", []))
+    defaults = "".join(cell["source"])
+    for name in given:   # the default is the plates task: every one of them empty
+        assert f'{name} = ""' in defaults, f"{path.name}: {name} must default to \"\" (the plates task)"

@@ -29,7 +29,10 @@ from typing import Callable, Sequence
 
 from labsupport.core.checkpoints import write_json_atomic  # noqa: F401  (re-exported for notebooks)
 from labsupport.datasets.formats import load_records, to_swift
+from labsupport.datasets.learner import read_training_data
+from labsupport.evaluate.answers import matcher, summarize, with_meta
 from labsupport.evaluate.compare import BEFORE_AFTER
+from labsupport.evaluate.scoring import score
 from labsupport.model.prompts import conversation_template, model_prompt
 from labsupport.train.xtuner import latest_checkpoint
 from labsupport.train.training_outcome import recorded_train_seconds
@@ -303,14 +306,41 @@ def responses(result_jsonl: str | os.PathLike) -> list[str]:
     return [row["response"] for row in read_jsonl(result_jsonl)]
 
 
-def xtuner_side(artifacts: str | os.PathLike, work_dir: str = "xtuner/work_dirs/04_finetune") -> dict:
-    """What notebook 04's XTuner run left: accuracy after, training seconds, trainable parameters, prompt; 'missing' says why not."""
+def score_replies(heldout: Sequence[dict], replies: Sequence[str], scorer: str) -> dict:
+    """REPLIES to the HELDOUT records scored with SCORER (labsupport.evaluate.answers): scoring.score's result (rows,
+    per kind) plus the headline "metric" and "score" (accuracy; the mean chrF / 100 for open answers)."""
+    result = score(with_meta(heldout), replies, matcher(scorer))
+    return {**result, **summarize(result["rows"], scorer)}
+
+
+def other_data(artifacts: str | os.PathLike, sha256: str | None) -> str | None:
+    """Why notebook 04's run in ARTIFACTS is not on the data this run uses (SHA256 of the learner's DATA, None for the
+    plates task), or None when it is the same data (04's record, labsupport.datasets.learner, names what it trained on)."""
+    record = read_training_data(artifacts)
+    trained = record.get("sha256") if record else None
+    if trained == sha256:
+        return None
+    if sha256 is None:
+        return (f"notebook 04 last trained on {record.get('name') or record.get('source')} (DATA), not on the plates "
+                f"task: run notebook 04 with DATA empty for the XTuner side")
+    had = f"on {record.get('name') or record.get('source')}" if record and trained else "on the plates task (or has not run)"
+    return f"notebook 04 last trained {had}, not on this DATA: run notebook 04 with the same DATA for the XTuner side"
+
+
+def xtuner_side(artifacts: str | os.PathLike, work_dir: str = "xtuner/work_dirs/04_finetune",
+                data_sha256: str | None = None) -> dict:
+    """What notebook 04's XTuner run left: accuracy after, training seconds, trainable parameters, prompt; 'missing' says
+    why not (also when 04 trained on other data than DATA_SHA256, the learner's file; None: the plates task)."""
 
     artifacts = Path(artifacts)
     wd = artifacts / work_dir
     out: dict = {"work_dir": str(wd)}
     if not wd.is_dir():
         out["missing"] = f"{wd} does not exist: run notebook 04 first for the XTuner side"
+        return out
+    elsewhere = other_data(artifacts, data_sha256)
+    if elsewhere:
+        out["missing"] = elsewhere
         return out
     seconds, out["seconds_from"] = recorded_train_seconds(artifacts)   # the xtuner train process's wall seconds
     if seconds is not None:
@@ -416,14 +446,15 @@ def adapter_reference(base: str | os.PathLike, checkpoint: str | os.PathLike):
     return wrapped.get_base_model(), tokenizer  # the model itself, with the LoRA layers in place
 
 
-def side_by_side(xtuner: dict, ms_swift: dict) -> str:
-    """A Markdown table comparing notebook 04's XTuner run (from xtuner_side) with this ms-swift run."""
+def side_by_side(xtuner: dict, ms_swift: dict, metric: str = "accuracy") -> str:
+    """A Markdown table comparing notebook 04's XTuner run (from xtuner_side) with this ms-swift run (METRIC: the
+    scorer's headline, accuracy or chrF)."""
     def cell(d: dict, key: str, fmt: str = "{}") -> str:
         value = d.get(key)
         return fmt.format(value) if value is not None else "—"
 
     missing = xtuner.get("missing")
-    rows = [("held-out accuracy (course evaluator)", cell(xtuner, "accuracy", "{:.3f}"), cell(ms_swift, "accuracy", "{:.3f}")),
+    rows = [(f"held-out {metric} (course evaluator)", cell(xtuner, "accuracy", "{:.3f}"), cell(ms_swift, "accuracy", "{:.3f}")),
             ("training seconds", cell(xtuner, "seconds", "{:.0f}"), cell(ms_swift, "seconds", "{:.0f}")),
             ("iterations (steps)", cell(xtuner, "iterations"), cell(ms_swift, "steps")),
             ("seconds per step", cell({"v": xtuner["seconds"] / xtuner["iterations"]} if xtuner.get("seconds") and xtuner.get("iterations") else {}, "v", "{:.2f}"),
