@@ -123,3 +123,31 @@ def test_training_time_is_read_from_04s_record(tmp_path):
     assert seconds is None and "no train_seconds" in why
     T.write_outcome(tmp_path, "tiny", trained=True, train_seconds=137.26)
     assert T.recorded_train_seconds(tmp_path)[0] == 137.3
+
+
+def test_an_official_format_miniature_with_the_course_vit_must_reach_twice_chance_overall(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from labsupport.model import official
+
+    built = official.available().get("2B")
+    if built is None:
+        pytest.skip("no official-format InternVL2-2B built (python -m labsupport.model.official 2B)")
+    assert T.has_course_vit(built)
+    goal = T.accuracy_goal(built, 0.9, 0.8)
+    assert (goal.overall, goal.per_kind, goal.best_kind) == (T.COURSE_VIT_OVERALL, None, None)
+    # notebook 04's measured run (colour 0.45 / count 1.0 / shape 0.525) meets it; one kind learned alone does not
+    assert goal.met(0.658, {"colour": 0.45, "count": 1.0, "shape": 0.525})
+    assert not goal.met(0.40, {"colour": 0.1, "count": 1.0, "shape": 0.1})
+    assert "twice chance" in goal.why and "docs/levers.md" in goal.why
+    # the same folder with one ViT tensor changed is a miniature of unknown make again
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in built.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            (other / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(next(built.glob("*.safetensors"))))
+    name = next(k for k in weights if k.startswith("vision_model.") and weights[k].dtype.is_floating_point)
+    weights[name] = weights[name] + 1
+    save_file(weights, str(other / "model.safetensors"))
+    assert not T.has_course_vit(other) and T.accuracy_goal(other, 0.9, 0.8).best_kind == T.LEARNED_KIND

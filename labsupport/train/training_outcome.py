@@ -14,10 +14,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from safetensors import safe_open
 from labsupport.core.checkpoints import write_json_atomic
 from labsupport.core.paths import finetuned_dir, model_name
 from labsupport.model.params import count_parameters
 from labsupport.model.tinymodel import embedded_layout
+from labsupport.model.towers import pretrained_weights
 from labsupport.train.xtuner_presets import MINIATURE_MAX_PARAMS
 
 OUTCOME_JSON = "results/04_training.json"     # notebook 04: {"model", "trained", "reason", "todo", "tiles", ...}
@@ -90,6 +92,11 @@ def skip_message(artifacts: str | os.PathLike, model_path: str | os.PathLike) ->
 
 
 LEARNED_KIND = 0.5  # a miniature of unknown make: some question kind answered at twice chance (4 answers per kind)
+# An official-format miniature with the course's pre-trained ViT (labsupport.model.official): twice chance over all
+# questions. Measured on InternVL2-2B's (notebook 04's CPU preset, seed 42, benchmarks/levers_cpu.py eval): held-out
+# 0.658 asked with XTuner's training prompt, 0.608 with chat()'s own (colour 0.45 / count 1.00 / shape 0.53);
+# `swift sft` with the same data and steps reached 0.983 (notebook 10). docs/levers.md compares the two runs.
+COURSE_VIT_OVERALL = 0.5
 
 
 @dataclass
@@ -136,8 +143,9 @@ def own_data_goal(metric: str = "accuracy", margin: float = OWN_DATA_MARGIN) -> 
 def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None,
                   reached_by: str = "its CPU preset was measured to reach it") -> AccuracyGoal:
     """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model (REACHED_BY says what was
-    measured to reach it) and for real weights; for any other miniature, random weights the course never measured, one question kind
-    answered at LEARNED_KIND (a random vision tower tells colour apart but not shape or count)."""
+    measured to reach it) and for real weights; for an official-format miniature with the course's pre-trained ViT, twice
+    chance overall (COURSE_VIT_OVERALL, measured); for any other miniature, random weights the course never measured, one
+    question kind answered at LEARNED_KIND (a random vision tower tells colour apart but not shape or count)."""
 
     if count_parameters(Path(model_dir))["total"] >= MINIATURE_MAX_PARAMS:
         return AccuracyGoal(overall, per_kind, "real weights on the plates task: the goal the embedded model was measured to "
@@ -145,12 +153,33 @@ def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float 
     layout = embedded_layout(model_dir)
     if layout:
         return AccuracyGoal(overall, per_kind, f"the embedded model ({layout}): {reached_by}")
+    if has_course_vit(model_dir):
+        return AccuracyGoal(COURSE_VIT_OVERALL, None, (
+            f"an official-format miniature (published remote code, random LLM) with the course's pre-trained ViT: "
+            f"XTuner's CPU preset was measured to reach 0.66 held-out on InternVL2-2B's (0.61 through chat()'s own "
+            f"prompt; colour and shape lag behind count), ms-swift 0.98 with the same data and steps (docs/levers.md), "
+            f"so the goal is twice chance over all questions, not {overall}"))
     return AccuracyGoal(None, None, (
         f"a miniature checkpoint the course did not build: its random weights were never measured, and what LoRA learns "
         f"in minutes depends on them (a random vision tower, for one, tells colour apart but not shape or count), so "
         f"{overall} cannot be promised; the goal is one kind at twice chance (measured on official-format InternVL2-2B "
         f"miniatures: random ViT colour 0.83 / count 0.38 / shape 0.13; the course's ViT colour 0.40 / count 0.98 / shape 0.45)"),
         best_kind=LEARNED_KIND)
+
+
+def has_course_vit(model_dir: str | os.PathLike) -> bool:
+    """Whether MODEL_DIR's vision tower is the course's pre-trained one, tensor for tensor (labsupport.model.towers)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    try:
+        course = pretrained_weights()
+    except FileNotFoundError:
+        return False
+    found: dict = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            found.update({k: st.get_tensor(k) for k in st.keys() if k in course})
+    return bool(found) and set(found) == set(course) and all(
+        tuple(found[k].shape) == tuple(v.shape) and bool((found[k].to(v.dtype) == v).all()) for k, v in course.items())
 
 
 def trained_tiles(artifacts: str | os.PathLike, model_path: str | os.PathLike,

@@ -81,12 +81,35 @@ class CPUSupervisedFinetune(SupervisedFinetune):
     """XTuner's SupervisedFinetune, unchanged: naming it in a config imports this module, whose torch patch XTuner needs on a CPU."""
 
 
+class _AutoModelIn:
+    """transformers' AutoModel whose from_pretrained loads in DTYPE (XTuner's InternVL_V1_5 hard-codes bfloat16)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def from_pretrained(self, *args, **kwargs):
+        """AutoModel.from_pretrained with torch_dtype replaced by this loader's dtype."""
+        from transformers import AutoModel  # noqa: PLC0415  (heavy; only a config that asks for load_dtype needs it)
+
+        return AutoModel.from_pretrained(*args, **{**kwargs, "torch_dtype": self.dtype})
+
+
 class CPUInternVL(InternVL_V1_5):
     """XTuner's InternVL_V1_5 made to train on a CPU: process group of one, float32, optional checkpointing."""
 
-    def __init__(self, *args, dtype: str = "float32", gradient_checkpointing: bool = True, **kwargs):
+    def __init__(self, *args, dtype: str = "float32", gradient_checkpointing: bool = True,
+                 load_dtype: str | None = None, **kwargs):
         ensure_process_group()
-        super().__init__(*args, **kwargs)
+        if load_dtype:  # the weights as the checkpoint stores them: XTuner's bfloat16 load rounds them first
+            import xtuner.model.internvl as internvl_module  # noqa: PLC0415  (the module whose AutoModel XTuner calls)
+
+            saved, internvl_module.AutoModel = internvl_module.AutoModel, _AutoModelIn(getattr(torch, load_dtype))
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                internvl_module.AutoModel = saved
+        else:
+            super().__init__(*args, **kwargs)
         if dtype == "float32":
             self.model.float()
         if not gradient_checkpointing:
@@ -221,10 +244,13 @@ class ProfileSummaryHook(ProfilerHook):
 
 
 class CourseInternVLDataset(InternVL_V1_5_Dataset):
-    """XTuner's InternVL dataset with the number of tiles per image as a parameter."""
+    """XTuner's InternVL dataset with the number of tiles per image and the system prompt as parameters."""
 
-    def __init__(self, *args, max_dynamic_patch: int | None = None, min_dynamic_patch: int | None = None, **kwargs):
+    def __init__(self, *args, max_dynamic_patch: int | None = None, min_dynamic_patch: int | None = None,
+                 system: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if system is not None:  # XTuner fixes the system prompt per LLM (InternLM2: "...InternLM (书生·浦语).")
+            self._system = system
         if max_dynamic_patch is not None:
             self.max_dynamic_patch = int(max_dynamic_patch)
         if min_dynamic_patch is not None:
