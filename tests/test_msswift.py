@@ -393,3 +393,11 @@ def test_notebook_10_takes_the_learners_data_from_the_course_runner(repo):
     defaults = "".join(cell["source"])
     for name in given:   # the default is the plates task: every one of them empty
         assert f'{name} = ""' in defaults, f"{path.name}: {name} must default to \"\" (the plates task)"
+
+
+def test_scored_replies_carry_the_lazy_answers_score():
+    """score_replies adds what the most frequent answer of each kind would score, for the own-data goal."""
+    heldout = [{"image": "p.png", "conversations": [{"from": "human", "value": "<image>\nWhich digit?"},
+                                                    {"from": "gpt", "value": v}]} for v in ("3", "3", "3", "7")]
+    scored = msswift.score_replies(heldout, ["3", "7", "1", "7"], "exact")
+    assert scored["score"] == 0.5 and scored["lazy"] == 0.75   # "3" for every question: 3 of 4

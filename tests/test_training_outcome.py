@@ -151,3 +151,14 @@ def test_an_official_format_miniature_with_the_course_vit_must_reach_twice_chanc
     weights[name] = weights[name] + 1
     save_file(weights, str(other / "model.safetensors"))
     assert not T.has_course_vit(other) and T.accuracy_goal(other, 0.9, 0.8).best_kind == T.LEARNED_KIND
+
+
+def test_own_data_goal_is_not_met_by_a_gain_that_only_reaches_the_lazy_answer():
+    """A base that answers nothing in the right format scores 0: +0.10 over it can still be one answer given to all."""
+    from labsupport.train.training_outcome import own_data_goal
+
+    goal = own_data_goal("accuracy", margin=0.1)
+    assert goal.met(0.30, {"all": 0.30}, before=0.0, lazy=0.12)
+    assert not goal.met(0.10, {"all": 0.10}, before=0.0, lazy=0.12)   # 10's frozen-ViT digits run: one digit for all
+    assert not goal.met(0.12, {"all": 0.12}, before=0.0, lazy=0.12)   # equal to the lazy answer is not learning
+    assert "lazy answer" in goal.describe()

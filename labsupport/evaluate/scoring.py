@@ -22,7 +22,7 @@ from labsupport.core.tiling import IMAGENET_MEAN, IMAGENET_STD
 from labsupport.core.tiling import load_image
 from labsupport.datasets.plates import answer_matches
 from labsupport.core.progress import bar
-from labsupport.evaluate.answers import matcher, summarize, with_meta
+from labsupport.evaluate.answers import constant_answer_score, matcher, summarize, with_meta
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):
@@ -99,7 +99,7 @@ def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], imag
     """Accuracy of MODEL on RECORDS (overall, per question kind and per class) with the replies, asked through batch_chat/chat;
     SYSTEM, when given, is the system prompt chat() uses (`model.system_message`, as InternVL's model card shows).
     SCORER ("exact", "choice", "text": labsupport.evaluate.answers) picks the match and adds the headline "score" and
-    its "metric" (accuracy, or for open answers the mean chrF / 100)."""
+    its "metric" (accuracy, or for open answers the mean chrF / 100) and the "lazy" score of the most frequent answer."""
     import torch
 
     records, folder = load_records(records, image_folder)
@@ -131,6 +131,7 @@ def evaluate(model, tokenizer, records: str | os.PathLike | Sequence[dict], imag
     result = score(records, replies, match)
     if scorer:
         result.update(summarize(result["rows"], scorer), scorer=scorer)   # metric, score (and n, the same)
+        result["lazy"] = constant_answer_score(records, scorer)   # what the most frequent answer per kind would score
     return result
 
 

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 from labsupport.core.checkpoints import write_json_atomic  # noqa: F401  (re-exported for notebooks)
 from labsupport.datasets.formats import load_records, to_swift
 from labsupport.datasets.learner import read_training_data
-from labsupport.evaluate.answers import matcher, summarize, with_meta
+from labsupport.evaluate.answers import constant_answer_score, matcher, summarize, with_meta
 from labsupport.evaluate.compare import BEFORE_AFTER
 from labsupport.evaluate.scoring import score
 from labsupport.model.prompts import conversation_template, model_prompt
@@ -308,9 +308,11 @@ def responses(result_jsonl: str | os.PathLike) -> list[str]:
 
 def score_replies(heldout: Sequence[dict], replies: Sequence[str], scorer: str) -> dict:
     """REPLIES to the HELDOUT records scored with SCORER (labsupport.evaluate.answers): scoring.score's result (rows,
-    per kind) plus the headline "metric" and "score" (accuracy; the mean chrF / 100 for open answers)."""
-    result = score(with_meta(heldout), replies, matcher(scorer))
-    return {**result, **summarize(result["rows"], scorer)}
+    per kind) plus the headline "metric" and "score" (accuracy; the mean chrF / 100 for open answers) and the "lazy"
+    score of the most frequent answer of each kind."""
+    records = with_meta(heldout)
+    result = score(records, replies, matcher(scorer))
+    return {**result, **summarize(result["rows"], scorer), "lazy": constant_answer_score(records, scorer)}
 
 
 def other_data(artifacts: str | os.PathLike, sha256: str | None) -> str | None:

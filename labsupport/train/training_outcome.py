@@ -110,13 +110,16 @@ class AccuracyGoal:
     margin: float | None = None        # the learner's own data: after must beat before by this much
     metric: str = "accuracy"
 
-    def met(self, accuracy: float, per_kind: dict[str, float], before: float | None = None) -> bool:
-        """True when ACCURACY and PER_KIND ({kind: accuracy}) reach every bar the goal has (BEFORE: the base's score)."""
+    def met(self, accuracy: float, per_kind: dict[str, float], before: float | None = None,
+            lazy: float | None = None) -> bool:
+        """True when ACCURACY and PER_KIND ({kind: accuracy}) reach every bar the goal has (BEFORE: the base's score;
+        LAZY: what the most frequent answer of each kind scores, which a gain over a base that scores 0 must beat too)."""
         kinds = list(per_kind.values()) or [0.0]
         return ((self.overall is None or accuracy >= self.overall)
                 and (self.per_kind is None or min(kinds) >= self.per_kind)
                 and (self.best_kind is None or max(kinds) >= self.best_kind)
-                and (self.margin is None or (before is not None and accuracy >= before + self.margin - 1e-9)))
+                and (self.margin is None or (before is not None and accuracy >= before + self.margin - 1e-9
+                                             and (lazy is None or accuracy > lazy + 1e-9))))
 
     def describe(self) -> str:
         """The goal in words, for a checkpoint's name."""
@@ -126,7 +129,8 @@ class AccuracyGoal:
         if self.best_kind is not None:
             parts.append(f"held-out accuracy >= {self.best_kind} on at least one question kind")
         if self.margin is not None:
-            parts.append(f"held-out {self.metric} at least {self.margin:.2f} above the base model's")
+            parts.append(f"held-out {self.metric} at least {self.margin:.2f} above the base model's and above the "
+                         "lazy answer's (the most frequent answer of each kind, given to every question)")
         return " and ".join(parts)
 
 
