@@ -48,7 +48,7 @@ def test_notebook_runs_on_the_phi3_layout(stem, repo, tmp_path):
 def test_05_follows_notebook_04s_skip_on_the_official_1b_layout(repo, tmp_path):
     from labsupport.model import official
     from labsupport.train import training_outcome
-    from labsupport.core.checkpoints import SKIP
+    from labsupport.core.checkpoints import SKIP, relative_paths
 
     one_b = official.available().get("1B")
     if one_b is None:
@@ -59,6 +59,9 @@ def test_05_follows_notebook_04s_skip_on_the_official_1b_layout(repo, tmp_path):
         assert result.status == "pass", f"{stem} on {one_b} failed: {result.error} (executed copy: {result.executed})"
     reason = training_outcome.skipped_training(art, one_b)
     assert reason and "Qwen2ForCausalLM" in reason and "What to do" in reason
-    assert result.checkpoints and all(c["status"] == SKIP and c["detail"] == reason for c in result.checkpoints)
+    # 05 prints the reason with what it means for 05-07 (training_outcome.skip_message), paths relative to the repo
+    shown = relative_paths(training_outcome.skip_message(art, one_b))
+    assert "Qwen2ForCausalLM" in shown and "What this means here" in shown and str(repo) not in shown
+    assert result.checkpoints and all(c["status"] == SKIP and c["detail"] == shown for c in result.checkpoints)
     executed = (art / "executed" / "05_convert_and_compare.ipynb").read_text(encoding="utf-8")
     assert "Notebook 04 did not train this model" in executed and "Traceback" not in executed
