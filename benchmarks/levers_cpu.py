@@ -48,7 +48,7 @@ def xtuner_run(work_dir: Path) -> dict:
     import torch
     from mmengine.config import Config
 
-    from labsupport.model.prompts import training_system
+    from labsupport.model.prompts import xtuner_default_system
 
     dumped = sorted(p for p in work_dir.glob("*.py"))
     if not dumped:
@@ -71,7 +71,7 @@ def xtuner_run(work_dir: Path) -> dict:
             "sampler": getattr(cfg.train_dataloader.sampler["type"], "__name__", str(cfg.train_dataloader.sampler["type"])),
             "dtype": f"{cfg.model.get('dtype', 'bfloat16')} (loaded as {cfg.model.get('load_dtype') or 'bfloat16'}: "
                      "XTuner's from_pretrained)", "max_length": cfg.max_length,
-            "system": getattr(cfg.train_dataloader.dataset, "get", dict().get)("system") or training_system(cfg.path),
+            "system": getattr(cfg.train_dataloader.dataset, "get", dict().get)("system") or xtuner_default_system(cfg.path),
             "template": "XTuner internlm2_chat, turns joined without newlines (as chat()'s conversation.py)",
             "freeze_llm": cfg.model.get("freeze_llm"), "freeze_visual_encoder": cfg.model.get("freeze_visual_encoder")}
 
@@ -236,7 +236,7 @@ def train_with_levers(model: str, artifacts: Path, levers: list[str], merge_dtyp
     from labsupport.datasets import plates
     from labsupport.evaluate import scoring
     from labsupport.model import tinymodel
-    from labsupport.model.prompts import conversation_template, training_system
+    from labsupport.model.prompts import conversation_template, xtuner_default_system
     from labsupport.train import xtuner as xt, xtuner_config as xc, xtuner_presets
 
     model_dir = tinymodel.resolve_model(model, artifacts=artifacts)
@@ -273,7 +273,7 @@ def train_with_levers(model: str, artifacts: Path, levers: list[str], merge_dtyp
     row = {"levers": tag, "model": str(model_dir), "iterations": run.last_iter,
            "seconds": round(run.seconds, 1), "final_loss": run.scalars[-1]["loss"] if run.scalars else None,
            "merge_dtype": merge_dtype}
-    for label, system in (("chat", None), ("xtuner", training_system(model_dir))):
+    for label, system in (("chat", None), ("xtuner", xtuner_default_system(model_dir))):
         m.system_message = default
         r = scoring.evaluate(m, tok, task["heldout"], max_num=settings.max_dynamic_patch or 1, batch_size=16,
                              progress=False, system=system)
@@ -344,11 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k}: {v['tokens']} tokens ({v['image_tokens']} image), learned {len(v['learned_ids'])}: "
                   f"{v['learned_pieces']}\n  prompt: {v['prompt']!r}")
     elif args.cmd == "eval":
-        from labsupport.model.prompts import training_system
+        from labsupport.model.prompts import xtuner_default_system
 
         out = []
         for model in args.model:
-            systems = {"chat": None, "xtuner": training_system(model)}
+            systems = {"chat": None, "xtuner": xtuner_default_system(model)}
             out += evaluate_ways(model, args.heldout, {k: systems[k] for k in args.systems}, args.batch)
     elif args.cmd == "train":
         out = train_with_levers(args.model, args.artifacts, args.lever, args.merge_dtype, args.threads,

@@ -78,26 +78,29 @@ def test_official_format_prompts(size, tmp_path):
     if size == "1B":
         assert r.xtuner is None and any("Qwen2ForCausalLM" in n for n in r.notes)
         return
-    assert r.systems["xtuner"] == (PHI3_SYSTEM if size == "4B" else INTERNLM2_SYSTEM)
+    assert prompts.xtuner_default_system(path) == (PHI3_SYSTEM if size == "4B" else INTERNLM2_SYSTEM)
+    assert r.systems["xtuner"] == r.systems["chat"]  # notebook 04 trains with conversation.py's, not XTuner's
     assert r.systems["lmdeploy"] in ("", "You are a helpful assistant.")
     fixed = tmp_path / path.name
     shutil.copytree(path, fixed)
     prompts.write_chat_template(fixed)
     after = prompts.prompt_parity(fixed)
     assert after.lmdeploy == after.xtuner  # served as trained once the chat_template matches
+    assert after.systems["lmdeploy"] == r.systems["chat"]  # its default system prompt is the trained one
     if size in ("2B", "8B"):
-        assert after.system_that_agrees == INTERNLM2_SYSTEM  # chat() needs only model.system_message
+        assert after.agree and after.chat == after.xtuner  # the same layout: chat() needs nothing more
 
 
-def test_training_system_is_xtuners_and_none_where_xtuner_cannot_train(embedded, monkeypatch):
+def test_training_system_is_chats_own_and_none_where_xtuner_cannot_train(embedded, monkeypatch):
     layout, path = embedded
-    assert prompts.training_system(path) == (INTERNLM2_SYSTEM if layout == "tiny" else PHI3_SYSTEM)
+    assert prompts.xtuner_default_system(path) == (INTERNLM2_SYSTEM if layout == "tiny" else PHI3_SYSTEM)
+    assert prompts.training_system(path) == prompts.chat_system(path)
 
     def refuses(model_dir, *a, **k):
         raise NotImplementedError("Qwen2")
 
     monkeypatch.setattr(prompts, "xtuner_prompt", refuses)
-    assert prompts.training_system(path) is None
+    assert prompts.training_system(path) is None and prompts.xtuner_default_system(path) is None
 
 
 # ---- notebook 06: the training prompt, served ---------------------------------------------------------------------
@@ -146,7 +149,8 @@ def test_the_tiny_is_served_the_prompt_it_was_trained_with(embedded):
 
 def test_an_official_2b_is_served_its_training_prompt_once_the_template_is_written(official_2b, tmp_path):
     system = prompts.training_system(official_2b)
-    assert system == INTERNLM2_SYSTEM  # XTuner's, not conversation.py's InternVL prompt
+    assert prompts.xtuner_default_system(official_2b) == INTERNLM2_SYSTEM
+    assert system == prompts.chat_system(official_2b) != INTERNLM2_SYSTEM  # conversation.py's InternVL prompt
     question = "What colour are the objects on the plate?"
     before = prompts.served_prompts(official_2b, question, system, _lmdeploy_renders(official_2b, system, question))
     assert before.chat == before.xtuner  # chat() needs only model.system_message

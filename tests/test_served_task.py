@@ -38,12 +38,17 @@ def test_without_a_record_the_plates_task_stands_in_and_says_so(tmp_path, monkey
     held.write_text(json.dumps([_record("What colour?", "red")]))
     asked = []
     monkeypatch.setattr(served, "trained_task", lambda artifacts, base: (held, 1, "the default course task"))
+    monkeypatch.setattr(served, "chat_system", lambda model: f"chat() of {model.name}")
     monkeypatch.setattr(served, "xtuner_prompt_any_env",
-                        lambda model, q: asked.append((model, q)) or ("prompt", "XTuner's system", "note"))
+                        lambda model, q, system: asked.append((model, q, system)) or ("prompt", system, "note"))
     task = served.served_task(None, tmp_path, tmp_path / "model", tmp_path / "finetuned")
-    assert asked == [(tmp_path / "finetuned", "What colour?")]  # the question the prompt table asks: one child process
+    # the question and system the prompt table asks with: one child process of the course env, cached
+    assert asked == [(tmp_path / "finetuned", "What colour?", "chat() of finetuned")]
     assert (task["heldout"], task["images"], task["tiles"], task["scorer"], task["system"]) == \
-        (held, held.parent, 1, "exact", "XTuner's system")
+        (held, held.parent, 1, "exact", "chat() of finetuned")
+    # where XTuner cannot train the model there is no training prompt to serve
+    monkeypatch.setattr(served, "xtuner_prompt_any_env", lambda model, q, system: (None, None, "Qwen2"))
+    assert served.served_task(None, tmp_path, tmp_path / "model")["system"] is None
     assert not task["recorded"] and "no record" in task["why"] and "plates" in task["why"]
     # a record whose held-out file is gone is not trusted either
     gone = served.served_task({"heldout": tmp_path / "missing.json", "scorer": "exact"}, tmp_path, tmp_path / "model")

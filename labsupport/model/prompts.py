@@ -3,7 +3,8 @@
 Three tools turn one question into text for the same weights, each from its own source:
 
 - XTuner 0.2.0 trains with its InternVL dataset's template: PROMPT_TEMPLATE.internlm2_chat or .phi3_chat
-  as the dataset rewrites them, with a system prompt fixed per LLM (xtuner/dataset/internvl_dataset.py);
+  as the dataset rewrites them, with a system prompt fixed per LLM (xtuner/dataset/internvl_dataset.py), which the
+  course replaces with the checkpoint's own chat() system prompt (`training_system`; docs/levers.md says why);
 - `model.chat()` uses the checkpoint's conversation.py template named in config.json ("template"), with
   its system_message (a learner can set `model.system_message`);
 - LMDeploy 0.18 renders the tokenizer's `chat_template` (tokenizer_config.json or chat_template.jinja);
@@ -22,6 +23,7 @@ import copy
 import functools
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +80,10 @@ def _strip_bos(text: str, bos: str | None) -> str:
 
 
 def xtuner_prompt(model_dir: str | os.PathLike, question: str = QUESTION, history: Sequence[tuple[str, str]] = (),
-                  image: bool = True) -> tuple[str, str]:
-    """(prompt, system) as XTuner 0.2.0's InternVL dataset builds them for MODEL_DIR (course env; raises
-    NotImplementedError for an LLM that dataset refuses, e.g. InternVL2-1B's Qwen2)."""
+                  image: bool = True, system: str | None = None) -> tuple[str, str]:
+    """(prompt, system) as XTuner 0.2.0's InternVL dataset builds them for MODEL_DIR, SYSTEM in place of the one it fixes
+    per LLM (what CourseInternVLDataset(system=...) trains with); course env; raises NotImplementedError for an LLM that
+    dataset refuses, e.g. InternVL2-1B's Qwen2."""
     from xtuner.dataset.internvl_dataset import InternVL_V1_5_Dataset
     from xtuner.utils import PROMPT_TEMPLATE
 
@@ -98,22 +101,31 @@ def xtuner_prompt(model_dir: str | os.PathLike, question: str = QUESTION, histor
     finally:
         logger.setLevel(level)
     t = ds.template
-    text = t.SYSTEM.format(system=ds._system) if t.get("SYSTEM") else ""
+    system = ds._system if system is None else system
+    text = t.SYSTEM.format(system=system) if t.get("SYSTEM") else ""
     turns = list(history) + [(question, None)]
     for i, (q, a) in enumerate(turns):
         prefix = IMAGE_PLACEHOLDER if image and i == 0 else ""
         text += t.INSTRUCTION.format(input=prefix + q, round=i + 1)
         if a is not None:
             text += a + t.get("SUFFIX", "")
-    return text, ds._system
+    return text, system
 
 
-def training_system(model_dir: str | os.PathLike) -> str | None:
-    """The system prompt XTuner trains MODEL_DIR with (its InternVL dataset's), or None where XTuner cannot train it."""
+def xtuner_default_system(model_dir: str | os.PathLike) -> str | None:
+    """The system prompt XTuner's InternVL dataset fixes for MODEL_DIR's LLM, or None where XTuner cannot train it."""
     try:
         return xtuner_prompt(model_dir)[1]
     except NotImplementedError:
         return None
+
+
+def training_system(model_dir: str | os.PathLike) -> str | None:
+    """The system prompt the course trains MODEL_DIR with: its own chat()'s (conversation.py's, which LMDeploy's InternVL2
+    templates use too), or None where XTuner cannot train it (notebook 04 says why; docs/levers.md measured it)."""
+    if xtuner_default_system(model_dir) is None:
+        return None
+    return chat_system(model_dir)
 
 
 def lmdeploy_prompt(model_dir: str | os.PathLike, question: str = QUESTION, history: Sequence[tuple[str, str]] = (),
@@ -141,24 +153,23 @@ def chat_prompt(model_dir: str | os.PathLike, question: str = QUESTION, history:
                 system: str | None = None, image: bool = True) -> tuple[str, str]:
     """(prompt, default system) of the checkpoint's own chat(); SYSTEM replaces the system message
     (what `model.system_message = SYSTEM` does)."""
-    return model_prompt(model_dir, question, history, image=image, system=system), _system_of(model_dir)
+    return model_prompt(model_dir, question, history, image=image, system=system), chat_system(model_dir)
 
 
-def _system_of(model_dir: str | os.PathLike) -> str:
-    """The default system_message of the checkpoint's conversation.py template."""
-
+def chat_system(model_dir: str | os.PathLike) -> str:
+    """The default system_message of the checkpoint's conversation.py template (what its chat() asks with)."""
     return conversation_template(model_dir).system_message
 
 
 def prompt_parity(model_dir: str | os.PathLike, question: str = QUESTION,
                   history: Sequence[tuple[str, str]] = ()) -> PromptParity:
     """Render MODEL_DIR's three prompts (XTuner, model.chat(), LMDeploy) for QUESTION after HISTORY, compare them,
-    and find the system prompt that makes them agree (XTuner's, which its InternVL dataset fixes per LLM)."""
+    and find the system prompt that makes them agree (the training one: chat()'s own, which notebook 04 gives XTuner)."""
     model_dir = Path(model_dir)
     notes = []
-    chat, chat_system = chat_prompt(model_dir, question, history)
-    try:
-        xt, xt_system = xtuner_prompt(model_dir, question, history)
+    chat, chat_default = chat_prompt(model_dir, question, history)
+    try:   # as notebook 04 trains: XTuner's dataset with the checkpoint's own chat() system prompt
+        xt, xt_system = xtuner_prompt(model_dir, question, history, system=chat_default)
     except ImportError:
         xt, xt_system = None, None
         notes.append("XTuner is not installed in this environment (it lives in the course env): its prompt is not shown.")
@@ -173,7 +184,7 @@ def prompt_parity(model_dir: str | os.PathLike, question: str = QUESTION,
     except ValueError as exc:
         served, served_system = None, None
         notes.append(str(exc))
-    systems = {"xtuner": xt_system, "chat": chat_system, "lmdeploy": served_system}
+    systems = {"xtuner": xt_system, "chat": chat_default, "lmdeploy": served_system}
     present = [p for p in (xt, chat, served) if p is not None]
     agree = len(present) == 3 and len(set(present)) == 1
     target = xt_system if xt is not None else None  # training is the side a learner cannot re-prompt
@@ -212,27 +223,29 @@ def _default_system(model_dir: str | os.PathLike) -> str:
     return ""  # no system block when the messages bring none
 
 
-def matching_chat_template(model_dir: str | os.PathLike) -> str:
-    """A chat_template that renders MODEL_DIR's conversation.py layout (internlm2-chat or phi3-chat) with XTuner's
-    system prompt as default: write it into tokenizer_config.json so LMDeploy serves what XTuner trained."""
+def matching_chat_template(model_dir: str | os.PathLike, system: str | None = None) -> str:
+    """A chat_template that renders MODEL_DIR's conversation.py layout (internlm2-chat or phi3-chat) with SYSTEM (default:
+    its chat()'s, which notebook 04 trains with) as default: in tokenizer_config.json LMDeploy then serves what XTuner trained."""
 
     template = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("template")
+    system = chat_system(model_dir) if system is None else system
     for layout in LAYOUTS.values():
         if layout.template == template:
-            return layout.chat_template
+            default = re.search(r"\{%- else -%\}\{%- set system = ('(?:[^'\\]|\\.)*') -%\}", layout.chat_template)
+            return layout.chat_template.replace(default.group(0), default.group(0).replace(default.group(1), repr(system)), 1)
     raise ValueError(f"{Path(model_dir) / 'config.json'} names the conversation template {template!r}; a matching "
                      f"chat_template is known for {sorted(l.template for l in LAYOUTS.values())} only (XTuner 0.2.0 "
                      "trains those two)")
 
 
-def write_chat_template(model_dir: str | os.PathLike) -> Path:
-    """Write matching_chat_template(MODEL_DIR) into MODEL_DIR/tokenizer_config.json (atomically; other keys kept)."""
+def write_chat_template(model_dir: str | os.PathLike, system: str | None = None) -> Path:
+    """Write matching_chat_template(MODEL_DIR, SYSTEM) into MODEL_DIR/tokenizer_config.json (atomically; other keys kept)."""
 
     path = Path(model_dir) / "tokenizer_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the tokenizer files of the base checkpoint belong in {model_dir}")
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    cfg["chat_template"] = matching_chat_template(model_dir)
+    cfg["chat_template"] = matching_chat_template(model_dir, system)
     write_json_atomic(path, cfg)
     return path
 
@@ -364,14 +377,15 @@ def show_prompts(model_dir: str | os.PathLike, question: str):
 
 # ---- the trained prompt, served: notebook 06 ---------------------------------------------------------
 @functools.lru_cache(maxsize=16)  # a child process of the course env costs seconds: ask it once per model and question
-def xtuner_prompt_any_env(model_dir: str | os.PathLike, question: str = QUESTION) -> tuple[str | None, str | None, str]:
-    """(prompt, system, note) XTuner trains MODEL_DIR with, from any environment: XTuner lives in the course env, so
+def xtuner_prompt_any_env(model_dir: str | os.PathLike, question: str = QUESTION,
+                          system: str | None = None) -> tuple[str | None, str | None, str]:
+    """(prompt, system, note) XTuner trains MODEL_DIR with (SYSTEM in place of its dataset's), from any environment: XTuner lives in the course env, so
     the deploy env asks that env's Python; (None, None, why) when XTuner cannot train this LLM or is nowhere."""
     import importlib.util
 
     if importlib.util.find_spec("xtuner") is not None:
         try:
-            prompt, system = xtuner_prompt(model_dir, question)
+            prompt, system = xtuner_prompt(model_dir, question, system=system)
             return prompt, system, "XTuner's InternVL dataset, in this environment"
         except NotImplementedError as exc:
             return None, None, f"XTuner 0.2.0 cannot train this LLM ({exc})"
@@ -379,10 +393,10 @@ def xtuner_prompt_any_env(model_dir: str | os.PathLike, question: str = QUESTION
     if not course.exists():
         return None, None, f"XTuner is not installed here and {course} is missing (make env builds the course env)"
     code = ("import json, sys\nfrom labsupport.model.prompts import xtuner_prompt\ntry:\n"
-            "    print(json.dumps(list(xtuner_prompt(sys.argv[1], sys.argv[2]))))\n"
+            "    print(json.dumps(list(xtuner_prompt(sys.argv[1], sys.argv[2], system=json.loads(sys.argv[3])))))\n"
             "except NotImplementedError as exc:\n    print(json.dumps([None, None, str(exc)]))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([str(course), "-c", code, str(model_dir), question], capture_output=True, text=True, env=env,
+    proc = subprocess.run([str(course), "-c", code, str(model_dir), question, json.dumps(system)], capture_output=True, text=True, env=env,
                           timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"the course env could not render XTuner's prompt for {model_dir}: "
@@ -455,8 +469,6 @@ def served_prompts(model_dir: str | os.PathLike, question: str, system: str | No
     cfg = json.loads((Path(model_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
     bos = cfg.get("bos_token")
     bos = bos.get("content") if isinstance(bos, dict) else bos
-    trained, trained_system, note = xtuner_prompt_any_env(model_dir, question)
-    if trained is not None and system is not None and trained_system != system:
-        note = f"XTuner's dataset uses the system prompt {trained_system!r}, not {system!r}"
+    trained, _, note = xtuner_prompt_any_env(model_dir, question, system)   # as CourseInternVLDataset(system=) trains
     chat = model_prompt(model_dir, question, system=system)
     return ServedPrompts(str(model_dir), system, trained, chat, _strip_bos(served, bos), note)

@@ -175,7 +175,7 @@ def data_facts(record: dict | None, artifacts: str | os.PathLike, model_path: st
     if not fine_tuned:
         facts["system"] = None   # the base model was not trained with any prompt: its own default applies
     elif not facts["system"]:
-        facts["system"] = training_system(model_dir)   # what XTuner's dataset trains this model with
+        facts["system"] = training_system(model_dir)   # what notebook 04 trains this model with (its chat()'s)
     return facts, said
 
 

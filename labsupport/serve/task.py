@@ -6,7 +6,7 @@
 
 Notebook 04 records what it trained on (labsupport.datasets.learner.write_training_data: the data file and its
 sha256, both splits, the scorer, the tiles per image and the system prompt). Without that record (04 not run, or
-an older 04) the plates task stands in, with the tiling notebook 05 recorded and XTuner's system prompt for the model,
+an older 04) the plates task stands in, with the tiling notebook 05 recorded and the system prompt 04 trains the model with,
 and the sentence in "why" says so.
 """
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Sequence
 
 from labsupport.datasets.learner import TRAINING_DATA
 from labsupport.evaluate.answers import SCORERS, matcher, question, reference, with_meta
-from labsupport.model.prompts import QUESTION, xtuner_prompt_any_env
+from labsupport.model.prompts import QUESTION, chat_system, xtuner_prompt_any_env
 from labsupport.serve.deploy import trained_task
 
 
 def served_task(trained: dict | None, artifacts: str | os.PathLike, base: str | os.PathLike,
                 served: str | os.PathLike | None = None) -> dict:
     """The held-out split, image folder, tiles, scorer and system prompt to serve with, from notebook 04's record
-    TRAINED (learner.read_training_data), else the plates task with XTuner's system prompt for SERVED (default BASE),
+    TRAINED (learner.read_training_data), else the plates task with the system prompt 04 trains SERVED (default BASE) with,
     asked once for the first held-out question (the prompt table asks the same, from the cache); "why" says which."""
     record = Path(artifacts) / TRAINING_DATA
     if trained and trained.get("heldout") and Path(trained["heldout"]).is_file():
@@ -43,11 +43,14 @@ def served_task(trained: dict | None, artifacts: str | os.PathLike, base: str | 
                 "why": f"notebook 04's record {record}: {name}, {sizes}, scorer {scorer!r}, {tiles} tile(s) per image"}
     heldout, tiles, why = trained_task(artifacts, base)
     first = json.loads(heldout.read_text(encoding="utf-8"))[:1]
-    system = xtuner_prompt_any_env(Path(served or base), question(first[0]) if first else QUESTION)[1]
+    model = Path(served or base)
+    system = chat_system(model)   # what notebook 04 trains with (prompts.training_system), where XTuner can train it
+    if xtuner_prompt_any_env(model, question(first[0]) if first else QUESTION, system)[0] is None:
+        system = None
     return {"name": "plates", "heldout": heldout, "train": heldout.with_name("train.json"), "images": heldout.parent,
             "tiles": tiles, "scorer": "exact", "system": system, "recorded": False,
             "why": f"no record of notebook 04's training data at {record}, so the plates task: {why}; "
-                   "XTuner's system prompt for this model"}
+                   "the system prompt 04 trains this model with (its chat()'s)"}
 
 
 def follow_up(record: dict, questions: dict | None = None) -> tuple[str, str]:
