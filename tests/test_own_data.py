@@ -124,6 +124,27 @@ def test_training_record_round_trip(own_file, tmp_path):
     assert learner.read_training_data(tmp_path / "none") is None
 
 
+def test_05_to_07_refuse_data_that_04_did_not_train_on(own_file, tmp_path):
+    path, records = own_file
+    held = tmp_path / "test.json"
+    held.write_text(json.dumps(records[:3]), encoding="utf-8")
+    task = learner.split_own_data(path, heldout=held, artifacts=tmp_path)
+    learner.write_training_data(tmp_path, task, scorer="exact", tiles=1, system=None)
+    record = learner.read_training_data(tmp_path)
+    assert learner.require_trained_on(record) is record  # no DATA: follow 04's record
+    assert learner.require_trained_on(record, path, held) is record  # the same files
+    other = path.with_name("other.jsonl")
+    other.write_text("".join(json.dumps(r) + "\n" for r in records[:20]), encoding="utf-8")
+    with pytest.raises(learner.OwnDataInvalid, match="other.jsonl.*not what notebook 04 trained on.*mine.jsonl"):
+        learner.require_trained_on(record, other)
+    with pytest.raises(learner.OwnDataInvalid, match="not what notebook 04 trained on"):
+        learner.require_trained_on(record, path)  # DATA without the HELDOUT 04 was given
+    with pytest.raises(learner.OwnDataInvalid, match="nothing yet"):
+        learner.require_trained_on(None, path)
+    with pytest.raises(learner.OwnDataInvalid, match="does not exist"):
+        learner.require_trained_on(record, tmp_path / "gone.json")
+
+
 def test_foodieqa_records_get_the_multiple_choice_scorer():
     """03b's FoodieQA conversion (options in the question, "C. 新疆菜" as the answer) is scored, not a KeyError."""
     from labsupport.datasets import formats, sources

@@ -130,3 +130,25 @@ def read_training_data(artifacts: str | os.PathLike) -> dict | None:
         if record.get(key):
             record[key] = Path(record[key])
     return record
+
+
+def require_trained_on(record: dict | None, data: str | os.PathLike = "", heldout: str | os.PathLike = "") -> dict | None:
+    """RECORD (notebook 04's) when DATA/HELDOUT are empty or the files it trained on (same sha256), else OwnDataInvalid."""
+    if not data and not heldout:
+        return record   # 05-07 follow whatever 04 trained on
+    if not data:
+        raise OwnDataInvalid(f"HELDOUT {heldout} was given without DATA: pass the same DATA and HELDOUT notebook 04 was run with")
+    path = Path(data).expanduser().resolve()
+    if not path.is_file():
+        raise OwnDataInvalid(f"DATA {path} does not exist: pass the file notebook 04 trained on, or leave DATA empty to "
+                             "follow notebook 04's record")
+    digest = file_sha256(path)
+    if heldout:
+        digest = hashlib.sha256((digest + file_sha256(Path(heldout).expanduser().resolve())).encode()).hexdigest()
+    trained = "nothing yet (no record)" if record is None else (
+        "the plates task" if is_plates(record) else f"{record.get('source')} (sha256 {str(record.get('sha256'))[:12]})")
+    if record is None or is_plates(record) or record.get("sha256") != digest:
+        raise OwnDataInvalid(f"DATA {path.name} (sha256 {digest[:12]}) is not what notebook 04 trained on: {trained}. Run "
+                             f"notebook 04 with the same DATA{' and HELDOUT' if heldout else ''} first, or leave DATA empty "
+                             "here to follow notebook 04's record")
+    return record
