@@ -202,13 +202,19 @@ def test_report_table_keeps_the_header_and_the_models_primary_rows(tmp_path):
         evalframework.report_table(tmp_path / "failed.log")
 
 
-def test_framework_rouge_is_evalscopes_own_metric():
+def test_evalscopes_own_rouge_gives_the_values_notebook_06c_teaches():
+    """06c's section 7 runs this metric in the eval env's Python; its exercise expects these values."""
     try:
         evalscope = evalframework.evalscope_executable()
     except FileNotFoundError as exc:
         pytest.skip(f"the evaluation environment is not built: {exc}")
-    assert evalframework.framework_rouge(evalscope, [("Red.", "red"), ("red circle", "red"), ("红", "红色"), ("红色", "红色")]) \
-        == [0.0, 1.0, 0.0, 1.0]
+    script = ("import json, sys; from evalscope.benchmarks.general_qa_vqa_metrics import calculate_metric_score as metric; "
+              "print(json.dumps([metric('Rouge', reply, ref)['Rouge-L-R'] for reply, ref in json.load(sys.stdin)]))")
+    pairs = [("Red.", "red"), ("red circle", "red"), ("红", "红色"), ("红色", "红色")]
+    done = subprocess.run([str(evalscope.parent / "python"), "-c", script], input=json.dumps(pairs), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_the_eval_environment_has_no_kernel_and_the_doctor_checks_it_by_prefix(repo, monkeypatch):

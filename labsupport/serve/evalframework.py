@@ -10,8 +10,9 @@ EvalScope's custom multimodal benchmark ``general_vqa`` reads local JSONL files,
 and scores the replies of an OpenAI-compatible endpoint (``--eval-type openai_api --api-url .../v1``) with BLEU and
 Rouge (its primary score: Rouge-L recall). This module writes the course's held-out records in that format, finds
 the evaluation environment's ``evalscope`` command, reads the framework's own report and per-question reviews
-back, scores the same replies with the course's scorer and says, per question, why the two differ. The notebook
-runs ``evalscope eval`` itself (notebook 06c).
+back (the tests' reader; notebook 06c reads the same files with ``json`` in its cells), scores the same replies with
+the course's scorer and says, per question, why the two differ. Notebook 06c starts the servers and runs
+``evalscope eval`` itself, in its cells.
 
     export = export_general_vqa(records, image_folder, out_dir)      # {"local_path", "subset_list", "manifest", ...}
     report = read_report(work_dir, "internvl2-finetuned")             # the framework's score, overall and per subset
@@ -30,7 +31,6 @@ from typing import Callable, Sequence
 from labsupport.core.checkpoints import write_json_atomic, write_text_atomic
 from labsupport.core import envs
 from labsupport.evaluate.scoring import score
-from labsupport.serve import demo_app, endpoint, lmdeploy_cpu
 
 EVAL_ENV = "internvl-eval"   # environment-eval.yml's name
 BENCHMARK = "general_vqa"    # EvalScope's custom visual-question benchmark
@@ -221,47 +221,6 @@ def served_copy(model_dir: str | os.PathLike, tiles: int, out_dir: str | os.Path
     return out
 
 
-class Served:
-    """MODEL_DIR behind an OpenAI-compatible endpoint on 127.0.0.1 for as long as the `with` block lasts:
-    `lmdeploy serve api_server` when LMDeploy can run (a CUDA GPU), else the CPU stand-in's endpoint
-    (labsupport.serve.lmdeploy_cpu.serve_openai over the model's own chat()). `.url` is the base URL, `.ran` says which."""
-
-    def __init__(self, model_dir: str | os.PathLike, name: str, port: int = 0, engine: str = "pytorch",
-                 log: str | os.PathLike | None = None, timeout: float = 600):
-
-        self.model_dir, self.name, self.engine, self.timeout = Path(model_dir), name, engine, timeout
-        self.port = port or demo_app.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(log) if log else self.model_dir.parent / f"{name}-server.log"
-        self._server = self._pipe = self._proc = None
-
-    def __enter__(self) -> "Served":
-
-        if lmdeploy_cpu.lmdeploy_can_run():
-            cmd = endpoint.api_server_command(self.model_dir, self.port, model_name=self.name, engine=self.engine)
-            self.ran = "lmdeploy " + " ".join(str(c) for c in cmd[3:])
-            self._proc = endpoint.start_server(cmd, self.log)
-            try:
-                endpoint.wait_until_healthy(self.url, self._proc, self.timeout, self.log)
-            except BaseException:
-                endpoint.stop_server(self._proc)
-                raise
-        else:
-            self._pipe = lmdeploy_cpu.cpu_pipeline(str(self.model_dir), trust_remote_code=True)
-            self._server = lmdeploy_cpu.serve_openai(self._pipe, self.port, model_name=self.name)
-            self.ran = f"the CPU stand-in's endpoint (lmdeploy_cpu.serve_openai) on {self.url}, no CUDA GPU"
-        return self
-
-    def __exit__(self, *exc) -> None:
-
-        if self._proc is not None:
-            endpoint.stop_server(self._proc)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._pipe.close()
-
-
 def report_table(log: str | os.PathLike, model: str = "", metric: str = "L · Recall") -> str:
     """The score table EvalScope printed at the end of its run (from the log the evalscope cell wrote): its header and
     the rows of MODEL (every model when empty) for METRIC (every metric when empty)."""
@@ -310,23 +269,3 @@ def card_lines(artifacts: str | os.PathLike) -> list[str]:
         lines += [f"| {name} | {fg['runs'][name]['plates']:.2f} | {f['after']:.2f} | {f['kept']:.0%} |"
                   for name, f in fg["forgetting"].items()]
     return lines
-
-
-_ROUGE_SCRIPT = (
-    "import json, sys\n"
-    "from evalscope.benchmarks.general_qa_vqa_metrics import calculate_metric_score\n"
-    "pairs = json.loads(sys.argv[1])\n"
-    "print(json.dumps([calculate_metric_score('Rouge', p, r)['Rouge-L-R'] for p, r in pairs]))\n"
-)
-
-
-def framework_rouge(evalscope: str | os.PathLike, pairs: Sequence[tuple[str, str]]) -> list[float]:
-    """Rouge-L recall of each (reply, reference) in PAIRS by EvalScope's own general_vqa metric, run in its environment."""
-    import subprocess
-
-    python = Path(evalscope).parent / "python"
-    done = subprocess.run([str(python), "-c", _ROUGE_SCRIPT, json.dumps(list(pairs), ensure_ascii=False)],
-                          capture_output=True, text=True, timeout=300)
-    if done.returncode:
-        raise RuntimeError(f"EvalScope's metric did not run in {python}: {done.stderr.strip()[-800:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
