@@ -125,7 +125,7 @@ def test_training_time_is_read_from_04s_record(tmp_path):
     assert T.recorded_train_seconds(tmp_path)[0] == 137.3
 
 
-def test_an_official_format_miniature_with_the_course_vit_must_reach_twice_chance_overall(tmp_path):
+def test_an_official_format_miniature_with_the_course_vit_must_reach_its_measured_goal(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from labsupport.model import official
@@ -135,11 +135,13 @@ def test_an_official_format_miniature_with_the_course_vit_must_reach_twice_chanc
         pytest.skip("no official-format InternVL2-2B built (python -m labsupport.model.official 2B)")
     assert T.has_course_vit(built)
     goal = T.accuracy_goal(built, 0.9, 0.8)
-    assert (goal.overall, goal.per_kind, goal.best_kind) == (T.COURSE_VIT_OVERALL, None, None)
-    # notebook 04's measured run (colour 0.45 / count 1.0 / shape 0.525) meets it; one kind learned alone does not
-    assert goal.met(0.658, {"colour": 0.45, "count": 1.0, "shape": 0.525})
-    assert not goal.met(0.40, {"colour": 0.1, "count": 1.0, "shape": 0.1})
-    assert "twice chance" in goal.why and "docs/levers.md" in goal.why
+    assert (goal.overall, goal.per_kind, goal.best_kind) == (T.COURSE_VIT_OVERALL, T.COURSE_VIT_PER_KIND, None)
+    assert T.accuracy_goal(built, 0.9, None).per_kind is None  # a notebook that asks too few per kind (06) checks overall
+    # every measured run meets it; XTuner's own system prompt (0.608, colour 0.45, docs/levers.md) did not
+    runs = json.loads((T.repo_root() / T.OFFICIAL_RUNS).read_text())["runs"]
+    assert runs and all(goal.met(r["after"], r["per_kind"]) for r in runs)
+    assert not goal.met(0.608, {"colour": 0.45, "count": 1.0, "shape": 0.525})
+    assert all(f"{r['model']} {r['before']:.2f} -> {r['after']:.2f}" in goal.why for r in runs) and T.OFFICIAL_RUNS in goal.why
     # the same folder with one ViT tensor changed is a miniature of unknown make again
     other = tmp_path / "other"
     other.mkdir()
