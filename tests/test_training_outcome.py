@@ -141,7 +141,7 @@ def test_an_official_format_miniature_with_the_course_vit_must_reach_its_measure
     runs = json.loads((T.repo_root() / T.OFFICIAL_RUNS).read_text())["runs"]
     assert runs and all(goal.met(r["after"], r["per_kind"]) for r in runs)
     assert not goal.met(0.608, {"colour": 0.45, "count": 1.0, "shape": 0.525})
-    assert all(f"{r['model']} {r['before']:.2f} -> {r['after']:.2f}" in goal.why for r in runs) and T.OFFICIAL_RUNS in goal.why
+    assert all(f"{r['model']} {r['before']:.3f} -> {r['after']:.3f}" in goal.why for r in runs) and T.OFFICIAL_RUNS in goal.why
     # the same folder with one ViT tensor changed is a miniature of unknown make again
     other = tmp_path / "other"
     other.mkdir()

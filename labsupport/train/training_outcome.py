@@ -106,8 +106,8 @@ def official_runs_text() -> str:
     if not path.is_file():
         return f"no measured run ({OFFICIAL_RUNS} is missing)"
     rows = json.loads(path.read_text(encoding="utf-8"))["runs"]
-    return "; ".join(f"{r['model']} {r['before']:.2f} -> {r['after']:.2f} on {r['n']} held-out questions ("
-                     + " / ".join(f"{k} {v:.2f}" for k, v in r["per_kind"].items()) + ")" for r in rows)
+    return "; ".join(f"{r['model']} {r['before']:.3f} -> {r['after']:.3f} on {r['n']} held-out questions ("
+                     + " / ".join(f"{k} {v:.3f}" for k, v in r["per_kind"].items()) + ")" for r in rows)
 
 
 @dataclass
