@@ -69,3 +69,13 @@ def test_xtuner_copy_cfg_writes_the_same_file_with_and_without_the_hook(tmp_path
         assert run.returncode == 0 and len(copies) == 1, f"{label}: {run.stdout[-1000:]}{run.stderr[-2000:]}"
         outputs.append(copies[0].read_text(encoding="utf-8"))
     assert outputs[0] == outputs[1], "xtuner copy-cfg wrote a different file with the start-up hook"
+
+
+def test_a_sitecustomize_it_hides_still_runs(tmp_path):
+    other = tmp_path / "site_b"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['SHADOWED_RAN'] = 'yes'\n", encoding="utf-8")
+    run = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('SHADOWED_RAN'))"], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(X.ENTRY_START), str(other)])},
+                         timeout=60)
+    assert run.stdout.strip() == "yes", f"the sitecustomize behind {X.ENTRY_START} did not run: {run.stderr[-2000:]}"

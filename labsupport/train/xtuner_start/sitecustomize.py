@@ -12,6 +12,7 @@ Standard library only: it runs in every Python process started with this folder 
 """
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import types
@@ -61,5 +62,20 @@ def _is_xtuner_entry() -> bool:
     return os.path.basename(argv0) in ("xtuner", "xtuner.exe") and os.environ.get("XTUNER_FULL_IMPORTS") != "1"
 
 
+def _run_shadowed_sitecustomize() -> None:
+    """Run the `sitecustomize` this file hides (Debian's Python keeps one in its standard library), as Python would have."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        folder = os.path.abspath(entry or os.curdir)
+        candidate = os.path.join(folder, "sitecustomize.py")
+        if folder != here and os.path.isfile(candidate):
+            spec = importlib.util.spec_from_file_location("_shadowed_sitecustomize", candidate)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            return
+
+
 if _is_xtuner_entry():
     sys.meta_path.insert(0, _ToolFinder())
+_run_shadowed_sitecustomize()
