@@ -29,6 +29,10 @@ from labsupport.train.xtuner_render import load_config
 from labsupport.core.plots import pyplot
 
 
+# a folder whose sitecustomize.py lets XTuner's `xtuner` entry point skip the import it makes only to find a tool's
+# file name (the tool itself still runs unchanged in its own process): put it on PYTHONPATH for the `!xtuner` cells
+ENTRY_START = Path(__file__).resolve().with_name("xtuner_start")
+
 _WARNINGS = [
     # (category, message regex): raised inside libraries by code paths the course does not control
     (UserWarning, r".*TypedStorage is deprecated.*"),
