@@ -186,7 +186,7 @@ def test_04s_config_edits_point_xtuner_at_the_learners_split(own_file, tmp_path)
     split = next((art / "data" / "own").glob("train-*"))
     assert facts["data_root"] == str(split) + "/" and facts["data_path"] == str(split / "train.json")
     assert facts["image_folder"] == str(own_file.parent) and facts["samples"] == 36
-    assert facts["freeze_vit"] is False and any("pre-trained on plates only" in r for r in facts["reasons"])
+    assert facts["freeze_vit"] is True and any("pre-trained on plates only" in r for r in facts["rules"])
     assert any("longest of your samples" in r for r in facts["reasons"])
     assert facts["scorer"] == "exact" and facts["margin"] == training_outcome.OWN_DATA_MARGIN
     assert facts["iterations"] == -(-36 // 4) * facts["epochs"] and facts["epochs"] > 1

@@ -30,13 +30,27 @@ def test_full_fine_tuning_keeps_its_rank_fields_and_lr():
     assert s.lr == full.lr and s.lora_r == full.lora_r and schedule.steps(s, 2000) >= 16
 
 
-def test_the_miniature_keeps_its_measured_preset_on_plates_and_trains_its_vit_on_new_images():
+def test_the_miniature_keeps_its_measured_preset_on_plates_and_runs_past_the_plateau_on_new_images():
     tiny = xtuner_presets.preset("tiny-cpu")
     same, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=False)
     assert same == tiny and "measured CPU preset" in rules[0]
-    own, rules = schedule.fit_schedule(tiny, 300, miniature=True, own_data=True)
-    assert own.freeze_vit is False and abs(schedule.steps(own, 300) - schedule.TINY_OWN_ITERATIONS) <= 75
-    assert any("pre-trained on plates only" in r for r in rules)
+    own, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=True)
+    assert own.freeze_vit is True and schedule.steps(own, 600) == schedule.TINY_OWN_ITERATIONS
+    assert schedule.TINY_OWN_ITERATIONS >= 2 * schedule.OWN_PLATEAU
+    assert any("pre-trained on plates only" in r for r in rules) and not any(r.startswith("warning") for r in rules)
+
+
+def test_a_small_own_set_on_the_miniature_is_warned_before_training():
+    tiny = xtuner_presets.preset("tiny-cpu")
+    s, rules = schedule.fit_schedule(tiny, 40, miniature=True, own_data=True)
+    assert s.max_epochs == schedule.MAX_EPOCHS and schedule.steps(s, 40) == 100
+    assert any(r.startswith("warning: 100 steps") and "plateau" in r for r in rules), rules
+
+
+def test_the_learners_freeze_vit_override_wins():
+    tiny = xtuner_presets.preset("tiny-cpu", freeze_vit=False)
+    s, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=True, keep={"freeze_vit"})
+    assert s.freeze_vit is False and "freeze_vit=False" in rules[-1]
 
 
 def test_what_the_learner_set_is_kept_and_said():
