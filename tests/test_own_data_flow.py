@@ -57,14 +57,14 @@ def test_data_and_heldout_are_injected_only_where_declared(tmp_path):
     assert inject == given and not secrets and not unknown
     inject, _, unknown = runner.split_parameters(ignores, given)
     assert inject == {"ARTIFACTS": "/a"} and sorted(unknown) == ["DATA", "HELDOUT"]
-    # the course's own notebooks: 04 takes the learner's data, 05 reads 04's record of it instead
+    # the course's own notebooks: 04 trains on the learner's data; 05 takes it only to check it against 04's record
     inject, _, _ = runner.split_parameters(NB04, {**given, "IMAGE_FOLDER": "/d", "SCORER": "text"})
     assert {"DATA", "HELDOUT", "IMAGE_FOLDER", "SCORER"} <= set(inject)
-    _, _, unknown = runner.split_parameters(NB05, given)
-    assert sorted(unknown) == ["DATA", "HELDOUT"]
+    inject, _, unknown = runner.split_parameters(NB05, {**given, "IMAGE_FOLDER": "/d"})
+    assert {"DATA", "HELDOUT"} <= set(inject) and sorted(unknown) == ["IMAGE_FOLDER"]
 
 
-def test_the_cli_hands_data_to_04_but_not_05_with_absolute_paths(tmp_path, monkeypatch):
+def test_the_cli_hands_data_to_04_and_05_with_absolute_paths(tmp_path, monkeypatch):
     """`course run --only 04 05 -p DATA x -p HELDOUT y` from the repo root: what papermill is asked to inject."""
     import papermill
 
@@ -83,7 +83,8 @@ def test_the_cli_hands_data_to_04_but_not_05_with_absolute_paths(tmp_path, monke
                  "-p", "DATA", "d/train.jsonl", "-p", "HELDOUT", "d/test.jsonl"])
     assert seen[NB04.name]["DATA"] == str(tmp_path / "d" / "train.jsonl")   # the kernels run in notebooks/
     assert seen[NB04.name]["HELDOUT"] == str(tmp_path / "d" / "test.jsonl")
-    assert "DATA" not in seen[NB05.name] and "HELDOUT" not in seen[NB05.name]
+    assert seen[NB05.name]["DATA"] == seen[NB04.name]["DATA"]   # 05 checks it is what 04 trained on
+    assert seen[NB05.name]["HELDOUT"] == seen[NB04.name]["HELDOUT"]
     assert runner.cli_parameter("IMAGE_FOLDER", "d") == str(tmp_path / "d")
 
 
