@@ -164,3 +164,13 @@ def test_own_data_goal_is_not_met_by_a_gain_that_only_reaches_the_lazy_answer():
     assert not goal.met(0.10, {"all": 0.10}, before=0.0, lazy=0.12)   # 10's frozen-ViT digits run: one digit for all
     assert not goal.met(0.12, {"all": 0.12}, before=0.0, lazy=0.12)   # equal to the lazy answer is not learning
     assert "lazy answer" in goal.describe()
+
+
+def test_06s_goal_follows_what_04_trained_on(tmp_path):
+    """The plates (or no record) keep the level goal; a learner's own data gets the gain over the base, in its metric."""
+    tiny = tinymodel.build_tiny_model(tmp_path / "tiny")
+    plates = T.goal_for_task(tiny, {"name": "plates", "source": ""}, 0.9)
+    assert plates.margin is None and plates.overall == 0.9 and plates == T.goal_for_task(tiny, None, 0.9)
+    own = T.goal_for_task(tiny, {"name": "digits", "source": "/d/digits.jsonl", "scorer": "text"}, 0.9)
+    assert own.margin == T.OWN_DATA_MARGIN and own.metric == "chrF" and own.overall is None
+    assert own.met(0.5, {}, before=0.2) and not own.met(0.25, {}, before=0.2)

@@ -155,6 +155,14 @@ def own_data_goal(metric: str = "accuracy", margin: float = OWN_DATA_MARGIN) -> 
                         margin=margin, metric=metric)
 
 
+def goal_for_task(model_dir: str | os.PathLike, record: dict | None, overall: float,
+                  per_kind: float | None = None) -> AccuracyGoal:
+    """accuracy_goal for the plates task (notebook 04's RECORD None or the plates), else own_data_goal in RECORD's metric."""
+    if record is None or record.get("name") == "plates" or not record.get("source"):
+        return accuracy_goal(model_dir, overall, per_kind)
+    return own_data_goal("chrF" if record.get("scorer") == "text" else "accuracy")
+
+
 def accuracy_goal(model_dir: str | os.PathLike, overall: float, per_kind: float | None,
                   reached_by: str = "its CPU preset was measured to reach it") -> AccuracyGoal:
     """The goal for a fine-tune of MODEL_DIR: OVERALL / PER_KIND for the embedded model (REACHED_BY says what was
