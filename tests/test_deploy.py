@@ -333,3 +333,24 @@ def test_the_demo_asks_with_the_system_prompt_it_is_given(monkeypatch):
     assert models.get("fine-tuned")._backend.system == "Be brief."
     plain = demo_app.DemoModels({"base": "b"})
     assert plain.get("base")._backend.system is None  # no --system: each model keeps its own default
+
+
+def test_course_examples_follow_a_learners_own_split(tmp_path):
+    """Own data (no plates meta, images under IMAGE_FOLDER, not beside the split) gives quick-picks, not a KeyError."""
+    from PIL import Image
+    from labsupport.datasets import learner
+
+    (tmp_path / "pics").mkdir()
+    records = []
+    for i in range(40):   # 4 of them held out
+        Image.new("RGB", (32, 32), (i * 6, 0, 0)).save(tmp_path / "pics" / f"d{i}.png")
+        records.append({"id": f"r{i}", "image": f"pics/d{i}.png", "conversations": [
+            {"from": "human", "value": f"<image>\nWhat is shown, {i}?"}, {"from": "gpt", "value": str(i)}]})
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    art = tmp_path / "art"
+    task = learner.split_own_data(data, artifacts=art)
+    learner.write_training_data(art, task, scorer="exact", tiles=1, system=None)
+    examples = demo_app.course_examples(art, n=3)
+    assert len(examples) == 3 and all(Path(img).is_file() and Path(img).parent == tmp_path / "pics" for img, _ in examples)
+    assert all(q.startswith("What is shown") for _, q in examples)

@@ -21,6 +21,7 @@ from typing import Any
 from labsupport.serve import deploy
 from labsupport.core.paths import artifacts_dir
 from labsupport.datasets.formats import load_records
+from labsupport.datasets.learner import read_training_data
 
 MODEL_CHOICES = ("base", "fine-tuned")
 IMAGE_HELP = "Please upload a picture (JPG, PNG or WebP)."
@@ -124,20 +125,30 @@ def check_prompt(text: str) -> str | None:
 
 
 def course_examples(artifacts: str | os.PathLike | None = None, n: int = 4) -> list[tuple[str, str]]:
-    """N (image path, question) quick-picks from the course task's held-out split: mixed kinds and languages."""
+    """N (image path, question) quick-picks from the held-out split 04 trained for (mixed plates kinds and languages;
+    the first N of a learner's own data, whose images lie under its IMAGE_FOLDER)."""
 
     art = Path(artifacts_dir(artifacts))
-    heldout, _, _ = deploy.trained_task(art, deploy.base_model_dir("tiny", art))  # what the model was trained on
-    records = load_records(heldout)
-    paths = {"image_folder": Path(heldout).parent}
+    trained = read_training_data(art)   # notebook 04's record: the learner's split and image folder
+    if trained and trained.get("heldout") and Path(trained["heldout"]).is_file():
+        heldout = Path(trained["heldout"])
+        folder = Path(trained.get("image_folder") or heldout.parent)
+    else:
+        heldout, _, _ = deploy.trained_task(art, deploy.base_model_dir("tiny", art))  # what the model was trained on
+        folder = Path(heldout).parent
     picked, seen = [], set()
-    for rec in records:  # one per (kind, language) until N
-        key = (rec["meta"]["kind"], rec["meta"]["lang"])
+    for rec in load_records(heldout):  # plates: one per (kind, language) until N; other data: the first N with an image
+        image = rec.get("image")
+        image = image[0] if isinstance(image, list) and image else image
+        if not isinstance(image, str):
+            continue
+        meta = rec.get("meta") or {}
+        key = (meta.get("kind"), meta.get("lang")) if meta else len(picked)
         if key in seen:
             continue
         seen.add(key)
         question = rec["conversations"][0]["value"].replace("<image>", "").strip()
-        picked.append((str(Path(paths["image_folder"]) / rec["image"]), question))
+        picked.append((str(folder / image), question))
         if len(picked) == n:
             break
     return picked
