@@ -65,6 +65,14 @@ def check_own_file(path: Path, image_folder: Path, role: str, **validate_kwargs)
     return load_records(path), report
 
 
+def data_digest(data: str | os.PathLike, heldout: str | os.PathLike = "") -> str:
+    """The sha256 that names a training set: DATA's, combined with HELDOUT's when one is given."""
+    digest = file_sha256(Path(data).expanduser().resolve())
+    if heldout:
+        digest = hashlib.sha256((digest + file_sha256(Path(heldout).expanduser().resolve())).encode()).hexdigest()
+    return digest
+
+
 def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", image_folder: str | os.PathLike = "",
                    artifacts: str | os.PathLike = "artifacts", max_train: int | None = None, **validate_kwargs) -> dict:
     """The learner's DATA (and HELDOUT, or a fixed slice of DATA) as course-task files under ARTIFACTS/data/own/;
@@ -74,12 +82,11 @@ def split_own_data(data: str | os.PathLike, heldout: str | os.PathLike = "", ima
     data = Path(data).expanduser().resolve()
     folder = Path(image_folder).expanduser().resolve() if image_folder else data.parent
     records, report = check_own_file(data, folder, "DATA", **validate_kwargs)
-    digest = file_sha256(data)
+    digest = data_digest(data, heldout)
     if heldout:
         held_path = Path(heldout).expanduser().resolve()
         held, _ = check_own_file(held_path, folder, "HELDOUT", **validate_kwargs)
         train, how = records, f"HELDOUT = {held_path.name} ({len(held)} records)"
-        digest = hashlib.sha256((digest + file_sha256(held_path)).encode()).hexdigest()
     else:
         train, held = heldout_slice(records)
         how = (f"a fixed slice of {data.name}: the {len(held)} records (of {len(records)}) whose content hash is smallest "
@@ -142,9 +149,7 @@ def require_trained_on(record: dict | None, data: str | os.PathLike = "", heldou
     if not path.is_file():
         raise OwnDataInvalid(f"DATA {path} does not exist: pass the file notebook 04 trained on, or leave DATA empty to "
                              "follow notebook 04's record")
-    digest = file_sha256(path)
-    if heldout:
-        digest = hashlib.sha256((digest + file_sha256(Path(heldout).expanduser().resolve())).encode()).hexdigest()
+    digest = data_digest(path, heldout)
     trained = "nothing yet (no record)" if record is None else (
         "the plates task" if is_plates(record) else f"{record.get('source')} (sha256 {str(record.get('sha256'))[:12]})")
     if record is None or is_plates(record) or record.get("sha256") != digest:

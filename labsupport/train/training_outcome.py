@@ -17,6 +17,7 @@ from pathlib import Path
 from safetensors import safe_open
 from labsupport.core.checkpoints import write_json_atomic
 from labsupport.core.paths import finetuned_dir, model_name, repo_root
+from labsupport.datasets.learner import is_plates
 from labsupport.model.params import count_parameters
 from labsupport.model.tinymodel import embedded_layout
 from labsupport.model.towers import pretrained_weights
@@ -158,7 +159,7 @@ def own_data_goal(metric: str = "accuracy", margin: float = OWN_DATA_MARGIN) -> 
 def goal_for_task(model_dir: str | os.PathLike, record: dict | None, overall: float,
                   per_kind: float | None = None) -> AccuracyGoal:
     """accuracy_goal for the plates task (notebook 04's RECORD None or the plates), else own_data_goal in RECORD's metric."""
-    if record is None or record.get("name") == "plates" or not record.get("source"):
+    if is_plates(record):
         return accuracy_goal(model_dir, overall, per_kind)
     return own_data_goal("chrF" if record.get("scorer") == "text" else "accuracy")
 
