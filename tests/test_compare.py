@@ -387,3 +387,35 @@ def test_checkpoint_bytes_counts_a_deepspeed_folder_too(tmp_path):
     (folder / "mp_rank_00_model_states.pt").write_bytes(b"x" * 300)
     (folder / "sub" / "optim_states.pt").write_bytes(b"x" * 700)
     assert compare.checkpoint_bytes(single) == 100 and compare.checkpoint_bytes(folder) == 1000
+
+
+# ---- updates below bfloat16's step (found on InternVL2-2B's shape on an H100: lr 4e-5, 200 steps) ----------------
+
+def _projector(norm_step: float) -> tuple[dict, dict]:
+    """A base projector and a trained checkpoint of it: the norm's weight moved by NORM_STEP, its bias and the linear layer clearly."""
+    torch.manual_seed(0)
+    base = {"mlp1.0.weight": torch.ones(8), "mlp1.0.bias": torch.zeros(8), "mlp1.1.weight": torch.randn(8, 8)}
+    trained = {"model.mlp1.0.weight": base["mlp1.0.weight"] + norm_step, "model.mlp1.0.bias": base["mlp1.0.bias"] + 1e-3,
+               "model.mlp1.1.weight": base["mlp1.1.weight"] + 0.1}
+    return base, trained
+
+
+def test_a_norm_update_below_half_a_bfloat16_step_is_rounded_away():
+    base, trained = _projector(1e-3)   # bfloat16 stores 1.0's neighbours 2**-7 apart
+    assert C.rounded_away_groups(trained, base) == {("projector", "norm")}
+
+
+def test_an_update_bfloat16_can_store_is_not_rounded_away():
+    base, trained = _projector(0.05)
+    assert C.rounded_away_groups(trained, base) == set()
+    assert C.rounded_away_groups(trained, base, dtype="float32") == set()
+
+
+def test_a_prediction_may_name_a_rounded_away_group_but_must_name_every_changed_one():
+    changed = {("projector", "linear"), ("projector", "bias")}
+    away = {("projector", "norm")}
+    assert C.prediction_matches(changed | away, changed, away)
+    assert C.prediction_matches(changed, changed, away)
+    assert not C.prediction_matches({("projector", "linear")} | away, changed, away)          # a changed group left out
+    assert not C.prediction_matches(changed | {("llm", "norm")}, changed, away)                # a group that did not train
+    assert not C.prediction_matches(changed | away, changed)                                    # nothing was rounded away

@@ -94,6 +94,30 @@ def weight_changes(base: str | os.PathLike | dict, merged: str | os.PathLike | d
     return rows
 
 
+def rounded_away_groups(checkpoint: str | os.PathLike | dict, base: str | os.PathLike | dict, dtype: str = "bfloat16") -> set[tuple[str, str]]:
+    """The (part, kind) groups with a tensor that trained (the CHECKPOINT differs from BASE) yet equals BASE once rounded to DTYPE."""
+    import torch
+
+    state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    base_w = base if isinstance(base, dict) else load_weights(base)
+    rounding = getattr(torch, dtype)
+    groups = set()
+    for key, trained in state.items():
+        name = _model_key(key)
+        old = base_w.get(name)
+        if old is None or _LORA_KEY.match(key) or old.shape != trained.shape:
+            continue
+        moved = bool((trained.float() != old.float()).any())
+        if moved and torch.equal(trained.to(rounding), old.to(rounding)):
+            groups.add(tensor_group(name, trained.ndim))
+    return groups
+
+
+def prediction_matches(predicted: set, changed: set, rounded_away: set = frozenset()) -> bool:
+    """Whether PREDICTED names every CHANGED group, and otherwise only groups whose update was ROUNDED_AWAY on saving."""
+    return changed <= predicted <= changed | rounded_away
+
+
 def change_summary(rows: Sequence[dict]):
     """A pandas table: per (part, kind), how many tensors there are, how many changed, and the largest relative change."""
     import pandas as pd

@@ -103,6 +103,6 @@ def _fit(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tup
         rules.append(f"{epochs} epochs instead of the recipes' {s.max_epochs}: {per_epoch} steps per epoch, at least "
                      f"{MIN_STEPS} steps wanted (at most {MAX_EPOCHS} epochs)")
     s = replace(s, max_epochs=epochs)
-    rules.append(f"schedule: {n_train} records x {s.max_epochs} epochs / global batch {global_batch(s)} = "
+    rules.append(f"{n_train} records x {s.max_epochs} epochs / global batch {global_batch(s)} = "
                  f"{steps(s, n_train)} optimizer steps")
     return s, rules
