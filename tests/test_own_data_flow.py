@@ -219,3 +219,24 @@ def test_only_a_number_runs_that_notebook_not_its_lettered_siblings(tmp_path, mo
         seen.clear()
         runner.run_course(only, str(tmp_path / "art"))
         assert seen == want
+
+
+def test_03b_converts_a_learners_swift_file_for_04(own_file, tmp_path):
+    """03b with DATA = an ms-swift jsonl: recognised, converted under ARTIFACTS (the original untouched), validated, and
+    the command for 04 printed with the learner's image folder."""
+    if "internvl-course" not in runner.known_kernels():
+        pytest.skip("kernel internvl-course is not registered (run make env)")
+    from labsupport.datasets import formats
+
+    swift = formats.save_records(own_file.parent / "swift.jsonl", formats.to_swift(own_file))
+    before = swift.read_bytes()
+    art = tmp_path / "art"
+    result = runner.run_notebook(ROOT / "notebooks" / "03b_dataset_sources.ipynb", art, {"DATA": str(swift)}, progress=False)
+    assert result.status == "pass", result.error
+    assert swift.read_bytes() == before
+    converted = art / "data" / "own" / "swift.internvl.jsonl"
+    assert formats.load_records(converted) == formats.from_llava(own_file)
+    nb = nbformat.read(art / "executed" / "03b_dataset_sources.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "swift (the first record has 'query'" in text and "scorer notebooks 04-07 will choose: exact" in text
+    assert f"-p DATA {converted} -p IMAGE_FOLDER {own_file.parent}" in text

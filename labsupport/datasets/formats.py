@@ -306,6 +306,35 @@ def from_llava(source: str | os.PathLike | list, image_prefix: str = "") -> list
     return out
 
 
+FORMATS = {  # how a record of each format is recognised, in the order they are tried
+    "internvl": ("conversations", 'InternVL/LLaVA: "conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]'),
+    "swift": ("query", 'ms-swift: "query", "response" (and "history", "images")'),
+    "openai": ("messages", 'OpenAI chat: "messages": [{"role": ..., "content": ...}]'),
+    "foodieqa": ("choices", 'FoodieQA: "question", "choices", "answer" (an index), "food_meta"'),
+}
+
+
+def detect_format(records: Sequence) -> tuple[str, str]:
+    """The format of RECORDS (a key of FORMATS) judged by the first record, and why; ConversionError when none fits."""
+    first = next((r for r in records if isinstance(r, dict)), None)
+    for name, (key, shape) in FORMATS.items():
+        if first is not None and key in first:
+            return name, f"the first record has {key!r}: {shape}"
+    keys = sorted(first)[:8] if first is not None else []
+    raise ConversionError("no record format recognised (first record's keys: " + (", ".join(keys) or "none")
+                          + "); the course converts " + "; ".join(shape for _, shape in FORMATS.values()))
+
+
+def to_internvl(source: str | os.PathLike) -> tuple[list[dict], str, str]:
+    """SOURCE (a .json or .jsonl file in any format of FORMATS) as InternVL records, with the format found and why."""
+    path = Path(source)
+    if path.suffix == ".json" and isinstance(parse_json(data_text(path), path), dict):  # FoodieQA's files by category
+        return from_foodieqa(path), "foodieqa", "a json object of categories, each a list of FoodieQA questions"
+    name, why = detect_format(load_records(path))
+    convert = {"internvl": from_llava, "swift": from_swift, "openai": openai_to_internvl, "foodieqa": from_foodieqa}[name]
+    return convert(path), name, why   # the path, not the records: a converter's errors then name the file
+
+
 def repeat(records: list, n: int, unique_ids: bool = True) -> list:
     """The records N times over (like the seeds' LLaVA repeat.py); ids get a '#k' suffix so they stay unique."""
     out = []
