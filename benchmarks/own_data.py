@@ -6,8 +6,9 @@ Issue #27's acceptance runs notebooks 03-07 on data nobody on the project wrote,
     /tmp/skl/bin/python benchmarks/own_data.py --out /tmp/owndata                 # 1,797 records per style
     /tmp/skl/bin/python benchmarks/own_data.py --out .gpu-data/digits --styles short --shifts 2 --heldout 200
 
-writes `digits_short.jsonl` (the digit: exact match), `digits_choice.jsonl` (four options in the question, a letter:
-choice accuracy), `digits_open.jsonl` (a sentence: chrF) and `images/`, InternVL's format with image paths relative
+writes `digits_short.jsonl` (the digit: exact match), `digits_choice.jsonl` (four shuffled options in the question, a
+letter: choice accuracy), `digits_choice10.jsonl` (all ten digits as options A-J in a fixed order, a letter),
+`digits_open.jsonl` (a sentence: chrF) and `images/`, InternVL's format with image paths relative
 to the file. `--heldout N` keeps the last N digits (unshifted) in `digits_STYLE.heldout.jsonl` and none of their
 copies in training: the GPU run's 3,194 training and 200 held-out records. Then `python -m labsupport.course run --only 03_datasets 04 05 06 07 -p DATA /tmp/owndata/digits_short.jsonl`.
 scikit-learn is needed here only (it is not in the course's environments); the records are deterministic.
@@ -48,6 +49,11 @@ def _record(idx: int, image: str, digit: int, style: str, rng: random.Random) ->
         q = "Which digit is written in the image?\n" + "\n".join(f"{l}. {o}" for l, o in zip(letters, options))
         q += "\nAnswer with the option's letter from the given choices directly."
         a = letters[options.index(digit)]
+    elif style == "choice10":   # every digit an option, always in the same order: the letter names the digit
+        letters = "ABCDEFGHIJ"
+        q = "Which digit is written in the image?\n" + "\n".join(f"{l}. {d}" for l, d in zip(letters, range(10)))
+        q += "\nAnswer with the option's letter from the given choices directly."
+        a = letters[digit]
     else:
         q, a = "Describe the handwritten digit in one sentence.", f"The image shows a handwritten {WORDS[digit]}."
     return {"id": idx, "image": image, "conversations": [{"from": "human", "value": "<image>\n" + q},
@@ -92,7 +98,7 @@ def main() -> None:
     """Command line: the output folder, the styles, how many shifted copies of each digit."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--styles", default="short,choice,open")
+    ap.add_argument("--styles", default="short,choice,choice10,open")
     ap.add_argument("--shifts", type=int, default=1, help="copies of each digit, moved 0..N-1 pixels right")
     ap.add_argument("--heldout", type=int, default=0, help="last N digits held out in their own file")
     args = ap.parse_args()

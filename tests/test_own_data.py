@@ -42,7 +42,9 @@ def test_override_is_checked():
 
 
 @pytest.mark.parametrize("reply,letter", [("B", "B"), ("(B)", "B"), ("B. noodles", "B"), ("The answer is C.", "C"),
-                                          ("答案是D", "D"), ("b", "B"), ("I think A or B", None), ("noodles", None)])
+                                          ("答案是D", "D"), ("b", "B"), ("I think A or B", None), ("noodles", None),
+                                          ("J", "J"), ("I", "I"), ("答案是J", "J"), ("I think it is B", "B"),
+                                          ("I'm sure: C", "C")])
 def test_parse_choice(reply, letter):
     assert answers.parse_choice(reply) == letter
 
@@ -154,3 +156,10 @@ def test_foodieqa_records_get_the_multiple_choice_scorer():
     scored = answers.with_meta(food)
     match = answers.matcher("choice")
     assert all(match(answers.reference(r), r["meta"]) for r in scored)
+
+
+def test_ten_options_in_a_fixed_order_are_multiple_choice():
+    """digits_choice10's shape: all ten digits as options A-J, the letter as the answer (I and J included)."""
+    q = "Which digit?\n" + "\n".join(f"{l}. {d}" for l, d in zip("ABCDEFGHIJ", range(10)))
+    assert answers.is_choice(rec(q, "I")) and answers.is_choice(rec(q, "J"))
+    assert answers.choose_scorer([rec(q, l) for l in "ABCDEFGHIJ"])[0] == "choice"

@@ -24,9 +24,10 @@ from labsupport.datasets.plates import answer_matches
 SCORERS = ("exact", "choice", "text")
 TEXT_PASS = 50.0        # chrF at which an open answer counts as right in the per-record table (0-100 scale)
 SHORT_WORDS = 3         # an answer of at most this many words (or CJK characters x 3) is a short answer
-_LETTER = re.compile(r"^\(?([A-Ha-h])\)?[.)]?$")
-_LETTER_AND_TEXT = re.compile(r"^\(?([A-H])\)?[.)、:：]\s*\S")  # "C. 新疆菜": FoodieQA's answers, the option repeated
-_OPTION = re.compile(r"(?m)(?:^|\s)\(?([A-H])[.)：:、]\s*\S")
+_LETTER = re.compile(r"^\(?([A-Ja-j])\)?[.)]?$")   # A-J: ten options at most (a digit per letter)
+_LETTER_AND_TEXT = re.compile(r"^\(?([A-J])\)?[.)、:：]\s*\S")  # "C. 新疆菜": FoodieQA's answers, the option repeated
+_OPTION = re.compile(r"(?m)(?:^|\s)\(?([A-J])[.)：:、]\s*\S")
+_PRONOUN_I = re.compile(r"(?<![A-Za-z])I(?=\s+[a-z]|['’])")   # "I think it is B": the pronoun, not option I
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -93,13 +94,13 @@ def choose_scorer(records: Sequence[dict], override: str = "") -> tuple[str, str
                     "chrF (sacrebleu) against the reference")
 
 
-def parse_choice(reply: str, options: str = "ABCDEFGH") -> str | None:
+def parse_choice(reply: str, options: str = "ABCDEFGHIJ") -> str | None:
     """The option letter a REPLY picks ("B", "(B)", "B. …", "The answer is B", "答案是B"), or None."""
     text = unicodedata.normalize("NFKC", reply).strip()
     m = _LETTER.match(text.split("\n")[0].strip()) or re.match(rf"^\(?([{options}])\)?[.)、:：\s]", text + " ")
-    if m:
+    if m and m.group(1).upper() in options and not _PRONOUN_I.match(text):
         return m.group(1).upper()
-    found = re.findall(rf"(?<![A-Za-z])([{options}])(?![A-Za-z])", text)
+    found = [f for f in re.findall(rf"(?<![A-Za-z])([{options}])(?![A-Za-z])", _PRONOUN_I.sub(" ", text))]
     return found[0] if len(set(found)) == 1 else None
 
 
