@@ -60,3 +60,18 @@ def test_what_the_learner_set_is_kept_and_said():
     assert any("kept as the parameters cell set them" in r and "max_epochs=2" in r for r in rules)
     free, _ = schedule.fit_schedule(set_by_hand, 600, miniature=False, own_data=True)
     assert free.max_epochs != 2 and free.lr == 4e-5                    # without KEEP the rule overrides both
+
+
+def test_the_miniature_warns_about_shuffled_options_only():
+    from labsupport.evaluate import answers
+
+    def rec(options, a):
+        q = "<image>\nWhich digit?\n" + "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
+        return {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+    shuffled = [rec([1, 2, 3, 4], "A"), rec([4, 3, 2, 1], "D")]
+    fixed = [rec([1, 2, 3, 4], "A"), rec([1, 2, 3, 4], "B")]
+    assert answers.option_sets(shuffled) == 2 and answers.option_sets(fixed) == 1
+    assert "letters' prior" in schedule.miniature_caveat("choice", 2, miniature=True, own_data=True)
+    assert schedule.miniature_caveat("choice", 1, miniature=True, own_data=True) is None
+    assert schedule.miniature_caveat("choice", 2, miniature=False, own_data=True) is None
+    assert schedule.miniature_caveat("exact", 2, miniature=True, own_data=True) is None

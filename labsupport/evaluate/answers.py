@@ -71,6 +71,12 @@ def is_choice(record: dict) -> bool:
     return letter is not None and letter in set(_OPTION.findall(question(record)))
 
 
+def option_sets(records: Sequence[dict]) -> int:
+    """How many different option lists (the lettered lines of the questions) RECORDS ask: 1 when every question lists the same."""
+    _OPTION_LINE = re.compile(r"(?m)^\s*\(?[A-J][.)：:、]\s*\S.*$")
+    return len({tuple(m.strip() for m in _OPTION_LINE.findall(question(r))) for r in records})
+
+
 def choose_scorer(records: Sequence[dict], override: str = "") -> tuple[str, str]:
     """(scorer, reason): OVERRIDE when given, else chosen from what RECORDS' answers look like."""
     if override:

@@ -38,6 +38,7 @@ INTERNVL_LORA = dict(lora_r=16, lora_alpha=32, lr=4e-5, weight_decay=0.01)  # In
 TINY_ITERATIONS = 600    # the miniature's measured CPU run (xtuner_presets._tiny_cpu)
 TINY_OWN_ITERATIONS = 900  # the miniature on your images: past the ~300-iteration plateau of a new image domain (digits, measured)
 OWN_PLATEAU = 300        # iterations the miniature's loss stayed at the answers' prior on the digits (ViT frozen or trained)
+CHOICE_PRIOR_ITERATIONS = 1000  # the miniature at the letters' prior (loss ln 2) on four shuffled options, digits (measured)
 CPU_MAX_TRAIN = 600      # training records a miniature's CPU run keeps of your DATA (learner.split_own_data(max_train=))
 
 
@@ -106,3 +107,15 @@ def _fit(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tup
     rules.append(f"{n_train} records x {s.max_epochs} epochs / global batch {global_batch(s)} = "
                  f"{steps(s, n_train)} optimizer steps")
     return s, rules
+
+
+def miniature_caveat(scorer: str, option_sets: int, miniature: bool, own_data: bool) -> str | None:
+    """What the miniature was measured not to learn on data like the learner's (None: nothing known against it)."""
+    if not (miniature and own_data and scorer == "choice" and option_sets > 1):
+        return None
+    return (f"your questions list {option_sets} different option sets: the answer's letter depends on where the right "
+            f"option stands. On scikit-learn's digits with four shuffled options the miniature's loss stayed at the "
+            f"letters' prior (ln 2 per answer) for {CHOICE_PRIOR_ITERATIONS:,} iterations and more (measured); it learns "
+            f"the digits when every question lists the same options. Expect little gain here; a real checkpoint reads "
+            f"options (MODEL_PATH)")
+
