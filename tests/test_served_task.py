@@ -70,3 +70,15 @@ def test_scored_rows_use_the_recorded_scorer():
     assert rows[0]["reference"] == "B" and rows[0]["question"] == "Which? A. tea B. rice" and rows[0]["kind"] == "all"
     exact = served.scored_rows([_record("Name?", "Mount Fuji")], ["mount fuji."], ["Fuji"], "exact")
     assert exact[0]["base_ok"] and not exact[0]["fine-tuned_ok"]
+
+
+def test_open_answers_are_scored_by_their_chrf_not_a_pass_rate():
+    """06 reports open answers in chrF, as 04 does: the row's score is chrF / 100, right or wrong at TEXT_PASS aside."""
+    from labsupport.evaluate import answers
+
+    rec = _record("Describe it.", "The image shows a handwritten seven.")
+    rows = served.scored_rows([rec], ["The image shows a handwritten one."], ["The image shows a handwritten seven."], "text")
+    assert rows[0]["fine-tuned_score"] == 1.0
+    assert rows[0]["base_score"] == answers.chrf("The image shows a handwritten one.", rec["conversations"][1]["value"]) / 100
+    assert 0 < rows[0]["base_score"] < 1 and rows[0]["base_ok"]
+    assert served.scored_rows([_record("Which? A. tea B. rice", "B")], ["A"], ["B"], "choice")[0]["fine-tuned_score"] == 1.0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from labsupport.datasets.learner import TRAINING_DATA
-from labsupport.evaluate.answers import SCORERS, matcher, question, reference, with_meta
+from labsupport.evaluate.answers import SCORERS, chrf, matcher, question, reference, with_meta
 from labsupport.model.prompts import QUESTION, chat_system, xtuner_prompt_any_env
 from labsupport.serve.deploy import trained_task
 
@@ -67,8 +67,14 @@ def follow_up(record: dict, questions: dict | None = None) -> tuple[str, str]:
 
 
 def scored_rows(records: Sequence[dict], base: Sequence[str], tuned: Sequence[str], scorer: str) -> list[dict]:
-    """One row per record: question, reference, both answers and whether each is right by SCORER (answers.matcher)."""
+    """One row per record: question, reference, both answers, whether each is right by SCORER (answers.matcher) and its
+    score (chrF / 100 for open answers, as notebook 04 averages them; 1 or 0 otherwise)."""
     match = matcher(scorer)
+
+    def score(reply: str, meta: dict) -> float:
+        return chrf(reply, str(meta["answer"])) / 100 if scorer == "text" else float(bool(match(reply, meta)))
+
     return [{"id": r.get("id"), "kind": r["meta"].get("kind", "all"), "question": question(r), "reference": reference(r),
-             "base": b, "fine-tuned": f, "base_ok": bool(match(b, r["meta"])), "fine-tuned_ok": bool(match(f, r["meta"]))}
+             "base": b, "fine-tuned": f, "base_ok": bool(match(b, r["meta"])), "fine-tuned_ok": bool(match(f, r["meta"])),
+             "base_score": score(b, r["meta"]), "fine-tuned_score": score(f, r["meta"])}
             for r, b, f in zip(with_meta(records), base, tuned)]
