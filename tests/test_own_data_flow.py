@@ -4,6 +4,7 @@ the scorer reaches the score and the goal."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -240,3 +241,29 @@ def test_03b_converts_a_learners_swift_file_for_04(own_file, tmp_path):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "swift (the first record has 'query'" in text and "scorer notebooks 04-07 will choose: exact" in text
     assert f"-p DATA {converted} -p IMAGE_FOLDER {own_file.parent}" in text
+
+
+def test_04_warns_before_training_when_the_miniature_meets_shuffled_options(tmp_path):
+    """Multiple choice whose options move from question to question: 04 prints the measured caveat before training."""
+    if "internvl-course" not in runner.known_kernels():
+        pytest.skip("kernel internvl-course is not registered (run make env)")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    Image.new("RGB", (448, 448), "red").save(folder / "img.png")
+    rows = []
+    for i in range(40):
+        options = [(i + k) % 4 for k in range(4)]   # the right option (0) at a different letter each time
+        q = "Which number?\n" + "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
+        rows.append(rec(q, "ABCD"[options.index(0)], i=i))
+    data = folder / "choice.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    nb = nbformat.read(NB04, as_version=4)
+    nb.cells = _cells_until(nb, "schedule.miniature_caveat(")
+    part = tmp_path / "04_part.ipynb"
+    nbformat.write(nb, part)
+    art = tmp_path / "art"
+    result = runner.run_notebook(part, art, {"DATA": str(data), "RESUME_DEMO": False}, progress=False)
+    assert result.status == "pass", result.error
+    out = nbformat.read(art / "executed" / "04_part.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
+    assert "scorer: choice" in text and re.search(r"caveat: your questions list \d+ different option sets", text)
