@@ -102,8 +102,11 @@ def main() -> None:
     ap.add_argument("--shifts", type=int, default=1, help="copies of each digit, moved 0..N-1 pixels right")
     ap.add_argument("--heldout", type=int, default=0, help="last N digits held out in their own file")
     args = ap.parse_args()
-    for name, n in build(args.out, args.styles.split(","), args.shifts, args.heldout).items():
+    counts = build(args.out, args.styles.split(","), args.shifts, args.heldout)
+    for name, n in counts.items():
         print(f"{args.out / name}: {n} records")
+    first = next(name for name in counts if not name.endswith(".heldout.jsonl"))
+    print("then: python -m labsupport.course run --only 03_datasets 04 05 06 07 -p DATA", (args.out / first).resolve())
 
 
 if __name__ == "__main__":
