@@ -27,6 +27,7 @@ SHORT_WORDS = 3         # an answer of at most this many words (or CJK character
 _LETTER = re.compile(r"^\(?([A-Ja-j])\)?[.)]?$")   # A-J: ten options at most (a digit per letter)
 _LETTER_AND_TEXT = re.compile(r"^\(?([A-J])\)?[.)、:：]\s*\S")  # "C. 新疆菜": FoodieQA's answers, the option repeated
 _OPTION = re.compile(r"(?m)(?:^|\s)\(?([A-J])[.)：:、]\s*\S")
+_OPTION_LINE = re.compile(r"(?m)^\s*\(?[A-J][.)：:、]\s*\S.*$")   # a whole option line, as option_sets compares them
 _PRONOUN_I = re.compile(r"(?<![A-Za-z])I(?=\s+[a-z]|['’])")   # "I think it is B": the pronoun, not option I
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
@@ -73,7 +74,6 @@ def is_choice(record: dict) -> bool:
 
 def option_sets(records: Sequence[dict]) -> int:
     """How many different option lists (the lettered lines of the questions) RECORDS ask: 1 when every question lists the same."""
-    _OPTION_LINE = re.compile(r"(?m)^\s*\(?[A-J][.)：:、]\s*\S.*$")
     return len({tuple(m.strip() for m in _OPTION_LINE.findall(question(r))) for r in records})
 
 
@@ -106,7 +106,7 @@ def parse_choice(reply: str, options: str = "ABCDEFGHIJ") -> str | None:
     m = _LETTER.match(text.split("\n")[0].strip()) or re.match(rf"^\(?([{options}])\)?[.)、:：\s]", text + " ")
     if m and m.group(1).upper() in options and not _PRONOUN_I.match(text):
         return m.group(1).upper()
-    found = [f for f in re.findall(rf"(?<![A-Za-z])([{options}])(?![A-Za-z])", _PRONOUN_I.sub(" ", text))]
+    found = re.findall(rf"(?<![A-Za-z])([{options}])(?![A-Za-z])", _PRONOUN_I.sub(" ", text))
     return found[0] if len(set(found)) == 1 else None
 
 
