@@ -1,3 +1,6 @@
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,25 @@ def test_doctor_catches_a_missing_timm(tmp_path):
     rows = {r["check"]: r for r in doctor.check_model_code(model, python=wrapper)}
     assert not rows["import timm"]["ok"] and "DropPath" in rows["import timm"]["detail"]
     assert rows["tokenizer"]["ok"]
+
+
+@pytest.mark.skipif(shutil.which("hardlink") is None, reason="util-linux hardlink is not installed")
+def test_identical_large_files_are_shared_between_environments(tmp_path, capsys):
+    blob = os.urandom(300 * 1024)
+    for name in ("a", "b"):
+        (tmp_path / name / "lib").mkdir(parents=True)
+        (tmp_path / name / "lib" / "big.so").write_bytes(blob)
+        (tmp_path / name / "lib" / "small.py").write_text("x = 1\n")
+    (tmp_path / "b" / "lib" / "other.so").write_bytes(os.urandom(300 * 1024))
+    envs.share_identical_files(tmp_path)
+    assert (tmp_path / "a/lib/big.so").stat().st_ino == (tmp_path / "b/lib/big.so").stat().st_ino
+    assert (tmp_path / "a/lib/small.py").stat().st_ino != (tmp_path / "b/lib/small.py").stat().st_ino
+    assert (tmp_path / "b/lib/big.so").read_bytes() == blob
+    assert "saved" in capsys.readouterr().out
+
+
+def test_a_failed_command_on_a_full_disk_says_so(monkeypatch):
+    monkeypatch.setattr(envs, "_free_gib", lambda path: 0.2)
+    with pytest.raises(SystemExit) as stop:
+        envs._run([sys.executable, "-c", "raise SystemExit(1)"])
+    assert "0.2 GiB free" in str(stop.value) and "make env" in str(stop.value)
