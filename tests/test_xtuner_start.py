@@ -18,6 +18,7 @@ import sys
 from xtuner.tools import chat
 print("FILE", chat.__file__)
 print("HEAVY", "transformers" in sys.modules or "peft" in sys.modules)
+print("TORCH", "torch" in sys.modules)
 """
 
 
@@ -43,6 +44,14 @@ def test_the_entry_point_gets_the_tool_file_without_its_imports(tmp_path):
     out = run_probe(tmp_path, "xtuner")
     assert out["FILE"] == importlib.util.find_spec("xtuner.tools.chat").origin, out
     assert out["HEAVY"] == "False", "the `xtuner` process imported transformers/peft: the start-up hook did not act"
+    assert out["TORCH"] == "False", "the `xtuner` process imported torch: mmengine's __init__ was not deferred"
+
+
+def test_mmengine_runs_its_real_init_when_anything_else_of_it_is_read(tmp_path):
+    extra = 'import mmengine\nprint("VERSION", mmengine.__version__)\nprint("REGISTRY", hasattr(mmengine, "Registry"))\n'
+    out = run_probe(tmp_path, "xtuner", extra=extra)
+    import mmengine
+    assert out["VERSION"] == mmengine.__version__ and out["REGISTRY"] == "True", out
 
 
 def test_any_other_attribute_runs_the_real_module(tmp_path):

@@ -1,4 +1,4 @@
-"""`xtuner MODE ...` without the import its entry point makes only to find a tool's file name.
+"""`xtuner MODE ...` without the imports its entry point makes only to find a tool's file name.
 
 XTuner's entry point (`xtuner/entry_point.py`) finds the script of a mode with `from xtuner.tools import chat;
 return chat.__file__`, then starts that file in a new `python` process. The import executes the whole tool module
@@ -6,7 +6,8 @@ return chat.__file__`, then starts that file in a new `python` process. The impo
 process imports it all again to do the work. Python runs this file at start-up when its folder is on PYTHONPATH (the
 `site` module's `sitecustomize` hook). In the `xtuner` entry process only, it gives the tool modules their file name
 without running their code; any other attribute runs the real module first, so nothing can come out differently. The
-process that does the work (`python .../tools/chat.py ...`) is untouched: same command, same output, a few seconds less.
+same holds for mmengine's package __init__ (which imports torch): the entry process reads only two of its light
+submodules, so the __init__ waits until something else is read. The process that does the work (`python .../tools/chat.py ...`) is untouched: same command, same output, a few seconds less.
 
 Standard library only: it runs in every Python process started with this folder on PYTHONPATH.
 """
@@ -18,6 +19,10 @@ import sys
 import types
 
 TOOL_PACKAGE = "xtuner.tools."
+# The entry process needs two light mmengine modules (`mmengine.utils.digit_version`, `mmengine.logging.print_log`),
+# but mmengine's own __init__ imports its registry, and with it torch (1-2 s). The package gets its __path__ at once,
+# so those submodules import for real and print as always; its __init__ runs only if anything else of it is read.
+DEFERRED_PACKAGE = "mmengine"
 
 
 class _FileOnlyModule(types.ModuleType):
@@ -44,13 +49,15 @@ class _FileOnlyLoader(importlib.abc.Loader):
 
 
 class _ToolFinder(importlib.abc.MetaPathFinder):
-    """Finds `xtuner.tools.*` scripts (not packages) as usual and hands them the file-only loader."""
+    """Finds `xtuner.tools.*` scripts (not packages) and the `mmengine` package as usual and hands them the file-only loader."""
 
     def find_spec(self, name, path, target=None):
-        if not name.startswith(TOOL_PACKAGE):
+        if not (name.startswith(TOOL_PACKAGE) or name == DEFERRED_PACKAGE):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.submodule_search_locations is not None or spec.loader is None:
+        if spec is None or spec.loader is None:
+            return None
+        if spec.submodule_search_locations is not None and name != DEFERRED_PACKAGE:
             return None
         spec.loader = _FileOnlyLoader(spec.loader)
         return spec
