@@ -401,3 +401,29 @@ def test_scored_replies_carry_the_lazy_answers_score():
                                                     {"from": "gpt", "value": v}]} for v in ("3", "3", "3", "7")]
     scored = msswift.score_replies(heldout, ["3", "7", "1", "7"], "exact")
     assert scored["score"] == 0.5 and scored["lazy"] == 0.75   # "3" for every question: 3 of 4
+
+
+def _choice(name="tiny-cpu", miniature=True, embedded="tiny"):
+    from labsupport.train.xtuner_presets import PresetChoice
+    return PresetChoice(name, "test", 1, "InternLM2ForCausalLM", miniature, embedded=embedded)
+
+
+def test_swift_schedule_is_notebook_04s_schedule_in_swift_flags():
+    from labsupport.train import schedule, xtuner_presets
+    choice = _choice("InternVL2-2B-lora", miniature=False, embedded=None)
+    plan, rules = msswift.swift_schedule(choice, 3000, own_data=True)
+    s, _ = schedule.fit_schedule(xtuner_presets.preset("InternVL2-2B-lora"), 3000, False, True)
+    assert plan["max_steps"] == schedule.steps(s, 3000) and plan["learning_rate"] == s.lr == 4e-5
+    assert plan["lora_rank"] == 16 and plan["max_num"] == 6
+    assert plan["per_device_train_batch_size"] * plan["gradient_accumulation_steps"] == schedule.global_batch(s)
+    assert rules[0].startswith("preset InternVL2-2B-lora") and any("InternVL's own" in r for r in rules)
+
+
+def test_swift_keeps_its_measured_steps_on_the_embedded_plates_only():
+    from labsupport.train import schedule
+    plan, rules = msswift.swift_schedule(_choice(), 600, own_data=False)
+    assert plan["max_steps"] == msswift.SWIFT_TINY_STEPS > schedule.TINY_ITERATIONS and "ms-swift:" in rules[-1]
+    own, rules = msswift.swift_schedule(_choice(), 600, own_data=True)
+    assert own["max_steps"] == schedule.TINY_OWN_ITERATIONS and not any(r.startswith("ms-swift:") for r in rules)
+    official, _ = msswift.swift_schedule(_choice(embedded=None), 600, own_data=False)
+    assert official["max_steps"] == 600 and official["learning_rate"] == plan["learning_rate"]

@@ -32,8 +32,8 @@ def test_full_fine_tuning_keeps_its_rank_fields_and_lr():
 
 def test_the_miniature_keeps_its_measured_preset_on_plates_and_runs_past_the_plateau_on_new_images():
     tiny = xtuner_presets.preset("tiny-cpu")
-    same, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=False)
-    assert same == tiny and "measured CPU preset" in rules[0]
+    same, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=False, embedded="tiny")
+    assert same == tiny and "measured CPU preset" in rules[0] and schedule.steps(same, 600) == schedule.TINY_ITERATIONS
     own, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=True)
     assert own.freeze_vit is True and schedule.steps(own, 600) == schedule.TINY_OWN_ITERATIONS
     assert schedule.TINY_OWN_ITERATIONS >= 2 * schedule.OWN_PLATEAU
@@ -75,3 +75,20 @@ def test_the_miniature_warns_about_shuffled_options_only():
     assert schedule.miniature_caveat("choice", 1, miniature=True, own_data=True) is None
     assert schedule.miniature_caveat("choice", 2, miniature=False, own_data=True) is None
     assert schedule.miniature_caveat("exact", 2, miniature=True, own_data=True) is None
+
+
+def test_a_miniature_other_than_the_embedded_default_trains_as_long_as_its_goal_was_measured():
+    tiny = xtuner_presets.preset("tiny-cpu")
+    for embedded in (None, "tiny-4b"):   # an official-format miniature, the embedded 4B layout
+        s, rules = schedule.fit_schedule(tiny, 600, miniature=True, own_data=False, embedded=embedded)
+        assert s.max_epochs == schedule.MEASURED_MINIATURE_EPOCHS and schedule.steps(s, 600) == 600
+        assert "official-format-04.json" in rules[0]
+
+
+def test_the_embedded_default_is_recognised_and_a_changed_copy_is_not(tmp_path):
+    from labsupport.model.tinymodel import STAMP_FILE, build_tiny_model
+    model = build_tiny_model(tmp_path / "internvl2-tiny")
+    assert xtuner_presets.choose_preset(model).embedded == "tiny"
+    (model / STAMP_FILE).unlink()   # no longer provably the course's build: trained as any other miniature
+    choice = xtuner_presets.choose_preset(model)
+    assert choice.miniature and choice.embedded is None

@@ -14,7 +14,8 @@ epoch of a learner's 600 records at a global batch of 16 is 38 optimizer steps, 
 here keeps the recipes' batch and learning rate and adds epochs until the run has MIN_STEPS steps (at most
 MAX_EPOCHS passes, beyond which a small set is memorised rather than learned); a very small set also gets a smaller
 global batch. A set of more than LARGE_SET records keeps XTuner's rank 128; smaller sets take InternVL's rank 16.
-The embedded miniature keeps its CPU preset (measured on the plates: 600 iterations at batch 4). On a learner's own
+The embedded miniature keeps its CPU preset (measured on the plates: 450 iterations at batch 4); any other
+miniature on the plates trains the 600 iterations its goal was measured with. On a learner's own
 images its vision tower stays frozen too: pre-trained on plates only, it still carries new images' layout (measured on
 scikit-learn's digits: a linear probe on its frozen features, pooled to 8x8 cells, 0.885 held-out, the raw 8x8 pixels
 0.880); what the run lacks is iterations. The loss sits at the answers' prior (ln 10 / 2 for one digit + <|im_end|>)
@@ -35,7 +36,8 @@ MAX_EPOCHS = 10          # more passes over a small set memorise it
 LARGE_SET = 20_000       # records above which XTuner's rank 128 is kept
 SMALL_BATCH = 4          # the global batch for a set too small to give MIN_STEPS at 16 within MAX_EPOCHS
 INTERNVL_LORA = dict(lora_r=16, lora_alpha=32, lr=4e-5, weight_decay=0.01)  # InternVL's 2B LoRA script
-TINY_ITERATIONS = 600    # the miniature's measured CPU run (xtuner_presets._tiny_cpu)
+TINY_ITERATIONS = 450    # the embedded default's measured CPU run on the plates (xtuner_presets._tiny_cpu: 3 epochs)
+MEASURED_MINIATURE_EPOCHS = 4  # other miniatures on the plates: the 600 iterations their goals were measured with
 TINY_OWN_ITERATIONS = 900  # the miniature on your images: past the ~300-iteration plateau of a new image domain (digits, measured)
 OWN_PLATEAU = 300        # iterations the miniature's loss stayed at the answers' prior on the digits (ViT frozen or trained)
 CHOICE_PRIOR_ITERATIONS = 1000  # the miniature at the letters' prior (loss ln 2) on four shuffled options, digits (measured)
@@ -53,12 +55,13 @@ def steps(s: TrainSettings, n_train: int) -> int:
 
 
 def fit_schedule(s: TrainSettings, n_train: int, miniature: bool, own_data: bool,
-                 keep: Collection[str] = ()) -> tuple[TrainSettings, list[str]]:
+                 keep: Collection[str] = (), embedded: str | None = None) -> tuple[TrainSettings, list[str]]:
     """S with its epochs (and for real weights its batch, rank and lr) fitted to N_TRAIN records; the rules that fired.
-    KEEP names the fields the learner set in the parameters cell: the rule never changes those."""
+    KEEP names the fields the learner set in the parameters cell: the rule never changes those. EMBEDDED is the
+    embedded model's layout (PresetChoice.embedded), None for any other checkpoint."""
     if n_train < 1:
         raise ValueError("no training records: the schedule needs at least one")
-    fitted, rules = _fit(s, n_train, miniature, own_data)
+    fitted, rules = _fit(s, n_train, miniature, own_data, embedded)
     kept = {k: getattr(s, k) for k in keep if hasattr(s, k) and getattr(fitted, k) != getattr(s, k)}
     if kept:
         fitted = replace(fitted, **kept)
@@ -69,12 +72,18 @@ def fit_schedule(s: TrainSettings, n_train: int, miniature: bool, own_data: bool
     return fitted, rules
 
 
-def _fit(s: TrainSettings, n_train: int, miniature: bool, own_data: bool) -> tuple[TrainSettings, list[str]]:
+def _fit(s: TrainSettings, n_train: int, miniature: bool, own_data: bool,
+         embedded: str | None = None) -> tuple[TrainSettings, list[str]]:
     """fit_schedule's rule, before the learner's own settings are put back."""
     rules: list[str] = []
     if miniature:
+        if not own_data and embedded == "tiny":
+            return s, [f"the plates task on the embedded miniature: the measured CPU preset as it is ({steps(s, n_train)} steps)"]
         if not own_data:
-            return s, [f"the plates task on a miniature: the measured CPU preset as it is ({steps(s, n_train)} steps)"]
+            s = replace(s, max_epochs=MEASURED_MINIATURE_EPOCHS)
+            return s, [f"the plates task on a miniature other than the embedded default: the CPU preset with "
+                       f"{MEASURED_MINIATURE_EPOCHS} epochs ({steps(s, n_train)} steps), the run its goal was measured "
+                       f"with (docs/cpu/official-format-04.json)"]
         per_epoch = math.ceil(n_train / global_batch(s))
         epochs = max(1, min(MAX_EPOCHS, math.ceil(TINY_OWN_ITERATIONS / per_epoch)))
         s = replace(s, max_epochs=epochs, freeze_vit=True)
