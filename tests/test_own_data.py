@@ -30,6 +30,14 @@ def test_scorer_follows_the_answers():
     assert answers.choose_scorer(held)[0] == "exact" and "plates" in answers.choose_scorer(held)[1]
 
 
+def test_the_scorers_reason_names_the_records_it_read():
+    records = [rec("What digit is this?", "7")] * 3
+    assert "3 of 3 held-out answers" in answers.choose_scorer(records)[1]
+    assert "3 of 3 training answers" in answers.choose_scorer(records, which="training")[1]
+    with pytest.raises(ValueError, match="no training records"):
+        answers.choose_scorer([], which="training")
+
+
 def test_a_letter_not_among_the_options_is_not_multiple_choice():
     assert not answers.is_choice(rec("Which vitamin is this?", "A"))  # "A" with no options listed: a short answer
     assert answers.choose_scorer([rec("Which vitamin?", "A")] * 3)[0] == "exact"

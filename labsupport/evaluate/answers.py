@@ -77,26 +77,26 @@ def option_sets(records: Sequence[dict]) -> int:
     return len({tuple(m.strip() for m in _OPTION_LINE.findall(question(r))) for r in records})
 
 
-def choose_scorer(records: Sequence[dict], override: str = "") -> tuple[str, str]:
-    """(scorer, reason): OVERRIDE when given, else chosen from what RECORDS' answers look like."""
+def choose_scorer(records: Sequence[dict], override: str = "", which: str = "held-out") -> tuple[str, str]:
+    """(scorer, reason): OVERRIDE when given, else chosen from what RECORDS' answers look like (WHICH names them in the reason)."""
     if override:
         if override not in SCORERS:
             raise ValueError(f"SCORER = {override!r} is not one of {', '.join(SCORERS)} (or '' to choose from the data)")
         return override, f"SCORER = {override!r} was set in the parameters cell"
     if not records:
-        raise ValueError("no held-out records to choose a scorer from")
+        raise ValueError(f"no {which} records to choose a scorer from")
     if all("kind" in (r.get("meta") or {}) for r in records):
         return "exact", "the plates task: one word or number per answer, in either language (plates.answer_matches)"
     n = len(records)
     choice = sum(is_choice(r) for r in records)
     if choice >= 0.9 * n:
-        return "choice", (f"{choice} of {n} held-out answers name an option letter their question lists: "
+        return "choice", (f"{choice} of {n} {which} answers name an option letter their question lists: "
                           "multiple choice, accuracy of the letter parsed from the reply")
     short = sum(is_short(reference(r)) for r in records)
     if short >= 0.9 * n:
-        return "exact", (f"{short} of {n} held-out answers have at most {SHORT_WORDS} words: short answers, "
+        return "exact", (f"{short} of {n} {which} answers have at most {SHORT_WORDS} words: short answers, "
                          "normalised exact match")
-    return "text", (f"only {short} of {n} held-out answers are short and {choice} name an option: open answers, "
+    return "text", (f"only {short} of {n} {which} answers are short and {choice} name an option: open answers, "
                     "chrF (sacrebleu) against the reference")
 
 
