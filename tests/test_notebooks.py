@@ -1,4 +1,6 @@
 """Regression: every notebook runs headless with its default parameters and passes its checkpoints."""
+from pathlib import Path
+
 import pytest
 
 from labsupport.course import homework, runner
@@ -42,10 +44,11 @@ def test_notebook_runs_on_the_phi3_layout(stem, repo, tmp_path):
 
 
 # InternVL2-1B (Qwen2): XTuner 0.2.0 cannot train it, so notebook 04 skips training with its reason, and 05 must follow
-# that skip (print the reason and what to do, skip each step and checkpoint) instead of stopping with "run 04 first".
+# that skip (print the reason and what to do, skip each step and checkpoint) instead of stopping with "run 04 first";
+# 06 serves the base model without rewriting its folder (it once died writing a chat template for Qwen2's Hermes-2 layout).
 # Needs the official-format 1B folder (python -m labsupport.model.official 1B, from a clone of OpenGVLab/InternVL); about 30 s.
 @pytest.mark.notebook
-def test_05_follows_notebook_04s_skip_on_the_official_1b_layout(repo, tmp_path):
+def test_05_and_06_follow_notebook_04s_skip_on_the_official_1b_layout(repo, tmp_path):
     from labsupport.model import official
     from labsupport.train import training_outcome
     from labsupport.core.checkpoints import SKIP, relative_paths
@@ -54,9 +57,15 @@ def test_05_follows_notebook_04s_skip_on_the_official_1b_layout(repo, tmp_path):
     if one_b is None:
         pytest.skip("no official-format InternVL2-1B folder: build it with `python -m labsupport.model.official 1B`")
     art = tmp_path / "art"
-    for stem in ("04_finetune_xtuner", "05_convert_and_compare"):
-        result = runner.run_notebook(repo / "notebooks" / f"{stem}.ipynb", art, parameters={"MODEL_PATH": str(one_b)})
-        assert result.status == "pass", f"{stem} on {one_b} failed: {result.error} (executed copy: {result.executed})"
+    tokenizer_config = (Path(one_b) / "tokenizer_config.json").read_bytes()
+    results = {}
+    for stem in ("04_finetune_xtuner", "05_convert_and_compare", "06_deploy_lmdeploy"):
+        results[stem] = runner.run_notebook(repo / "notebooks" / f"{stem}.ipynb", art, parameters={"MODEL_PATH": str(one_b)})
+        assert results[stem].status == "pass", f"{stem} on {one_b} failed: {results[stem].error} ({results[stem].executed})"
+    # 06 serves the base model as published: no training prompt to match, and the base folder is not rewritten
+    assert (Path(one_b) / "tokenizer_config.json").read_bytes() == tokenizer_config
+    assert "there is no training prompt to match" in (art / "executed" / "06_deploy_lmdeploy.ipynb").read_text(encoding="utf-8")
+    result = results["05_convert_and_compare"]
     reason = training_outcome.skipped_training(art, one_b)
     assert reason and "Qwen2ForCausalLM" in reason and "What to do" in reason
     # 05 prints the reason with what it means for 05-07 (training_outcome.skip_message), paths relative to the repo
