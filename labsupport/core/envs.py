@@ -145,9 +145,9 @@ def _run(cmd: list[str], **kw) -> None:
     print("  $", " ".join(str(c) for c in cmd), flush=True)
     result = subprocess.run([str(c) for c in cmd], cwd=kw.pop("cwd", ROOT), **kw)
     if result.returncode:
-        hint = ""
-        if _free_gib(VENVS) < 1.0:
-            hint = (f"\n      The disk that holds {_shown(VENVS)} has {_free_gib(VENVS):.1f} GiB free: free some space "
+        free, hint = _free_gib(VENVS), ""
+        if free < 1.0:
+            hint = (f"\n      The disk that holds {_shown(VENVS)} has {free:.1f} GiB free: free some space "
                     f"and run `make env` again (an environment that stopped half-way is rebuilt).")
         sys.exit(f"[env] command failed with exit status {result.returncode}: {' '.join(map(str, cmd))}{hint}")
 

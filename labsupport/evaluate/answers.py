@@ -133,6 +133,16 @@ def matcher(name: str) -> Callable[[str, dict], bool]:
     raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
 
 
+def judge(name: str, reply: str, meta: dict) -> tuple[bool, float]:
+    """(right, score) of one REPLY under scorer NAME: chrF >= TEXT_PASS and chrF / 100 for open answers (chrF computed
+    once), else matcher(NAME)'s verdict and 1.0 or 0.0."""
+    if name == "text":
+        value = chrf(reply, str(meta["answer"]))
+        return value >= TEXT_PASS, value / 100
+    right = bool(matcher(name)(reply, meta))
+    return right, float(right)
+
+
 def with_meta(records: Sequence[dict], kind: str = "all") -> list[dict]:
     """RECORDS with a `meta` {kind, answer} where they have none (the learner's own data), originals untouched."""
     out = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from labsupport.datasets.learner import TRAINING_DATA
-from labsupport.evaluate.answers import SCORERS, TEXT_PASS, chrf, matcher, question, reference, with_meta
+from labsupport.evaluate.answers import SCORERS, judge, matcher, question, reference, with_meta
 from labsupport.model.prompts import QUESTION, chat_system, xtuner_prompt_any_env
 from labsupport.serve.deploy import trained_task
 
@@ -69,19 +69,10 @@ def follow_up(record: dict, questions: dict | None = None) -> tuple[str, str]:
 def scored_rows(records: Sequence[dict], base: Sequence[str], tuned: Sequence[str], scorer: str) -> list[dict]:
     """One row per record: question, reference, both answers, whether each is right by SCORER (answers.matcher) and its
     score (chrF / 100 for open answers, as notebook 04 averages them; 1 or 0 otherwise)."""
-    match = matcher(scorer)
-
-    def judged(reply: str, meta: dict) -> tuple[bool, float]:
-        """(right, score) of one reply; an open answer's chrF is computed once and gives both."""
-        if scorer == "text":
-            value = chrf(reply, str(meta["answer"]))
-            return value >= TEXT_PASS, value / 100
-        right = bool(match(reply, meta))
-        return right, float(right)
-
+    matcher(scorer)   # an unknown scorer is refused before any reply is judged
     rows = []
     for r, b, f in zip(with_meta(records), base, tuned):
-        (base_ok, base_score), (ft_ok, ft_score) = judged(b, r["meta"]), judged(f, r["meta"])
+        (base_ok, base_score), (ft_ok, ft_score) = judge(scorer, b, r["meta"]), judge(scorer, f, r["meta"])
         rows.append({"id": r.get("id"), "kind": r["meta"].get("kind", "all"), "question": question(r), "reference": reference(r),
                      "base": b, "fine-tuned": f, "base_ok": base_ok, "fine-tuned_ok": ft_ok,
                      "base_score": base_score, "fine-tuned_score": ft_score})

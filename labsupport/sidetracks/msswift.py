@@ -309,7 +309,7 @@ def swift_schedule(choice: PresetChoice, n_train: int, own_data: bool) -> tuple[
             # one swift process: a multi-GPU preset's global batch is kept by accumulating its GPUs' share
             "gradient_accumulation_steps": s.accumulative_counts * s.nproc, "learning_rate": s.lr,
             "lora_rank": s.lora_r, "lora_alpha": s.lora_alpha, "weight_decay": s.weight_decay,
-            "warmup_ratio": s.warmup_ratio, "freeze_vit": s.freeze_vit, "max_num": s.max_dynamic_patch or 6}
+            "warmup_ratio": s.warmup_ratio, "freeze_vit": s.freeze_vit, "max_num": choice.tiles}
     return plan, [f"preset {choice.name}: {choice.reason}"] + rules
 
 

@@ -7,7 +7,8 @@ process imports it all again to do the work. Python runs this file at start-up w
 `site` module's `sitecustomize` hook). In the `xtuner` entry process only, it gives the tool modules their file name
 without running their code; any other attribute runs the real module first, so nothing can come out differently. The
 same holds for mmengine's package __init__ (which imports torch): the entry process reads only two of its light
-submodules, so the __init__ waits until something else is read. The process that does the work (`python .../tools/chat.py ...`) is untouched: same command, same output, a few seconds less.
+submodules, so the __init__ waits until something else is read. The process that does the work
+(`python .../tools/chat.py ...`) is untouched: same command, same output, a few seconds less.
 
 Standard library only: it runs in every Python process started with this folder on PYTHONPATH.
 """
