@@ -427,3 +427,24 @@ def test_swift_keeps_its_measured_steps_on_the_embedded_plates_only():
     assert own["max_steps"] == schedule.TINY_OWN_ITERATIONS and not any(r.startswith("ms-swift:") for r in rules)
     official, _ = msswift.swift_schedule(_choice(embedded=None), 600, own_data=False)
     assert official["max_steps"] == 600 and official["learning_rate"] == plan["learning_rate"]
+
+
+@pytest.mark.notebook
+def test_notebook_10_on_a_real_size_checkpoint_on_a_cpu_skips_training_with_notebook_04s_reason(tmp_path, real_size_2b):
+    """A checkpoint of InternVL2-2B's size on a CPU: swift sft would take hours, so 10 prints the command and its
+    reason (04's rule), skips every cell that needs the adapter with a printed reason, and each check says why."""
+    from labsupport.course import runner
+
+    if "internvl-swift" not in runner.known_kernels():
+        pytest.skip("kernel internvl-swift is not registered (run make env)")
+    folder = real_size_2b
+    result = runner.run_notebook(Path(__file__).resolve().parents[1] / "notebooks" / "10_ms_swift.ipynb", tmp_path / "art",
+                                 {"MODEL_PATH": str(folder), "DEVICE": "cpu"}, progress=False)
+    assert result.status == "pass", result.error
+    executed = json.loads(Path(result.executed).read_text(encoding="utf-8"))
+    text = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
+    assert "training: a real-size model" in text and "swift sft skipped: a real-size model" in text
+    assert "'loss': " not in text and not (tmp_path / "art" / "swift" / "sft").exists()   # nothing trained
+    record = json.loads((tmp_path / "art" / "checkpoints" / "10_ms_swift.json").read_text())
+    statuses = {c["name"]: c["status"] for c in record["checkpoints"]}
+    assert statuses and set(statuses.values()) == {"skipped"}, statuses
