@@ -405,6 +405,13 @@ def test_a_norm_update_below_half_a_bfloat16_step_is_rounded_away():
     assert C.rounded_away_groups(trained, base) == {("projector", "norm")}
 
 
+def test_a_norm_trained_in_bfloat16_that_never_moved_counts_as_rounded_away():
+    """DeepSpeed's bfloat16 training saves the bfloat16 weight: an fp32 master update below half a step leaves it as it was."""
+    base, trained = _projector(0.0)
+    trained = {k: v.to(torch.bfloat16) for k, v in trained.items()}
+    assert C.rounded_away_groups(trained, base) == {("projector", "norm")}
+
+
 def test_an_update_bfloat16_can_store_is_not_rounded_away():
     base, trained = _projector(0.05)
     assert C.rounded_away_groups(trained, base) == set()

@@ -95,9 +95,12 @@ def weight_changes(base: str | os.PathLike | dict, merged: str | os.PathLike | d
 
 
 def rounded_away_groups(checkpoint: str | os.PathLike | dict, base: str | os.PathLike | dict, dtype: str = "bfloat16") -> set[tuple[str, str]]:
-    """The (part, kind) groups with a tensor that trained (the CHECKPOINT differs from BASE) yet equals BASE once rounded to DTYPE."""
+    """The (part, kind) groups with a tensor that trained (XTuner's CHECKPOINT holds only those) yet equals BASE in DTYPE."""
     import torch
 
+    # Two ways a trained weight ends up equal to the base: a float32 update below half a bfloat16 step is rounded away
+    # on saving, or (bfloat16 training under DeepSpeed) the fp32 master copy moved less than that and the bfloat16
+    # weight it saves never changed at all. Either way the tensor is in the checkpoint: it trained.
     state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
     base_w = base if isinstance(base, dict) else load_weights(base)
     rounding = getattr(torch, dtype)
@@ -107,8 +110,7 @@ def rounded_away_groups(checkpoint: str | os.PathLike | dict, base: str | os.Pat
         old = base_w.get(name)
         if old is None or _LORA_KEY.match(key) or old.shape != trained.shape:
             continue
-        moved = bool((trained.float() != old.float()).any())
-        if moved and torch.equal(trained.to(rounding), old.to(rounding)):
+        if torch.equal(trained.to(rounding), old.to(rounding)):
             groups.add(tensor_group(name, trained.ndim))
     return groups
 
