@@ -223,6 +223,7 @@ for samples in (0, 4):
     print("AWQ", samples, len(checked), max(r["worst_ratio"] for r in checked))
 assert calibrate.get_calib_loaders.last["texts"] == 40
 
+
 # 3. the stand-in loads the AWQ folder dequantized and says so; every packed weight came back as a float weight
 pipe = lmdeploy_cpu.cpu_pipeline(str(work / "awq-4"), trust_remote_code=True)
 assert "dequantized" in lmdeploy_cpu.which(pipe), lmdeploy_cpu.which(pipe)
@@ -257,3 +258,80 @@ def test_lmdeploy_side_in_deploy_env(tiny, train_json, tmp_path):
     proc = subprocess.run([str(python), "-c", DEPLOY_SCRIPT, str(tiny), str(train_json), str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0 and "QUANT-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-4000:]
+
+
+# LMDeploy's calibration keeps its activation observers in a process-wide registry: a second model in the same process
+# finds the first one's layer names, so Phi-3 gets a process of its own
+DEPLOY_PHI3_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from labsupport.serve import awq, quantize
+import lmdeploy.lite.apis.calibrate as calibrate
+from lmdeploy.lite.apis.auto_awq import auto_awq
+from labsupport.model.tinymodel import build_tiny_model
+
+train_json, work = Path(sys.argv[1]), Path(sys.argv[2])
+calibrate.get_calib_loaders = awq.course_calib_loader(train_json)
+# Phi-3 (tiny-4b, InternVL2-4B's layout): fused qkv_proj and gate_up_proj, whose last block the linear-to-linear
+# smoothing divides; the rows before it are checked, o_proj and down_proj are not
+phi3 = build_tiny_model(work / "tiny-4b", layout="tiny-4b")
+assert quantize.awq_blocker(phi3) == "", quantize.awq_blocker(phi3)   # Phi-3 built into transformers: nothing stops auto_awq
+out = work / "awq-phi3"
+auto_awq(str(phi3), str(out), calib_dataset="wikitext2", calib_samples=4, calib_seqlen=32, w_bits=4, w_group_size=32,
+         device="cpu", trust_remote_code=True, dtype="float16")
+rows = awq.weight_errors(phi3, out)
+checked = [r for r in rows if r["checked"]]
+assert sorted({r["layer"].split(".", 4)[-1] for r in checked}) == ["mlp.gate_up_proj", "self_attn.qkv_proj"], rows
+assert all(r["within"] for r in checked), checked
+hidden = json.loads((phi3 / "config.json").read_text())["llm_config"]["hidden_size"]
+# smooth_fc_fcs divides the last o_proj-input-wide block (hidden) of qkv_proj, the up half of gate_up_proj
+assert all(r["rows"] == (f"{r['shape'][1] - hidden} of {r['shape'][1]}" if r["layer"].endswith("qkv_proj")
+                         else f"{r['shape'][1] // 2} of {r['shape'][1]}") for r in checked), checked
+print("AWQ phi3", len(checked), max(r["worst_ratio"] for r in checked))
+print("PHI3-OK")
+"""
+
+
+@pytest.mark.deploy
+def test_awq_weight_check_reads_phi3s_fused_linears_in_deploy_env(train_json, tmp_path):
+    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
+    if not python.exists():
+        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    env = dict(os.environ, PYTHONPATH=str(repo_root()))
+    proc = subprocess.run([str(python), "-c", DEPLOY_PHI3_SCRIPT, str(train_json), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "PHI3-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-4000:]
+
+
+BLOCKER_SCRIPT = r"""
+import shutil, sys
+from pathlib import Path
+from labsupport.serve import quantize
+
+tiny, work = Path(sys.argv[1]), Path(sys.argv[2])
+assert quantize.awq_blocker(tiny) == "", quantize.awq_blocker(tiny)
+# the published InternLM2 file's transformers-4 declaration, which transformers 5's save_pretrained cannot read
+listed = shutil.copytree(tiny, work / "listed-tied-keys")
+with open(listed / "modeling_internlm2.py", "a") as f:
+    f.write("\nInternLM2ForCausalLM._tied_weights_keys = ['output.weight']\n")
+reason = quantize.awq_blocker(listed)
+assert "InternLM2ForCausalLM (modeling_internlm2.py) declares _tied_weights_keys as a list" in reason, reason
+# a model file that fails while building, as InternVL2-4B's modeling_phi3.py does under transformers 5
+broken = shutil.copytree(tiny, work / "broken-init")
+with open(broken / "modeling_internlm2.py", "a") as f:
+    f.write("\ndef _fails(self, config):\n    raise KeyError('type')\nInternLM2ForCausalLM.__init__ = _fails\n")
+reason = quantize.awq_blocker(broken)
+assert "cannot build InternLM2ForCausalLM" in reason and "KeyError: 'type'" in reason and "What to do" in reason, reason
+print("BLOCKER-OK")
+"""
+
+
+@pytest.mark.deploy
+def test_awq_blocker_names_model_code_this_transformers_cannot_build_or_save(tiny, tmp_path):
+    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
+    if not python.exists():
+        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    env = dict(os.environ, PYTHONPATH=str(repo_root()))
+    proc = subprocess.run([str(python), "-c", BLOCKER_SCRIPT, str(tiny), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "BLOCKER-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-4000:]

@@ -11,6 +11,11 @@ AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # nibble i of a packed int32 holds output 
 GROUP_CHOICES = (32, 64, 128)         # group sizes LMDeploy's AWQ kernels tile by (powers of two; 128 is its default)
 CALIB_STATS = ("inputs_stats.pth", "outputs_stats.pth")  # what auto_awq leaves in its work dir besides the model
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# the linears each width feeds, by the LLM's name for them: (attention in + MLP in, attention out, MLP out)
+LINEAR_NAMES = {"InternLM2ForCausalLM": ("wqkv, w1, w3", "wo", "w2"),
+                "Qwen2ForCausalLM": ("q_proj, k_proj, v_proj, gate_proj, up_proj", "o_proj", "down_proj"),
+                "Phi3ForCausalLM": ("qkv_proj, gate_up_proj", "o_proj", "down_proj"),
+                "?": ("the attention's and the MLP's first linears", "the attention's output", "the MLP's output")}
 
 
 # ---- the group size ------------------------------------------------------------------------------------------
@@ -21,8 +26,9 @@ def quantized_widths(model_dir: str | os.PathLike) -> dict[str, int]:
     hidden, inter = int(llm["hidden_size"]), int(llm["intermediate_size"])
     heads = int(llm["num_attention_heads"])
     head_dim = int(llm.get("head_dim") or hidden // heads)
-    return {"hidden_size (into wqkv, w1, w3)": hidden, "heads x head_dim (into wo)": heads * head_dim,
-            "intermediate_size (into w2)": inter}
+    first, out, down = LINEAR_NAMES.get((llm.get("architectures") or ["?"])[0], LINEAR_NAMES["?"])
+    return {f"hidden_size (into {first})": hidden, f"heads x head_dim (into {out})": heads * head_dim,
+            f"intermediate_size (into {down})": inter}
 
 
 def valid_group_sizes(model_dir: str | os.PathLike, choices: Sequence[int] = GROUP_CHOICES) -> list[int]:
@@ -221,36 +227,65 @@ def load_dequantized(model_dir: str | os.PathLike, dtype=None):
 
 
 # ---- the dequantization check ----------------------------------------------------------------------------------
-def smoothing_scales(fp_state: dict, awq_state: dict, layer_prefix: str, fc: str) -> "torch.Tensor | None":
-    """The per-input-channel factor AWQ's smoothing multiplied FC's weight by, read back from the norm it divided, or None.
+def smoothing_maps(model_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """LMDeploy's own AWQ maps for MODEL_DIR's LLM decoder layer: {norm: [linears]} and {linear: [next linears]}.
 
-    LMDeploy (lmdeploy/lite/quantization/awq.py, NORM_FCS_MAP) divides InternLM2's attention_norm by s and multiplies
-    wqkv's input channels by s (ffn_norm with w1 and w3 likewise). Then (FC_FCS_MAP) it divides w3's output rows by a
-    second factor and multiplies w2's input channels by it: the saved folder cannot give that one back exactly, so w2
-    and w3 are checked only when nothing was smoothed (calib_samples=0). wo is left alone (factor 1)."""
+    auto_awq divides each norm by a per-channel factor s and multiplies the linears that read it by s (NORM_FCS_MAP),
+    then divides a linear's output rows by a second factor and multiplies the next linear's inputs by it (FC_FCS_MAP);
+    both maps come from lmdeploy/lite/quantization/awq.py, keyed by the decoder layer's class name."""
+    from lmdeploy.lite.quantization.awq import FC_FCS_MAP, NORM_FCS_MAP
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    arch = (cfg.get("llm_config", cfg).get("architectures") or ["?"])[0]
+    layer = arch.replace("ForCausalLM", "DecoderLayer")
+    if layer not in NORM_FCS_MAP:
+        raise ValueError(f"{model_dir}/config.json: LMDeploy's AWQ has no smoothing map for {layer} (LLM {arch}); "
+                         f"it knows {sorted(NORM_FCS_MAP)}")
+    return NORM_FCS_MAP[layer], FC_FCS_MAP.get(layer, {})
+
+
+def smoothing_scales(fp_state: dict, awq_state: dict, layer_prefix: str, fc: str,
+                     maps: tuple[dict, dict]) -> "tuple[torch.Tensor, slice] | None":
+    """(factor, output rows) for FC: the per-input-channel factor AWQ's smoothing multiplied its weight by, read back
+    from the norm it divided, and the output rows that factor describes; None when it cannot be read back.
+
+    The norm factor is fp norm / AWQ norm (MAPS: smoothing_maps). A second, linear-to-linear factor lives only in the
+    calibration's activations: the next linear's inputs are not checkable once the layer was smoothed, nor the rows
+    it divided (all of them, or the last block of a fused QKV or gate_up, as LMDeploy's smooth_fc_fcs does). LMDeploy
+    skips that pair when the first linear is narrower than the next one's input (grouped-query attention)."""
     import torch
 
-    if fc == "attention.wo":
-        return torch.ones(1)
-    ffn = fp_state[f"{layer_prefix}.ffn_norm.weight"].float() / awq_state[f"{layer_prefix}.ffn_norm.weight"].float()
-    smoothed = not torch.allclose(ffn, torch.ones_like(ffn), rtol=2e-3)
-    if fc == "attention.wqkv":
-        key = f"{layer_prefix}.attention_norm.weight"
-        return fp_state[key].float() / awq_state[key].float()
-    if fc == "feed_forward.w1" or (fc in ("feed_forward.w3", "feed_forward.w2") and not smoothed):
-        return ffn if fc != "feed_forward.w2" else torch.ones(1)
-    return None
+    norm_fcs, fc_fcs = maps
+    ratio = {norm: fp_state[f"{layer_prefix}.{norm}.weight"].float() / awq_state[f"{layer_prefix}.{norm}.weight"].float()
+             for norm in norm_fcs}
+    smoothed = any(not torch.allclose(r, torch.ones_like(r), rtol=2e-3) for r in ratio.values())
+    factor = next((ratio[norm] for norm, fcs in norm_fcs.items() if fc in fcs), torch.ones(1))
+    rows = slice(None)
+    for first, nexts in (fc_fcs.items() if smoothed else ()):
+        width = fp_state[f"{layer_prefix}.{first}.weight"].shape[0]
+        inputs = fp_state[f"{layer_prefix}.{nexts[0]}.weight"].shape[1]
+        if width < inputs:
+            continue   # LMDeploy leaves this pair alone
+        if fc in nexts:
+            return None
+        if fc == first:
+            if width > inputs and width % inputs == 0 and width // inputs in (2, 3):
+                rows = slice(0, width - inputs)   # only the last block was divided
+            else:
+                return None
+    return factor, rows
 
 
 def weight_errors(fp_dir: str | os.PathLike, awq_dir: str | os.PathLike, eps: float = 1e-3) -> list[dict]:
     """Per AWQ linear: max |w - dq| against its 4-bit bound (per group: scale / 2, plus EPS * scale and 2^-9 |w| for the
     float16 arithmetic: LMDeploy quantizes in float16, and the smoothing factor read back from a float16 norm is rounded).
 
-    W is the unquantized fine-tune's weight times the smoothing factor AWQ applied (smoothing_scales); a layer whose
-    factor cannot be read back is reported with checked=False."""
+    W is the unquantized fine-tune's weight times the smoothing factor AWQ applied (smoothing_scales), over the output
+    rows that factor describes ("rows": checked of all); a layer whose factor cannot be read back has checked=False."""
     import torch
 
     q = awq_config(awq_dir)
+    maps = smoothing_maps(fp_dir)
     fp, awq = read_tensors(fp_dir), read_tensors(awq_dir)
     rows = []
     for name in sorted(k for k in awq if k.endswith(".qweight")):
@@ -260,13 +295,14 @@ def weight_errors(fp_dir: str | os.PathLike, awq_dir: str | os.PathLike, eps: fl
         layer_prefix = f"{layer_prefix}.layers.{idx}"
         dq = dequantize_gemm(awq[name], awq[prefix + ".qzeros"], awq[prefix + ".scales"], q["bits"], q["group_size"])
         scales = awq[prefix + ".scales"].float()                            # [in / group, out]
-        s = smoothing_scales(fp, awq, layer_prefix, fc)
-        row = {"layer": prefix, "shape": list(dq.shape), "group_size": q["group_size"], "checked": s is not None}
-        if s is not None:
-            w = (fp[prefix + ".weight"].float().t() * s.view(-1, 1)).to(torch.float16).float()  # [in, out], as quantized
-            bound = scales.repeat_interleave(q["group_size"], dim=0) * (0.5 + eps) + w.abs() * 2 ** -9
-            err = (w - dq).abs()
-            row.update(max_error=float(err.max()), max_bound=float(bound.max()),
+        readback = smoothing_scales(fp, awq, layer_prefix, fc, maps)
+        row = {"layer": prefix, "shape": list(dq.shape), "group_size": q["group_size"], "checked": readback is not None}
+        if readback is not None:
+            s, out = readback
+            w = (fp[prefix + ".weight"].float().t() * s.view(-1, 1)).to(torch.float16).float()[:, out]  # [in, out]
+            bound = scales.repeat_interleave(q["group_size"], dim=0)[:, out] * (0.5 + eps) + w.abs() * 2 ** -9
+            err = (w - dq[:, out]).abs()
+            row.update(max_error=float(err.max()), max_bound=float(bound.max()), rows=f"{w.shape[1]} of {dq.shape[1]}",
                        worst_ratio=float((err / bound).max()), within=bool((err <= bound).all()))
         rows.append(row)
     return rows

@@ -48,6 +48,51 @@ def turbomind_status(model_dir: str | os.PathLike) -> tuple[bool, str]:
     return True, f"TurboMind's library loads, a CUDA GPU is visible and it implements {layout}"
 
 
+def awq_blocker(model_dir: str | os.PathLike) -> str:
+    """Why LMDeploy's auto_awq cannot build and save MODEL_DIR with this environment's transformers, or "" if nothing known stops it.
+
+    auto_awq builds the model from the checkpoint's own code and ends with save_pretrained. Published InternVL2 code,
+    written for transformers 4.37-4.4x, breaks one or the other under transformers 5 (seen with the official-format
+    miniatures: InternVL2-4B's modeling_phi3.py reads config.rope_scaling['type'] while building; InternLM2's modeling
+    file declares _tied_weights_keys as a list, which transformers 5's save_pretrained reads as a dict)."""
+    import inspect
+    import sys
+
+    import torch
+    import transformers
+    from transformers import AutoConfig
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    version = transformers.__version__
+    fix = (f"What to do: run auto_awq where transformers is a 4.x release this code was written for (LMDeploy 0.18 "
+           f"accepts 4.56 and later; the course did not test this code there), or read what AWQ costs on InternVL2-2B's "
+           f"shape from the GPU rows below.")
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
+    llm_config = getattr(config, "llm_config", config)
+    arch = (llm_config.architectures or ["?"])[0]
+    chat_class = get_class_from_dynamic_module(config.auto_map["AutoModel"], str(model_dir)) \
+        if "AutoModel" in getattr(config, "auto_map", {}) else None
+    # the LLM class the chat model's own module builds (its modeling_internlm2.py / modeling_phi3.py, or transformers')
+    llm_class = getattr(sys.modules[chat_class.__module__], arch, None) if chat_class else None
+    llm_class = llm_class or getattr(transformers, arch, None)
+    if llm_class is None:
+        return ""   # nothing to check here; auto_awq names an unknown LLM itself
+    try:
+        with torch.device("meta"):   # the classes and their __init__, no weights
+            model = llm_class(llm_config)
+    except Exception as exc:  # noqa: BLE001 -- the checkpoint's own code failed: named here, where auto_awq would fail
+        return (f"transformers {version} cannot build {arch} from {model_dir}'s own code "
+                f"({type(exc).__name__}: {exc}). {fix}")
+    if int(version.split(".")[0]) >= 5:
+        for module in model.modules():
+            keys = vars(type(module)).get("_tied_weights_keys")
+            if isinstance(keys, (list, tuple)) and keys:
+                where = Path(inspect.getsourcefile(type(module)) or "?").name
+                return (f"{type(module).__name__} ({where}) declares _tied_weights_keys as a list, the transformers 4 form; "
+                        f"transformers {version}'s save_pretrained, which auto_awq ends with, needs a dict. {fix}")
+    return ""
+
+
 def flips(asked: Sequence[dict], before: Sequence[str], after: Sequence[str]) -> list[dict]:
     """The held-out questions whose verdict changed between BEFORE and AFTER (right -> wrong or wrong -> right)."""
 
