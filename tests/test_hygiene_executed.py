@@ -52,4 +52,15 @@ def test_main_prints_a_table_and_fails_on_noise(tmp_path, capsys):
     assert hygiene.main([str(clean)]) == 0
     assert hygiene.main([str(clean), str(noisy)]) == 1
     out = capsys.readouterr().out
-    assert "| clean | 0 | 0 | 0 | 0 | yes |" in out and "| noisy | 0 | 1 |" in out
+    assert "| clean | 0 | 0 | 0 | 0 | 0 | yes |" in out and "| noisy | 0 | 1 |" in out
+
+
+def test_library_warnings_are_counted_also_from_a_tools_own_process(tmp_path):
+    transcript = ("double enter to end input >>> The attention mask is not set and cannot be inferred from input "
+                  "because pad token is same as eos token.\n")
+    python_warning = "/x/site-packages/torch/utils.py:12: FutureWarning: `foo` is deprecated\n"
+    for name, outputs in (("chat", [stream(transcript)]), ("torch", [stream(python_warning, "stderr")])):
+        noise = hygiene.inspect_notebook(notebook(tmp_path, outputs, name))
+        assert noise.library_warnings == 1 and not noise.clean and "library warnings" in noise.problems()[0]
+    validator = stream("[warning] train.json, record 3: missing_id: the record has no 'id'\n")
+    assert hygiene.inspect_notebook(notebook(tmp_path, [validator], "validator")).clean

@@ -3,11 +3,12 @@
     python -m labsupport.course.hygiene                       # every notebook under artifacts/executed/
     python -m labsupport.course.hygiene path/to/executed/*.ipynb
 
-Four kinds of noise make an executed copy hard to read, and the course allows none of them (stderr: at
+Five kinds of noise make an executed copy hard to read, and the course allows none of them (stderr: at
 most MAX_STDERR_LINES lines per notebook): matplotlib's "Glyph … missing from font" warnings (a figure
 with empty boxes where Chinese text belongs), ANSI escape codes (colour codes a saved copy shows as
 garbage), progress bars whose last state is below 100 % (a widget saved before it finished, or a bar
-interrupted), and long stderr logs.
+interrupted), library warnings a learner cannot act on (Python's "…Warning:" lines and generate()'s notices,
+also when a tool's own process prints them), and long stderr logs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MAX_STDERR_LINES = 10
 GLYPH = re.compile(r"Glyph \d+ .*missing from (current )?font")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BAR = re.compile(r"(\d{1,3})%\|")  # tqdm's "desc:  42%|████      | 21/50 [...]"
+LIBRARY_WARNING = re.compile(r"\b[A-Z]\w*Warning: |The attention mask is not set|Setting `pad_token_id` to `eos_token_id`")
 
 
 @dataclass
@@ -32,13 +34,14 @@ class Noise:
     glyph_warnings: int = 0
     ansi_outputs: int = 0
     frozen_bars: int = 0
+    library_warnings: int = 0
     stderr_lines: int = 0
     examples: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         """True when nothing breaks the course's rules for executed copies."""
-        return not (self.glyph_warnings or self.ansi_outputs or self.frozen_bars) \
+        return not (self.glyph_warnings or self.ansi_outputs or self.frozen_bars or self.library_warnings) \
             and self.stderr_lines <= MAX_STDERR_LINES
 
     def problems(self) -> list[str]:
@@ -50,6 +53,8 @@ class Noise:
             out.append(f"{self.ansi_outputs} outputs with ANSI escape codes")
         if self.frozen_bars:
             out.append(f"{self.frozen_bars} progress bars left below 100 %")
+        if self.library_warnings:
+            out.append(f"{self.library_warnings} library warnings a learner cannot act on (filter them, and say so once)")
         if self.stderr_lines > MAX_STDERR_LINES:
             out.append(f"{self.stderr_lines} stderr lines (at most {MAX_STDERR_LINES})")
         return out
@@ -83,7 +88,7 @@ def _texts(output: dict) -> list[tuple[str, str]]:
 
 
 def inspect_notebook(path: str | Path) -> Noise:
-    """Count glyph warnings, ANSI outputs, frozen progress bars and stderr lines in an executed notebook."""
+    """Count glyph warnings, ANSI outputs, frozen progress bars, library warnings and stderr lines in an executed notebook."""
     path = Path(path)
     noise = Noise(path.stem)
     cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
@@ -97,6 +102,9 @@ def inspect_notebook(path: str | Path) -> Noise:
                     noise.ansi_outputs += 1
                     noise.examples.append(f"cell {index}: ANSI in {channel}")
                 for line in lines:
+                    if channel != "error" and LIBRARY_WARNING.search(line) and not GLYPH.search(line):
+                        noise.library_warnings += 1
+                        noise.examples.append(f"cell {index}: warning {line.strip()[:90]!r}")
                     bar = BAR.search(line)
                     if bar and int(bar.group(1)) < 100:
                         noise.frozen_bars += 1
@@ -110,10 +118,10 @@ def inspect_notebook(path: str | Path) -> Noise:
 
 def table(results: list[Noise]) -> str:
     """A Markdown table of the counts, one row per notebook."""
-    rows = ["| notebook | glyph warnings | ANSI outputs | frozen bars | stderr lines | clean |",
-            "|---|---:|---:|---:|---:|---|"]
+    rows = ["| notebook | glyph warnings | ANSI outputs | frozen bars | library warnings | stderr lines | clean |",
+            "|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        rows.append(f"| {r.notebook} | {r.glyph_warnings} | {r.ansi_outputs} | {r.frozen_bars} | "
+        rows.append(f"| {r.notebook} | {r.glyph_warnings} | {r.ansi_outputs} | {r.frozen_bars} | {r.library_warnings} | "
                     f"{r.stderr_lines} | {'yes' if r.clean else 'NO'} |")
     return "\n".join(rows)
 

@@ -74,6 +74,9 @@ def quiet_warnings() -> None:
     # the tokenizer builder uses Rust threads; the `!xtuner ...` cells fork the kernel afterwards, and tokenizers
     # then warns about the fork in every notebook: say up front that this process needs no tokenizer threads
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the `!xtuner ...` processes log through their own transformers: the same level there (`xtuner chat` would print
+    # generate()'s "The attention mask is not set" notice into its transcript, a line of XTuner's code, not the learner's)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # the published InternVL2 remote code logs through transformers' logger on every load (flash-attn missing, eager
     # attention, no GenerationMixin, deprecated cache attributes): keep transformers' own log to errors
     try:
