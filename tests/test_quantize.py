@@ -184,6 +184,15 @@ def test_awq_publish_reason_says_why_not(tmp_path):
     assert modelcard.awq_publish_reason(art, "tiny", ft, fine_tuned=True) == ""
 
 
+def _in_deploy_env(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """SCRIPT run by the deploy env's Python with this checkout on its path (the test is skipped, saying why, without that env)."""
+    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
+    if not python.exists():
+        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
+    env = dict(os.environ, PYTHONPATH=str(repo_root()))
+    return subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+
+
 DEPLOY_SCRIPT = r"""
 import json, sys, time, torch
 from pathlib import Path
@@ -251,12 +260,7 @@ print("QUANT-OK")
 
 @pytest.mark.deploy
 def test_lmdeploy_side_in_deploy_env(tiny, train_json, tmp_path):
-    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
-    if not python.exists():
-        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
-    env = dict(os.environ, PYTHONPATH=str(repo_root()))
-    proc = subprocess.run([str(python), "-c", DEPLOY_SCRIPT, str(tiny), str(train_json), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    proc = _in_deploy_env(DEPLOY_SCRIPT, str(tiny), str(train_json), str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0 and "QUANT-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-4000:]
 
 
@@ -294,12 +298,7 @@ print("PHI3-OK")
 
 @pytest.mark.deploy
 def test_awq_weight_check_reads_phi3s_fused_linears_in_deploy_env(train_json, tmp_path):
-    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
-    if not python.exists():
-        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
-    env = dict(os.environ, PYTHONPATH=str(repo_root()))
-    proc = subprocess.run([str(python), "-c", DEPLOY_PHI3_SCRIPT, str(train_json), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    proc = _in_deploy_env(DEPLOY_PHI3_SCRIPT, str(train_json), str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0 and "PHI3-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-4000:]
 
 
@@ -328,10 +327,5 @@ print("BLOCKER-OK")
 
 @pytest.mark.deploy
 def test_awq_blocker_names_model_code_this_transformers_cannot_build_or_save(tiny, tmp_path):
-    python = Path(os.environ.get("LABSUPPORT_DEPLOY_PYTHON", repo_root() / ".venvs/internvl-deploy/bin/python"))
-    if not python.exists():
-        pytest.skip(f"deploy env python {python} not found (set LABSUPPORT_DEPLOY_PYTHON)")
-    env = dict(os.environ, PYTHONPATH=str(repo_root()))
-    proc = subprocess.run([str(python), "-c", BLOCKER_SCRIPT, str(tiny), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    proc = _in_deploy_env(BLOCKER_SCRIPT, str(tiny), str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0 and "BLOCKER-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-4000:]
