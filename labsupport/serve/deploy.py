@@ -231,6 +231,25 @@ def _looks_like_image_path(text: str) -> bool:
 
 
 # ---- backends ------------------------------------------------------------------------------------
+# Tiles one batch_chat() call may carry. The published InternViT attends with plain matmuls: every tile holds a
+# heads x 1025 x 1025 float matrix per layer, so one call with every question's tiles (12 per image, as a checkpoint
+# that was not fine-tuned is asked) took more than 20 GB on a CPU for 24 questions (InternVL2-1B's layout).
+MAX_BATCH_TILES = 16
+
+
+def tile_batches(tiles: Sequence[int], budget: int = MAX_BATCH_TILES) -> list[list[int]]:
+    """Indices of TILES (tiles per question) in order, grouped so a group holds at most BUDGET tiles (a bigger question alone)."""
+    groups: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(tiles):
+        if not groups or used + n > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += n
+    return groups
+
+
 class _Transformers:
     """The checkpoint's remote-code chat()/batch_chat() through transformers."""
 
@@ -287,8 +306,11 @@ class _Transformers:
         self._seed(gen)
         self.apply_system()
         pvs = [self.pixels(img) for _, img in queries]
-        return self.model.batch_chat(self.tokenizer, torch.cat(pvs), [q for q, _ in queries], gen.to_transformers(),
-                                     num_patches_list=[len(p) for p in pvs])
+        answers = []
+        for group in tile_batches([len(p) for p in pvs], MAX_BATCH_TILES):
+            answers += self.model.batch_chat(self.tokenizer, torch.cat([pvs[i] for i in group]), [queries[i][0] for i in group],
+                                             gen.to_transformers(), num_patches_list=[len(pvs[i]) for i in group])
+        return answers
 
     def turn(self, state: dict, question: str, image, gen: GenSettings) -> str:
         """One chat turn; STATE keeps the model-side history and the image's pixels."""
