@@ -13,6 +13,7 @@ from PIL import Image
 from labsupport.model import prompts
 from labsupport.serve import demo_app, deploy, endpoint
 from labsupport.datasets.plates import draw_plate
+from labsupport.core import tiling
 from labsupport.core.paths import repo_root
 from labsupport.model.tinymodel import build_tiny_model
 
@@ -108,15 +109,15 @@ def test_single_batch_and_greedy_determinism(pipe, plate):
 
 def test_tile_batches_cap_the_tiles_of_one_batch_chat_call():
     # 12-tile questions (a checkpoint asked with its own max_dynamic_patch) go one per call; small ones share a call
-    assert deploy.tile_batches([12, 12, 12], 16) == [[0], [1], [2]]
-    assert deploy.tile_batches([1] * 20, 16) == [list(range(16)), list(range(16, 20))]
-    assert deploy.tile_batches([20, 1, 1], 16) == [[0], [1, 2]]   # a question over the budget goes alone, never dropped
-    assert deploy.tile_batches([], 16) == []
+    assert tiling.tile_batches([12, 12, 12], 16) == [[0], [1], [2]]
+    assert tiling.tile_batches([1] * 20, 16) == [list(range(16)), list(range(16, 20))]
+    assert tiling.tile_batches([20, 1, 1], 16) == [[0], [1, 2]]   # a question over the budget goes alone, never dropped
+    assert tiling.tile_batches([]) == []
 
 
 def test_batched_answers_equal_one_by_one(pipe, plate, monkeypatch):
     # more questions than one call may carry: the answers come back in order, the same as asked one at a time
-    monkeypatch.setattr(deploy, "MAX_BATCH_TILES", 2)
+    monkeypatch.setattr(tiling, "MAX_BATCH_TILES", 2)
     questions = ["What colour?", "What shape?", "How many?"]
     together = [r.text for r in pipe([(q, str(plate)) for q in questions])]
     assert together == [pipe.ask(q, plate) for q in questions]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from PIL import Image
 
@@ -164,3 +164,22 @@ def load_image(image_or_path: "Image.Image | str | os.PathLike", input_size: int
     transform = build_transform(input_size)
     tiles = dynamic_preprocess(image, image_size=input_size, use_thumbnail=True, max_num=max_num)
     return torch.stack([transform(tile) for tile in tiles])
+
+
+# Tiles one batch_chat() call may carry. The published InternViT attends with plain matmuls (heads x 1025 x 1025 floats
+# per tile and layer): one call with every question's 12 tiles took more than 20 GB on a CPU (InternVL2-1B's layout).
+MAX_BATCH_TILES = 16
+
+
+def tile_batches(tiles: Sequence[int], budget: int | None = None) -> list[list[int]]:
+    """Indices of TILES (tiles per question) in groups of at most BUDGET (MAX_BATCH_TILES) tiles; a bigger question alone."""
+    budget = MAX_BATCH_TILES if budget is None else budget
+    groups: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(tiles):
+        if not groups or used + n > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += n
+    return groups

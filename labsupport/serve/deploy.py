@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from labsupport.model.prompts import read_chat_template
 from labsupport.model.prompts import render_prompt
 from labsupport.core.paths import finetuned_dir, pick_device
-from labsupport.core.tiling import load_image, open_image
+from labsupport.core.tiling import load_image, open_image, tile_batches
 from labsupport.datasets.plates import QUESTIONS, answer_matches, build_course_task
 from labsupport.model.tinymodel import resolve_model
 from labsupport.train.training_outcome import skipped_training
@@ -231,25 +231,6 @@ def _looks_like_image_path(text: str) -> bool:
 
 
 # ---- backends ------------------------------------------------------------------------------------
-# Tiles one batch_chat() call may carry. The published InternViT attends with plain matmuls: every tile holds a
-# heads x 1025 x 1025 float matrix per layer, so one call with every question's tiles (12 per image, as a checkpoint
-# that was not fine-tuned is asked) took more than 20 GB on a CPU for 24 questions (InternVL2-1B's layout).
-MAX_BATCH_TILES = 16
-
-
-def tile_batches(tiles: Sequence[int], budget: int = MAX_BATCH_TILES) -> list[list[int]]:
-    """Indices of TILES (tiles per question) in order, grouped so a group holds at most BUDGET tiles (a bigger question alone)."""
-    groups: list[list[int]] = []
-    used = 0
-    for i, n in enumerate(tiles):
-        if not groups or used + n > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(i)
-        used += n
-    return groups
-
-
 class _Transformers:
     """The checkpoint's remote-code chat()/batch_chat() through transformers."""
 
@@ -307,7 +288,7 @@ class _Transformers:
         self.apply_system()
         pvs = [self.pixels(img) for _, img in queries]
         answers = []
-        for group in tile_batches([len(p) for p in pvs], MAX_BATCH_TILES):
+        for group in tile_batches([len(p) for p in pvs]):   # a few questions per call: see tiling.MAX_BATCH_TILES
             answers += self.model.batch_chat(self.tokenizer, torch.cat([pvs[i] for i in group]), [queries[i][0] for i in group],
                                              gen.to_transformers(), num_patches_list=[len(pvs[i]) for i in group])
         return answers
