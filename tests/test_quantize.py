@@ -118,6 +118,21 @@ def test_flips_and_per_kind_use_the_course_scorer():
     assert [f["id"] for f in flipped] == [1] and flipped[0]["change"] == "right -> wrong"
 
 
+def test_flips_and_per_kind_score_a_learners_records_with_their_scorer():
+    # the learner's own records have no meta (06b asks what 04 trained on): their reference is the gpt turn
+    def record(i, question, answer):
+        return {"id": i, "image": f"images/{i}.png", "conversations": [{"from": "human", "value": f"<image>\n{question}"},
+                                                                       {"from": "gpt", "value": answer}]}
+    digits = [record(1, "Which digit?", "5"), record(2, "Which digit?", "8")]
+    assert quantize.per_kind(digits, ["5", "3"]) == {"all": 0.5}
+    choice = [record(1, "Which digit? A. 3 B. 5", "B"), record(2, "Which digit? A. 8 B. 1", "A")]
+    assert quantize.per_kind(choice, ["B. 5", "The answer is A."], "choice") == {"all": 1.0}
+    assert quantize.per_kind(choice, ["B. 5", "The answer is A."], "exact") == {"all": 0.0}   # the scorer decides
+    opened = [record(1, "Describe the digit.", "a thin five with a flat top")]
+    flipped = quantize.flips(opened, ["a thin five with a flat top"], ["zero"], "text")
+    assert [f["change"] for f in flipped] == ["right -> wrong"] and flipped[0]["kind"] == "all"
+
+
 def test_measured_rows_read_the_json_and_compare_with_bf16(tmp_path):
     data = {"gpu": "NVIDIA H200", "cache_max_entry_count": 0.4, "awq_build_s": 57.0,
             "bandwidth": {"bandwidth_bytes_per_s": 4.3e12},

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 from labsupport.core.paths import finetuned_dir
-from labsupport.datasets.plates import answer_matches
+from labsupport.evaluate.answers import judge, with_meta
 from labsupport.evaluate.measured import format_table, measured_dir
 from labsupport.serve import deploy
 
@@ -93,24 +93,24 @@ def awq_blocker(model_dir: str | os.PathLike) -> str:
     return ""
 
 
-def flips(asked: Sequence[dict], before: Sequence[str], after: Sequence[str]) -> list[dict]:
-    """The held-out questions whose verdict changed between BEFORE and AFTER (right -> wrong or wrong -> right)."""
+def flips(asked: Sequence[dict], before: Sequence[str], after: Sequence[str], scorer: str = "exact") -> list[dict]:
+    """The held-out questions whose verdict under SCORER (evaluate.answers) changed between BEFORE and AFTER."""
 
     out = []
-    for rec, b, a in zip(asked, before, after):
-        ok_b, ok_a = bool(answer_matches(b, rec["meta"])), bool(answer_matches(a, rec["meta"]))
+    for rec, b, a in zip(with_meta(asked), before, after):
+        ok_b, ok_a = judge(scorer, b, rec["meta"])[0], judge(scorer, a, rec["meta"])[0]
         if ok_b != ok_a:
             out.append({"id": rec.get("id"), "kind": rec["meta"]["kind"], "reference": rec["meta"]["answer"],
                         "before": b, "after": a, "change": "right -> wrong" if ok_b else "wrong -> right"})
     return out
 
 
-def per_kind(asked: Sequence[dict], answers: Sequence[str]) -> dict[str, float]:
-    """{question kind: accuracy} of ANSWERS to ASKED, plus "all", with the course's scorer (datasets.answer_matches)."""
+def per_kind(asked: Sequence[dict], answers: Sequence[str], scorer: str = "exact") -> dict[str, float]:
+    """{question kind: share right} of ANSWERS to ASKED under SCORER (the plates' kinds, or "all"), plus "all"."""
 
     ok: dict[str, list[bool]] = {}
-    for rec, a in zip(asked, answers):
-        ok.setdefault(rec["meta"]["kind"], []).append(bool(answer_matches(a, rec["meta"])))
+    for rec, a in zip(with_meta(asked), answers):
+        ok.setdefault(rec["meta"]["kind"], []).append(judge(scorer, a, rec["meta"])[0])
     out = {k: sum(v) / len(v) for k, v in sorted(ok.items())}
     out["all"] = sum(sum(v) for v in ok.values()) / max(sum(len(v) for v in ok.values()), 1)
     return out
