@@ -55,6 +55,28 @@ def test_agreement_explains_each_difference_from_the_reply():
     assert why["r0"] == "" and "case or punctuation" in why["r1"] and "short form" in why["r2"] and "other words" in why["r3"]
 
 
+def _learner(i, question, answer, image="a.png"):
+    return {"id": f"d{i}", "image": image, "conversations": [{"from": "human", "value": "<image>\n" + question},
+                                                            {"from": "gpt", "value": answer}]}
+
+
+def test_agreement_scores_a_learners_records_with_their_scorer():
+    # a learner's records have no meta: the course's scorer for their answers judges the framework's replies
+    letters = [_learner(0, "A. 3 B. 5", "B"), _learner(1, "A. 3 B. 5", "A")]
+    reviews = [{"id": "d0", "subset": "all", "reply": "The answer is B.", "target": "B", "framework": 1.0},
+               {"id": "d1", "subset": "all", "reply": "(A)", "target": "A", "framework": 0.0}]
+    both = evalframework.agreement(letters, reviews, scorer="choice")
+    assert both["course"] == 1.0 and both["score"] == 1.0 and both["metric"] == "accuracy" and both["agree"] == 1
+    assert "right letter" in both["differ"][0]["why"] and both["course_per_kind"] == {"all": 1.0}
+    sentences = [_learner(0, "Which digit?", "This is the digit three."), _learner(1, "Which digit?", "This is the digit five.")]
+    reviews = [{"id": "d0", "subset": "all", "reply": "This is the digit three.", "target": "This is the digit three.", "framework": 1.0},
+               {"id": "d1", "subset": "all", "reply": "A cat.", "target": "This is the digit five.", "framework": 0.0}]
+    both = evalframework.agreement(sentences, reviews, scorer="text")
+    assert both["metric"] == "chrF" and 0.4 < both["score"] < 0.6 and both["course"] == 0.5 and both["agree"] == 2
+    with pytest.raises(KeyError):   # the plates' rule needs a plates record: a learner's record is judged by its scorer
+        evalframework.agreement(sentences, reviews, match=lambda reply, meta: meta["value"] == reply)
+
+
 def test_forgetting_is_the_drop_and_the_share_kept():
     assert evalframework.forgetting(0.8, 0.2) == {"before": 0.8, "after": 0.2, "drop": 0.6, "kept": 0.25}
     with pytest.raises(ValueError, match="nothing can be forgotten"):
@@ -186,6 +208,10 @@ def test_card_lines_report_the_framework_and_forgetting_results(tmp_path):
     text = "\n".join(evalframework.card_lines(tmp_path))
     assert "| internvl2-finetuned | 0.958 | 0.979 | 47/48 |" in text and "evalscope 1.14.1" in text
     assert "`internvl2-tiny-general`" in text and "| plates only | 0.70 | 0.25 | 33% |" in text
+    write_json_atomic(tmp_path / "results" / "06c_evaluate_framework.json",   # a learner's open answers: the scorer is named
+                      {"version": "evalscope 1.14.1", "n": 20, "scores": {"internvl2-finetuned": {
+                          "evalscope_rouge_l_r": 0.9, "course": 0.85, "course_metric": "chrF", "scorer": "text", "agree": 18}}})
+    assert "| internvl2-finetuned | 0.900 | 0.850 (text, chrF) | 18/20 |" in "\n".join(evalframework.card_lines(tmp_path))
 
 
 def test_report_table_keeps_the_header_and_the_models_primary_rows(tmp_path):

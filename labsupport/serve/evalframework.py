@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 from labsupport.core.checkpoints import write_json_atomic, write_text_atomic
 from labsupport.core import envs
+from labsupport.evaluate import answers
 from labsupport.evaluate.scoring import score
 
 EVAL_ENV = "internvl-eval"   # environment-eval.yml's name
@@ -158,11 +159,20 @@ def read_reviews(work_dir: str | os.PathLike, model: str, manifest: str | os.Pat
     return rows
 
 
-def why_they_differ(reply: str, answer: str, framework: float, course_ok: bool) -> str:
-    """One phrase, read from the data: why the framework's Rouge-L recall and the course's exact answer check disagree ('' when they agree)."""
+def why_they_differ(reply: str, answer: str, framework: float, course_ok: bool, scorer: str = "exact") -> str:
+    """One phrase, read from the data: why the framework's Rouge-L recall and the course's SCORER (exact, choice or text)
+    disagree ('' when they agree)."""
     if (framework >= 1.0) == course_ok:
         return ""
     text = reply.strip()
+    if scorer == "choice":
+        if course_ok:
+            return f"the course parses the right letter from the reply; Rouge-L recall is {framework:.2f} (other tokens around it)"
+        return "the reference's tokens appear, but the letter the course parses from the reply is another one (or none)"
+    if scorer == "text":
+        if course_ok:
+            return f"chrF at or above the course's pass mark ({answers.TEXT_PASS:.0f}); Rouge-L recall {framework:.2f}: some reference words are missing"
+        return "every reference word appears (Rouge-L recall 1), but chrF is below the course's pass mark: other words around them"
     if course_ok:  # the course accepted it, Rouge-L did not (fully)
         if text.lower().strip("。.!！ ") == answer.lower() and text != answer:
             return "case or punctuation: Rouge compares tokens exactly"
@@ -172,24 +182,28 @@ def why_they_differ(reply: str, answer: str, framework: float, course_ok: bool) 
     return "partly right: Rouge-L gives partial credit to a reply sharing some of the reference's tokens"
 
 
-def agreement(records: Sequence[dict], reviews: Sequence[dict], match: Callable[[str, dict], bool] | None = None) -> dict:
-    """The course's scorer (labsupport.evaluate.scoring.score) on the replies the framework got, next to the framework's score:
-    both accuracies, how many questions agree, and per question why they differ."""
+def agreement(records: Sequence[dict], reviews: Sequence[dict], match: Callable[[str, dict], bool] | None = None,
+              scorer: str = "exact") -> dict:
+    """The course's SCORER (exact, choice or text; MATCH overrides its verdict) on the replies the framework got, next to
+    the framework's score: both scores, how many questions agree, and per question why they differ. "score" is the
+    scorer's headline (accuracy; mean chrF / 100 for open answers), "course" the share the scorer counts right."""
 
     by_id = {r.get("id"): r for r in records}
     missing = [row["id"] for row in reviews if row["id"] not in by_id]
     if missing:
         raise KeyError(f"reviewed questions {missing[:3]} are not among the records given: pass the exported records")
-    asked = [by_id[row["id"]] for row in reviews]
-    course = score(asked, [row["reply"] for row in reviews], match)
+    asked = answers.with_meta([by_id[row["id"]] for row in reviews])   # the learner's records get meta {kind: all, answer}
+    course = score(asked, [row["reply"] for row in reviews], match or answers.matcher(scorer))
     rows = []
     for row, scored in zip(reviews, course["rows"]):
-        why = why_they_differ(row["reply"], row["target"], row["framework"], scored["correct"])
+        why = why_they_differ(row["reply"], row["target"], row["framework"], scored["correct"], scorer)
         rows.append({**row, "course": scored["correct"], "why": why})
     n = len(rows)
     framework_mean = sum(r["framework"] for r in rows) / n if n else 0.0
-    return {"n": n, "framework": round(framework_mean, 4), "course": course["accuracy"],
-            "course_per_kind": course["per_kind"], "agree": sum(not r["why"] for r in rows),
+    headline = answers.summarize([{"reply": r["reply"], "answer": a["meta"]["answer"], "correct": r["course"]}
+                                  for r, a in zip(rows, asked)], scorer)
+    return {"n": n, "framework": round(framework_mean, 4), "course": course["accuracy"], "score": headline["score"],
+            "metric": headline["metric"], "course_per_kind": course["per_kind"], "agree": sum(not r["why"] for r in rows),
             "differ": [r for r in rows if r["why"]], "rows": rows}
 
 
@@ -256,8 +270,9 @@ def card_lines(artifacts: str | os.PathLike) -> list[str]:
         lines += ["", f"Through the served endpoint, with {fw['version']} (`general_vqa`, {fw['n']} held-out questions, "
                       f"Rouge-L recall) and the course's scorer on the same replies:", "",
                   "| model | EvalScope Rouge-L-R | course scorer | agree |", "|---|---|---|---|"]
-        lines += [f"| {name} | {s['evalscope_rouge_l_r']:.3f} | {s['course']:.3f} | {s['agree']}/{fw['n']} |"
-                  for name, s in fw["scores"].items()]
+        lines += [f"| {name} | {s['evalscope_rouge_l_r']:.3f} | {s['course']:.3f}"   # older records name no scorer: exact
+                  f"{'' if s.get('scorer', 'exact') == 'exact' else ' (' + s['scorer'] + ', ' + s.get('course_metric', '') + ')'} | "
+                  f"{s['agree']}/{fw['n']} |" for name, s in fw["scores"].items()]
     try:
         fg = json.loads((results / "06d_forgetting.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
