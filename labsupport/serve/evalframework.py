@@ -72,8 +72,8 @@ def general_vqa_line(record: dict, image_folder: str | os.PathLike) -> dict:
 
 
 def subset_of(record: dict) -> str:
-    """The subset a record goes to: its question kind (meta.kind), else "default"."""
-    return str((record.get("meta") or {}).get("kind") or "default")
+    """The subset a record goes to: its question kind (meta.kind), else "all" (the kind answers.with_meta gives it)."""
+    return str((record.get("meta") or {}).get("kind") or "all")
 
 
 def export_general_vqa(records: Sequence[dict], image_folder: str | os.PathLike, out_dir: str | os.PathLike,
